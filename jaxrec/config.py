@@ -1,0 +1,279 @@
+"""Run configuration: one flat, typed, immutable record of every knob of a run.
+
+A run is (dataset, split, initializer, backbone, loss, optimizer, seed); each is a field
+here, so a results file that stores ``Config.to_dict()`` reproduces the run exactly.
+
+``Config.for_model(name)`` gives the defaults of a backbone (the LLMInit reference
+protocol, DESIGN.md 2.1); ``config.replace(**kw)`` and ``config.with_overrides(["k=v"])``
+change fields with type checking; ``load_config_file`` reads TOML or JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+MODELS = ("mf", "lightgcn", "sgl", "sgcl")
+SPLITS = ("loo_random", "loo_time", "ratio")
+INITS = ("none", "random", "uniform", "variance", "full", "pca")
+KERNELS = ("bcsr", "segment_sum", "bcoo", "dense")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # --- run ------------------------------------------------------------------
+    model: str = "lightgcn"
+    dataset: str = "ml-100k"
+    seed: int = 2020
+    # --- data -----------------------------------------------------------------
+    split: str = "loo_random"  # loo_random | loo_time | ratio
+    split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    rating_threshold: float | None = None  # keep rating >= threshold (Amazon: 4)
+    dedup: bool = False  # drop repeated (user, item) pairs, keeping the earliest
+    kcore: int = 0  # iterative k-core on users and items (Amazon: 5); 0 = off
+    data_dirs: tuple[str, ...] = ()  # extra folders searched for datasets
+    # --- model ----------------------------------------------------------------
+    embedding_size: int = 128
+    num_layers: int = 2
+    kernel: str = "bcsr"  # propagation kernel, see jaxrec.graph.propagate
+    # --- optimisation ---------------------------------------------------------
+    epochs: int = 300
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    reg_weight: float = 1e-5
+    require_pow: bool = False  # L2 as sum of squared norms (True) or of norms (RecBole's default)
+    # --- evaluation / selection -----------------------------------------------
+    topk: tuple[int, ...] = (10, 20, 50)
+    metrics: tuple[str, ...] = ("recall", "ndcg", "hit", "mrr", "precision")
+    valid_metric: str = "ndcg@10"
+    eval_every: int = 1
+    patience: int = 10  # evaluations without improvement before stopping
+    eval_chunk: int = 1024  # users per full-ranking chunk
+    # --- contrastive backbones (SGL / SGCL) -----------------------------------
+    ssl_aug: str = "ED"  # ED | ND | RW
+    ssl_ratio: float = 0.1
+    ssl_tau: float = 0.2
+    ssl_weight: float = 0.05
+    sgcl_tau: float = 0.2
+    # --- LLMInit ---------------------------------------------------------------
+    init: str = "none"  # none | random | uniform | variance | full | pca
+    encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)
+    embeddings: str | None = None  # precomputed .npy (item id list beside it)
+    variance_fraction: float = 0.2  # share of most popular items used for variance
+    init_scale: str = "none"  # none | match_random | standardize
+    random_with_replacement: bool = False
+    # --- checkpoints ------------------------------------------------------------
+    checkpoint_every: int = 1  # epochs between "latest" checkpoints
+
+    # ------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def for_model(cls, model: str, **overrides: Any) -> "Config":
+        """Defaults of backbone ``model`` (the LLMInit reference protocol) plus overrides."""
+        if model not in MODELS:
+            raise ConfigError(f"model: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        return cls(model=model, **overrides)
+
+    def replace(self, **kw: Any) -> "Config":
+        unknown = sorted(set(kw) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(field_names())}")
+        return dataclasses.replace(self, **kw)
+
+    def with_overrides(self, assignments: Iterable[str], source: str = "--set") -> "Config":
+        """Apply ``key=value`` strings, parsing each value by the field's type."""
+        kw: dict[str, Any] = {}
+        for text in assignments:
+            if "=" not in text:
+                raise ConfigError(f"{source} {text!r}: expected key=value")
+            key, value = text.split("=", 1)
+            key = key.strip()
+            kw[key] = parse_value(key, value.strip(), source=source)
+        return self.replace(**kw)
+
+    def with_mapping(self, mapping: dict[str, Any], source: str = "config") -> "Config":
+        kw = {k: coerce_value(k, v, source=source) for k, v in mapping.items()}
+        return self.replace(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return cls().with_mapping(d, source="config dict")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _field_type(key: str) -> Any:
+    hints = typing.get_type_hints(Config)
+    if key not in hints:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(field_names())}")
+    return hints[key]
+
+
+def parse_value(key: str, text: str, source: str = "--set") -> Any:
+    """Parse the string ``text`` for field ``key`` (``1,2,3`` for tuples, ``none`` for None)."""
+    tp = _field_type(key)
+    return _parse(tp, text, f"{source} {key}")
+
+
+def _parse(tp: Any, text: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", ""):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse(inner[0], text, where)
+    if origin is tuple:
+        elem = args[0]
+        parts = [p for p in text.replace(" ", "").strip("()[]").split(",") if p]
+        return tuple(_parse(elem, p, where) for p in parts)
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if tp is str:
+            return text
+    except ValueError:
+        raise ConfigError(f"{where}: cannot parse {text!r} as {tp.__name__}") from None
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def coerce_value(key: str, value: Any, source: str = "config") -> Any:
+    """Check/convert a value from a config file (TOML/JSON) for field ``key``."""
+    tp = _field_type(key)
+    if isinstance(value, str) and tp is not str and not _accepts_str(tp):
+        return _parse(tp, value, f"{source} {key}")
+    origin = typing.get_origin(tp)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        elem = typing.get_args(tp)[0]
+        return tuple(coerce_value_scalar(elem, v, f"{source} {key}") for v in value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        if typing.get_origin(inner) is tuple and isinstance(value, (list, tuple)):
+            elem = typing.get_args(inner)[0]
+            return tuple(coerce_value_scalar(elem, v, f"{source} {key}") for v in value)
+        return coerce_value_scalar(inner, value, f"{source} {key}")
+    return coerce_value_scalar(tp, value, f"{source} {key}")
+
+
+def _accepts_str(tp: Any) -> bool:
+    return str in typing.get_args(tp)
+
+
+def coerce_value_scalar(tp: Any, value: Any, where: str) -> Any:
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if isinstance(value, str):
+        return _parse(tp, value, where)
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def load_config_file(path: str | Path, base: Config | None = None) -> Config:
+    """Read a TOML (``.toml``) or JSON (``.json``) file of config keys onto ``base``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise ConfigError(f"config file {path}: expected a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a table of key = value")
+    base = base or Config(model=str(data.get("model", "lightgcn")))
+    return base.with_mapping(data, source=f"config file {path}:")
+
+
+def _validate(c: Config) -> None:
+    def bad(field: str, expected: str) -> None:
+        raise ConfigError(f"{field}={getattr(c, field)!r}: expected {expected}")
+
+    if c.model not in MODELS:
+        bad("model", f"one of {', '.join(MODELS)}")
+    if c.split not in SPLITS:
+        bad("split", f"one of {', '.join(SPLITS)}")
+    if c.init not in INITS:
+        bad("init", f"one of {', '.join(INITS)}")
+    if c.kernel not in KERNELS:
+        bad("kernel", f"one of {', '.join(KERNELS)}")
+    for name in ("epochs", "batch_size", "embedding_size", "eval_every", "eval_chunk", "checkpoint_every"):
+        if getattr(c, name) < 1:
+            bad(name, "an integer >= 1")
+    if c.num_layers < 0:
+        bad("num_layers", "an integer >= 0")
+    if c.patience < 1:
+        bad("patience", "an integer >= 1")
+    if not c.learning_rate > 0:
+        bad("learning_rate", "a number > 0")
+    if c.reg_weight < 0:
+        bad("reg_weight", "a number >= 0")
+    if not c.topk or any(k < 1 for k in c.topk):
+        bad("topk", "a non-empty list of integers >= 1")
+    known = {"recall", "ndcg", "hit", "mrr", "precision"}
+    if not c.metrics or any(m not in known for m in c.metrics):
+        bad("metrics", f"a non-empty subset of {sorted(known)}")
+    name, _, k = c.valid_metric.partition("@")
+    if name not in known or not k.isdigit() or int(k) not in c.topk:
+        bad("valid_metric", f"<metric>@<k> with metric in {sorted(known)} and k in topk={list(c.topk)}")
+    if c.split == "ratio":
+        if len(c.split_ratios) != 3 or any(r < 0 for r in c.split_ratios) or sum(c.split_ratios) <= 0:
+            bad("split_ratios", "three non-negative numbers (train, valid, test)")
+    if c.kcore < 0:
+        bad("kcore", "an integer >= 0")
+    if c.ssl_aug not in ("ED", "ND", "RW"):
+        bad("ssl_aug", "one of ED, ND, RW")
+    if not 0 <= c.ssl_ratio < 1:
+        bad("ssl_ratio", "a number in [0, 1)")
+    if not c.ssl_tau > 0:
+        bad("ssl_tau", "a temperature > 0")
+    if not c.sgcl_tau > 0:
+        bad("sgcl_tau", "a temperature > 0")
+    if c.ssl_weight < 0:
+        bad("ssl_weight", "a number >= 0")
+    if c.model in ("sgl", "sgcl") and c.batch_size < 2:
+        bad("batch_size", "at least 2 for in-batch contrastive losses")
+    if not 0 < c.variance_fraction <= 1:
+        bad("variance_fraction", "a number in (0, 1]")
+    if c.init_scale not in ("none", "match_random", "standardize"):
+        bad("init_scale", "one of none, match_random, standardize")
