@@ -1,0 +1,22 @@
+"""Evaluation: full-ranking top-k over all items and RecBole-style ranking metrics."""
+
+from jaxrec.eval.metrics import (
+    METRICS,
+    build_truth,
+    hit_matrix,
+    mean_metrics,
+    per_user_metrics,
+    ranking_metrics,
+)
+from jaxrec.eval.ranking import evaluate, topk_full_ranking
+
+__all__ = [
+    "METRICS",
+    "build_truth",
+    "evaluate",
+    "hit_matrix",
+    "mean_metrics",
+    "per_user_metrics",
+    "ranking_metrics",
+    "topk_full_ranking",
+]

@@ -1,0 +1,28 @@
+"""Bipartite user-item graphs, normalization and propagation kernels."""
+
+from jaxrec.graph.bipartite import (
+    BipartiteGraph,
+    build_graph,
+    dense_adjacency,
+    renormalize,
+    reverse_edge_index,
+)
+from jaxrec.graph.propagate import KERNELS, layer_outputs, light_propagate, propagate
+from jaxrec.graph.augment import AUGMENTATIONS, augment, edge_dropout, node_dropout, random_walk
+
+__all__ = [
+    "BipartiteGraph",
+    "build_graph",
+    "dense_adjacency",
+    "renormalize",
+    "reverse_edge_index",
+    "KERNELS",
+    "propagate",
+    "light_propagate",
+    "layer_outputs",
+    "AUGMENTATIONS",
+    "augment",
+    "edge_dropout",
+    "node_dropout",
+    "random_walk",
+]

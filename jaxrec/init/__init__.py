@@ -1,0 +1,88 @@
+"""LLM-based initialization of collaborative-filtering embeddings (LLMInit, TF-LLMER).
+
+Pipeline: item metadata -> text (``text``) -> encoder (``encoders``, cached by ``cache``)
+or a precomputed file (``precomputed``) -> item embeddings [I, N] -> K dims
+(``selection``) -> item table [I, K]; user table = mean of training items (``pooling``);
+optional rescaling (``scaling``); written into a backbone's params (``apply``).
+TF-LLMER: ``normalize`` and ``recpca``.
+
+The encoder modules import sentence-transformers lazily: ``import jaxrec.init`` stays light.
+"""
+
+from jaxrec.init.apply import InitReport, item_embeddings, llm_init_params
+from jaxrec.init.cache import CacheInfo, cached_item_embeddings, texts_sha256
+from jaxrec.init.encoders import (
+    Encoder,
+    EncoderNotAvailableError,
+    encode_texts,
+    encoder_cache_id,
+    load_encoder,
+    minilm_path,
+    mpnet_path,
+)
+from jaxrec.init.normalize import normalize_items, typical_row_norm
+from jaxrec.init.pooling import user_table_from_items
+from jaxrec.init.precomputed import EmbeddingFileError, PrecomputedReport, load_precomputed
+from jaxrec.init.recpca import (
+    Cooccurrence,
+    item_cooccurrence,
+    normalized_adjacency,
+    normalized_laplacian,
+    rec_pca,
+)
+from jaxrec.init.scaling import rescale, xavier_std
+from jaxrec.init.selection import (
+    initial_item_table,
+    item_popularity,
+    pca_project,
+    select_dims,
+    top_eigenvectors,
+)
+from jaxrec.init.text import (
+    AMAZON_TEMPLATE,
+    ML100K_TEMPLATE,
+    TextReport,
+    generic_template,
+    item_texts,
+    template_for,
+)
+
+__all__ = [
+    "AMAZON_TEMPLATE",
+    "ML100K_TEMPLATE",
+    "CacheInfo",
+    "Cooccurrence",
+    "EmbeddingFileError",
+    "Encoder",
+    "EncoderNotAvailableError",
+    "InitReport",
+    "PrecomputedReport",
+    "TextReport",
+    "cached_item_embeddings",
+    "encode_texts",
+    "encoder_cache_id",
+    "generic_template",
+    "initial_item_table",
+    "item_cooccurrence",
+    "item_embeddings",
+    "item_popularity",
+    "item_texts",
+    "llm_init_params",
+    "load_encoder",
+    "load_precomputed",
+    "minilm_path",
+    "mpnet_path",
+    "normalize_items",
+    "normalized_adjacency",
+    "normalized_laplacian",
+    "pca_project",
+    "rec_pca",
+    "rescale",
+    "select_dims",
+    "template_for",
+    "texts_sha256",
+    "top_eigenvectors",
+    "typical_row_norm",
+    "user_table_from_items",
+    "xavier_std",
+]

@@ -1,0 +1,109 @@
+"""Command line: ``jaxrec train ...`` (also ``python -m jaxrec train ...``).
+
+Every option maps onto a ``Config`` field; precedence is model defaults < ``--config``
+file < explicit options < ``--set key=value``. The command is a thin shell over
+``jaxrec.pipeline.train_run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from jaxrec.config import MODELS, Config, ConfigError, field_names, load_config_file, parse_value
+
+# Options with their own flags (besides --set); the rest are reachable via --set.
+_FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate", "embedding_size",
+            "num_layers", "reg_weight", "patience", "topk", "split", "kernel", "init", "encoder",
+            "embeddings")
+
+
+def _field_help() -> str:
+    defaults = Config()
+    hints = typing.get_type_hints(Config)
+    lines = []
+    for f in dataclasses.fields(Config):
+        tp = getattr(hints[f.name], "__name__", str(hints[f.name])).replace("typing.", "")
+        lines.append(f"  {f.name:<24} {tp:<18} default {getattr(defaults, f.name)!r}")
+    return "config keys (for --set key=value or a --config TOML/JSON file):\n" + "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxrec", description="LLM-enhanced collaborative filtering in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train", help="train and evaluate a backbone",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_field_help(),
+        description="Train a backbone on a dataset, select the best validation epoch, print test metrics.",
+    )
+    hints = typing.get_type_hints(Config)
+    for name in _FLAGGED:
+        kw: dict = {"dest": name, "default": None, "metavar": name.upper()}
+        if name == "model":
+            kw["choices"] = MODELS
+            kw.pop("metavar")
+        train.add_argument("--" + name.replace("_", "-"), help=f"config {name} ({hints[name]})", **kw)
+    train.add_argument("--config", type=Path, help="TOML or JSON file of config keys")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key (repeatable); see the list below")
+    train.add_argument("--out", type=Path, help="run folder (default checkpoints/<dataset>-<model>-<init>-s<seed>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="clear an existing run in the run folder")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    model = args.model
+    config = Config.for_model(model) if model else Config()
+    if args.config is not None:
+        config = load_config_file(args.config, base=config)
+        if model:
+            config = config.replace(model=model)
+    explicit = {}
+    for name in _FLAGGED:
+        value = getattr(args, name)
+        if value is not None and name != "model":
+            explicit[name] = parse_value(name, value, source="--" + name.replace("_", "-"))
+    config = config.replace(**explicit) if explicit else config
+    return config.with_overrides(args.set)
+
+
+def default_out_dir(config: Config) -> Path:
+    name = Path(config.dataset).name
+    return Path("checkpoints") / f"{name}-{config.model}-{config.init}-s{config.seed}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from jaxrec.data import DataError
+    from jaxrec.train import CheckpointMismatchError
+
+    try:
+        config = config_from_args(args)
+        from jaxrec.pipeline import format_metrics_table, train_run
+
+        out = args.out or default_out_dir(config)
+        result, dataset = train_run(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+                                    progress=not args.no_progress)
+    except (ConfigError, DataError, CheckpointMismatchError, FileExistsError, FileNotFoundError) as e:
+        print(f"jaxrec: error: {e}", file=sys.stderr)
+        return 2
+    print(dataset.summary())
+    print(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); "
+          f"selected on valid {config.valid_metric} = {result.valid_metrics.get(config.valid_metric, float('nan')):.4f}")
+    print(format_metrics_table(result.test_metrics, title=f"test metrics ({config.model}, seed {config.seed})"))
+    print(f"run files: {out}/ (results.json, log.jsonl, run.json, ckpt/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Interaction filters. Each returns ``(Interactions, FilterReport)`` and never drops silently.
+
+The returned interactions are compacted: users and items left without interactions are
+dropped from the id maps and the rest renumbered densely (original ids kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .errors import DataError
+from .interactions import Interactions, compact
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterReport:
+    """What one filter removed (counts of interactions, users, items) and how."""
+
+    name: str
+    removed_interactions: int
+    removed_users: int
+    removed_items: int
+    detail: str = ""
+
+    def __str__(self) -> str:
+        s = (f"{self.name}: removed {self.removed_interactions:,} interactions, "
+             f"{self.removed_users:,} users, {self.removed_items:,} items")
+        return s + (f" ({self.detail})" if self.detail else "")
+
+
+def _finish(inter: Interactions, keep: np.ndarray, name: str, detail: str) -> tuple[Interactions, FilterReport]:
+    if len(inter) and not keep.any():
+        raise DataError(f"filter {name}: no interactions left (of {len(inter):,}); "
+                        f"expected a less strict threshold")
+    out = compact(inter.take(keep)) if not keep.all() else inter
+    rep = FilterReport(name, len(inter) - len(out), inter.num_users - out.num_users,
+                       inter.num_items - out.num_items, detail)
+    return out, rep
+
+
+def rating_threshold(inter: Interactions, t: float) -> tuple[Interactions, FilterReport]:
+    """Keep interactions with ``rating >= t`` (NaN ratings are dropped)."""
+    if inter.rating is None:
+        raise DataError(f"filter rating_threshold(t={t}): the interactions have no rating column; "
+                        f"expected ratings, or rating_threshold=None")
+    keep = inter.rating >= np.float32(t)
+    return _finish(inter, keep, f"rating_threshold(t={t})", f"kept rating >= {t}")
+
+
+def drop_duplicates(inter: Interactions) -> tuple[Interactions, FilterReport]:
+    """Keep one interaction per (user, item): the earliest by timestamp, else the first."""
+    n = len(inter)
+    idx = np.arange(n)
+    keys = inter.keys()
+    order = (np.lexsort((idx, inter.timestamp, keys)) if inter.timestamp is not None
+             else np.lexsort((idx, keys)))
+    ks = keys[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = ks[1:] != ks[:-1]
+    keep = np.zeros(n, dtype=bool)
+    keep[order[first]] = True
+    how = "earliest timestamp" if inter.timestamp is not None else "first occurrence"
+    return _finish(inter, keep, "drop_duplicates", f"kept the {how} of each (user, item) pair")
+
+
+def kcore(inter: Interactions, k: int) -> tuple[Interactions, FilterReport]:
+    """Iterative k-core: repeatedly drop users and items with fewer than ``k`` interactions
+    (repeated pairs count each time) until every remaining user and item has at least ``k``.
+    """
+    if k < 0:
+        raise ValueError(f"k: expected an integer >= 0, got {k}")
+    keep = np.ones(len(inter), dtype=bool)
+    rounds = 0
+    while True:
+        du = np.bincount(inter.user[keep], minlength=inter.num_users)
+        di = np.bincount(inter.item[keep], minlength=inter.num_items)
+        bad = keep & ((du[inter.user] < k) | (di[inter.item] < k))
+        if not bad.any():
+            break
+        keep &= ~bad
+        rounds += 1
+    return _finish(inter, keep, f"kcore(k={k})", f"{rounds} rounds to the fixpoint")
+
+
+def keep_items(inter: Interactions, item_mask: np.ndarray, name: str, detail: str = "") -> tuple[Interactions, FilterReport]:
+    """Keep interactions whose item has ``item_mask[item]`` True (item_mask: bool [num_items])."""
+    item_mask = np.asarray(item_mask, dtype=bool)
+    if item_mask.shape != (inter.num_items,):
+        raise ValueError(f"item_mask: expected shape ({inter.num_items},), got {item_mask.shape}")
+    return _finish(inter, item_mask[inter.item], name, detail)
+
+
+__all__ = ["FilterReport", "rating_threshold", "drop_duplicates", "kcore", "keep_items"]

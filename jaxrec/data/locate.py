@@ -1,0 +1,176 @@
+"""Find a dataset folder (one holding ``<name>.inter``) and fetch ml-100k when absent.
+
+Lookup order for ``find_dataset(name_or_path, data_dirs)``:
+1. ``name_or_path`` itself when it exists (a folder, or a ``.inter`` file: its folder);
+2. ``$JAXREC_DATA/<name>``;
+3. each ``<data_dir>/<name>`` of ``data_dirs``;
+4. ``<repo>/../shared/data/<name>`` (beside this package's checkout), then
+   ``<cwd>/../shared/data/<name>``;
+5. the cache ``$JAXREC_CACHE/<name>`` (default ``~/.cache/jaxrec/<name>``);
+6. for ``ml-100k`` only: :func:`fetch_ml100k` into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import DataError
+
+log = logging.getLogger("jaxrec.data")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ML100K_SHA256 = {  # sha256 prefixes of the files in the recbole==1.2.1 wheel
+    "ml-100k.inter": "4edb74e2a81178c2",
+    "ml-100k.item": "51d7cdf777ce5c0f",
+    "ml-100k.user": "4f670007d9cfbeb9",
+}
+ML100K_WHEEL_DIR = "recbole/dataset_example/ml-100k/"
+
+
+def cache_root() -> Path:
+    """``$JAXREC_CACHE`` or ``~/.cache/jaxrec``."""
+    env = os.environ.get("JAXREC_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "jaxrec"
+
+
+def inter_file(folder: str | Path) -> Path:
+    """The ``.inter`` file of a dataset folder: ``<folder name>.inter``, else the only ``*.inter``."""
+    folder = Path(folder)
+    own = folder / f"{folder.name}.inter"
+    if own.is_file():
+        return own
+    found = sorted(folder.glob("*.inter"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(f"{folder}: no .inter file; expected {own.name}")
+    raise DataError(f"{folder}: several .inter files ({', '.join(p.name for p in found)}); "
+                    f"expected one, or one named {own.name}")
+
+
+def _has(folder: Path, name: str) -> bool:
+    return (folder / f"{name}.inter").is_file()
+
+
+def candidates(name: str, data_dirs=()) -> list[Path]:
+    """The folders searched for dataset ``name``, in order (steps 2-5)."""
+    out = []
+    if os.environ.get("JAXREC_DATA"):
+        out.append(Path(os.environ["JAXREC_DATA"]).expanduser() / name)
+    out += [Path(d).expanduser() / name for d in data_dirs]
+    out.append(REPO_ROOT.parent / "shared" / "data" / name)
+    out.append(Path.cwd().parent / "shared" / "data" / name)
+    out.append(cache_root() / name)
+    seen, uniq = set(), []
+    for p in out:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            uniq.append(p)
+    return uniq
+
+
+def find_dataset(name_or_path: str | os.PathLike, data_dirs=(), download: bool = True) -> Path:
+    """The folder of a dataset, searched in the order of the module doc.
+
+    ``ml-100k`` is fetched into the cache when found nowhere (``download=False`` stops that).
+    Raises DataError listing every place searched and how to provide the data.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.is_file() and p.suffix == ".inter":
+        return p.parent
+    if p.is_dir():
+        inter_file(p)  # raises if the folder holds no .inter file
+        return p
+    name = p.name
+    searched = [str(p)]
+    if p.parent != Path(".") or not name:
+        raise DataError(f"dataset {str(name_or_path)!r}: path not found; expected a folder holding "
+                        f"<name>.inter, a .inter file, or a dataset name")
+    for folder in candidates(name, data_dirs):
+        searched.append(str(folder))
+        if _has(folder, name):
+            return folder
+    if name == "ml-100k" and download:
+        dest = cache_root() / name
+        log.warning("ml-100k not found locally; fetching it from the recbole==1.2.1 wheel on PyPI into %s", dest)
+        return fetch_ml100k(dest)
+    raise DataError(
+        f"dataset {name!r} not found; searched (for {name}/{name}.inter):\n  " + "\n  ".join(searched)
+        + f"\nProvide it by passing the folder path, setting $JAXREC_DATA to a folder holding {name}/, "
+        f"adding a folder to config.data_dirs, or copying it to {cache_root() / name}"
+        + (" (ml-100k is fetched automatically unless download=False)" if name == "ml-100k" else ""))
+
+
+def fetch_ml100k(cache_dir: str | Path | None = None, wheel_path: str | Path | None = None) -> Path:
+    """Put ml-100k.{inter,item,user} into ``cache_dir`` (default ``<cache root>/ml-100k``).
+
+    Reads them out of the ``recbole==1.2.1`` wheel (``pip download``, or ``wheel_path`` if
+    given), checks their sha256 prefixes, and moves them in with ``os.replace`` only once all
+    three passed, so nothing partial is left. Returns ``cache_dir``.
+    """
+    dest = Path(cache_dir) if cache_dir is not None else cache_root() / "ml-100k"
+    with tempfile.TemporaryDirectory(prefix="jaxrec-ml100k-") as tmp:
+        wheel = Path(wheel_path) if wheel_path is not None else _download_wheel(Path(tmp))
+        created = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        staged: dict[str, Path] = {}
+        try:
+            try:
+                zf = zipfile.ZipFile(wheel)
+            except (OSError, zipfile.BadZipFile) as e:
+                raise DataError(f"{wheel}: cannot open as a wheel (zip): {e}") from None
+            with zf:
+                for fname, prefix in ML100K_SHA256.items():
+                    member = ML100K_WHEEL_DIR + fname
+                    try:
+                        src = zf.open(member)
+                    except KeyError:
+                        raise DataError(f"{wheel}: has no {member}; expected the recbole==1.2.1 wheel") from None
+                    fd, tmp_name = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=dest)
+                    staged[fname] = Path(tmp_name)
+                    digest = hashlib.sha256()
+                    with src, os.fdopen(fd, "wb") as out:
+                        for chunk in iter(lambda: src.read(1 << 20), b""):
+                            digest.update(chunk)
+                            out.write(chunk)
+                    got = digest.hexdigest()
+                    if not got.startswith(prefix):
+                        raise DataError(f"{wheel}: {member} has sha256 {got[:16]}...; expected prefix {prefix}")
+            for fname, tmp_path in staged.items():
+                os.chmod(tmp_path, 0o644)  # mkstemp makes 0600 files
+                os.replace(tmp_path, dest / fname)
+            staged.clear()
+        finally:
+            for tmp_path in staged.values():
+                tmp_path.unlink(missing_ok=True)
+            if created and not any(dest.iterdir()):
+                dest.rmdir()
+    return dest
+
+
+def _download_wheel(tmp: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "recbole==1.2.1", "--no-deps",
+           "--only-binary=:all:", "-d", str(tmp)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DataError(f"fetching ml-100k: {' '.join(cmd)} failed: {e}") from None
+    wheels = sorted(tmp.glob("recbole-1.2.1-*.whl"))
+    if res.returncode != 0 or not wheels:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-5:]
+        raise DataError(f"fetching ml-100k: {' '.join(cmd)} failed (exit {res.returncode}): "
+                        + " | ".join(tail)
+                        + "; expected network access to PyPI, or put ml-100k.{inter,item,user} in "
+                        f"{cache_root() / 'ml-100k'} or $JAXREC_DATA/ml-100k")
+    return wheels[0]
+
+
+__all__ = ["find_dataset", "fetch_ml100k", "cache_root", "candidates", "inter_file"]

@@ -1,0 +1,138 @@
+"""Per-user splits into train / valid / test (all three share the input's id maps).
+
+Users are grouped with one ``np.lexsort``; the order inside a user's group is either time
+(timestamp, ties by input position) or a seeded random permutation. Each split keeps its
+interactions in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from .errors import DataError
+from .interactions import Interactions
+
+log = logging.getLogger("jaxrec.data")
+ORDERS = ("random", "time")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitReport:
+    """Sizes of a split and the users that could not be evaluated."""
+
+    name: str
+    num_train: int
+    num_valid: int
+    num_test: int
+    unsplit_users: int  # users whose interactions all stayed in train
+    detail: str = ""
+
+    def __str__(self) -> str:
+        s = (f"{self.name}: train {self.num_train:,}, valid {self.num_valid:,}, test {self.num_test:,} "
+             f"interactions; {self.unsplit_users:,} users kept only in train")
+        return s + (f" ({self.detail})" if self.detail else "")
+
+
+def _rng(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng if rng is not None else 0)
+    raise ValueError(f"rng: expected a numpy Generator or an int seed, got {type(rng).__name__}")
+
+
+def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(perm [n], pos [n], count [n]): ``perm`` sorts by (user, order); for the interaction
+    at sorted place j, ``pos[j]`` is its place within its user and ``count[j]`` the user's size."""
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
+    n = len(inter)
+    idx = np.arange(n)
+    if order == "time":
+        if inter.timestamp is None:
+            raise DataError("split order='time': the interactions have no timestamp column; "
+                            "expected timestamps, or order='random'")
+        perm = np.lexsort((idx, inter.timestamp, inter.user))
+    else:
+        perm = np.lexsort((_rng(rng).permutation(n), inter.user))
+    counts = np.bincount(inter.user, minlength=inter.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    us = inter.user[perm]
+    pos = idx - starts[us]
+    return perm, pos, counts[us]
+
+
+def _take3(inter, perm, part):
+    out = []
+    for p in range(3):
+        out.append(inter.take(np.sort(perm[part == p])))
+    return out
+
+
+def leave_one_out(inter: Interactions, order: str = "random", rng=None):
+    """Per user: last interaction (in ``order``) -> test, second last -> valid, rest -> train.
+
+    Users with fewer than 3 interactions keep everything in train (they cannot be
+    evaluated); they are counted in the report and named in a warning.
+    Returns ``(train, valid, test, SplitReport)``.
+    """
+    perm, pos, count = _group(inter, order, rng)
+    from_end = count - 1 - pos
+    ok = count >= 3
+    part = np.zeros(len(inter), dtype=np.int8)
+    part[ok & (from_end == 1)] = 1
+    part[ok & (from_end == 0)] = 2
+    train, valid, test = _take3(inter, perm, part)
+    counts = np.bincount(inter.user, minlength=inter.num_users)
+    short = np.flatnonzero((counts > 0) & (counts < 3))
+    if len(valid) == 0:
+        raise DataError(f"leave_one_out(order={order!r}): no user has 3 or more interactions "
+                        f"({inter.num_users:,} users, {len(inter):,} interactions); expected at least one "
+                        f"user with train, valid and test interactions")
+    detail = ""
+    if len(short):
+        ex = ", ".join(inter.user_ids[short[:10]])
+        detail = f"users with < 3 interactions, not evaluated: {ex}{', ...' if len(short) > 10 else ''}"
+        log.warning("leave_one_out: %d users have fewer than 3 interactions and stay in train only "
+                    "(they cannot be evaluated): %s", len(short), ex + (", ..." if len(short) > 10 else ""))
+    rep = SplitReport(f"leave_one_out(order={order})", len(train), len(valid), len(test), len(short), detail)
+    return train, valid, test, rep
+
+
+def ratio_split(inter: Interactions, ratios=(0.8, 0.1, 0.1), order: str = "random", rng=None):
+    """Per user, the first ``r0`` share of the user's interactions (in ``order``) -> train, the
+    next ``r1`` -> valid, the rest -> test, RecBole-style: valid/test sizes are
+    ``floor(r * count)``, train takes the remainder, and while train keeps more than one
+    interaction, a part with ``0 < r * count < 1`` gets one (test first).
+    Returns ``(train, valid, test, SplitReport)``.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
+        raise ValueError(f"ratios: expected three non-negative numbers (train, valid, test), got {ratios}")
+    r = r / r.sum()
+    perm, pos, count = _group(inter, order, rng)
+    users = np.unique(inter.user)
+    tot = np.bincount(inter.user, minlength=inter.num_users)[users].astype(np.float64)
+    cnt = np.floor(r[None, :] * tot[:, None]).astype(np.int64)  # [U', 3]
+    cnt[:, 0] = tot.astype(np.int64) - cnt[:, 1:].sum(1)
+    for j in (2, 1):  # RecBole: make small non-zero parts non-empty while train keeps > 1
+        bump = (cnt[:, 0] > 1) & (r[j] * tot > 0) & (r[j] * tot < 1)
+        cnt[bump, j] += 1
+        cnt[bump, 0] -= 1
+    per_user = np.zeros((inter.num_users, 3), dtype=np.int64)
+    per_user[users] = cnt
+    us = inter.user[perm]
+    b1 = per_user[us, 0]
+    b2 = b1 + per_user[us, 1]
+    part = np.where(pos < b1, 0, np.where(pos < b2, 1, 2)).astype(np.int8)
+    train, valid, test = _take3(inter, perm, part)
+    no_eval = int(((cnt[:, 1] == 0) & (cnt[:, 2] == 0)).sum())
+    rep = SplitReport(f"ratio_split(ratios={tuple(float(x) for x in ratios)}, order={order})",
+                      len(train), len(valid), len(test), no_eval)
+    return train, valid, test, rep
+
+
+__all__ = ["SplitReport", "leave_one_out", "ratio_split"]

@@ -1,0 +1,113 @@
+"""Loss functions: pure, shape-checked, numerically stable.
+
+Every function takes arrays and returns a scalar (float32 []), so they compose freely
+inside any model's loss and differentiate with ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def bpr_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.Array:
+    """Bayesian personalized ranking: ``mean(-log sigmoid(pos - neg))``. [B], [B] -> []."""
+    chex.assert_rank(pos_scores, 1)
+    chex.assert_equal_shape([pos_scores, neg_scores])
+    return -jnp.mean(jax.nn.log_sigmoid(pos_scores - neg_scores))
+
+
+def l2_reg(*embeddings: jax.Array, require_pow: bool = False) -> jax.Array:
+    """L2 on the ego embeddings of a batch, divided by the batch size (RecBole's EmbLoss).
+
+    ``require_pow=False`` (RecBole's LightGCN default): ``sum_e ||e||_F / B``.
+    ``require_pow=True``: ``sum_e ||e||_F^2 / (2 B)``. Each embedding is [B, d].
+    """
+    if not embeddings:
+        raise ValueError("l2_reg: needs at least one embedding array")
+    chex.assert_rank(embeddings, 2)
+    batch = embeddings[-1].shape[0]
+    if require_pow:
+        total = sum(jnp.sum(jnp.square(e)) for e in embeddings)
+        return total / batch / 2.0
+    total = sum(jnp.sqrt(jnp.sum(jnp.square(e))) for e in embeddings)
+    return total / batch
+
+
+# --- contrastive and reconstruction losses ---------------------------------------------
+
+
+def _check_tau(tau, name: str) -> None:
+    """Reject a non-positive temperature when its value is known (Python or concrete array)."""
+    try:
+        value = float(tau)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+        return  # traced temperature: value unknown at trace time
+    if not value > 0:
+        raise ValueError(f"{name}: tau={value!r}; expected a temperature > 0")
+
+
+def _check_in_batch(name: str, *arrays: jax.Array) -> int:
+    chex.assert_rank(arrays, 2)
+    chex.assert_equal_shape(arrays)
+    batch = arrays[0].shape[0]
+    if batch < 2:
+        raise ValueError(
+            f"{name}: batch size {batch}; in-batch contrastive losses need at least 2 rows "
+            "(the other rows are the negatives)"
+        )
+    return batch
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Rows scaled to unit L2 norm, ``x / max(||x||, eps)`` (torch's ``F.normalize``). [..., d]."""
+    sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def info_nce(a: jax.Array, b: jax.Array, tau: float) -> jax.Array:
+    """In-batch InfoNCE between two views: [B, d], [B, d] -> [].
+
+    Rows are L2-normalized; row ``k`` of ``a`` has ``b[k]`` as its positive and every row
+    of ``b`` in its softmax denominator (SGL's in-batch form)::
+
+        -mean_k log( exp(a_k . b_k / tau) / sum_j exp(a_k . b_j / tau) )
+
+    computed as ``mean_k(logsumexp_j(l_kj) - l_kk)`` with ``l = a_n b_n^T / tau`` (stable
+    for small ``tau``). Raises ``ValueError`` for B < 2 or ``tau <= 0``.
+    """
+    _check_in_batch("info_nce", a, b)
+    _check_tau(tau, "info_nce")
+    an, bn = l2_normalize(a), l2_normalize(b)
+    logits = (an @ bn.T) / tau
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
+
+
+def sgcl_loss(user_emb: jax.Array, item_emb: jax.Array, tau: float) -> jax.Array:
+    """SGCL's supervised contrastive loss on (user, positive item) pairs: [B, d], [B, d] -> [].
+
+    With ``u``, ``i`` the L2-normalized rows and ``s`` the dot product, for each pair k::
+
+        -log( exp(s(u_k, i_k)/t) / (sum_{u'} exp(s(u_k, u')/t) + sum_{i'} exp(s(i_k, i')/t)) )
+
+    where u' and i' run over all batch users and items (the pair's own u_k and i_k
+    included), averaged over k. The denominator is one ``logsumexp`` over the concatenated
+    [B, 2B] logits ``[u u^T | i i^T] / t``. Raises ``ValueError`` for B < 2 or ``tau <= 0``.
+    """
+    _check_in_batch("sgcl_loss", user_emb, item_emb)
+    _check_tau(tau, "sgcl_loss")
+    un, vn = l2_normalize(user_emb), l2_normalize(item_emb)
+    pos = jnp.sum(un * vn, axis=-1) / tau
+    denom = jnp.concatenate([un @ un.T, vn @ vn.T], axis=1) / tau
+    return jnp.mean(jax.nn.logsumexp(denom, axis=1) - pos)
+
+
+def mse_loss(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean squared error over all elements of two arrays of equal shape -> []."""
+    chex.assert_equal_shape([a, b])
+    return jnp.mean(jnp.square(a - b))
+
+
+reconstruction_loss = mse_loss
+"""Alias of ``mse_loss`` (A-LLMRec's item/text reconstruction terms)."""

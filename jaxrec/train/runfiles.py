@@ -1,0 +1,109 @@
+"""A run's files: atomic JSON writes, the per-epoch JSONL log, and the run identity.
+
+``run.json`` records what a checkpoint folder belongs to (model, config, dataset
+fingerprint); resuming or reusing the folder with anything else is refused with the
+differing fields named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+# Config fields that may change between an interrupted run and its resumption without
+# changing the result of the epochs already done.
+RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk"})
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint folder belongs to a different model, config or dataset."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+class JsonlLog:
+    """Append-only per-epoch log; ``truncate_after(epoch)`` rewinds it for a resumed run."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True, default=_default) + "\n")
+            f.flush()
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed run
+        return out
+
+    def truncate_after(self, epoch: int) -> None:
+        kept = [r for r in self.records() if r.get("epoch", -1) <= epoch]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def check_identity(path: Path, identity: dict, resuming: bool) -> None:
+    """Refuse a folder whose ``run.json`` names another model, config or dataset."""
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointMismatchError(f"{path}: unreadable run identity ({e})") from None
+    diffs = _differences(saved, identity, ignore=RESUMABLE_CHANGES if resuming else frozenset())
+    if diffs:
+        lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs[:8])
+        raise CheckpointMismatchError(
+            f"checkpoint folder {path.parent} belongs to a different run ({lines}). "
+            "Use another output folder, or pass overwrite to start afresh there."
+        )
+
+
+def _differences(saved: dict, now: dict, ignore: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    out = []
+    ignore = set(ignore)
+    for section in ("model", "dataset"):
+        if saved.get(section) != now.get(section):
+            out.append((section, saved.get(section), now.get(section)))
+    sc, nc = saved.get("config", {}), now.get("config", {})
+    for k in sorted(set(sc) | set(nc)):
+        if k not in ignore and sc.get(k) != nc.get(k):
+            out.append((f"config.{k}", sc.get(k), nc.get(k)))
+    return out

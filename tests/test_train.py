@@ -1,0 +1,141 @@
+"""Training loop: early stopping, Orbax checkpoints, resume equality, run-folder safety."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from helpers import write_tiny_dataset
+from jaxrec.config import Config
+from jaxrec.data import load_dataset
+from jaxrec.models import get_model
+from jaxrec.train import CheckpointMismatchError, EarlyStopping, RunCheckpoints, fit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_early_stopping_follows_recbole_rule():
+    es = EarlyStopping()
+    scores = [0.1, 0.2, 0.2, 0.15, 0.1, 0.19]  # ties count as improvement (>=)
+    states = []
+    for epoch, s in enumerate(scores):
+        es = es.update(s, epoch)
+        states.append((es.best_epoch, es.bad_evals))
+    assert states == [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2), (2, 3)]
+    assert not es.should_stop(3) and es.should_stop(2)
+    assert EarlyStopping.from_dict(es.to_dict()) == es
+
+
+def test_checkpoint_round_trip_restores_identical_state(tmp_path):
+    params = {"user_embedding": jax.random.normal(jax.random.PRNGKey(0), (5, 3)),
+              "item_embedding": jax.random.normal(jax.random.PRNGKey(1), (7, 3))}
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(params)
+    _, opt_state = opt.update(params, opt_state, params)  # a non-trivial state
+    state = {"params": params, "opt_state": opt_state, "key": jax.random.PRNGKey(42)}
+    with RunCheckpoints(tmp_path) as ck:
+        ck.save("latest", 3, state, {"epoch": 3})
+        ck.save("latest", 4, state, {"epoch": 4})
+    with RunCheckpoints(tmp_path) as ck:
+        assert ck.latest_step() == 4
+        restored, meta = ck.restore("latest", jax.tree.map(jnp.zeros_like, state))
+    assert meta == {"epoch": 4}
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert type(restored["opt_state"][0]) is type(opt_state[0])
+    assert sorted(os.listdir(tmp_path / "latest")) == ["4"]  # only the latest kept
+
+
+def test_checkpoint_restore_rejects_other_shapes(tmp_path):
+    state = {"params": {"user_embedding": jnp.ones((5, 3))}}
+    with RunCheckpoints(tmp_path) as ck:
+        ck.save("best", 0, state, {})
+        with pytest.raises(CheckpointMismatchError, match="user_embedding has shape"):
+            ck.restore("best", {"params": {"user_embedding": jnp.ones((5, 4))}})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = write_tiny_dataset(tmp_path_factory.mktemp("data"))
+    config = Config(dataset=str(folder), epochs=6, batch_size=64, embedding_size=8, learning_rate=0.01, topk=(5, 10),
+                    valid_metric="ndcg@10", patience=100)
+    return folder, config, load_dataset(str(folder), config)
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("model_name", ["lightgcn", "mf"])
+def test_training_improves_over_initial_params(tiny, model_name):
+    _, config, ds = tiny
+    config = config.replace(model=model_name, epochs=15)
+    model = get_model(config)
+    res = fit(model, ds, config)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    untrained = fit(model, ds, config.replace(epochs=1, learning_rate=1e-9))
+    assert res.test_metrics["ndcg@10"] > untrained.test_metrics["ndcg@10"]
+    assert 0 <= res.best_epoch <= res.stopped_epoch
+
+
+def test_resume_reaches_same_result_as_uninterrupted_run(tiny, tmp_path):
+    _, config, ds = tiny
+    model = get_model(config)
+    full = fit(model, ds, config, out_dir=tmp_path / "full")
+    fit(model, ds, config.replace(epochs=3), out_dir=tmp_path / "cut")  # "interrupted" after 3 epochs
+    resumed = fit(model, ds, config, out_dir=tmp_path / "cut", resume=True)
+    for a, b in zip(_leaves(full.params), _leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+    assert full.test_metrics == resumed.test_metrics
+    full_log = [json.loads(l) for l in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    cut_log = [json.loads(l) for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds")}
+    assert [strip(r) for r in full_log] == [strip(r) for r in cut_log]
+    results = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert results["seed"] == config.seed and results["config"]["epochs"] == config.epochs
+    assert results["test"] == full.test_metrics
+
+
+def test_run_folder_refuses_other_config_and_silent_reuse(tiny, tmp_path):
+    _, config, ds = tiny
+    model = get_model(config)
+    fit(model, ds, config.replace(epochs=1), out_dir=tmp_path)
+    with pytest.raises(CheckpointMismatchError, match="config.learning_rate"):
+        fit(model, ds, config.replace(epochs=2, learning_rate=0.5), out_dir=tmp_path, resume=True)
+    other = get_model(config.replace(model="mf"))
+    with pytest.raises(CheckpointMismatchError, match="model"):
+        fit(other, ds, config.replace(model="mf", epochs=2), out_dir=tmp_path, resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(model, ds, config.replace(epochs=1), out_dir=tmp_path)
+    fit(model, ds, config.replace(epochs=1), out_dir=tmp_path, overwrite=True)  # explicit start-over works
+
+
+def test_killed_cli_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    folder, _, _ = tiny
+    common = [sys.executable, "-m", "jaxrec", "train", "--dataset", str(folder), "--model", "lightgcn",
+              "--epochs", "40", "--set", "batch_size=16", "--set", "embedding_size=8", "--set", "patience=100",
+              "--set", "topk=5,10", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(common + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(common + ["--out", str(tmp_path / "cut")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "cut" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "results.json").exists(), "run finished before it could be killed"
+    subprocess.run(common + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, capture_output=True)
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert full["test"] == cut["test"] and full["best_epoch"] == cut["best_epoch"]
