@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned torch pulls several GB of CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[text,test,bench]'
+	$(PIP) install -q -e '.[text,test,bench,experiments]'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -72,10 +72,13 @@ def ml100k_train_pairs(rng) -> tuple[int, int, np.ndarray, np.ndarray, str]:
 
 def synthetic_pairs(rng, num_users, num_items, n) -> tuple[np.ndarray, np.ndarray]:
     # Skewed per-user counts (like real data): Zipf-ish item popularity, uniform users.
-    users = rng.integers(0, num_users, size=int(n * 1.1))
     pop = 1.0 / np.arange(1, num_items + 1) ** 0.8
-    items = rng.choice(num_items, size=users.size, p=pop / pop.sum())
-    keys = np.unique(users.astype(np.int64) * num_items + items)[:n]
+    keys = np.zeros(0, dtype=np.int64)
+    while keys.size < n:  # draw until n distinct pairs, then keep a random n of them
+        users = rng.integers(0, num_users, size=n)
+        items = rng.choice(num_items, size=n, p=pop / pop.sum())
+        keys = np.unique(np.concatenate([keys, users.astype(np.int64) * num_items + items]))
+    keys = rng.choice(keys, size=n, replace=False)
     return (keys // num_items).astype(np.int32), (keys % num_items).astype(np.int32)
 
 
@@ -108,13 +111,16 @@ def numpy_topk(user_emb, item_emb, users, ex_users, ex_items, k, chunk_size):
 
 
 def median_times(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each function; runs are interleaved (a, b, a, b, ...) so that
-    load from other processes on a shared machine hits every contender alike."""
+    """Median wall time of each function. Runs are interleaved and the order rotates
+    every round, so that load from other processes on a shared machine, and BLAS threads
+    still spinning after a numpy call, hit every contender alike."""
     for fn in fns.values():
         fn()  # warm-up (compilation, caches)
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -114,8 +114,8 @@ class TorchLightGCN(nn.Module):
     def load_tables(self, user_table: np.ndarray, item_table: np.ndarray) -> None:
         """Overwrite the embedding tables (to start from the same parameters as jaxrec)."""
         with torch.no_grad():
-            self.user_embedding.weight.copy_(torch.from_numpy(np.asarray(user_table, np.float32)))
-            self.item_embedding.weight.copy_(torch.from_numpy(np.asarray(item_table, np.float32)))
+            self.user_embedding.weight.copy_(torch.from_numpy(np.array(user_table, np.float32)))
+            self.item_embedding.weight.copy_(torch.from_numpy(np.array(item_table, np.float32)))
 
     def get_ego_embeddings(self):
         return torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)

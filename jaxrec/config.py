@@ -22,6 +22,8 @@ MODELS = ("mf", "lightgcn", "sgl", "sgcl")
 SPLITS = ("loo_random", "loo_time", "ratio")
 INITS = ("none", "random", "uniform", "variance", "full", "pca")
 KERNELS = ("bcsr", "segment_sum", "bcoo", "dense")
+SHARDINGS = ("none", "feature", "row")  # --- sharding ---
+ROW_COMMS = ("ring", "allgather")
 
 
 class ConfigError(ValueError):
@@ -73,6 +75,19 @@ class Config:
     random_with_replacement: bool = False
     # --- checkpoints ------------------------------------------------------------
     checkpoint_every: int = 1  # epochs between "latest" checkpoints
+    # --- sharding ---------------------------------------------------------------
+    # See jaxrec.train.sharding. "none": one device, as before. "feature": embedding
+    # tables split along the embedding dimension, graph replicated (no communication in
+    # propagation). "row": nodes and their incoming edges split across devices.
+    sharding: str = "none"  # none | feature | row
+    mesh_shape: tuple[int, ...] = ()  # () = every device on the first axis of mesh_axes
+    mesh_axes: tuple[str, ...] = ("data",)
+    data_axis: str = "data"  # mesh axis the batches are split along
+    model_axis: str = "data"  # mesh axis the tables (feature) or nodes/edges (row) are split along
+    row_comm: str = "ring"  # row strategy: ring (exchange only needed blocks) | allgather
+    coordinator_address: str | None = None  # multi-host: host:port of process 0
+    num_processes: int = 1
+    process_id: int = 0
 
     # ------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -277,3 +292,25 @@ def _validate(c: Config) -> None:
         bad("variance_fraction", "a number in (0, 1]")
     if c.init_scale not in ("none", "match_random", "standardize"):
         bad("init_scale", "one of none, match_random, standardize")
+    # --- sharding ---
+    if c.sharding not in SHARDINGS:
+        bad("sharding", f"one of {', '.join(SHARDINGS)}")
+    if c.row_comm not in ROW_COMMS:
+        bad("row_comm", f"one of {', '.join(ROW_COMMS)}")
+    if not c.mesh_axes or len(set(c.mesh_axes)) != len(c.mesh_axes) or not all(
+        isinstance(a, str) and a.isidentifier() for a in c.mesh_axes
+    ):
+        bad("mesh_axes", "a non-empty list of distinct axis names")
+    if c.mesh_shape and (len(c.mesh_shape) != len(c.mesh_axes) or any(n < 1 for n in c.mesh_shape)):
+        bad("mesh_shape", f"() or {len(c.mesh_axes)} integers >= 1, one per mesh_axes={list(c.mesh_axes)}")
+    for name in ("data_axis", "model_axis"):
+        if getattr(c, name) not in c.mesh_axes:
+            raise ConfigError(
+                f"{name}={getattr(c, name)!r}: unknown mesh axis; the config knows mesh_axes={list(c.mesh_axes)}"
+            )
+    if c.num_processes < 1:
+        bad("num_processes", "an integer >= 1")
+    if not 0 <= c.process_id < c.num_processes:
+        bad("process_id", f"an integer in [0, num_processes={c.num_processes})")
+    if c.num_processes > 1 and not c.coordinator_address:
+        bad("coordinator_address", "host:port of process 0 when num_processes > 1")

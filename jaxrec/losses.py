@@ -92,15 +92,21 @@ def sgcl_loss(user_emb: jax.Array, item_emb: jax.Array, tau: float) -> jax.Array
         -log( exp(s(u_k, i_k)/t) / (sum_{u'} exp(s(u_k, u')/t) + sum_{i'} exp(s(i_k, i')/t)) )
 
     where u' and i' run over all batch users and items (the pair's own u_k and i_k
-    included), averaged over k. The denominator is one ``logsumexp`` over the concatenated
-    [B, 2B] logits ``[u u^T | i i^T] / t``. Raises ``ValueError`` for B < 2 or ``tau <= 0``.
+    included), averaged over k. The log of the denominator is a log-sum-exp over the
+    [B, 2B] logits ``[u u^T | i i^T] / t``, shifted by their row maximum, which is known
+    without a reduction: ``s(u_k, u_k) = 1`` is the largest cosine, so every exponent lies
+    in ``[-2/t, 0]`` and the self terms make the sum >= 1 (no overflow, no underflow to 0).
+    Raises ``ValueError`` for B < 2 or ``tau <= 0``.
     """
     _check_in_batch("sgcl_loss", user_emb, item_emb)
     _check_tau(tau, "sgcl_loss")
     un, vn = l2_normalize(user_emb), l2_normalize(item_emb)
     pos = jnp.sum(un * vn, axis=-1) / tau
-    denom = jnp.concatenate([un @ un.T, vn @ vn.T], axis=1) / tau
-    return jnp.mean(jax.nn.logsumexp(denom, axis=1) - pos)
+    # Row max of both blocks is the self-similarity 1/tau (an all-zero row would give
+    # max 0; the floor keeps its log finite).
+    total = jnp.sum(jnp.exp((un @ un.T - 1.0) / tau), axis=1) + jnp.sum(jnp.exp((vn @ vn.T - 1.0) / tau), axis=1)
+    lse = jnp.log(jnp.maximum(total, jnp.finfo(total.dtype).tiny)) + 1.0 / tau
+    return jnp.mean(lse - pos)
 
 
 def mse_loss(a: jax.Array, b: jax.Array) -> jax.Array:

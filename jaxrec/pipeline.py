@@ -75,20 +75,16 @@ def train_run(
 
 
 def format_metrics_table(metrics: dict[str, float], title: str | None = None) -> str:
-    """Metrics ``{"ndcg@10": ...}`` as a table: one row per metric, one column per k."""
-    names: list[str] = []
-    ks: list[int] = []
-    for key in metrics:
+    """Metrics ``{"ndcg@10": ...}`` as a two-column table, names as RecBole writes them,
+    ordered by metric then k."""
+
+    def order(key: str) -> tuple[int, int]:
         name, _, k = key.partition("@")
-        if name not in names:
-            names.append(name)
-        if k and int(k) not in ks:
-            ks.append(int(k))
-    ks.sort()
-    header = f"{'metric':<10}" + "".join(f"{'@' + str(k):>10}" for k in ks)
+        names = ("recall", "ndcg", "hit", "mrr", "precision")
+        return (names.index(name) if name in names else len(names), int(k) if k.isdigit() else 0)
+
+    width = max([len(k) for k in metrics] + [6])
     lines = [title] if title else []
-    lines += [header, "-" * len(header)]
-    for name in names:
-        cells = "".join(f"{metrics[f'{name}@{k}']:>10.4f}" if f"{name}@{k}" in metrics else f"{'':>10}" for k in ks)
-        lines.append(f"{name:<10}{cells}")
+    lines += [f"{'metric':<{width}}  {'value':>8}", "-" * (width + 10)]
+    lines += [f"{k:<{width}}  {metrics[k]:>8.4f}" for k in sorted(metrics, key=order)]
     return "\n".join(lines)

@@ -222,3 +222,15 @@ def test_l2_normalize_rows():
     x = rand(22, 4, 3)
     np.testing.assert_allclose(np.asarray(l2_normalize(x)), np_normalize(x), rtol=1e-6)
     assert np.isfinite(np.asarray(l2_normalize(jnp.zeros((2, 3))))).all()
+
+
+def test_sgcl_zero_rows_and_tiny_tau_stay_finite():
+    u = rand(16, 8, 6).at[0].set(0.0)
+    v = rand(17, 8, 6).at[0].set(0.0)
+    for tau in (0.2, 0.001):
+        got = SGCL(u, v, tau)
+        assert np.isfinite(float(got))
+        assert all(np.isfinite(np.asarray(g)).all() for g in GRAD_SGCL(u, v, tau))
+    # away from zero rows the value still matches the float64 formula at tiny tau
+    w = rand(18, 8, 6)
+    np.testing.assert_allclose(float(SGCL(w, -w, 0.005)), np_sgcl(w, -w, 0.005), rtol=1e-4)

@@ -9,6 +9,7 @@ from jaxrec.eval.metrics import (
     ranking_metrics,
 )
 from jaxrec.eval.ranking import evaluate, topk_full_ranking
+from jaxrec.eval.sharded import evaluate_sharded, topk_full_ranking_sharded
 
 __all__ = [
     "METRICS",
@@ -19,4 +20,6 @@ __all__ = [
     "per_user_metrics",
     "ranking_metrics",
     "topk_full_ranking",
+    "evaluate_sharded",
+    "topk_full_ranking_sharded",
 ]

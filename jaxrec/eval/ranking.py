@@ -96,15 +96,23 @@ def plan_chunks(
     users_padded = users_padded.reshape(n_chunks, size)
 
     # Positions (rows of the output) of each exclusion pair's user.
-    order = np.argsort(users, kind="stable")
-    sorted_users = users[order]
-    lo = np.searchsorted(sorted_users, exclude_users, side="left")
-    hi = np.searchsorted(sorted_users, exclude_users, side="right")
-    cnt = hi - lo
-    total = int(cnt.sum())
-    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    pos = order[np.repeat(lo, cnt) + offsets]
-    cols = np.repeat(exclude_items, cnt)
+    table_size = int(max(users.max(initial=-1), exclude_users.max(initial=-1))) + 1
+    row_of = np.full(table_size, -1, dtype=np.int64)
+    row_of[users] = np.arange(num, dtype=np.int64)
+    if np.count_nonzero(row_of >= 0) == num:  # distinct users (common): a table lookup
+        pos = row_of[exclude_users]
+        keep = pos >= 0
+        pos, cols = pos[keep], exclude_items[keep]
+    else:  # a user ranked at several rows gets its exclusions at each of them
+        order = np.argsort(users, kind="stable")
+        sorted_users = users[order]
+        lo = np.searchsorted(sorted_users, exclude_users, side="left")
+        hi = np.searchsorted(sorted_users, exclude_users, side="right")
+        cnt = hi - lo
+        offsets = np.arange(int(cnt.sum()), dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        pos = order[np.repeat(lo, cnt) + offsets]
+        cols = np.repeat(exclude_items, cnt)
+    total = pos.shape[0]
 
     chunk = pos // size
     by_chunk = np.argsort(chunk, kind="stable")

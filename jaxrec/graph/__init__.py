@@ -9,6 +9,7 @@ from jaxrec.graph.bipartite import (
 )
 from jaxrec.graph.propagate import KERNELS, layer_outputs, light_propagate, propagate
 from jaxrec.graph.augment import AUGMENTATIONS, augment, edge_dropout, node_dropout, random_walk
+from jaxrec.graph.sharded import FeatureShardedGraph, RowShardedGraph, shard_graph, unshard_graph
 
 __all__ = [
     "BipartiteGraph",
@@ -25,4 +26,8 @@ __all__ = [
     "edge_dropout",
     "node_dropout",
     "random_walk",
+    "FeatureShardedGraph",
+    "RowShardedGraph",
+    "shard_graph",
+    "unshard_graph",
 ]

@@ -101,6 +101,11 @@ def propagate(graph: BipartiteGraph, x: jax.Array, kernel: str = "bcsr") -> jax.
         fn = _KERNEL_FNS[kernel]
     except KeyError:
         raise ValueError(f"propagate: unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}") from None
+    # Sharded graphs (jaxrec.graph.sharded: feature- or row-sharded over a mesh) run their
+    # own shard_map version of the same kernel.
+    sharded = getattr(graph, "sharded_propagate", None)
+    if sharded is not None:
+        return sharded(x, kernel)
     return fn(graph, x)
 
 

@@ -4,13 +4,15 @@ Pipeline: item metadata -> text (``text``) -> encoder (``encoders``, cached by `
 or a precomputed file (``precomputed``) -> item embeddings [I, N] -> K dims
 (``selection``) -> item table [I, K]; user table = mean of training items (``pooling``);
 optional rescaling (``scaling``); written into a backbone's params (``apply``).
+``embeddings`` ties text, encoder, cache and precomputed files to a dataset.
 TF-LLMER: ``normalize`` and ``recpca``.
 
 The encoder modules import sentence-transformers lazily: ``import jaxrec.init`` stays light.
 """
 
-from jaxrec.init.apply import InitReport, item_embeddings, llm_init_params
+from jaxrec.init.apply import InitReport, llm_init_params
 from jaxrec.init.cache import CacheInfo, cached_item_embeddings, texts_sha256
+from jaxrec.init.embeddings import dataset_item_embeddings, item_embeddings
 from jaxrec.init.encoders import (
     Encoder,
     EncoderNotAvailableError,
@@ -59,6 +61,7 @@ __all__ = [
     "PrecomputedReport",
     "TextReport",
     "cached_item_embeddings",
+    "dataset_item_embeddings",
     "encode_texts",
     "encoder_cache_id",
     "generic_template",

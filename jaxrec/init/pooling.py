@@ -5,8 +5,9 @@
 ``D_u^-1 sum_{(u, i) in train} item_table[i]``; users with no training item get a zero row
 and are counted. Jitted ``jax.ops.segment_sum`` over chunks of interactions (a
 ``lax.scan``), so gathered rows never exceed ``chunk`` x K floats: 10^7 interactions with
-K = 128 take a few seconds on 2 CPU cores (benchmarks/pooling.py). Repeated (u, i) pairs
-count as many times as they appear.
+K = 128 take a few seconds on 2 CPU cores (benchmarks/pooling.py). Degrees are counted on
+the host (``np.bincount``); interactions already sorted by user (checked in O(n)) are
+passed as ``indices_are_sorted``. Repeated (u, i) pairs count as many times as they appear.
 """
 
 from __future__ import annotations
@@ -21,24 +22,24 @@ import numpy as np
 log = logging.getLogger("jaxrec.init")
 
 
-@partial(jax.jit, static_argnames=("num_users", "chunk"))
-def _pool(item_table: jax.Array, user: jax.Array, item: jax.Array, num_users: int, chunk: int):
-    """``user``/``item`` padded to a multiple of ``chunk`` with user id ``num_users`` (dropped)."""
+@partial(jax.jit, static_argnames=("num_users", "chunk", "is_sorted"))
+def _pool(item_table, user, item, degree, num_users: int, chunk: int, is_sorted: bool = False):
+    """Sum rows per user in ``chunk``-sized steps, then divide by ``degree`` [U] (>= 1).
+
+    ``user``/``item`` are padded to a multiple of ``chunk`` with user id ``num_users``
+    (dropped by segment_sum). XLA turns ``acc + segment_sum`` into an in-place scatter-add.
+    """
     dim = item_table.shape[1]
     users = user.reshape(-1, chunk)
     items = item.reshape(-1, chunk)
 
-    def body(carry, xs):
-        acc, deg = carry
+    def body(acc, xs):
         u, i = xs
-        acc = acc + jax.ops.segment_sum(item_table[i], u, num_segments=num_users)
-        deg = deg + jax.ops.segment_sum(jnp.ones(u.shape, jnp.float32), u, num_segments=num_users)
-        return (acc, deg), None
+        rows = item_table[i]
+        return acc + jax.ops.segment_sum(rows, u, num_segments=num_users, indices_are_sorted=is_sorted), None
 
-    init = (jnp.zeros((num_users, dim), item_table.dtype), jnp.zeros((num_users,), jnp.float32))
-    (acc, deg), _ = jax.lax.scan(body, init, (users, items))
-    mean = acc / jnp.maximum(deg, 1.0)[:, None].astype(acc.dtype)
-    return mean, jnp.sum(deg == 0)
+    acc, _ = jax.lax.scan(body, jnp.zeros((num_users, dim), item_table.dtype), (users, items))
+    return acc / degree[:, None].astype(acc.dtype)
 
 
 def default_chunk(n: int, dim: int) -> int:
@@ -67,7 +68,9 @@ def user_table_from_items(
         if user.min() < 0 or user.max() >= num_users:
             raise ValueError(f"user: ids must lie in [0, {num_users}), got range [{user.min()}, {user.max()}]")
         if item.min() < 0 or item.max() >= num_items:
-            raise ValueError(f"item: ids must lie in [0, {num_items}) (item_table rows), got [{item.min()}, {item.max()}]")
+            raise ValueError(
+                f"item: ids must lie in [0, {num_items}) (item_table rows), got [{item.min()}, {item.max()}]"
+            )
     n = user.size
     chunk = chunk or default_chunk(n, item_table.shape[1])
     padded = max(1, -(-n // chunk)) * chunk
@@ -75,8 +78,18 @@ def user_table_from_items(
     i = np.zeros(padded, dtype=np.int32)
     u[:n] = user
     i[:n] = item
-    table, empty = _pool(item_table, jnp.asarray(u), jnp.asarray(i), int(num_users), int(chunk))
-    empty = int(empty)
+    degree = np.bincount(user, minlength=num_users)
+    empty = int(np.sum(degree == 0))
+    is_sorted = bool(n < 2 or np.all(user[1:] >= user[:-1]))  # padding (id num_users) keeps it sorted
+    table = _pool(
+        item_table,
+        jnp.asarray(u),
+        jnp.asarray(i),
+        jnp.asarray(np.maximum(degree, 1), np.float32),
+        int(num_users),
+        int(chunk),
+        is_sorted,
+    )
     if empty:
         log.info("user pooling: %d of %d users have no training items; their rows are zero", empty, num_users)
     return table, empty

@@ -32,7 +32,8 @@ class PrecomputedReport:
     extra_examples: tuple[str, ...]
 
     def __str__(self) -> str:
-        s = f"precomputed embeddings {self.npy_path}: {self.rows_in_file} rows x {self.dim}, {self.num_items} dataset items"
+        s = f"precomputed embeddings {self.npy_path}: {self.rows_in_file} rows x {self.dim}"
+        s += f", {self.num_items} dataset items"
         if self.num_extra:
             s += f"; {self.num_extra} ids not in the dataset ignored (e.g. {list(self.extra_examples)})"
         return s
@@ -97,9 +98,7 @@ def load_precomputed(
     uniq, counts = np.unique(np.asarray(ids, dtype=str), return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
-        raise EmbeddingFileError(
-            f"item id list {ids_path}: {len(dup)} duplicated id(s), e.g. {dup[:5].tolist()}"
-        )
+        raise EmbeddingFileError(f"item id list {ids_path}: {len(dup)} duplicated id(s), e.g. {dup[:5].tolist()}")
     bad_rows = ~np.isfinite(arr).all(axis=1)
     if bad_rows.any():
         first = np.flatnonzero(bad_rows)[:5]
@@ -124,7 +123,8 @@ def load_precomputed(
     if extra:
         log.info("%s: %d ids not in the dataset ignored (e.g. %s)", npy_path, len(extra), extra[:5])
     if return_report:
-        report = PrecomputedReport(str(npy_path), str(ids_path), arr.shape[0], arr.shape[1], len(want),
-                                   len(extra), tuple(extra[:5]))
+        report = PrecomputedReport(
+            str(npy_path), str(ids_path), arr.shape[0], arr.shape[1], len(want), len(extra), tuple(extra[:5])
+        )
         return out, report
     return out

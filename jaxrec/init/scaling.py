@@ -37,8 +37,9 @@ def _stats(table, mask) -> tuple[float, float]:
     return mean_norm, float(jnp.std(table))
 
 
-def rescale(table, mode: str = "none", reference_std: float | None = None, n: int | None = None,
-            k: int | None = None) -> tuple[jnp.ndarray, dict]:
+def rescale(
+    table, mode: str = "none", reference_std: float | None = None, n: int | None = None, k: int | None = None
+) -> tuple[jnp.ndarray, dict]:
     """Rescale ``table`` [n, K] by ``mode`` (none | match_random | standardize) -> (table, report)."""
     if mode not in SCALE_MODES:
         raise ValueError(f"init_scale={mode!r}: expected one of {', '.join(SCALE_MODES)}")

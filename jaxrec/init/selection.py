@@ -71,10 +71,7 @@ def _random_dims(key: jax.Array, n: int, k: int, replace: bool) -> jax.Array:
 
 def random_dims(key: jax.Array, n: int, k: int, with_replacement: bool = False) -> jax.Array:
     """K of ``n`` dims drawn with ``key`` (sorted ascending) -> int32 [k]."""
-    if not with_replacement:
-        _check_k(k, n)
-    elif k < 1:
-        raise ValueError(f"K={k}: expected a positive integer number of dimensions")
+    _check_k(k, n)
     if key is None:
         raise ValueError("strategy 'random': a jax.random key is required")
     return _random_dims(key, n, k, bool(with_replacement))

@@ -28,13 +28,13 @@ log = logging.getLogger("jaxrec.init")
 ML100K_TEMPLATE = "Title: {movie_title}, Year: {release_year}, Genres: {class}"
 AMAZON_TEMPLATE = "Title: {title}, Brand: {brand}, Categories: {categories}, Description: {description}"
 
-#: Templates by dataset name (lower case). Amazon datasets match by prefix/category below.
+#: Templates by dataset name (lower case).
 TEMPLATES: dict[str, str] = {
     "ml-100k": ML100K_TEMPLATE,
-    "ml-1m": ML100K_TEMPLATE,
     "amazon": AMAZON_TEMPLATE,
 }
-_AMAZON_NAMES = ("amazon", "beauty", "toys", "tools", "office", "sports", "clothing", "grocery")
+_AMAZON_FIELDS = ("brand", "categories", "description")
+_ID_FIELDS = ("item_id",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,20 +62,25 @@ def template_fields(template: str) -> list[str]:
 
 
 def generic_template(fields: Sequence[str]) -> str:
-    """``"f1: {f1}, f2: {f2}, ..."`` over all ``fields`` (datasets without a template)."""
-    return ", ".join(f"{f}: {{{f}}}" for f in fields)
+    """``"f1: {f1}, f2: {f2}, ..."`` over ``fields`` (``item_id`` left out)."""
+    return ", ".join(f"{f}: {{{f}}}" for f in fields if f not in _ID_FIELDS)
 
 
 def template_for(dataset_name: str, item_features: Mapping[str, Sequence[Any]] | None = None) -> str:
-    """The template for a dataset: by name (ml-100k, Amazon categories), else generic over the fields."""
+    """The template for a dataset.
+
+    By name (``ml-100k``, ``amazon``); else by fields: the ml-100k template when
+    ``movie_title``, ``release_year`` and ``class`` all exist, the Amazon one when ``title``
+    and one of ``brand``/``categories``/``description`` exist; else ``generic_template``.
+    """
     name = (dataset_name or "").lower()
     if name in TEMPLATES:
         return TEMPLATES[name]
-    if name.startswith("ml-"):
+    fields = [f for f in (item_features or {}) if f not in _ID_FIELDS]
+    if all(f in fields for f in template_fields(ML100K_TEMPLATE)):
         return ML100K_TEMPLATE
-    if any(name.startswith(a) for a in _AMAZON_NAMES):
+    if "title" in fields and any(f in fields for f in _AMAZON_FIELDS):
         return AMAZON_TEMPLATE
-    fields = list(item_features or {})
     if not fields:
         raise ValueError(f"dataset {dataset_name!r}: no known template and no item features to build one from")
     return generic_template(fields)
@@ -134,6 +139,10 @@ def item_texts(item_features: Mapping[str, Sequence[Any]], template: str) -> tup
             texts.append(formatter.vformat(template, (), values))
     report = TextReport(template, num_items, len(empty), tuple(empty[:10]), missing)
     if empty:
-        log.warning("item texts: %d of %d items have all template fields empty; they get '' (e.g. %s)",
-                    len(empty), num_items, empty[:10])
+        log.warning(
+            "item texts: %d of %d items have all template fields empty; they get '' (e.g. %s)",
+            len(empty),
+            num_items,
+            empty[:10],
+        )
     return texts, report

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.config import Config
-from jaxrec.graph import BipartiteGraph, augment, layer_outputs, propagate
+from jaxrec.graph import BipartiteGraph, augment, light_propagate, propagate
 from jaxrec.losses import info_nce
 from jaxrec.models.base import Model, init_tables
 from jaxrec.models.lightgcn import bpr_batch_loss, lightgcn_embed, node_table
@@ -38,13 +38,12 @@ def view_propagate(view: View, x: jax.Array, num_layers: int, kernel: str) -> ja
     ``l`` propagates over ``view[l]``, SGL's random walk).
     """
     if isinstance(view, BipartiteGraph):
-        outs = layer_outputs(view, x, num_layers, kernel)
-    else:
-        if len(view) != num_layers:
-            raise ValueError(f"view_propagate: {len(view)} per-layer graphs for num_layers={num_layers}")
-        outs = [x]
-        for g in view:
-            outs.append(propagate(g, outs[-1], kernel))
+        return light_propagate(view, x, num_layers, kernel)
+    if len(view) != num_layers:
+        raise ValueError(f"view_propagate: {len(view)} per-layer graphs for num_layers={num_layers}")
+    outs = [x]
+    for g in view:
+        outs.append(propagate(g, outs[-1], kernel))
     return sum(outs) / (num_layers + 1)
 
 

@@ -35,6 +35,7 @@ from jaxrec.models import Model, Params
 from jaxrec.train.checkpoint import RunCheckpoints
 from jaxrec.train.early_stopping import EarlyStopping
 from jaxrec.train.runfiles import JsonlLog, check_identity, write_json_atomic
+from jaxrec.train.sharding import Placement, make_placement
 from jaxrec.train.step import epoch_batches, make_train_step, run_epoch
 
 log = logging.getLogger("jaxrec.train")
@@ -98,10 +99,17 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
 
 
 def evaluate_params(
-    model: Model, params: Params, graph: BipartiteGraph, exclude, truth_, config: Config
+    model: Model, params: Params, graph: BipartiteGraph, exclude, truth_, config: Config,
+    placement: Placement | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of ``params`` (``exclude`` masked, ``truth_`` held out)."""
+    """Full-ranking metrics of ``params`` (``exclude`` masked, ``truth_`` held out).
+
+    With an active ``placement`` (sharded ``params`` and ``graph``) the ranking is sharded too.
+    """
     user_emb, item_emb = _embed_jit(model)(params, graph)
+    if placement is not None and placement.active:
+        return placement.evaluate(user_emb, item_emb, None, exclude, truth_, config.topk, config.metrics,
+                                  config.eval_chunk)
     return evaluate(
         user_emb, item_emb, users=None, exclude=exclude, truth=truth_, ks=config.topk, metrics=config.metrics,
         chunk_size=config.eval_chunk,
@@ -154,11 +162,16 @@ def fit(
     root_key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(root_key)
     data = prepared or prepare(dataset)
-    graph = data.graph
+    # Sharding (config.sharding): the mesh, and where graph, params and batches live.
+    # The default "none" placement is a no-op.
+    placement = make_placement(config)
+    graph = placement.place_graph(data.graph)
     if params is None:
-        params = model.init(init_key, dataset.num_users, dataset.num_items)
+        params = placement.init_params(model.init, init_key, dataset.num_users, dataset.num_items)
+    else:
+        params = placement.place_params(params)
     optimizer = make_optimizer(config)
-    opt_state = optimizer.init(params)
+    opt_state = placement.place_params(optimizer.init(params))
     early = EarlyStopping()
     best_params: Params | None = None
     start_epoch = 0
@@ -208,7 +221,7 @@ def fit(
             ckpt.discard_after("best", -1)
             jsonl.reset()
 
-    step = make_train_step(model, optimizer)
+    step = make_train_step(model, optimizer, placement if placement.active else None)
     tr = dataset.train
     positives = data.positives if model.needs_negatives else None
     bar = _progress_bar(config.epochs, start_epoch, progress)
@@ -222,6 +235,8 @@ def fit(
             t0 = time.perf_counter()
             views = model.epoch_views(graph, view_key)
             batches = epoch_batches(_epoch_rng(epoch_key), tr.user, tr.item, config.batch_size, positives)
+            if placement.active:
+                batches = map(placement.place_batch, batches)  # split along the data axis
             params, opt_state, loss, aux = run_epoch(step, params, opt_state, graph, views, batches, step_key)
             record: dict[str, Any] = {"epoch": epoch, "loss": loss, **aux, "train_seconds": time.perf_counter() - t0}
             if not np.isfinite(loss):
@@ -229,7 +244,7 @@ def fit(
             stop = False
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 t1 = time.perf_counter()
-                valid = evaluate_params(model, params, graph, data.valid_exclude, data.valid_truth, config)
+                valid = evaluate_params(model, params, graph, data.valid_exclude, data.valid_truth, config, placement)
                 record["valid"] = valid
                 record["eval_seconds"] = time.perf_counter() - t1
                 early = early.update(valid[config.valid_metric], epoch)
@@ -255,7 +270,7 @@ def fit(
                 break
         if ckpt is not None:
             ckpt.wait()
-        test = evaluate_params(model, best_params, graph, data.test_exclude, data.test_truth, config)
+        test = evaluate_params(model, best_params, graph, data.test_exclude, data.test_truth, config, placement)
     finally:
         if bar is not None:
             bar.close()

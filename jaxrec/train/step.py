@@ -23,16 +23,20 @@ Batch = dict[str, np.ndarray]
 StepFn = Callable[..., tuple[Params, Any, jax.Array, dict[str, jax.Array]]]
 
 
-def make_train_step(model: Model, optimizer: optax.GradientTransformation) -> StepFn:
+def make_train_step(model: Model, optimizer: optax.GradientTransformation, placement: Any = None) -> StepFn:
     """Jitted ``(params, opt_state, graph, views, batch, key) -> (params, opt_state, loss, aux)``.
 
     ``params`` and ``opt_state`` are donated: the caller must use the returned ones.
+    ``placement`` (a ``jaxrec.train.sharding.Placement``, optional) pins the new params and
+    optimizer state to their shardings, so every step sees the same layout.
     """
 
     def step(params, opt_state, graph, views, batch, key):
         (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(params, graph, views, batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        if placement is not None:
+            params, opt_state = placement.constrain(params), placement.constrain(opt_state)
         return params, opt_state, loss, aux
 
     return jax.jit(step, donate_argnums=(0, 1))

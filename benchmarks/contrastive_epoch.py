@@ -1,0 +1,205 @@
+"""Training-epoch cost of the contrastive backbones: LightGCN vs SGL vs SGCL on ml-100k.
+
+All in one process run, same config (``Config.for_model`` defaults: batch 2048, d 128,
+2 layers, Adam 1e-3) and the same batches: one epoch's batches are drawn once with
+``jaxrec.train.step.epoch_batches`` (seeded; SGCL gets the same pairs without the
+negatives), every model starts from the same embedding tables, and each trains full epochs
+through ``make_train_step`` + ``run_epoch`` (what ``jaxrec.train.fit`` runs). A warm-up
+epoch compiles each step first. Epochs are interleaved over ``--rounds`` rounds (order
+rotated) and medians reported, with ratios to LightGCN.
+
+Also reported:
+
+- propagation count per step, read from the jaxpr of ``value_and_grad(model.loss)``: the
+  number of sparse products (``bcsr_dot_general``; forward and backward). SGL must cost
+  at most two extra propagations (one per view) per step: 3x LightGCN's count.
+- ``epoch_views`` (SGL's two augmented graphs, once per epoch) time;
+- a per-step profile of the parts: the in-batch loss alone (fwd + bwd at [B, d]) and the
+  propagations alone.
+
+    python benchmarks/contrastive_epoch.py             # 5 rounds
+    python benchmarks/contrastive_epoch.py --rounds 3 --aug RW
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks.common import machine_line, median, table, versions_line  # noqa: E402
+from jaxrec.config import Config  # noqa: E402
+from jaxrec.data import PositiveIndex, load_dataset  # noqa: E402
+from jaxrec.graph import build_graph, light_propagate  # noqa: E402
+from jaxrec.losses import info_nce, sgcl_loss  # noqa: E402
+from jaxrec.models import get_model  # noqa: E402
+from jaxrec.models.lightgcn import node_table  # noqa: E402
+from jaxrec.train.step import epoch_batches, make_train_step, run_epoch  # noqa: E402
+
+MODELS = ("lightgcn", "sgl", "sgcl")
+
+
+def count_primitives(fn, *args) -> Counter:
+    """Primitive names in the jaxpr of ``fn(*args)``, sub-jaxprs included."""
+
+    def walk(jaxpr, c):
+        for e in jaxpr.eqns:
+            c[e.primitive.name] += 1
+            for v in e.params.values():
+                for sub in v if isinstance(v, (list, tuple)) else [v]:
+                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                        walk(sub.jaxpr, c)
+                    elif hasattr(sub, "eqns"):
+                        walk(sub, c)
+        return c
+
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr, Counter())
+
+
+def timeit(fn, number: int) -> float:
+    jax.block_until_ready(fn())
+    t0 = time.perf_counter()
+    for _ in range(number):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / number
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one epoch per model each)")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--aug", default=None, help="SGL augmentation (default: the config's, ED)")
+    p.add_argument("--batch-size", type=int, default=None)
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+
+    overrides = {"seed": args.seed}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    configs = {m: Config.for_model(m, **overrides) for m in MODELS}
+    if args.aug:
+        configs["sgl"] = configs["sgl"].replace(ssl_aug=args.aug)
+    base = configs["lightgcn"]
+    ds = load_dataset("ml-100k", base)
+    tr = ds.train
+    graph = build_graph(tr.user, tr.item, ds.num_users, ds.num_items)
+    positives = PositiveIndex.build(tr.user, tr.item, ds.num_items)
+    batches = list(epoch_batches(np.random.default_rng(args.seed), tr.user, tr.item, base.batch_size, positives))
+    no_neg = [{"user": b["user"], "pos": b["pos"]} for b in batches]
+
+    print("# Contrastive backbones: training-epoch time on ml-100k (LightGCN, SGL, SGCL)")
+    print(f"machine: {machine_line()}")
+    print(f"versions: {versions_line()}; jax backend {jax.default_backend()}")
+    print(f"data: {ds.num_users} users, {ds.num_items} items, {len(tr)} train pairs, "
+          f"{graph.num_edges} directed edges; {len(batches)} batches of {base.batch_size} "
+          f"(last {len(batches[-1]['user'])})")
+    c = configs["sgl"]
+    print(f"config: d {base.embedding_size}, {base.num_layers} layers, kernel {base.kernel}, lr {base.learning_rate}; "
+          f"SGL {c.ssl_aug} ratio {c.ssl_ratio} tau {c.ssl_tau} weight {c.ssl_weight}; "
+          f"SGCL tau {configs['sgcl'].sgcl_tau}; rounds {args.rounds}")
+
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(args.seed))
+    models = {m: get_model(configs[m]) for m in MODELS}
+    params0 = models["lightgcn"].init(init_key, ds.num_users, ds.num_items)
+    optimizer = optax.adam(base.learning_rate)
+    state = {}
+    for name, model in models.items():
+        views_t0 = time.perf_counter()
+        views = model.epoch_views(graph, jax.random.PRNGKey(1))
+        jax.block_until_ready(views)
+        state[name] = {
+            "step": make_train_step(model, optimizer),
+            "params": jax.tree.map(jnp.copy, params0),
+            "views": views,
+            "key": train_key,
+            "batches": batches if model.needs_negatives else no_neg,
+            "first_views_s": time.perf_counter() - views_t0,
+        }
+        state[name]["opt"] = optimizer.init(state[name]["params"])
+
+    def run(name):
+        s = state[name]
+        s["key"], k = jax.random.split(s["key"])
+        s["params"], s["opt"], loss, _ = run_epoch(s["step"], s["params"], s["opt"], graph, s["views"],
+                                                  iter(s["batches"]), k)
+        return loss
+
+    first = {}
+    for name in MODELS:  # warm-up: compiles the step (full and last partial batch)
+        t0 = time.perf_counter()
+        run(name)
+        first[name] = time.perf_counter() - t0
+
+    samples = {n: [] for n in MODELS}
+    for r in range(args.rounds):
+        order = MODELS[r % 3:] + MODELS[: r % 3]
+        for n in order:
+            time.sleep(0.05)
+            t0 = time.perf_counter()
+            run(n)
+            samples[n].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {samples[n][-1]:.2f}s" for n in MODELS),
+              file=sys.stderr)
+
+    # --- propagation counts (static, from the jaxpr) --------------------------------------------
+    b0 = {k: jnp.asarray(v) for k, v in batches[0].items()}
+    counts = {}
+    for name, model in models.items():
+        bb = b0 if model.needs_negatives else {"user": b0["user"], "pos": b0["pos"]}
+        cnt = count_primitives(jax.value_and_grad(model.loss, has_aux=True), params0, graph, state[name]["views"],
+                               bb, jax.random.PRNGKey(0))
+        counts[name] = cnt.get("bcsr_dot_general", 0)
+
+    # --- per-step parts ------------------------------------------------------------------------
+    views_jit_s = timeit(lambda: models["sgl"].epoch_views(graph, jax.random.PRNGKey(3)), 5)
+    L, kernel = base.num_layers, base.kernel
+    prop = jax.jit(jax.grad(lambda p, g: jnp.sum(light_propagate(g, node_table(p), L, kernel) ** 2)))
+    prop_s = timeit(lambda: prop(params0, graph), 10)
+    B, d = base.batch_size, base.embedding_size
+    xa = jax.random.normal(jax.random.PRNGKey(5), (B, d))
+    xb = jax.random.normal(jax.random.PRNGKey(6), (B, d))
+    nce_one = jax.jit(jax.grad(lambda a, b: info_nce(a, b, 0.2), argnums=(0, 1)))
+    nce_s = 2 * timeit(lambda: nce_one(xa, xb), 5)  # one InfoNCE for users, one for items
+    sgc = jax.jit(jax.grad(lambda a, b: sgcl_loss(a, b, 0.2), argnums=(0, 1)))
+    sgc_s = timeit(lambda: sgc(xa, xb), 5)
+
+    # --- report ----------------------------------------------------------------------------------
+    lg = median(samples["lightgcn"])
+    steps = len(batches)
+    print(f"\nEpoch time, seconds (median of {args.rounds} interleaved rounds; {steps} steps per epoch):\n")
+    rows = []
+    for n in MODELS:
+        t = median(samples[n])
+        rows.append([n, f"{t:.3f}", f"{min(samples[n]):.3f}", f"{1e3 * t / steps:.1f}", f"{t / lg:.2f}",
+                     str(counts[n]), f"{counts[n] / max(counts['lightgcn'], 1):.0f}x",
+                     f"{first[n]:.2f}"])
+    print(table(["model", "s/epoch (median)", "min", "ms/step", "/ LightGCN", "sparse products/step",
+                 "/ LightGCN", "first epoch s (compile)"], rows))
+    extra = (counts["sgl"] - counts["lightgcn"]) / max(counts["lightgcn"], 1)
+    verdict = "MEETS" if extra <= 2 else "MISSES"
+    print(f"\nSGL propagation cost: {counts['sgl']} sparse products per step vs LightGCN's {counts['lightgcn']} "
+          f"-> {extra:.0f} extra propagations (fwd+bwd of {L} layers each) per step: {verdict} "
+          f"the limit of 2 (one per view).")
+    print(f"\nParts (seconds; B={B}, d={d}):\n")
+    print(table(["part", "s", "per epoch-equivalent s"], [
+        ["LightGCN propagation fwd+bwd (one graph, all nodes)", f"{prop_s:.4f}", f"{prop_s * steps:.3f}"],
+        ["InfoNCE fwd+bwd, users + items ([B,B] logits x2)", f"{nce_s:.4f}", f"{nce_s * steps:.3f}"],
+        ["SGCL loss fwd+bwd ([B,2B] logits)", f"{sgc_s:.4f}", f"{sgc_s * steps:.3f}"],
+        ["SGL epoch_views (2 ED views, once per epoch)", f"{views_jit_s:.4f}", f"{views_jit_s:.3f}"],
+    ]))
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Full-ranking evaluation sharded over items, with a merged top-k.
+
+The item table is split in equal row blocks over one mesh axis (padded to a multiple of
+the axis size; padded items score -inf). For each chunk of users, every device scores
+the chunk against its own items, masks the excluded pairs that fall in its block, takes
+its local top-k, and the devices all-gather their k candidates (values and global item
+ids: ``P * k`` per user) and take the top-k of those. No device ever holds the whole
+item table or a [C, I] score matrix: per device C x I / P scores and C x P x k
+candidates.
+
+Same result as ``jaxrec.eval.topk_full_ranking``, exactly: the scores of a (user, item)
+pair are the same dot product, and ties still go to the lower item id (candidates are
+concatenated in device order, i.e. item-id order, and ``lax.top_k`` prefers the earlier
+position among equal values).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxrec.eval.metrics import METRICS, _check_ks, _check_metrics, ranking_metrics
+from jaxrec.eval.ranking import _check_embedding, _check_ids, _csr_take_rows, _int1d, plan_chunks
+
+__all__ = ["topk_full_ranking_sharded", "evaluate_sharded"]
+
+
+@functools.lru_cache(maxsize=None)
+def _items_padder(mesh: Mesh, axis: str, padded: int):
+    sharding = NamedSharding(mesh, P(axis, None))
+
+    def pad(item_emb):
+        return jnp.pad(item_emb, ((0, padded - item_emb.shape[0]), (0, 0)))
+
+    return jax.jit(pad, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_fn(mesh: Mesh, axis: str, k: int, num_items: int, rows: int):
+    kk = min(k, rows)
+
+    def local(u, items, ex_rows, ex_cols):
+        off = jax.lax.axis_index(axis) * rows
+        c = u.shape[0]
+        scores = jax.lax.dot_general(
+            u, items, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST
+        )  # [C, rows]
+        lc = ex_cols - off
+        inb = (lc >= 0) & (lc < rows)
+        scores = scores.at[jnp.where(inb, ex_rows, c), jnp.where(inb, lc, 0)].set(-jnp.inf, mode="drop")
+        gid = off + jnp.arange(rows)
+        scores = jnp.where((gid < num_items)[None, :], scores, -jnp.inf)
+        vals, idx = jax.lax.top_k(scores, kk)
+        idx = idx + off
+        all_vals = jax.lax.all_gather(vals, axis, axis=1, tiled=True)  # [C, P * kk], device order
+        all_idx = jax.lax.all_gather(idx, axis, axis=1, tiled=True)
+        best, pos = jax.lax.top_k(all_vals, k)
+        top = jnp.take_along_axis(all_idx, pos, axis=1)
+        return jnp.where(best == -jnp.inf, -1, top).astype(jnp.int32)
+
+    sm = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(axis, None), P(), P()), out_specs=P(), check_vma=False
+    )
+
+    @jax.jit
+    def chunk(user_emb, items_padded, users, ex_rows, ex_cols):
+        u = jnp.take(user_emb, users, axis=0)
+        return sm(u, items_padded, ex_rows, ex_cols)
+
+    return chunk
+
+
+def topk_full_ranking_sharded(
+    user_emb,
+    item_emb,
+    users,
+    exclude_users=None,
+    exclude_items=None,
+    k: int = 50,
+    chunk_size: int = 1024,
+    *,
+    mesh: Mesh,
+    axis: str,
+) -> np.ndarray:
+    """``jaxrec.eval.topk_full_ranking`` with the items split over mesh axis ``axis``.
+
+    Arguments and result as in ``topk_full_ranking`` (int32 [M, k], best first, -1 where a
+    user has fewer than k rankable items); ``user_emb``/``item_emb`` may carry any
+    sharding on ``mesh`` (or none).
+    """
+    if axis not in mesh.shape:
+        raise ValueError(f"axis: {axis!r} is not an axis of the mesh {dict(mesh.shape)}")
+    user_emb = _check_embedding("user_emb", user_emb)
+    item_emb = _check_embedding("item_emb", item_emb)
+    num_users, dim = user_emb.shape
+    num_items = item_emb.shape[0]
+    if item_emb.shape[1] != dim:
+        raise ValueError(f"item_emb: embedding size {item_emb.shape[1]} does not match user_emb's {dim}")
+    k = int(k)
+    if not 1 <= k <= num_items:
+        raise ValueError(f"k: must lie in [1, num_items={num_items}], got {k}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+    users = _check_ids("users", users, num_users, "rows of user_emb")
+    if (exclude_users is None) != (exclude_items is None):
+        raise ValueError("exclude_users/exclude_items: give both or neither")
+    if exclude_users is None:
+        exclude_users = exclude_items = np.zeros(0, dtype=np.int64)
+    exclude_users = _check_ids("exclude_users", exclude_users, num_users, "rows of user_emb")
+    exclude_items = _check_ids("exclude_items", exclude_items, num_items, "rows of item_emb")
+    if exclude_users.shape != exclude_items.shape:
+        raise ValueError(
+            f"exclude_users/exclude_items: lengths differ ({exclude_users.shape[0]} vs {exclude_items.shape[0]})"
+        )
+    num = users.shape[0]
+    out = np.empty((num, k), dtype=np.int32)
+    if num == 0:
+        return out
+    nsh = int(mesh.shape[axis])
+    rows = math.ceil(num_items / nsh)
+    items_padded = _items_padder(mesh, axis, rows * nsh)(item_emb)
+    size, users_padded, ex_rows, ex_cols = plan_chunks(users, exclude_users, exclude_items, int(chunk_size))
+    fn = _chunk_fn(mesh, axis, k, num_items, rows)
+    pending = None
+    for c in range(users_padded.shape[0]):
+        res = fn(user_emb, items_padded, users_padded[c], ex_rows[c], ex_cols[c])
+        if pending is not None:
+            _store(out, *pending, size)
+        pending = (c, res)
+    _store(out, *pending, size)
+    return out
+
+
+def _store(out: np.ndarray, c: int, res: jax.Array, size: int) -> None:
+    start = c * size
+    stop = min(start + size, out.shape[0])
+    out[start:stop] = np.asarray(res)[: stop - start]
+
+
+def evaluate_sharded(
+    user_emb,
+    item_emb,
+    users,
+    exclude,
+    truth,
+    ks: Sequence[int] = (10, 20, 50),
+    metrics: Sequence[str] = METRICS,
+    chunk_size: int = 1024,
+    *,
+    mesh: Mesh,
+    axis: str,
+) -> dict[str, float]:
+    """``jaxrec.eval.evaluate`` with the ranking sharded over items (same arguments, same result)."""
+    ks = _check_ks(ks)
+    metrics = _check_metrics(metrics)
+    if not (isinstance(truth, (tuple, list)) and len(truth) == 3):
+        raise ValueError("truth: expected a (users_sorted, indptr, items) triple")
+    truth_users = _int1d("truth[0] (users)", truth[0])
+    indptr = np.asarray(truth[1])
+    truth_items = np.asarray(truth[2])
+    if indptr.ndim != 1 or indptr.shape[0] != truth_users.shape[0] + 1:
+        raise ValueError(f"truth[1] (indptr): expected shape [{truth_users.shape[0] + 1}], got {indptr.shape}")
+    if truth_users.size > 1 and np.any(np.diff(truth_users) <= 0):
+        raise ValueError("truth[0] (users): must be unique and strictly increasing")
+    if truth_users.size == 0:
+        raise ValueError("truth: no users to evaluate")
+    if users is not None:
+        users = _int1d("users", users)
+        if users.size == 0:
+            raise ValueError("users: no users to evaluate")
+        if users.size > 1 and np.unique(users).size != users.size:
+            raise ValueError("users: ids must be distinct")
+        row = np.minimum(np.searchsorted(truth_users, users), truth_users.size - 1)
+        missing = truth_users[row] != users
+        if missing.any():
+            raise ValueError(
+                f"users: {int(missing.sum())} user(s) have no truth items (first: {users[missing][:5].tolist()})"
+            )
+        indptr, truth_items = _csr_take_rows(indptr.astype(np.int64), truth_items, row)
+        truth_users = users
+    if exclude is None:
+        ex_users = ex_items = None
+    else:
+        if not (isinstance(exclude, (tuple, list)) and len(exclude) == 2):
+            raise ValueError("exclude: expected a (users, items) pair of arrays or None")
+        ex_users, ex_items = exclude
+    topk = topk_full_ranking_sharded(
+        user_emb, item_emb, truth_users, ex_users, ex_items, k=max(ks), chunk_size=chunk_size, mesh=mesh, axis=axis
+    )
+    return ranking_metrics(topk, indptr, truth_items, ks, metrics)

@@ -1,0 +1,81 @@
+"""The CLI on a tiny dataset: options, config precedence, output, errors."""
+
+import json
+import re
+
+import pytest
+
+from helpers import write_tiny_dataset
+from jaxrec.cli import build_parser, config_from_args, main
+from jaxrec.config import Config, ConfigError, field_names
+from jaxrec.pipeline import format_metrics_table
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("cli"))
+
+
+def test_help_lists_every_config_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in field_names():
+        assert name in text, name
+    for flag in ("--config", "--set", "--resume", "--out", "--init", "--encoder", "--embeddings"):
+        assert flag in text
+
+
+def test_config_precedence_defaults_file_flags_set(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('epochs = 7\nlearning_rate = 0.01\ntopk = [5, 10]\nvalid_metric = "recall@10"\n')
+    args = build_parser().parse_args(
+        ["train", "--model", "mf", "--config", str(cfg), "--epochs", "9", "--set", "reg_weight=0.5"])
+    c = config_from_args(args)
+    assert (c.model, c.epochs, c.learning_rate, c.topk, c.reg_weight, c.valid_metric) == (
+        "mf", 9, 0.01, (5, 10), 0.5, "recall@10")
+    assert c.batch_size == Config().batch_size
+
+
+def test_lightgcn_defaults_are_the_reference_protocol():
+    c = Config.for_model("lightgcn")
+    assert (c.seed, c.embedding_size, c.num_layers, c.learning_rate, c.batch_size, c.reg_weight, c.patience) == (
+        2020, 128, 2, 1e-3, 2048, 1e-5, 10)
+    assert c.split == "loo_random" and c.valid_metric == "ndcg@10"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "nope=1"], "unknown config key"),
+    (["--set", "epochs=ten"], "cannot parse 'ten' as int"),
+    (["--set", "ssl_ratio=1.5"], "ssl_ratio"),
+    (["--set", "valid_metric=ndcg@7"], "valid_metric"),
+    (["--set", "epochs"], "expected key=value"),
+])
+def test_bad_options_give_clear_errors(tiny, tmp_path, capsys, bad, message):
+    code = main(["train", "--dataset", str(tiny), "--out", str(tmp_path / "r")] + bad)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--dataset", str(tmp_path / "absent"), "--out", str(tmp_path / "r")]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
+def test_train_prints_table_and_writes_results(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(tiny), "--model", "lightgcn", "--epochs", "3", "--out", str(out),
+                 "--set", "embedding_size=8", "--set", "batch_size=32", "--set", "topk=5,10", "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert re.search(rf"^ndcg@10\s+{results['test']['ndcg@10']:.4f}$", text, re.M)
+    assert str(out) in text
+    assert results["config"]["epochs"] == 3 and results["seed"] == 2020
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_format_metrics_table_orders_by_metric_then_k():
+    text = format_metrics_table({"ndcg@20": 0.2, "recall@10": 0.3, "ndcg@10": 0.1})
+    rows = [line.split()[0] for line in text.splitlines()[2:]]
+    assert rows == ["recall@10", "ndcg@10", "ndcg@20"]
