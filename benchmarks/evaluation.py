@@ -195,7 +195,8 @@ def main(argv=None):
     sweep = [int(s) for s in args.sweep.split(",") if s]
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), "
-          f"numpy {np.__version__}, {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}")
+          f"numpy {np.__version__}, {os.cpu_count()} CPU cores, "
+          f"{platform.processor() or platform.machine()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes share the cores)")
     rows = []
     if args.users is not None or args.items is not None:
@@ -219,7 +220,8 @@ def main(argv=None):
                                  args.chunk_size, max(1, min(args.repeats, 3)), sweep, rng))
 
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
-    print("\n| case | numpy baseline (ms) | jaxrec (ms) | speed-up | bare matmul numpy / jax (GFLOP/s) |")
+    print("\n| case | numpy baseline (ms) | jaxrec (ms) | speed-up "
+          "| bare matmul numpy / jax (GFLOP/s) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['case']} | {r['numpy_ms']:.1f} | {r['jaxrec_ms']:.1f} | "

@@ -17,7 +17,8 @@ set here to 8 unless XLA_FLAGS already asks for a count):
    ``--budget-mib`` per device, with one step actually run at that size; and a linear
    extrapolation (from the two largest sizes) of the largest graph that would fit.
 
-On this machine the "devices" are threads of one CPU sharing its cores and memory:
+On this machine the "devices" are threads of one CPU sharing its cores and memory
+(``PJRT_NPROC=32`` is set unless given: see the note at the imports):
 more devices cannot make an epoch faster (the same 2 cores do all the work, plus the
 collectives), so part 1 measures the overhead of the sharded programs, not a speed-up;
 part 2's per-device accounting is what carries over to real accelerators.
@@ -34,13 +35,11 @@ import os
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# Several host "devices" on few cores: XLA:CPU runs each device's program on a shared
-# thread pool; with Eigen's intra-op threading on, a device's matmul can wait for pool
-# threads that other devices hold while they wait in a collective -- a deadlock we hit
-# with 8 devices on 2 cores (all-gather rendezvous: 6 of 8 arrived). One thread per op
-# avoids it; on one device it changed the epoch time by less than the noise here.
-if "xla_cpu_multi_thread_eigen" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
+# Several host "devices" on few cores: XLA:CPU sizes its thread pools max(cores, devices)
+# and a device's program blocks a pool thread while it waits in a collective; with 8
+# devices on 2 cores we hit "all gather rendezvous: 7 of 8 arrived" aborts. More pool
+# threads (PJRT_NPROC) avoid it.
+os.environ.setdefault("PJRT_NPROC", "32")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -54,7 +53,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.common import machine_line, median, synthetic_train, table, versions_line  # noqa: E402
+from benchmarks.common import TrainData, machine_line, median, synthetic_train, table, versions_line  # noqa: E402
 from jaxrec.config import Config  # noqa: E402
 from jaxrec.graph import build_graph  # noqa: E402
 from jaxrec.models import get_model  # noqa: E402
@@ -67,6 +66,40 @@ STRATEGIES = {  # name -> config overrides
     "row (ring)": {"sharding": "row", "row_comm": "ring"},
     "row (allgather)": {"sharding": "row", "row_comm": "allgather"},
 }
+
+
+def _graph_data(edges: int, args):
+    """``synthetic_train`` with user and item ids randomly relabeled (unless --popularity-order).
+
+    ``synthetic_train`` numbers nodes by popularity (id 0 = the most popular); real data
+    sets number them in no such order. The row strategy splits nodes in contiguous id
+    blocks, so popularity-ordered ids would put every hub on the first devices.
+    """
+    key = (edges, args.alpha, args.popularity_order)
+    if key in _DATA:
+        return _DATA[key]
+    cache = None
+    if args.cache_dir:
+        cache = Path(args.cache_dir) / f"synthetic_{edges}_a{args.alpha}_{'pop' if args.popularity_order else 'shuf'}.npz"
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        data = TrainData(z["user"], z["item"], int(z["num_users"]), int(z["num_items"]), str(z["source"]))
+    else:
+        data = synthetic_train(edges, alpha=args.alpha, seed=0)
+        if not args.popularity_order:
+            rng = np.random.default_rng(1)
+            data.user = rng.permutation(data.num_users).astype(np.int32)[data.user]
+            data.item = rng.permutation(data.num_items).astype(np.int32)[data.item]
+            data.source += ", ids shuffled"
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, user=data.user, item=data.item, num_users=data.num_users, num_items=data.num_items,
+                     source=data.source)
+    _DATA[key] = data
+    return data
+
+
+_DATA: dict = {}
 
 
 def _config(args, overrides: dict) -> Config:
@@ -196,7 +229,7 @@ def memory_scaling(args) -> tuple[str, str, list[str]]:
     largest_data = {}
     for edges in args.mem_sizes:
         t0 = time.perf_counter()
-        data = synthetic_train(edges, alpha=args.alpha, seed=0)
+        data = _graph_data(edges, args)
         graph0 = build_graph(data.user, data.item, data.num_users, data.num_items)
         print(f"  graph {edges}: {graph0.num_nodes} nodes, {graph0.num_edges} directed edges "
               f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
@@ -252,7 +285,7 @@ def memory_scaling(args) -> tuple[str, str, list[str]]:
 def _run_one_step(args, name: str, edges: int) -> str:
     config = _config(args, STRATEGIES[name])
     n = 1 if config.sharding == "none" else args.mem_devices
-    data = synthetic_train(edges, alpha=args.alpha, seed=0)
+    data = _graph_data(edges, args)
     graph0 = build_graph(data.user, data.item, data.num_users, data.num_items)
     placement, graph, params, opt_state, step = _setup(config, n, data, graph0)
     batch = {"user": data.user[: config.batch_size], "pos": data.item[: config.batch_size],
@@ -278,6 +311,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--edges", type=int, default=100_000, help="interactions of the epoch-timing graph")
     p.add_argument("--alpha", type=float, default=1.2, help="power-law exponent of the synthetic graphs")
+    p.add_argument("--popularity-order", action="store_true",
+                   help="keep synthetic_train's popularity-ordered node ids (default: shuffle them)")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--kernel", default="bcsr")
@@ -293,6 +328,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--no-run-largest", action="store_true", help="do not run a step at the largest fitting size")
     p.add_argument("--out", type=Path, default=None, help="also write the report (markdown) here")
+    p.add_argument("--cache-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "jaxrec-bench"),
+                   help="where generated synthetic graphs are kept between runs ('' = nowhere)")
     args = p.parse_args(argv)
     ndev = len(jax.devices())
     if max(args.devices + [args.mem_devices]) > ndev:
@@ -305,12 +342,13 @@ def main(argv=None) -> int:
              f"- model: LightGCN, d = {args.dim}, {args.layers} layers, kernel {args.kernel}, batch {args.batch_size}, "
              f"Adam; synthetic power-law graphs (alpha {args.alpha}, benchmarks.common.synthetic_train)", ""]
     if not args.skip_epochs:
-        data = synthetic_train(args.edges, alpha=args.alpha, seed=0)
+        data = _graph_data(args.edges, args)
         graph0 = build_graph(data.user, data.item, data.num_users, data.num_items)
         print(f"epoch timing: {data.source}", file=sys.stderr)
         tbl, _ = epoch_scaling(args, data, graph0)
         lines += [f"## Time per epoch vs devices ({data.source}; {graph0.num_edges:,} directed edges)", "",
                   tbl, ""]
+        print("\n".join(lines), file=sys.stderr, flush=True)
     if not args.skip_memory:
         print("memory per device", file=sys.stderr)
         mem_table, summary, _ = memory_scaling(args)

@@ -90,7 +90,8 @@ def add_common_args(parser: argparse.ArgumentParser, backbones: str = "lightgcn"
                     text_source: bool = True) -> argparse.ArgumentParser:
     g = parser.add_argument_group("common experiment options")
     g.add_argument("--dataset", default="ml-100k", help="dataset name or folder (default ml-100k)")
-    g.add_argument("--seeds", default=seeds, help=f"comma-separated seeds; mean and std are over them (default {seeds})")
+    g.add_argument("--seeds", default=seeds,
+                   help=f"comma-separated seeds; mean and std are over them (default {seeds})")
     g.add_argument("--backbones", default=backbones, help=f"comma-separated backbones (default {backbones})")
     g.add_argument("--epochs", type=int, default=None,
                    help="cap on training epochs (early stopping still applies; default: the config's 300)")
@@ -111,21 +112,57 @@ def add_common_args(parser: argparse.ArgumentParser, backbones: str = "lightgcn"
                    help="fix the data split to this seed for every run (default: each run's own seed)")
     g.add_argument("--resume", action="store_true",
                    help="reuse the cells already in the run folder's results.json (same config) and run the rest")
+    g.add_argument("--reuse", action="append", default=[], metavar="RESULTS",
+                   help="also reuse matching cells from another run's results.json (file or run folder; repeatable)")
     g.add_argument("--save-runs", action="store_true",
                    help="keep each cell's jaxrec run folder (checkpoints, log.jsonl) under <out>/runs/")
     g.add_argument("--progress", action="store_true", help="show a progress bar per training run")
+    g.add_argument("--compile-cache", default=os.environ.get("JAXREC_COMPILE_CACHE"), metavar="DIR",
+                   help="JAX persistent compilation cache folder: cells with the same shapes compile once "
+                        "(default $JAXREC_COMPILE_CACHE; off when unset)")
     g.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     return parser
 
 
+_STANDALONE = False
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """Progress of the experiment and jaxrec's LLM-init/encoding messages (items/s) on stderr."""
     level = logging.DEBUG if verbose else logging.INFO
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S", stream=sys.stderr)
-    for name in ("experiments", "jaxrec.init", "jaxrec.pipeline"):
-        logging.getLogger(name).setLevel(level)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("experiments", "jaxrec.init"):
+        lg = logging.getLogger(name)
+        lg.setLevel(level)
+        if not any(getattr(h, "_experiments", False) for h in lg.handlers):
+            h = logging.StreamHandler(sys.stderr)
+            h.setFormatter(fmt)
+            h._experiments = True  # type: ignore[attr-defined]
+            lg.addHandler(h)
+        if _STANDALONE:  # run as a program: don't repeat these lines through a root handler
+            lg.propagate = False
+
+
+def enable_compile_cache(path: str | os.PathLike | None) -> None:
+    """Turn on JAX's persistent compilation cache in ``path`` (every entry kept), so the
+    per-run jitted steps of a grid compile once per shape instead of once per run."""
+    if not path:
+        return
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.set_cache_dir(str(path))
+    cc.reset_cache()  # re-initialize with the new folder even if jax compiled before
+    log.debug("JAX compilation cache: %s", path)
+
+
+def start(args: argparse.Namespace) -> None:
+    """Logging and the compilation cache, from the common options."""
+    setup_logging(args.verbose)
+    enable_compile_cache(getattr(args, "compile_cache", None))
 
 
 def base_config(args: argparse.Namespace, **fields: Any) -> Config:
@@ -215,7 +252,8 @@ def find_reference_embeddings(dataset: str, data_dirs: Sequence[str] = ()) -> Pa
     except (DataError, FileNotFoundError, OSError):
         return None
     name = folder.name
-    for cand in (folder / REFERENCE_EMBEDDINGS.format(name=name), folder.parent / REFERENCE_EMBEDDINGS.format(name=name)):
+    file = REFERENCE_EMBEDDINGS.format(name=name)
+    for cand in (folder / file, folder.parent / file):
         ids = cand.with_name(cand.name[: -len(".npy")] + ".item_ids.txt")
         if cand.is_file() and ids.is_file():
             return cand
@@ -372,7 +410,7 @@ class DatasetCache:
         ds = self.base(cell.config, seed)
         info: dict[str, Any] = {"split_seed": seed}
         if self.transform is not None and cell.data:
-            k = data_key(cell.config, seed) + (json.dumps(cell.data, sort_keys=True),)
+            k = data_key(cell.config, seed) + (cell.config.seed, json.dumps(cell.data, sort_keys=True))
             if k not in self._derived:
                 self._derived[k] = self.transform(ds, cell)
             ds, extra = self._derived[k]
@@ -415,29 +453,37 @@ def _initial_params(model, dataset, config: Config):
 def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | None = None,
              on_result: Callable[[CellContext], dict] | None = None, resume: bool = False,
              save_runs: bool = False, progress: bool = False,
-             checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:
+             checkpoint: Callable[[list[dict]], None] | None = None,
+             reuse: Sequence[str | Path] = ()) -> list[dict]:
     """Train every cell (in order) and return one record per cell.
 
     A record is jaxrec's ``results.json`` content for that run (``model``, ``seed``, full
     ``config``, ``dataset`` fingerprint, ``best_epoch``, ``stopped_epoch``, ``valid``,
     ``test``, ``versions``) plus ``key``, ``data`` (+ ``split_seed``), ``seconds``,
-    ``epochs_run`` and, with ``on_result``, ``extra``. ``checkpoint(records)`` is called
+    ``epochs_run``, ``curve`` (loss and validation metric per epoch) and, with
+    ``on_result``, ``extra``. ``checkpoint(records)`` is called
     after each cell (the experiments write ``results.json`` there), so a killed job keeps
     its finished cells; with ``resume`` the cells already in ``out_dir/results.json`` with
-    the same identity are reused instead of retrained.
+    the same key, data and config are reused instead of retrained (also from the
+    ``reuse`` results files).
     """
     from jaxrec.models import get_model
     from jaxrec.train import fit
     from jaxrec.train.loop import results_record
 
     datasets = datasets or DatasetCache()
-    previous = load_previous_cells(out_dir) if resume else {}
+    previous = load_previous_cells(out_dir) if resume else []
+    for other in reuse:
+        found = load_previous_cells(other)
+        if not found:
+            raise ConfigError(f"--reuse {other}: no results.json with cells there")
+        previous += found
     records: list[dict] = []
     for n, cell in enumerate(cells, 1):
-        ident = cell.identity()
         tag = ", ".join(f"{k}={v}" for k, v in cell.key.items())
-        if ident in previous:
-            records.append(previous[ident])
+        old = next((r for r in previous if same_cell(r, cell)), None)
+        if old is not None:
+            records.append(old)
             log.info("[%d/%d] %s: reused from results.json", n, len(cells), tag)
             continue
         t0 = time.perf_counter()
@@ -446,11 +492,17 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         model = get_model(cell.config)
         params = _initial_params(model, dataset, cell.config)
         run_dir = out_dir / "runs" / _slug(cell.key) if save_runs else None
-        result = fit(model, dataset, cell.config, out_dir=run_dir, params=params, overwrite=True,
+        start_params = params
+        if on_result is not None:  # fit donates the params it is given; keep the initial ones for on_result
+            import jax
+            import jax.numpy as jnp
+
+            start_params = jax.tree.map(jnp.copy, params)
+        result = fit(model, dataset, cell.config, out_dir=run_dir, params=start_params, overwrite=True,
                      progress=progress, prepared=prepared)
         rec = results_record(result, dataset)
         rec.update(key=dict(cell.key), data={**cell.data, **info}, seconds=time.perf_counter() - t0,
-                   epochs_run=len(result.history), identity=ident)
+                   epochs_run=len(result.history), curve=learning_curve(result.history, cell.config.valid_metric))
         if run_dir is not None:
             rec["run_dir"] = str(run_dir)
         if on_result is not None:
@@ -465,20 +517,42 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
     return records
 
 
+def learning_curve(history: Sequence[dict], valid_metric: str) -> dict[str, list]:
+    """Compact per-epoch training loss and validation metric of a run (for diagnosis)."""
+    return {"epoch": [int(h["epoch"]) for h in history],
+            "loss": [round(float(h["loss"]), 6) for h in history],
+            valid_metric: [round(float(h["valid"][valid_metric]), 6) if "valid" in h else None for h in history]}
+
+
 def _slug(key: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "-".join(f"{k}={v}" for k, v in key.items()))
 
 
-def load_previous_cells(out_dir: Path) -> dict[str, dict]:
-    path = Path(out_dir) / "results.json"
+def load_previous_cells(out_dir: str | Path) -> list[dict]:
+    """The cell records of ``out_dir/results.json`` (or of the file ``out_dir``); [] if none."""
+    path = Path(out_dir)
+    path = path if path.is_file() else path / "results.json"
     if not path.is_file():
-        return {}
+        return []
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         log.warning("cannot reuse %s (%s); running every cell", path, e)
-        return {}
-    return {c["identity"]: c for c in data.get("cells", []) if "identity" in c}
+        return []
+    return [c for c in data.get("cells", []) if "key" in c and "config" in c]
+
+
+def same_cell(record: dict, cell: Cell) -> bool:
+    """Whether a stored cell record is ``cell``: same key, data and config (a config field
+    the record lacks, e.g. added to jaxrec since, counts as its default)."""
+    if record.get("key") != json.loads(json.dumps(cell.key)):
+        return False
+    data = {k: v for k, v in record.get("data", {}).items() if k in cell.data}
+    if data != json.loads(json.dumps(cell.data)):
+        return False
+    defaults = Config().to_dict()
+    stored = record["config"]
+    return all(stored.get(k, defaults[k]) == v for k, v in json.loads(json.dumps(cell.config.to_dict())).items())
 
 
 # ------------------------------------------------------------------------ aggregation
@@ -502,9 +576,10 @@ def metric_value(record: dict, metric: str, split: str = "test") -> float:
 
 
 def aggregate(records: Sequence[dict], by: Sequence[str], metrics: Sequence[str] = METRICS,
-              split: str = "test") -> list[dict]:
+              split: str = "test", extras: Sequence[str] = ()) -> list[dict]:
     """Group records by ``key[by...]`` (first-seen order) -> rows with ``<metric>_mean``,
-    ``<metric>_std`` (sample std over seeds), ``n`` and ``seeds``."""
+    ``<metric>_std`` (sample std over seeds), ``n`` and ``seeds``; ``extras`` are numbers
+    from each record's ``extra`` dict, aggregated the same way."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(tuple(r["key"].get(b) for b in by), []).append(r)
@@ -515,6 +590,8 @@ def aggregate(records: Sequence[dict], by: Sequence[str], metrics: Sequence[str]
         row["seeds"] = [r["key"].get("seed", r.get("seed")) for r in recs]
         for m in metrics:
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std([metric_value(r, m, split) for r in recs])
+        for e in extras:
+            row[f"{e}_mean"], row[f"{e}_std"] = mean_std([float(r["extra"][e]) for r in recs])
         rows.append(row)
     return rows
 
@@ -532,7 +609,8 @@ def add_gains(rows: list[dict], base_of: Callable[[dict], dict | None], metrics:
                     base = cand
                     break
         for m in metrics:
-            row[f"{m}_gain"] = relative_gain(row[f"{m}_mean"], base[f"{m}_mean"]) if base is not None and base is not row else float("nan")
+            has_base = base is not None and base is not row
+            row[f"{m}_gain"] = relative_gain(row[f"{m}_mean"], base[f"{m}_mean"]) if has_base else float("nan")
     return rows
 
 
@@ -643,7 +721,8 @@ def _csv_value(v: Any) -> Any:
     return "" if v is None else v
 
 
-def cell_rows(records: Sequence[dict], metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")) -> list[dict]:
+def cell_rows(records: Sequence[dict],
+              metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")) -> list[dict]:
     """One flat CSV row per cell (per seed): key fields, metrics, epochs, seconds."""
     rows = []
     for r in records:
@@ -710,7 +789,11 @@ def grouped_bars(ax, groups: Sequence[str], series: dict[str, tuple[Sequence[flo
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
-    finite = [v for m, _ in series.values() for v in np.asarray(m, float) if math.isfinite(v)]
+    finite = []
+    for means, stds in series.values():
+        for m, sd in zip(np.asarray(means, float), np.nan_to_num(np.asarray(stds, float), nan=0.0)):
+            if math.isfinite(m):
+                finite += [m - sd, m + sd]
     if finite:
         lo, hi = min(finite), max(finite)
         ax.set_ylim(max(0.0, lo - 0.25 * (hi - lo + 1e-9) - 0.05 * hi), hi + 0.15 * (hi - lo + 1e-9) + 0.05 * hi)
@@ -756,6 +839,8 @@ def main_wrapper(main: Callable[[list[str] | None], int], argv: list[str] | None
     from jaxrec.data import DataError
     from jaxrec.init import EmbeddingFileError, EncoderNotAvailableError
 
+    global _STANDALONE
+    _STANDALONE = True
     try:
         return main(argv)
     except (ConfigError, DataError, EmbeddingFileError, EncoderNotAvailableError, FileNotFoundError) as e:

@@ -61,7 +61,8 @@ def summarize(records, paper_key: str | None) -> list[dict]:
     for r in rows:
         r["model"] = C.row_label(r["backbone"], r["init"], r["scale"])
         if paper_key is not None:
-            paper = C.PAPER_TABLE1.get(r["backbone"], {}).get(r["init"], {}).get(paper_key) if r["scale"] == "none" else None
+            paper = C.PAPER_TABLE1.get(r["backbone"], {}).get(r["init"], {}).get(paper_key)
+            paper = paper if r["scale"] == "none" else None
             r["paper_recall@10"], r["paper_ndcg@10"] = paper if paper else (None, None)
             base = C.PAPER_TABLE1.get(r["backbone"], {}).get("none", {}).get(paper_key)
             r["paper_ndcg@10_gain"] = (C.relative_gain(paper[1], base[1]) if paper and base and r["init"] != "none"
@@ -79,7 +80,8 @@ def table_text(rows, title: str, paper_key: str | None) -> str:
                 C.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
                 C.fmt_gain(r["recall@10_gain"]), C.fmt_gain(r["ndcg@10_gain"])]
         if paper_key:
-            line += [C.fmt(r.get("paper_recall@10")), C.fmt(r.get("paper_ndcg@10")), C.fmt_gain(r.get("paper_ndcg@10_gain"))]
+            line += [C.fmt(r.get("paper_recall@10")), C.fmt(r.get("paper_ndcg@10")),
+                     C.fmt_gain(r.get("paper_ndcg@10_gain"))]
         body.append(line)
     return C.format_table(headers, body, title=title)
 
@@ -103,7 +105,7 @@ def plot(rows, path: Path, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    C.setup_logging(args.verbose)
+    C.start(args)
     seeds = C.parse_seeds(args.seeds)
     backbones = C.check_backbones(C.parse_list(args.backbones))
     inits = C.check_inits(C.parse_list(args.inits))
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     def checkpoint(records):
         C.write_results(out, EXPERIMENT, command, base, records, meta=meta, complete=False)
 
-    records = C.run_grid(cells, out, datasets=datasets, resume=args.resume, save_runs=args.save_runs,
-                         progress=args.progress, checkpoint=checkpoint)
+    records = C.run_grid(cells, out, datasets=datasets, resume=args.resume,
+                         reuse=args.reuse, save_runs=args.save_runs, progress=args.progress, checkpoint=checkpoint)
     paper_key = C.paper_dataset(base.dataset)
     rows = summarize(records, paper_key)
     C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)

@@ -300,7 +300,8 @@ def test_plan_chunks_bounded_and_one_compile_per_call():
     assert cap & (cap - 1) == 0  # power of two
     # every relevant pair appears exactly once, at its user's row
     ranked = set(users.tolist())
-    want = sorted((int(np.flatnonzero(users == a)[0]), int(b)) for a, b in zip(ex_u, ex_i) if a in ranked)
+    row_of = {int(user): r for r, user in enumerate(users)}
+    want = sorted((row_of[int(a)], int(b)) for a, b in zip(ex_u, ex_i) if a in ranked)
     c, j = np.nonzero(ex_rows < size)
     have = sorted(zip((c * size + ex_rows[c, j]).tolist(), ex_cols[c, j].tolist()))
     assert have == want

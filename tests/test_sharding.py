@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+
+# More XLA:CPU pool threads than devices: with 8 host devices on 2 cores, a program waiting
+# in a collective can starve another (a rare abort). Effective only if JAX has not started
+# its CPU backend yet (tests/conftest.py is the place that surely comes first).
+os.environ.setdefault("PJRT_NPROC", "32")
 import signal
 import socket
 import subprocess
@@ -199,6 +204,19 @@ def test_shard_training_matches_single_device(tiny, model_name, overrides):
     assert all(s.data.size < table.size for s in table.addressable_shards)
 
 
+def test_shard_fit_checkpoints_and_resumes_sharded_state(tiny, tmp_path):
+    _, config, ds = tiny
+    c = config.replace(sharding="row")
+    model = get_model(c)
+    fit(model, ds, c.replace(epochs=1), out_dir=tmp_path, progress=False)  # "interrupted" after epoch 0
+    resumed = fit(model, ds, c, out_dir=tmp_path, resume=True, progress=False)
+    ref = _reference(tiny, "lightgcn")
+    for a, b in zip(_leaves(ref.params), _leaves(resumed.params)):
+        np.testing.assert_allclose(b, a, atol=1e-4)
+    assert resumed.test_metrics == ref.test_metrics
+    assert resumed.params["item_embedding"].sharding.num_devices == 8
+
+
 def test_shard_placement_specs_and_batches():
     mesh = make_mesh(shape=(8,), axes=("data",))
     row = Placement(strategy="row", mesh=mesh)
@@ -261,6 +279,7 @@ def test_shard_checkpoint_killed_during_save_leaves_previous_usable(tmp_path):
     ckpt = tmp_path / "ckpt"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = str(REPO)
+    env["PJRT_NPROC"] = "32"
     proc = subprocess.Popen([sys.executable, str(WORKER), "save-loop", "--ckpt", str(ckpt), "--rows", "100000"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     latest = ckpt / "latest"
@@ -351,6 +370,7 @@ def test_shard_two_processes_train_to_single_process_params(tiny, tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = str(REPO)
+    env["PJRT_NPROC"] = "8"
     out = tmp_path / "params.npz"
     procs = []
     for pid in range(2):

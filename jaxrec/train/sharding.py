@@ -25,7 +25,9 @@ is cut into the shards each process owns.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -37,6 +39,8 @@ from jax.sharding import PartitionSpec as P
 from jaxrec.config import Config, ConfigError
 from jaxrec.graph import BipartiteGraph
 from jaxrec.graph.sharded import put_global, shard_graph
+
+log = logging.getLogger("jaxrec.train")
 
 __all__ = ["make_mesh", "make_placement", "Placement", "P", "mesh_from_devices", "gather_tree"]
 
@@ -70,7 +74,25 @@ def make_mesh(
             f"({devices[0].platform if devices else '?'}, {jax.process_count()} process(es)); "
             f"use a shape whose product is {len(devices)}, or () for all devices on {axes[0]!r}"
         )
+    _warn_cpu_thread_pool(devices)
     return mesh_from_devices(devices, shape, axes)
+
+
+def _warn_cpu_thread_pool(devices: Sequence[jax.Device]) -> None:
+    """XLA:CPU with more host devices than cores can deadlock in collectives: say how to avoid it."""
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    if not local or local[0].platform != "cpu" or len(local) < 2:
+        return
+    if os.environ.get("PJRT_NPROC") or os.environ.get("NPROC"):
+        return
+    cores = os.cpu_count() or 1
+    if len(local) >= cores:
+        log.warning(
+            "%d CPU devices on %d cores: XLA:CPU's thread pools then have about one thread per device, and "
+            "a program waiting in a collective can starve another (seen as 'rendezvous ... may be stuck' and an "
+            "abort). Set PJRT_NPROC=%d (or more) in the environment before JAX starts.",
+            len(local), cores, 4 * len(local),
+        )
 
 
 def mesh_from_devices(devices: Sequence[jax.Device], shape: Sequence[int], axes: Sequence[str]) -> Mesh:

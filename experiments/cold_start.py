@@ -1,0 +1,226 @@
+"""LLMInit Figure 3: cold start. Remove half of each user's training interactions (keep
+at least one; which ones is drawn with the run's seed), keep the validation and test
+items and the id maps as they are, and compare the backbone's own random init (``none``)
+with LLM init (``variance``), next to the same runs on the full training data.
+
+A user with n training interactions keeps ``max(1, ceil(keep_fraction * n))`` of them
+(``--keep-fraction``, default 0.5: ceil(n/2)); the reduced ``Dataset`` is
+``dataclasses.replace(dataset, train=dataset.train.take(kept))``, and what was removed
+(interactions, users affected, items left without training interactions) is reported,
+printed and stored in results.json. Ranking excludes only the training interactions the
+model saw (the removed ones are unknown to it, and are not test items either).
+
+    python -m experiments.cold_start --backbones lightgcn --seeds 2020
+
+Writes ``cold_start.csv``, ``cells.csv``, ``cold_start.png``, ``table.txt`` and
+``results.json`` (with each condition's reduction report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments import common as C
+
+EXPERIMENT = "cold_start"
+CONDITIONS = ("full", "cold")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(p, backbones="lightgcn", seeds="2020")
+    g = p.add_argument_group(EXPERIMENT)
+    g.add_argument("--inits", default="none,variance", help="initializations compared (default none,variance)")
+    g.add_argument("--conditions", default="full,cold",
+                   help="training data: full (as split) and/or cold (reduced); default full,cold")
+    g.add_argument("--keep-fraction", type=float, default=0.5,
+                   help="share of each user's training interactions kept in 'cold' (default 0.5; at least one)")
+    return p
+
+
+def reduce_training(dataset, seed: int, keep_fraction: float = 0.5):
+    """Keep ``max(1, ceil(keep_fraction * n_u))`` random training interactions of every user
+    (drawn with ``np.random.default_rng(seed)``) -> (reduced Dataset, report dict).
+
+    valid, test, id maps and features are unchanged; the kept rows keep their order.
+    """
+    if not 0 < keep_fraction <= 1:
+        raise C.ConfigError(f"--keep-fraction {keep_fraction}: expected a number in (0, 1]")
+    from jaxrec.data import FilterReport
+
+    tr = dataset.train
+    n = len(tr)
+    counts = np.bincount(tr.user, minlength=tr.num_users)
+    keep_n = np.where(counts > 0, np.maximum(1, np.ceil(keep_fraction * counts - 1e-9)), 0).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    perm = perm[np.argsort(tr.user[perm], kind="stable")]  # grouped by user, random order within a user
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(n) - starts[tr.user[perm]]
+    kept = np.zeros(n, dtype=bool)
+    kept[perm[rank < keep_n[tr.user[perm]]]] = True
+    train = tr.take(kept)
+    item_before = np.bincount(tr.item, minlength=tr.num_items)
+    item_after = np.bincount(train.item, minlength=tr.num_items)
+    report = {
+        "keep_fraction": keep_fraction,
+        "seed": int(seed),
+        "train_before": int(n),
+        "train_after": int(len(train)),
+        "removed_interactions": int(n - len(train)),
+        "users": int((counts > 0).sum()),
+        "users_reduced": int(((counts - keep_n) > 0).sum()),
+        "users_with_one_left": int((keep_n == 1).sum()),
+        "items_with_train_before": int((item_before > 0).sum()),
+        "items_with_train_after": int((item_after > 0).sum()),
+        "items_left_without_train": int(((item_before > 0) & (item_after == 0)).sum()),
+    }
+    detail = (f"cold start: kept max(1, ceil({keep_fraction} * n)) of each user's training interactions "
+              f"(seed {seed}); {report['items_left_without_train']} items left without training interactions")
+    rep = FilterReport("cold_start", report["removed_interactions"], 0, 0, detail)
+    reduced = dataclasses.replace(dataset, train=train, reports=list(dataset.reports) + [rep])
+    return reduced, report
+
+
+def transform(keep_fraction: float):
+    def apply(dataset, cell: C.Cell):
+        if cell.data.get("condition") != "cold":
+            return dataset, {}
+        reduced, report = reduce_training(dataset, cell.config.seed, keep_fraction)
+        C.log.info("cold start (seed %d): removed %d of %d training interactions; %d users reduced; "
+                   "%d items left without training interactions", cell.config.seed, report["removed_interactions"],
+                   report["train_before"], report["users_reduced"], report["items_left_without_train"])
+        return reduced, {"reduction": report}
+    return apply
+
+
+def build_cells(base, backbones, inits, conditions, seeds, source: C.TextSource, keep_fraction: float):
+    cells = []
+    for seed in seeds:
+        for backbone in backbones:
+            for cond in conditions:
+                for init in inits:
+                    fields = source.config_fields() if init != "none" else {"embeddings": None, "encoder": None}
+                    cfg = base.replace(model=backbone, init=init, seed=seed, **fields)
+                    data = {"condition": cond} | ({"keep_fraction": keep_fraction} if cond == "cold" else {})
+                    cells.append(C.Cell({"backbone": backbone, "condition": cond, "init": init, "seed": seed}, cfg,
+                                        data))
+    return cells
+
+
+def summarize(records):
+    rows = C.aggregate(records, by=("backbone", "condition", "init"))
+    C.add_gains(rows, lambda r: {"backbone": r["backbone"], "condition": r["condition"], "init": "none"})
+    # how much of the full-data score each cold row keeps
+    for r in rows:
+        full = next((f for f in rows if f["backbone"] == r["backbone"] and f["init"] == r["init"]
+                     and f["condition"] == "full"), None)
+        r["ndcg@10_vs_full"] = (C.relative_gain(r["ndcg@10_mean"], full["ndcg@10_mean"])
+                                if full is not None and r["condition"] == "cold" else float("nan"))
+        r["model"] = C.row_label(r["backbone"], r["init"])
+    return rows
+
+
+def table_text(rows, title: str) -> str:
+    headers = ["model", "training data", "R@10", "N@10", "gain R@10", "gain N@10", "N@10 vs full data"]
+    body = [[r["model"], r["condition"], C.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
+             C.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]), C.fmt_gain(r["recall@10_gain"]),
+             C.fmt_gain(r["ndcg@10_gain"]), C.fmt_gain(r["ndcg@10_vs_full"])] for r in rows]
+    return C.format_table(headers, body, title=title, align_left=2)
+
+
+def reduction_text(records) -> str:
+    seen, lines = set(), []
+    for rec in records:
+        rep = rec.get("data", {}).get("reduction")
+        if rep and rep["seed"] not in seen:
+            seen.add(rep["seed"])
+            lines.append(f"seed {rep['seed']}: training interactions {rep['train_before']:,} -> {rep['train_after']:,} "
+                         f"(removed {rep['removed_interactions']:,}); "
+                         f"{rep['users_reduced']:,} of {rep['users']:,} users "
+                         f"reduced, {rep['users_with_one_left']:,} keep one; items with training interactions "
+                         f"{rep['items_with_train_before']:,} -> {rep['items_with_train_after']:,}")
+    return "\n".join(lines)
+
+
+def plot(rows, path: Path, title: str) -> Path:
+    plt = C.pyplot()
+    groups = list(dict.fromkeys((r["backbone"], r["condition"]) for r in rows))
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    labels = [f"{C.backbone_label(b)}\n{c} data" for b, c in groups]
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    for ax, m in zip(axes, C.METRICS):
+        series = {}
+        for init in inits:
+            vals = [next((r for r in rows if (r["backbone"], r["condition"]) == g and r["init"] == init), None)
+                    for g in groups]
+            series[C.init_label(init) or "none (random)"] = ([v[f"{m}_mean"] if v else float("nan") for v in vals],
+                                                             [v[f"{m}_std"] if v else float("nan") for v in vals])
+        C.grouped_bars(ax, labels, series, C.METRIC_LABELS[m] + " (test)")
+    fig.suptitle(title, fontsize=10)
+    return C.save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    C.start(args)
+    seeds = C.parse_seeds(args.seeds)
+    backbones = C.check_backbones(C.parse_list(args.backbones))
+    inits = C.check_inits(C.parse_list(args.inits))
+    conditions = C.parse_list(args.conditions)
+    if not conditions or any(c not in CONDITIONS for c in conditions):
+        raise C.ConfigError(f"--conditions {args.conditions!r}: expected a subset of {', '.join(CONDITIONS)}")
+    if not 0 < args.keep_fraction <= 1:
+        raise C.ConfigError(f"--keep-fraction {args.keep_fraction}: expected a number in (0, 1]")
+    base = C.base_config(args)
+    llm = [i for i in inits if i != "none"]
+    source = C.resolve_text_source(args, base) if llm else C.TextSource(description="(no LLM init rows)")
+    datasets = C.DatasetCache(args.split_seed, transform=transform(args.keep_fraction))
+    out = args.out or C.default_out_dir(EXPERIMENT, C.run_name(args, "+".join(backbones),
+                                                                 f"keep{args.keep_fraction:g}"))
+    out.mkdir(parents=True, exist_ok=True)
+    command = C.command_line(f"experiments.{EXPERIMENT}", argv)
+    meta = {"backbones": backbones, "inits": inits, "conditions": conditions, "seeds": seeds,
+            "keep_fraction": args.keep_fraction, "split_seed": args.split_seed}
+    if llm:
+        meta["text_embeddings"] = C.prepare_text_embeddings(
+            datasets.base(base, seeds[0] if args.split_seed is None else args.split_seed), source)
+    cells = build_cells(base, backbones, inits, conditions, seeds, source, args.keep_fraction)
+    C.log.info("%s: %d runs -> %s", EXPERIMENT, len(cells), out)
+
+    def checkpoint(records):
+        C.write_results(out, EXPERIMENT, command, base, records, meta=meta, complete=False)
+
+    records = C.run_grid(cells, out, datasets=datasets, resume=args.resume,
+                         reuse=args.reuse, save_runs=args.save_runs, progress=args.progress, checkpoint=checkpoint)
+    rows = summarize(records)
+    meta["reductions"] = [r["data"]["reduction"] for r in records if "reduction" in r.get("data", {})]
+    C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
+    name = C.dataset_label(base.dataset)
+    title = (f"LLMInit Figure 3 (cold start): {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
+             f"{','.join(map(str, seeds))}; 'cold' keeps max(1, ceil({args.keep_fraction:g} n)) of each user's n "
+             f"training interactions\ngain = vs the backbone's own init on the same data"
+             + (f"; text embeddings: {source.description}" if llm else ""))
+    text = table_text(rows, title)
+    red = reduction_text(records)
+    if red:
+        text += "\n\nremoved for 'cold':\n" + red
+    files = [C.write_csv(out / f"{EXPERIMENT}.csv", rows,
+                         ["model", "backbone", "condition", "init", "n", "seeds", "recall@10_mean", "recall@10_std",
+                          "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain", "ndcg@10_vs_full"]),
+             C.write_csv(out / "cells.csv", C.cell_rows(records)),
+             plot(rows, out / f"{EXPERIMENT}.png", f"{name}: cold start (keep {args.keep_fraction:g} of each "
+                                                   f"user's training interactions)"),
+             out / "results.json"]
+    C.finish(out, text, files + [out / "table.txt"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(C.main_wrapper(main))
