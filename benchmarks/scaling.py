@@ -7,7 +7,7 @@ set here to 8 unless XLA_FLAGS already asks for a count):
    placement ``fit`` uses: sharded graph, parameters, optimizer state, batches split on
    the data axis) on a synthetic power-law graph, for 1, 2, 4, 8 devices and each
    strategy: ``feature`` (tables split along d, graph replicated), ``row`` (nodes and
-   their edges split, ``ring`` block exchange), ``row/allgather``; and the unsharded
+   their edges split) with each block exchange (``ring``, ``direct``, ``allgather``); and the unsharded
    single-device baseline. A warm-up epoch compiles; the median of ``--epochs`` timed
    epochs is reported, with the largest parameter difference to the baseline after the
    same epochs (the numbers must agree to float round-off).
@@ -64,6 +64,7 @@ STRATEGIES = {  # name -> config overrides
     "none (1 device)": {"sharding": "none"},
     "feature": {"sharding": "feature"},
     "row (ring)": {"sharding": "row", "row_comm": "ring"},
+    "row (direct)": {"sharding": "row", "row_comm": "direct"},
     "row (allgather)": {"sharding": "row", "row_comm": "allgather"},
 }
 
@@ -319,7 +320,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=2, help="timed epochs after the compiling one")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--strategies", nargs="+", default=["feature", "row (ring)", "row (allgather)"],
+    p.add_argument("--strategies", nargs="+", default=["feature", "row (ring)", "row (direct)", "row (allgather)"],
                    choices=[s for s in STRATEGIES if not s.startswith("none")])
     p.add_argument("--mem-devices", type=int, default=8)
     p.add_argument("--mem-sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])

@@ -23,7 +23,7 @@ SPLITS = ("loo_random", "loo_time", "ratio")
 INITS = ("none", "random", "uniform", "variance", "full", "pca")
 KERNELS = ("bcsr", "segment_sum", "bcoo", "dense")
 SHARDINGS = ("none", "feature", "row")  # --- sharding ---
-ROW_COMMS = ("ring", "allgather")
+ROW_COMMS = ("ring", "direct", "allgather")
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,7 @@ class Config:
     mesh_axes: tuple[str, ...] = ("data",)
     data_axis: str = "data"  # mesh axis the batches are split along
     model_axis: str = "data"  # mesh axis the tables (feature) or nodes/edges (row) are split along
-    row_comm: str = "ring"  # row strategy: ring (exchange only needed blocks) | allgather
+    row_comm: str = "ring"  # row strategy: ring (bounded memory) | direct (only needed blocks) | allgather
     coordinator_address: str | None = None  # multi-host: host:port of process 0
     num_processes: int = 1
     process_id: int = 0

@@ -68,7 +68,7 @@ def graph():
 
 @pytest.mark.parametrize("strategy, comm, ndev", [
     ("feature", "ring", 8), ("feature", "ring", 2), ("row", "ring", 8), ("row", "ring", 3),
-    ("row", "allgather", 8), ("row", "ring", 1),
+    ("row", "direct", 8), ("row", "direct", 3), ("row", "allgather", 8), ("row", "ring", 1),
 ])
 def test_shard_propagation_and_gradient_match_single_device(graph, strategy, comm, ndev):
     x = jax.random.normal(jax.random.PRNGKey(0), (graph.num_nodes, 16))
@@ -107,8 +107,13 @@ def test_shard_row_layout_keeps_rows_and_edges_local(graph):
         assert np.all((chunk_rows[chunk_mask > 0] // rows) == p)
     assert [s.data.shape for s in sg.weight.addressable_shards] == [(ecap,)] * 8
     assert np.isclose(mask.sum(), graph.num_edges)
-    # A block of users reads no other block of users: those pairs exchange nothing.
-    pairs = {pq for step in sg.step_pairs for pq in step}
+    # Ring: one [P * S, E_s] array per kind, S = P loop steps.
+    assert sg.step_perm[0].shape[0] == 8 * 8 and len(sg.step_perm) == 1
+    # Direct exchange: a block of users reads no other block of users, so those pairs
+    # exchange nothing.
+    direct = shard_graph(graph, mesh, "row", "d", "direct")
+    pairs = {pq for step in direct.step_pairs for pq in step}
+    assert pairs
     user_blocks = range(graph.num_users // rows)
     assert not any(q in user_blocks and p in user_blocks for q, p in pairs)
     # Round trip to the single-device graph.

@@ -21,17 +21,19 @@ so ``renormalize`` and the augmentations run on them as on one device (under GSP
 degrees are one all-reduce of N floats). For the product, the edges of device ``p`` are
 grouped by the block ``q`` their source lies in; communication (``comm``):
 
-- ``"ring"`` (default): a sequence of exchange steps; in each, some devices receive one
-  block straight from its owner (one ``ppermute``, only between device pairs that share
-  edges) or use their own, and multiply it by their edge block for that source block.
-  Steps are grouped so that blocks of similar edge counts share a step (each step's
-  arrays are padded to its largest block); with uniformly spread ids the padded total
-  is within a few percent of the device's edge count. The table is never gathered:
-  a device holds its own R x d rows plus received blocks (a 2-layer LightGCN training
-  step's temporaries peaked at 15 blocks of R x d, measured), and the bytes moved are
-  at most those of an all-gather, less
-  when blocks share no edges (bipartite graphs: a block of users needs no other block
-  of users).
+- ``"ring"`` (default): a loop (``lax.scan``) over the P source blocks: each device
+  multiplies the block it holds by its edge block for that source block, then passes
+  the block to its neighbour (``ppermute``) and receives the next one. The loop reuses
+  its buffers, so a device holds its own rows and one block in flight, never the
+  table, whatever the compiler's schedule: per-device memory is O(E/P + N d/P). Moves
+  the bytes of an all-gather; every step's edge arrays are padded to the largest
+  (device, block) pair.
+- ``"direct"``: unrolled steps in which devices receive blocks straight from their
+  owners, only between device pairs that share edges (bipartite graphs: a block of
+  users needs no other block of users), with pairs of similar edge counts grouped into
+  a step so that padding is small. Moves fewer bytes than ``ring``, but XLA:CPU keeps
+  the received blocks of all steps alive at once (measured: about 15 R x d blocks in a
+  2-layer training step), so it bounds traffic, not memory.
 - ``"allgather"``: ``all_gather`` the table (each device holds all N x d floats for the
   duration of the layer), then one local product.
 
@@ -67,7 +69,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrec.graph.bipartite import BipartiteGraph
 
 STRATEGIES = ("feature", "row")
-ROW_COMMS = ("ring", "allgather")
+ROW_COMMS = ("ring", "direct", "allgather")
 
 __all__ = [
     "FeatureShardedGraph",
@@ -155,7 +157,9 @@ class RowShardedGraph(BipartiteGraph):
     communication step: ``step_perm`` (position of the step's edges in the device's chunk
     of the flat edge arrays; padding points one past the chunk, to a zero weight),
     ``step_src`` (source row within the step's source block) and ``step_indptr`` (CSR
-    pointers of the step's edges over the device's ``R`` rows). Static:
+    pointers of the step's edges over the device's ``R`` rows); for ``comm="ring"`` one
+    entry of each, shaped ``[P * P, E_s]`` (device p's chunk is its ``[P, E_s]`` loop
+    input, one row per source block). Static:
     ``rows_per_device`` R, ``edges_per_device``, ``step_pairs`` (the (source, destination)
     device pairs that exchange a block at each step), ``step_local`` (the devices that
     multiply their own block at each step), ``comm``.
@@ -187,7 +191,7 @@ class RowShardedGraph(BipartiteGraph):
     @property
     def step_edges(self) -> tuple[int, ...]:
         """Padded edge count of each step (per device)."""
-        return tuple(int(a.shape[0]) // self.num_shards for a in self.step_perm)
+        return tuple(int(a.size) // self.num_shards for a in self.step_perm)
 
     def sharded_propagate(self, x: jax.Array, kernel: str) -> jax.Array:
         n, np_ = self.num_nodes, self.padded_nodes
@@ -198,8 +202,8 @@ class RowShardedGraph(BipartiteGraph):
 
     def _static(self, kernel: str) -> "_RowStatic":
         return _RowStatic(
-            mesh=self.mesh, axis=self.axis, rows=self.rows_per_device, pairs=self.step_pairs,
-            local=self.step_local, comm=self.comm, kernel=kernel,
+            mesh=self.mesh, axis=self.axis, rows=self.rows_per_device, nsteps=len(self.step_perm),
+            pairs=self.step_pairs, local=self.step_local, comm=self.comm, kernel=kernel,
         )
 
 
@@ -229,6 +233,7 @@ class _RowStatic(NamedTuple):
     mesh: Mesh
     axis: str
     rows: int
+    nsteps: int
     pairs: tuple
     local: tuple
     comm: str
@@ -261,6 +266,20 @@ def _row_shard_map(st: _RowStatic) -> Callable:
         if st.comm == "allgather":
             full = jax.lax.all_gather(xb, axis, tiled=True)  # [Np, d]
             return _block_product(st.kernel, w_ext[perms[0]], srcs[0], indptrs[0], full, rows)
+        if st.comm == "ring":
+            # A loop over the P source blocks: multiply the block held, pass it to the
+            # previous device, receive the next one. The loop reuses its buffers, so a
+            # device holds its own block and the one in flight, whatever the scheduler.
+            shift = [(j, (j - 1) % nsh) for j in range(nsh)]
+
+            def body(carry, xs):
+                block, out = carry
+                perm, src, ptr = xs
+                out = out + _block_product(st.kernel, w_ext[perm], src, ptr, block, rows)
+                return (jax.lax.ppermute(block, axis, perm=shift), out), None
+
+            (_, out), _ = jax.lax.scan(body, (xb, jnp.zeros_like(xb)), (perms[0], srcs[0], indptrs[0]))
+            return out
         me = jax.lax.axis_index(axis)
         out = jnp.zeros_like(xb)
         for k, (pairs, local_devs) in enumerate(zip(st.pairs, st.local)):
@@ -275,7 +294,7 @@ def _row_shard_map(st: _RowStatic) -> Callable:
         return out
 
     spec = P(axis)
-    steps = tuple(spec for _ in st.pairs)
+    steps = tuple(spec for _ in range(st.nsteps))
     return jax.shard_map(
         local,
         mesh=st.mesh,
@@ -325,6 +344,13 @@ def _schedule(counts: np.ndarray) -> list[list[tuple[int, int]]]:
     return best or [[(0, 0)]]
 
 
+def _pad_indptr(ptr: np.ndarray, total: int) -> np.ndarray:
+    """CSR pointers [..., R + 1] of steps padded to ``total`` edges: the extra ones join the last row."""
+    out = ptr.copy()
+    out[..., -1] = total
+    return out
+
+
 def _row_layout(graph: BipartiteGraph, num_shards: int, comm: str) -> dict:
     """Host-side (numpy) row-sharded layout of ``graph`` over ``num_shards`` devices."""
     n = graph.num_nodes
@@ -367,6 +393,8 @@ def _row_layout(graph: BipartiteGraph, num_shards: int, comm: str) -> dict:
             pair_counts[p, q] = int(m.sum())
     if comm == "allgather":
         schedule = [[(p, 0) for p in range(nsh)]]
+    elif comm == "ring":  # step s: every device multiplies block (p + s) mod P
+        schedule = [[(p, (p + s) % nsh) for p in range(nsh)] for s in range(nsh)]
     else:
         schedule = _schedule(pair_counts)
 
@@ -385,15 +413,22 @@ def _row_layout(graph: BipartiteGraph, num_shards: int, comm: str) -> dict:
             cnt = np.bincount(dst, minlength=rows)
             cnt[rows - 1] += es - c  # padding sits in the last row
             ptr[p, 1:] = np.cumsum(cnt)
-        if comm == "allgather":
-            pairs.append(())
-            local.append(())
-        else:
+        if comm == "direct":
             pairs.append(tuple((q, p) for p, q in st if q != p))
             local.append(tuple(p for p, q in st if q == p))
-        perms.append(perm.ravel())
-        srcs.append(srca.ravel())
-        indptrs.append(ptr.ravel())
+        perms.append(perm)
+        srcs.append(srca)
+        indptrs.append(ptr)
+    if comm == "ring":  # one [P * S, E_s] array per kind: device p's chunk is its [S, E_s] loop input
+        es = max(a.shape[1] for a in perms)
+        pad = lambda a, fill: np.pad(a, ((0, 0), (0, es - a.shape[1])), constant_values=fill)  # noqa: E731
+        perms = [np.stack([pad(a, ecap) for a in perms], axis=1).reshape(nsh * len(schedule), es)]
+        srcs = [np.stack([pad(a, 0) for a in srcs], axis=1).reshape(nsh * len(schedule), es)]
+        indptrs = [_pad_indptr(np.stack(indptrs, axis=1), es).reshape(nsh * len(schedule), rows + 1)]
+    else:
+        perms = [a.ravel() for a in perms]
+        srcs = [a.ravel() for a in srcs]
+        indptrs = [a.ravel() for a in indptrs]
     return dict(flat=flat, rows=rows, ecap=ecap, pairs=tuple(pairs), local=tuple(local),
                 perms=perms, srcs=srcs, indptrs=indptrs)
 

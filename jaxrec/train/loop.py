@@ -106,10 +106,11 @@ def evaluate_params(
 
     With an active ``placement`` (sharded ``params`` and ``graph``) the ranking is sharded too.
     """
-    user_emb, item_emb = _embed_jit(model)(params, graph)
     if placement is not None and placement.active:
+        user_emb, item_emb = placement.embed(model.embed, params, graph)
         return placement.evaluate(user_emb, item_emb, None, exclude, truth_, config.topk, config.metrics,
                                   config.eval_chunk)
+    user_emb, item_emb = _embed_jit(model)(params, graph)
     return evaluate(
         user_emb, item_emb, users=None, exclude=exclude, truth=truth_, ks=config.topk, metrics=config.metrics,
         chunk_size=config.eval_chunk,

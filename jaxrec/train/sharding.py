@@ -243,6 +243,22 @@ class Placement:
         return fn(self.place_replicated(key))
 
     # -- evaluation ------------------------------------------------------------------------
+    def embed(self, embed_fn: Callable, params: Any, graph: Any) -> Any:
+        """``jit(embed_fn)(params, graph)`` with its outputs split like parameters of their shapes.
+
+        Without this, XLA may return the [U, d] / [I, d] embeddings replicated (every device
+        holding the whole table) when the device count does not divide the rows.
+        """
+        if not self.active:
+            return jax.jit(embed_fn)(params, graph)
+        key = (id(embed_fn), self)
+        fn = _EMBED_JITS.get(key)
+        if fn is None:
+            shapes = jax.eval_shape(embed_fn, params, graph)
+            fn = jax.jit(embed_fn, out_shardings=self.shardings(shapes))
+            _EMBED_JITS[key] = fn
+        return fn(params, graph)
+
     def evaluate(self, user_emb, item_emb, users, exclude, truth, ks, metrics, chunk_size) -> dict[str, float]:
         if not self.active:
             from jaxrec.eval import evaluate  # noqa: PLC0415
@@ -253,6 +269,9 @@ class Placement:
 
         return evaluate_sharded(user_emb, item_emb, users, exclude, truth, ks=ks, metrics=metrics,
                                 chunk_size=chunk_size, mesh=self.mesh, axis=self.model_axis)
+
+
+_EMBED_JITS: dict = {}
 
 
 def _place(x: Any, sharding: NamedSharding) -> jax.Array:
