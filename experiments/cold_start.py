@@ -3,12 +3,17 @@ at least one; which ones is drawn with the run's seed), keep the validation and 
 items and the id maps as they are, and compare the backbone's own random init (``none``)
 with LLM init (``variance``), next to the same runs on the full training data.
 
+Conditions (``--conditions``): ``full`` (the split as is); ``cold`` (reduced training
+data; ranking still excludes *all* of the user's original training items, so validation
+and test rank the same candidates against the same held-out item as ``full``); and
+``cold-unmasked`` (reduced, and the removed interactions are not excluded from ranking:
+the model may recommend them and they count as misses).
+
 A user with n training interactions keeps ``max(1, ceil(keep_fraction * n))`` of them
 (``--keep-fraction``, default 0.5: ceil(n/2)); the reduced ``Dataset`` is
 ``dataclasses.replace(dataset, train=dataset.train.take(kept))``, and what was removed
 (interactions, users affected, items left without training interactions) is reported,
-printed and stored in results.json. Ranking excludes only the training interactions the
-model saw (the removed ones are unknown to it, and are not test items either).
+printed and stored in results.json.
 
     python -m experiments.cold_start --backbones lightgcn --seeds 2020
 
@@ -28,7 +33,7 @@ import numpy as np
 from experiments import common as C
 
 EXPERIMENT = "cold_start"
-CONDITIONS = ("full", "cold")
+CONDITIONS = ("full", "cold", "cold-unmasked")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--inits", default="none,variance", help="initializations compared (default none,variance)")
     g.add_argument("--conditions", default="full,cold",
-                   help="training data: full (as split) and/or cold (reduced); default full,cold")
+                   help="full (as split), cold (reduced; ranking excludes the original training items), "
+                        "cold-unmasked (reduced; removed items not excluded); default full,cold")
     g.add_argument("--keep-fraction", type=float, default=0.5,
                    help="share of each user's training interactions kept in 'cold' (default 0.5; at least one)")
     return p
@@ -88,16 +94,36 @@ def reduce_training(dataset, seed: int, keep_fraction: float = 0.5):
     return reduced, report
 
 
-def transform(keep_fraction: float):
-    def apply(dataset, cell: C.Cell):
-        if cell.data.get("condition") != "cold":
+class ColdStartData(C.DatasetCache):
+    """Datasets per cell: the split as is (``full``), or its reduced training data (``cold*``)
+    whose ranking excludes the original training items too when ``mask_removed``."""
+
+    def __init__(self, fixed_split_seed: int | None, keep_fraction: float):
+        super().__init__(fixed_split_seed, transform=self._reduce)
+        self.keep_fraction = keep_fraction
+        self._origin: dict[int, tuple] = {}  # id(reduced) -> (reduced, full, mask_removed)
+
+    def _reduce(self, dataset, cell: C.Cell):
+        if not cell.data.get("condition", "full").startswith("cold"):
             return dataset, {}
-        reduced, report = reduce_training(dataset, cell.config.seed, keep_fraction)
+        reduced, report = reduce_training(dataset, cell.config.seed, self.keep_fraction)
+        self._origin[id(reduced)] = (reduced, dataset, bool(cell.data.get("mask_removed")))
         C.log.info("cold start (seed %d): removed %d of %d training interactions; %d users reduced; "
                    "%d items left without training interactions", cell.config.seed, report["removed_interactions"],
                    report["train_before"], report["users_reduced"], report["items_left_without_train"])
         return reduced, {"reduction": report}
-    return apply
+
+    def prepared(self, dataset):
+        origin = self._origin.get(id(dataset))
+        if origin is not None and origin[2] and id(dataset) not in self._prepared:
+            from jaxrec.data import exclusion_pairs
+            from jaxrec.train import prepare
+
+            full = origin[1]
+            p = dataclasses.replace(prepare(dataset), valid_exclude=exclusion_pairs(full, "valid"),
+                                    test_exclude=exclusion_pairs(full, "test"))
+            self._prepared[id(dataset)] = (dataset, p)
+        return super().prepared(dataset)
 
 
 def build_cells(base, backbones, inits, conditions, seeds, source: C.TextSource, keep_fraction: float):
@@ -108,7 +134,9 @@ def build_cells(base, backbones, inits, conditions, seeds, source: C.TextSource,
                 for init in inits:
                     fields = source.config_fields() if init != "none" else {"embeddings": None, "encoder": None}
                     cfg = base.replace(model=backbone, init=init, seed=seed, **fields)
-                    data = {"condition": cond} | ({"keep_fraction": keep_fraction} if cond == "cold" else {})
+                    data = {"condition": cond}
+                    if cond != "full":
+                        data.update(keep_fraction=keep_fraction, mask_removed=cond == "cold")
                     cells.append(C.Cell({"backbone": backbone, "condition": cond, "init": init, "seed": seed}, cfg,
                                         data))
     return cells
@@ -122,7 +150,7 @@ def summarize(records):
         full = next((f for f in rows if f["backbone"] == r["backbone"] and f["init"] == r["init"]
                      and f["condition"] == "full"), None)
         r["ndcg@10_vs_full"] = (C.relative_gain(r["ndcg@10_mean"], full["ndcg@10_mean"])
-                                if full is not None and r["condition"] == "cold" else float("nan"))
+                                if full is not None and r["condition"] != "full" else float("nan"))
         r["model"] = C.row_label(r["backbone"], r["init"])
     return rows
 
@@ -181,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     base = C.base_config(args)
     llm = [i for i in inits if i != "none"]
     source = C.resolve_text_source(args, base) if llm else C.TextSource(description="(no LLM init rows)")
-    datasets = C.DatasetCache(args.split_seed, transform=transform(args.keep_fraction))
+    datasets = ColdStartData(args.split_seed, args.keep_fraction)
     out = args.out or C.default_out_dir(EXPERIMENT, C.run_name(args, "+".join(backbones),
                                                                  f"keep{args.keep_fraction:g}"))
     out.mkdir(parents=True, exist_ok=True)
@@ -205,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     name = C.dataset_label(base.dataset)
     title = (f"LLMInit Figure 3 (cold start): {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
              f"{','.join(map(str, seeds))}; 'cold' keeps max(1, ceil({args.keep_fraction:g} n)) of each user's n "
-             f"training interactions\ngain = vs the backbone's own init on the same data"
+             f"training interactions (ranking still excludes all of them; 'cold-unmasked': only the kept ones)"
+             f"\ngain = vs the backbone's own init on the same data"
              + (f"; text embeddings: {source.description}" if llm else ""))
     text = table_text(rows, title)
     red = reduction_text(records)
     if red:
-        text += "\n\nremoved for 'cold':\n" + red
+        text += "\n\nremoved from the training data of 'cold' runs:\n" + red
     files = [C.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["model", "backbone", "condition", "init", "n", "seeds", "recall@10_mean", "recall@10_std",
                           "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain", "ndcg@10_vs_full"]),

@@ -472,7 +472,8 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
     from jaxrec.train.loop import results_record
 
     datasets = datasets or DatasetCache()
-    previous = load_previous_cells(out_dir) if resume else []
+    own = load_previous_cells(out_dir) if resume else []
+    previous = list(own)
     for other in reuse:
         found = load_previous_cells(other)
         if not found:
@@ -484,6 +485,7 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         old = next((r for r in previous if same_cell(r, cell)), None)
         if old is not None:
             records.append(old)
+            own = [r for r in own if r is not old]
             log.info("[%d/%d] %s: reused from results.json", n, len(cells), tag)
             continue
         t0 = time.perf_counter()
@@ -512,8 +514,8 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         log.info("[%d/%d] %s: test R@10 %.4f N@10 %.4f (best epoch %d, stopped %d, %.0f s)", n, len(cells), tag,
                  t.get("recall@10", float("nan")), t.get("ndcg@10", float("nan")), rec["best_epoch"],
                  rec["stopped_epoch"], rec["seconds"])
-        if checkpoint is not None:
-            checkpoint(records)
+        if checkpoint is not None:  # cells of the folder's results.json not reached yet stay in it
+            checkpoint(records + own)
     return records
 
 

@@ -357,6 +357,32 @@ def test_cold_start_reduction_on_loaded_dataset(tiny):
     assert rep["items_left_without_train"] == int((had & ~has).sum())
 
 
+def test_cold_start_ranking_masks_removed_items(tiny):
+    from jaxrec.config import Config
+    from jaxrec.data import exclusion_pairs, load_dataset
+
+    config = Config(dataset=str(tiny["dataset"]), seed=5)
+    data = cold_start.ColdStartData(None, 0.5)
+    full = load_dataset(str(tiny["dataset"]), config)
+    prepared = {}
+    for cond in ("full", "cold", "cold-unmasked"):
+        extra = {} if cond == "full" else {"keep_fraction": 0.5, "mask_removed": cond == "cold"}
+        ds, info = data.get(common.Cell({"condition": cond}, config, {"condition": cond, **extra}))
+        prepared[cond] = (ds, data.prepared(ds))
+        assert ("reduction" in info) == (cond != "full")
+    (fd, fp), (cd, cp), (ud, up) = prepared["full"], prepared["cold"], prepared["cold-unmasked"]
+    assert len(fd.train) == len(full.train) == 2 * len(cd.train) == 2 * len(ud.train)
+    assert np.array_equal(cd.train.keys(), ud.train.keys())  # same seed: same interactions removed
+    for stage, attr in (("valid", "valid_exclude"), ("test", "test_exclude")):
+        want = exclusion_pairs(full, stage)  # cold: every original training item stays excluded
+        assert all(np.array_equal(a, b) for a, b in zip(getattr(cp, attr), want))
+        got = exclusion_pairs(ud, stage)  # cold-unmasked: only what the model trained on
+        assert all(np.array_equal(a, b) for a, b in zip(getattr(up, attr), got))
+        assert len(got[0]) < len(want[0])
+    assert int(cp.graph.indices.shape[0]) == int(up.graph.indices.shape[0]) < int(fp.graph.indices.shape[0])
+    assert all(np.array_equal(a, b) for a, b in zip(cp.test_truth, fp.test_truth))
+
+
 def test_common_option_errors(tiny, tmp_path):
     from jaxrec.config import ConfigError
 
