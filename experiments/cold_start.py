@@ -197,9 +197,7 @@ def plot(rows, path: Path, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    C.start(args)
-    seeds = C.parse_seeds(args.seeds)
-    backbones = C.check_backbones(C.parse_list(args.backbones))
+    seeds, backbones = C.start(args)
     inits = C.check_inits(C.parse_list(args.inits))
     conditions = C.parse_list(args.conditions)
     if not conditions or any(c not in CONDITIONS for c in conditions):

@@ -159,10 +159,12 @@ def enable_compile_cache(path: str | os.PathLike | None) -> None:
     log.debug("JAX compilation cache: %s", path)
 
 
-def start(args: argparse.Namespace) -> None:
-    """Logging and the compilation cache, from the common options."""
+def start(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    """Logging and the compilation cache from the common options; returns the validated
+    (seeds, backbones)."""
     setup_logging(args.verbose)
     enable_compile_cache(getattr(args, "compile_cache", None))
+    return parse_seeds(args.seeds), check_backbones(parse_list(args.backbones))
 
 
 def base_config(args: argparse.Namespace, **fields: Any) -> Config:

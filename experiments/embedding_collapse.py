@@ -192,9 +192,7 @@ def plot_collapse(rows, records, path: Path, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    C.start(args)
-    seeds = C.parse_seeds(args.seeds)
-    backbones = C.check_backbones(C.parse_list(args.backbones))
+    seeds, backbones = C.start(args)
     try:
         dims = sorted(set(C.parse_list(args.dims, int)))
     except ValueError:

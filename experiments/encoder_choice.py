@@ -200,9 +200,7 @@ def plot(rows, encoders, inits, path: Path, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    C.start(args)
-    seeds = C.parse_seeds(args.seeds)
-    backbones = C.check_backbones(C.parse_list(args.backbones))
+    seeds, backbones = C.start(args)
     specs = C.parse_list(args.encoders)
     encoders = [spec.partition("=")[0] for spec in specs]
     if not encoders or len(set(encoders)) != len(encoders):

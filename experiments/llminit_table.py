@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--inits", default=DEFAULT_INITS,
                    help=f"initializations, rows per backbone (default {DEFAULT_INITS}; also full, pca)")
-    g.add_argument("--init-scale", default=None, choices=("none", "match_random", "standardize"),
+    g.add_argument("--init-scale", default=None, choices=("none", "match_random", "standardize", "minmax"),
                    help="config init_scale for the LLM-initialized rows (default none, as in the paper)")
     g.add_argument("--scales", default=None,
                    help="grid over init_scale for the LLM rows, e.g. none,match_random (overrides --init-scale)")
@@ -105,14 +105,12 @@ def plot(rows, path: Path, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    C.start(args)
-    seeds = C.parse_seeds(args.seeds)
-    backbones = C.check_backbones(C.parse_list(args.backbones))
+    seeds, backbones = C.start(args)
     inits = C.check_inits(C.parse_list(args.inits))
     scales = C.parse_list(args.scales) if args.scales else [args.init_scale or "none"]
     for s in scales:
-        if s not in ("none", "match_random", "standardize"):
-            raise C.ConfigError(f"--scales: unknown {s!r}; expected none, match_random, standardize")
+        if s not in ("none", "match_random", "standardize", "minmax"):
+            raise C.ConfigError(f"--scales: unknown {s!r}; expected none, match_random, standardize, minmax")
     base = C.base_config(args)
     llm = [i for i in inits if i != "none"]
     source = C.resolve_text_source(args, base) if llm else C.TextSource(description="(no LLM init rows)")

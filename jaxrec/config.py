@@ -59,19 +59,21 @@ class Config:
     valid_metric: str = "ndcg@10"
     eval_every: int = 1
     patience: int = 10  # evaluations without improvement before stopping
+    min_epochs: int = 0  # no early stop before this many epochs (0: RecBole's rule as is)
     eval_chunk: int = 1024  # users per full-ranking chunk
     # --- contrastive backbones (SGL / SGCL) -----------------------------------
     ssl_aug: str = "ED"  # ED | ND | RW
     ssl_ratio: float = 0.1
     ssl_tau: float = 0.2
     ssl_weight: float = 0.05
+    ssl_negatives: str = "batch"  # batch: the batch's users/items | all: every user/item (SGL's code)
     sgcl_tau: float = 0.2
     # --- LLMInit ---------------------------------------------------------------
     init: str = "none"  # none | random | uniform | variance | full | pca
     encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)
     embeddings: str | None = None  # precomputed .npy (item id list beside it)
     variance_fraction: float = 0.2  # share of most popular items used for variance
-    init_scale: str = "none"  # none | match_random | standardize
+    init_scale: str = "none"  # none | match_random | standardize | minmax (LLMInit code)
     random_with_replacement: bool = False
     # --- checkpoints ------------------------------------------------------------
     checkpoint_every: int = 1  # epochs between "latest" checkpoints
@@ -259,6 +261,8 @@ def _validate(c: Config) -> None:
         bad("num_layers", "an integer >= 0")
     if c.patience < 1:
         bad("patience", "an integer >= 1")
+    if c.min_epochs < 0:
+        bad("min_epochs", "an integer >= 0")
     if not c.learning_rate > 0:
         bad("learning_rate", "a number > 0")
     if c.reg_weight < 0:
@@ -280,6 +284,8 @@ def _validate(c: Config) -> None:
         bad("ssl_aug", "one of ED, ND, RW")
     if not 0 <= c.ssl_ratio < 1:
         bad("ssl_ratio", "a number in [0, 1)")
+    if c.ssl_negatives not in ("batch", "all"):
+        bad("ssl_negatives", "batch or all")
     if not c.ssl_tau > 0:
         bad("ssl_tau", "a temperature > 0")
     if not c.sgcl_tau > 0:
@@ -290,8 +296,8 @@ def _validate(c: Config) -> None:
         bad("batch_size", "at least 2 for in-batch contrastive losses")
     if not 0 < c.variance_fraction <= 1:
         bad("variance_fraction", "a number in (0, 1]")
-    if c.init_scale not in ("none", "match_random", "standardize"):
-        bad("init_scale", "one of none, match_random, standardize")
+    if c.init_scale not in ("none", "match_random", "standardize", "minmax"):
+        bad("init_scale", "one of none, match_random, standardize, minmax")
     # --- sharding ---
     if c.sharding not in SHARDINGS:
         bad("sharding", f"one of {', '.join(SHARDINGS)}")

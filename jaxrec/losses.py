@@ -109,6 +109,114 @@ def sgcl_loss(user_emb: jax.Array, item_emb: jax.Array, tau: float) -> jax.Array
     return jnp.mean(lse - pos)
 
 
+def unique_counts(ids: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Distinct values of ``ids`` [B] with static ``size``: (unique [size], inverse [B], counts [size]).
+
+    ``unique[inverse] == ids``; slots past the number of distinct values hold ``ids.min()``
+    with count 0, so they carry no weight in count-weighted sums. jit-compatible.
+    """
+    uniq, inv, counts = jnp.unique(
+        ids, size=size, fill_value=jnp.min(ids), return_inverse=True, return_counts=True
+    )
+    # jnp.unique gives the padding slots count 0 (checked in tests/test_losses.py).
+    return uniq, inv.reshape(ids.shape), counts
+
+
+def _unique_size(ids: jax.Array, table_rows: int, max_unique: int | None) -> int:
+    size = min(ids.shape[0], table_rows)
+    return size if max_unique is None else min(size, int(max_unique))
+
+
+def info_nce_by_id(
+    a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None
+) -> jax.Array:
+    """``info_nce(a_table[ids], b_table[ids], tau)`` computed over the distinct ids. [N, d], [N, d], [B] -> [].
+
+    A batch drawn from N rows repeats ids (a 2048-pair batch of ml-100k holds at most 943
+    users). Each duplicate is one more copy of the same logit column and the same loss
+    row, so with ``c`` the multiplicity of each distinct id the in-batch loss is exactly
+
+        sum_u c_u * (log sum_v c_v exp(l_uv) - l_uu) / B,   l = a_n b_n^T / tau over distinct ids
+
+    at [m, m] instead of [B, B], m = min(B, N) (or ``max_unique``, which must then be at
+    least the number of distinct ids). Same value and gradients as ``info_nce`` on the
+    gathered rows, duplicates included (SGL's reference in-batch form).
+    """
+    chex.assert_rank([a_table, b_table, ids], [2, 2, 1])
+    chex.assert_equal_shape([a_table, b_table])
+    if ids.shape[0] < 2:
+        _check_in_batch("info_nce_by_id", ids[:, None])
+    _check_tau(tau, "info_nce_by_id")
+    uniq, _, counts = unique_counts(ids, _unique_size(ids, a_table.shape[0], max_unique))
+    an, bn = l2_normalize(a_table[uniq]), l2_normalize(b_table[uniq])
+    logits = (an @ bn.T) / tau
+    w = counts.astype(logits.dtype)
+    lse = jax.nn.logsumexp(logits, axis=1, b=w[None, :])
+    return jnp.sum(w * (lse - jnp.diagonal(logits))) / ids.shape[0]
+
+
+def info_nce_all(
+    a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None
+) -> jax.Array:
+    """InfoNCE of the batch rows against *every* row of the other view. [N, d], [N, d], [B] -> [].
+
+    The form of SGL's reference code (and RecBole's / LLMInit's ``calc_ssl_loss``): row
+    ``a[ids[k]]`` has ``b[ids[k]]`` as its positive and all N rows of ``b`` in the
+    denominator::
+
+        -mean_k log( exp(a_k . b_k / tau) / sum_{j < N} exp(a_k . b_j / tau) )
+
+    on L2-normalized rows, computed once per distinct id (weighted by its multiplicity)
+    at [m, N], m = min(B, N). Raises ``ValueError`` for B < 2 or ``tau <= 0``.
+    """
+    chex.assert_rank([a_table, b_table, ids], [2, 2, 1])
+    chex.assert_equal_shape([a_table, b_table])
+    if ids.shape[0] < 2:
+        _check_in_batch("info_nce_all", ids[:, None])
+    _check_tau(tau, "info_nce_all")
+    uniq, _, counts = unique_counts(ids, _unique_size(ids, a_table.shape[0], max_unique))
+    logits = (l2_normalize(a_table[uniq]) @ l2_normalize(b_table).T) / tau
+    pos = jnp.take_along_axis(logits, uniq[:, None], axis=1)[:, 0]
+    w = counts.astype(logits.dtype)
+    return jnp.sum(w * (jax.nn.logsumexp(logits, axis=1) - pos)) / ids.shape[0]
+
+
+def sgcl_loss_by_id(
+    user_table: jax.Array,
+    item_table: jax.Array,
+    users: jax.Array,
+    items: jax.Array,
+    tau: float,
+    *,
+    max_unique: int | None = None,
+) -> jax.Array:
+    """``sgcl_loss(user_table[users], item_table[items], tau)`` over distinct ids. [U, d], [I, d], [B], [B] -> [].
+
+    The denominator of pair k depends only on u_k (its sum over batch users) and i_k (its
+    sum over batch items); both sums are taken once per distinct id, weighted by the ids'
+    multiplicities, at [m_u, m_u] and [m_i, m_i] instead of [B, 2B]. Same value and
+    gradients as ``sgcl_loss`` on the gathered rows.
+    """
+    chex.assert_rank([user_table, item_table, users, items], [2, 2, 1, 1])
+    chex.assert_equal_shape([users, items])
+    if users.shape[0] < 2:
+        _check_in_batch("sgcl_loss_by_id", users[:, None])
+    _check_tau(tau, "sgcl_loss_by_id")
+
+    def block_sums(table, ids):
+        uniq, inv, counts = unique_counts(ids, _unique_size(ids, table.shape[0], max_unique))
+        xn = l2_normalize(table[uniq])
+        # Shifted by the self-similarity 1/tau (the row maximum), as in sgcl_loss.
+        sums = jnp.exp((xn @ xn.T - 1.0) / tau) @ counts.astype(xn.dtype)
+        return sums[inv]
+
+    total = block_sums(user_table, users) + block_sums(item_table, items)
+    un, vn = l2_normalize(user_table[users]), l2_normalize(item_table[items])
+    pos = jnp.sum(un * vn, axis=-1) / tau
+    lse = jnp.log(jnp.maximum(total, jnp.finfo(total.dtype).tiny)) + 1.0 / tau
+    return jnp.mean(lse - pos)
+
+
 def mse_loss(a: jax.Array, b: jax.Array) -> jax.Array:
     """Mean squared error over all elements of two arrays of equal shape -> []."""
     chex.assert_equal_shape([a, b])

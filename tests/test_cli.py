@@ -48,6 +48,7 @@ def test_lightgcn_defaults_are_the_reference_protocol():
     (["--set", "nope=1"], "unknown config key"),
     (["--set", "epochs=ten"], "cannot parse 'ten' as int"),
     (["--set", "ssl_ratio=1.5"], "ssl_ratio"),
+    (["--set", "ssl_negatives=some"], "ssl_negatives"),
     (["--set", "valid_metric=ndcg@7"], "valid_metric"),
     (["--set", "epochs"], "expected key=value"),
 ])

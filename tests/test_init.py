@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.config import Config
+from jaxrec.config import Config, ConfigError
 from jaxrec.init import (
     AMAZON_TEMPLATE,
     ML100K_TEMPLATE,
@@ -348,6 +348,25 @@ def test_llm_init_params_match_random_scale():
     norms = np.linalg.norm(users, axis=1)
     np.testing.assert_allclose(norms[norms > 0].mean(), np.sqrt(2) * xavier_std(5, 2), rtol=1e-5)
     assert norms[4] == 0 and rep.item_scale["mode"] == "match_random"
+
+
+def test_llm_init_params_minmax_is_recbole_normalize_all_before_selection():
+    # RecBole's normalize_all on the whole encoder table: (x - min) / (max - min), one
+    # global min and max, then the uniform dims, then users as the mean of their items.
+    new, rep = llm_init_params(toy_params(), EMB, TRAIN_USER, TRAIN_ITEM, 5, Config(init="uniform", init_scale="minmax"))
+    lo, hi = EMB.min(), EMB.max()
+    full = (EMB.astype(np.float64) - lo) / (hi - lo)
+    step = EMB.shape[1] // 2
+    items = full[:, [0, step]]
+    np.testing.assert_allclose(np.asarray(new["item_embedding"]), items, rtol=1e-6)
+    users = np.asarray(new["user_embedding"])
+    for u in range(4):
+        np.testing.assert_allclose(users[u], items[TRAIN_ITEM[TRAIN_USER == u]].mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(users[4], 0)
+    assert rep.item_scale["mode"] == "minmax" and rep.item_scale["min"] == pytest.approx(lo)
+    assert rescale(EMB, "minmax")[0] is not None and np.array_equal(np.asarray(rescale(EMB, "minmax")[0]), EMB)
+    with pytest.raises(ConfigError, match="init_scale"):
+        Config(init_scale="minmax_typo")
 
 
 # ================================================================= scaling

@@ -10,11 +10,15 @@ import pytest
 from jaxrec.losses import (
     bpr_loss,
     info_nce,
+    info_nce_all,
+    info_nce_by_id,
     l2_normalize,
     l2_reg,
     mse_loss,
     reconstruction_loss,
     sgcl_loss,
+    sgcl_loss_by_id,
+    unique_counts,
 )
 
 
@@ -189,6 +193,91 @@ def test_sgcl_stable_at_small_tau():
     assert np.isfinite(float(got))
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
     np.testing.assert_allclose(float(got), np_sgcl(u, v, 0.01), rtol=1e-3, atol=1e-4)
+
+
+# --- by-id forms: same loss over distinct ids with multiplicities ---------------------------
+
+def test_unique_counts_static_size_and_zero_padding():
+    ids = jnp.array([3, 1, 3, 3, 7, 1])
+    uniq, inv, counts = jax.jit(unique_counts, static_argnums=1)(ids, 5)
+    assert uniq.shape == counts.shape == (5,)
+    np.testing.assert_array_equal(np.asarray(uniq)[:3], [1, 3, 7])
+    np.testing.assert_array_equal(np.asarray(counts), [2, 3, 1, 0, 0])  # padding weighs 0
+    np.testing.assert_array_equal(np.asarray(uniq)[np.asarray(inv)], np.asarray(ids))
+
+
+def _dup_ids(seed, batch, rows):
+    ids = np.random.default_rng(seed).integers(0, rows, batch)
+    ids[:3] = ids[0]  # at least one id three times
+    return jnp.asarray(ids)
+
+
+@pytest.mark.parametrize("batch,rows,max_unique", [(40, 9, None), (7, 30, None), (40, 30, 35)])
+def test_info_nce_by_id_equals_gathered_rows_float64_reference(batch, rows, max_unique):
+    a_t, b_t = rand(30, rows, 6), rand(31, rows, 6)
+    ids = _dup_ids(32, batch, rows)
+    got = info_nce_by_id(a_t, b_t, ids, 0.3, max_unique=max_unique)
+    np.testing.assert_allclose(float(got), np_info_nce(a_t[ids], b_t[ids], 0.3), rtol=1e-5)
+    by_id = jax.jit(jax.grad(lambda a, b: info_nce_by_id(a, b, ids, 0.3), argnums=(0, 1)))
+    gathered = jax.jit(jax.grad(lambda a, b: info_nce(a[ids], b[ids], 0.3), argnums=(0, 1)))
+    for g, r in zip(by_id(a_t, b_t), gathered(a_t, b_t)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch,users,items", [(40, 9, 25), (6, 30, 4)])
+def test_sgcl_loss_by_id_equals_gathered_rows_float64_reference(batch, users, items):
+    u_t, i_t = rand(33, users, 6), rand(34, items, 6)
+    u, p = _dup_ids(35, batch, users), _dup_ids(36, batch, items)
+    got = jax.jit(sgcl_loss_by_id, static_argnums=4)(u_t, i_t, u, p, 0.2)
+    np.testing.assert_allclose(float(got), np_sgcl(u_t[u], i_t[p], 0.2), rtol=1e-5)
+    by_id = jax.grad(lambda a, b: sgcl_loss_by_id(a, b, u, p, 0.2), argnums=(0, 1))
+    gathered = jax.grad(lambda a, b: sgcl_loss(a[u], b[p], 0.2), argnums=(0, 1))
+    for g, r in zip(by_id(u_t, i_t), gathered(u_t, i_t)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
+
+
+def np_info_nce_all(a_t, b_t, ids, tau):
+    """SGL reference form in float64: each batch row against every row of the other view."""
+    a, b = np_normalize(a_t), np_normalize(b_t)
+    terms = []
+    for k in np.asarray(ids):
+        den = sum(math.exp(a[k] @ b[j] / tau) for j in range(b.shape[0]))
+        terms.append(-math.log(math.exp(a[k] @ b[k] / tau) / den))
+    return float(np.mean(terms))
+
+
+@pytest.mark.parametrize("batch,rows", [(40, 9), (5, 30)])
+def test_info_nce_all_matches_float64_reference_and_gradients(batch, rows):
+    a_t, b_t = rand(40, rows, 6), rand(41, rows, 6)
+    ids = _dup_ids(42, batch, rows)
+    got = jax.jit(info_nce_all, static_argnums=3)(a_t, b_t, ids, 0.25)
+    np.testing.assert_allclose(float(got), np_info_nce_all(a_t, b_t, ids, 0.25), rtol=1e-5)
+    # gradients vs a direct transcription over the gathered rows and the whole b table
+    def direct(a, b):
+        an = a[ids] / jnp.linalg.norm(a[ids], axis=1, keepdims=True)
+        bn = b / jnp.linalg.norm(b, axis=1, keepdims=True)
+        e = jnp.exp(an @ bn.T / 0.25)
+        return -jnp.mean(jnp.log(e[jnp.arange(ids.shape[0]), ids] / jnp.sum(e, axis=1)))
+    got_g = jax.grad(lambda a, b: info_nce_all(a, b, ids, 0.25), argnums=(0, 1))(a_t, b_t)
+    for g, r in zip(got_g, jax.grad(direct, argnums=(0, 1))(a_t, b_t)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
+
+
+def test_by_id_losses_reject_singleton_batch_and_bad_tau():
+    t = rand(37, 5, 4)
+    one, two = jnp.array([1]), jnp.array([1, 2])
+    with pytest.raises(ValueError, match="batch size 1"):
+        info_nce_by_id(t, t, one, 0.2)
+    with pytest.raises(ValueError, match="batch size 1"):
+        sgcl_loss_by_id(t, t, one, one, 0.2)
+    with pytest.raises(ValueError, match="batch size 1"):
+        info_nce_all(t, t, one, 0.2)
+    with pytest.raises(ValueError, match="tau"):
+        info_nce_all(t, t, two, -0.1)
+    with pytest.raises(ValueError, match="tau"):
+        info_nce_by_id(t, t, two, 0.0)
+    with pytest.raises(ValueError, match="tau"):
+        sgcl_loss_by_id(t, t, two, two, -1.0)
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -111,6 +111,28 @@ def test_loss_jit_finite_and_matches_numpy(graph, aug):
     np.testing.assert_allclose(float(loss - SSL_CFG.ssl_weight * aux["ssl"]), float(lg_loss), rtol=1e-5)
 
 
+def test_ssl_negatives_all_contrasts_every_node_of_the_other_view(graph):
+    cfg = config(ssl_ratio=0.3, ssl_weight=0.5, ssl_negatives="all")
+    model = make_sgl(cfg)
+    views = model.epoch_views(graph, jax.random.key(1))
+    params = model.init(jax.random.key(0), U, I)
+    b = batch()
+    (loss, aux), _ = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(params, graph, views, b, jax.random.key(2))
+    u1, i1 = np_view_embed(params, views[0])
+    u2, i2 = np_view_embed(params, views[1])
+
+    def np_all(a, b_tab, ids, tau):  # row ids[k] of a vs all rows of b_tab
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b_tab = b_tab / np.linalg.norm(b_tab, axis=1, keepdims=True)
+        e = np.exp(a[ids] @ b_tab.T / tau)
+        return float(-np.mean(np.log(e[np.arange(len(ids)), ids] / e.sum(1))))
+
+    u, p = np.asarray(b["user"]), np.asarray(b["pos"])
+    want = np_all(u1, u2, u, cfg.ssl_tau) + np_all(i1, i2, p, cfg.ssl_tau)
+    np.testing.assert_allclose(float(aux["ssl"]), want, rtol=2e-5)
+    assert abs(float(aux["ssl"]) - np_ssl(params, views, b, cfg.ssl_tau)) > 1e-3  # differs from in-batch
+
+
 def test_ssl_weight_zero_equals_lightgcn_exactly(graph):
     model = make_sgl(config(ssl_weight=0.0))
     params = model.init(jax.random.key(3), U, I)

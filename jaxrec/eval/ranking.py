@@ -150,32 +150,9 @@ def _chunk_topk(user_emb, item_emb, users, ex_rows, ex_cols, *, k: int):
 # ------------------------------------------------------------------------ public API
 
 
-def topk_full_ranking(
-    user_emb,
-    item_emb,
-    users,
-    exclude_users=None,
-    exclude_items=None,
-    k: int = 50,
-    chunk_size: int = 1024,
-) -> np.ndarray:
-    """Top-k items per user by dot-product score over all items.
-
-    Args:
-      user_emb: float [U, d] (numpy or jax).
-      item_emb: float [I, d] (numpy or jax).
-      users: int [M] user ids to rank (rows of the result, in this order).
-      exclude_users, exclude_items: int [P] pairs (user, item) whose score is set to
-        -inf before top-k (e.g. training interactions). Pairs of users not in ``users``
-        are ignored. ``None`` means no exclusions.
-      k: items per user, ``1 <= k <= I``.
-      chunk_size: at most this many users are scored at once (memory ~ chunk_size * I
-        floats).
-
-    Returns:
-      int32 [M, k], best first. Ties go to the lower item id. A user with fewer than k
-      non-excluded items gets -1 in the remaining slots (excluded items never appear).
-    """
+def check_topk_args(user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size):
+    """Validate ``topk_full_ranking``'s arguments; returns them converted (embeddings as
+    arrays, ids as int arrays, an empty exclusion list for ``None``, ints)."""
     user_emb = _check_embedding("user_emb", user_emb)
     item_emb = _check_embedding("item_emb", item_emb)
     num_users, dim = user_emb.shape
@@ -203,6 +180,38 @@ def topk_full_ranking(
             f"({exclude_users.shape[0]} vs {exclude_items.shape[0]})"
         )
 
+    return user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size
+
+
+def topk_full_ranking(
+    user_emb,
+    item_emb,
+    users,
+    exclude_users=None,
+    exclude_items=None,
+    k: int = 50,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """Top-k items per user by dot-product score over all items.
+
+    Args:
+      user_emb: float [U, d] (numpy or jax).
+      item_emb: float [I, d] (numpy or jax).
+      users: int [M] user ids to rank (rows of the result, in this order).
+      exclude_users, exclude_items: int [P] pairs (user, item) whose score is set to
+        -inf before top-k (e.g. training interactions). Pairs of users not in ``users``
+        are ignored. ``None`` means no exclusions.
+      k: items per user, ``1 <= k <= I``.
+      chunk_size: at most this many users are scored at once (memory ~ chunk_size * I
+        floats).
+
+    Returns:
+      int32 [M, k], best first. Ties go to the lower item id. A user with fewer than k
+      non-excluded items gets -1 in the remaining slots (excluded items never appear).
+    """
+    user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size = check_topk_args(
+        user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size
+    )
     num = users.shape[0]
     out = np.empty((num, k), dtype=np.int32)
     if num == 0:
@@ -211,48 +220,36 @@ def topk_full_ranking(
         users, exclude_users, exclude_items, chunk_size
     )
 
-    # Dispatch chunk c+1 before fetching chunk c, so host copies overlap compute.
+    return fill_chunks(
+        out, size, users_padded.shape[0],
+        lambda c: _chunk_topk(user_emb, item_emb, users_padded[c], ex_rows[c], ex_cols[c], k=k),
+    )
+
+
+def fill_chunks(out: np.ndarray, size: int, num_chunks: int, compute) -> np.ndarray:
+    """``out[c*size : (c+1)*size] = compute(c)[:rows]`` for each chunk c; returns ``out``.
+
+    Chunk c+1 is dispatched before chunk c is fetched, so host copies overlap compute.
+    """
+    def store(c: int, res: jax.Array) -> None:
+        start = c * size
+        stop = min(start + size, out.shape[0])
+        out[start:stop] = np.asarray(res)[: stop - start]
+
     pending = None
-    for c in range(users_padded.shape[0]):
-        res = _chunk_topk(user_emb, item_emb, users_padded[c], ex_rows[c], ex_cols[c], k=k)
+    for c in range(num_chunks):
+        res = compute(c)
         if pending is not None:
-            _store(out, *pending, size)
+            store(*pending)
         pending = (c, res)
-    _store(out, *pending, size)
+    if pending is not None:
+        store(*pending)
     return out
 
 
-def _store(out: np.ndarray, c: int, res: jax.Array, size: int) -> None:
-    start = c * size
-    stop = min(start + size, out.shape[0])
-    out[start:stop] = np.asarray(res)[: stop - start]
-
-
-def evaluate(
-    user_emb,
-    item_emb,
-    users,
-    exclude,
-    truth,
-    ks: Sequence[int] = (10, 20, 50),
-    metrics: Sequence[str] = METRICS,
-    chunk_size: int = 1024,
-) -> dict[str, float]:
-    """Full-ranking evaluation: top-max(ks) over all items, then ranking metrics.
-
-    Args:
-      user_emb, item_emb: float [U, d], [I, d] (numpy or jax).
-      users: ``None`` to rank every truth user, or int [M'] ids (distinct, each with
-        truth items) to evaluate only those.
-      exclude: ``(users, items)`` pairs masked before ranking (training items, and the
-        validation item when testing), or ``None``.
-      truth: ``(users_sorted [M], indptr [M+1], items [nnz])``: the truth users, unique
-        and increasing, with their held-out items in CSR form (see ``build_truth``).
-      ks, metrics, chunk_size: as in ``ranking_metrics`` / ``topk_full_ranking``.
-
-    Returns:
-      ``{"recall@10": float, ...}`` averaged over the evaluated users.
-    """
+def prepare_evaluation(users, exclude, truth, ks, metrics):
+    """Validate ``evaluate``'s arguments; returns (ks, metrics, truth_users, indptr,
+    truth_items, ex_users, ex_items), the truth restricted to ``users`` when given."""
     ks = _check_ks(ks)
     metrics = _check_metrics(metrics)
     if not (isinstance(truth, (tuple, list)) and len(truth) == 3):
@@ -292,6 +289,37 @@ def evaluate(
             raise ValueError("exclude: expected a (users, items) pair of arrays or None")
         ex_users, ex_items = exclude
 
+    return ks, metrics, truth_users, indptr, truth_items, ex_users, ex_items
+
+
+def evaluate(
+    user_emb,
+    item_emb,
+    users,
+    exclude,
+    truth,
+    ks: Sequence[int] = (10, 20, 50),
+    metrics: Sequence[str] = METRICS,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Full-ranking evaluation: top-max(ks) over all items, then ranking metrics.
+
+    Args:
+      user_emb, item_emb: float [U, d], [I, d] (numpy or jax).
+      users: ``None`` to rank every truth user, or int [M'] ids (distinct, each with
+        truth items) to evaluate only those.
+      exclude: ``(users, items)`` pairs masked before ranking (training items, and the
+        validation item when testing), or ``None``.
+      truth: ``(users_sorted [M], indptr [M+1], items [nnz])``: the truth users, unique
+        and increasing, with their held-out items in CSR form (see ``build_truth``).
+      ks, metrics, chunk_size: as in ``ranking_metrics`` / ``topk_full_ranking``.
+
+    Returns:
+      ``{"recall@10": float, ...}`` averaged over the evaluated users.
+    """
+    ks, metrics, truth_users, indptr, truth_items, ex_users, ex_items = prepare_evaluation(
+        users, exclude, truth, ks, metrics
+    )
     topk = topk_full_ranking(
         user_emb, item_emb, truth_users, ex_users, ex_items, k=max(ks), chunk_size=chunk_size
     )

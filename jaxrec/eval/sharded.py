@@ -26,8 +26,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.eval.metrics import METRICS, _check_ks, _check_metrics, ranking_metrics
-from jaxrec.eval.ranking import _check_embedding, _check_ids, _csr_take_rows, _int1d, plan_chunks
+from jaxrec.eval.metrics import METRICS, ranking_metrics
+from jaxrec.eval.ranking import check_topk_args, fill_chunks, plan_chunks, prepare_evaluation
 
 __all__ = ["topk_full_ranking_sharded", "evaluate_sharded"]
 
@@ -97,29 +97,10 @@ def topk_full_ranking_sharded(
     """
     if axis not in mesh.shape:
         raise ValueError(f"axis: {axis!r} is not an axis of the mesh {dict(mesh.shape)}")
-    user_emb = _check_embedding("user_emb", user_emb)
-    item_emb = _check_embedding("item_emb", item_emb)
-    num_users, dim = user_emb.shape
-    num_items = item_emb.shape[0]
-    if item_emb.shape[1] != dim:
-        raise ValueError(f"item_emb: embedding size {item_emb.shape[1]} does not match user_emb's {dim}")
-    k = int(k)
-    if not 1 <= k <= num_items:
-        raise ValueError(f"k: must lie in [1, num_items={num_items}], got {k}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
-    users = _check_ids("users", users, num_users, "rows of user_emb")
-    if (exclude_users is None) != (exclude_items is None):
-        raise ValueError("exclude_users/exclude_items: give both or neither")
-    if exclude_users is None:
-        exclude_users = exclude_items = np.zeros(0, dtype=np.int64)
-    exclude_users = _check_ids("exclude_users", exclude_users, num_users, "rows of user_emb")
-    exclude_items = _check_ids("exclude_items", exclude_items, num_items, "rows of item_emb")
-    if exclude_users.shape != exclude_items.shape:
-        raise ValueError(
-            f"exclude_users/exclude_items: lengths differ ({exclude_users.shape[0]} vs {exclude_items.shape[0]})"
-        )
-    num = users.shape[0]
+    user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size = check_topk_args(
+        user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size
+    )
+    num, num_items = users.shape[0], item_emb.shape[0]
     out = np.empty((num, k), dtype=np.int32)
     if num == 0:
         return out
@@ -128,20 +109,10 @@ def topk_full_ranking_sharded(
     items_padded = _items_padder(mesh, axis, rows * nsh)(item_emb)
     size, users_padded, ex_rows, ex_cols = plan_chunks(users, exclude_users, exclude_items, int(chunk_size))
     fn = _chunk_fn(mesh, axis, k, num_items, rows)
-    pending = None
-    for c in range(users_padded.shape[0]):
-        res = fn(user_emb, items_padded, users_padded[c], ex_rows[c], ex_cols[c])
-        if pending is not None:
-            _store(out, *pending, size)
-        pending = (c, res)
-    _store(out, *pending, size)
-    return out
-
-
-def _store(out: np.ndarray, c: int, res: jax.Array, size: int) -> None:
-    start = c * size
-    stop = min(start + size, out.shape[0])
-    out[start:stop] = np.asarray(res)[: stop - start]
+    return fill_chunks(
+        out, size, users_padded.shape[0],
+        lambda c: fn(user_emb, items_padded, users_padded[c], ex_rows[c], ex_cols[c]),
+    )
 
 
 def evaluate_sharded(
@@ -158,39 +129,9 @@ def evaluate_sharded(
     axis: str,
 ) -> dict[str, float]:
     """``jaxrec.eval.evaluate`` with the ranking sharded over items (same arguments, same result)."""
-    ks = _check_ks(ks)
-    metrics = _check_metrics(metrics)
-    if not (isinstance(truth, (tuple, list)) and len(truth) == 3):
-        raise ValueError("truth: expected a (users_sorted, indptr, items) triple")
-    truth_users = _int1d("truth[0] (users)", truth[0])
-    indptr = np.asarray(truth[1])
-    truth_items = np.asarray(truth[2])
-    if indptr.ndim != 1 or indptr.shape[0] != truth_users.shape[0] + 1:
-        raise ValueError(f"truth[1] (indptr): expected shape [{truth_users.shape[0] + 1}], got {indptr.shape}")
-    if truth_users.size > 1 and np.any(np.diff(truth_users) <= 0):
-        raise ValueError("truth[0] (users): must be unique and strictly increasing")
-    if truth_users.size == 0:
-        raise ValueError("truth: no users to evaluate")
-    if users is not None:
-        users = _int1d("users", users)
-        if users.size == 0:
-            raise ValueError("users: no users to evaluate")
-        if users.size > 1 and np.unique(users).size != users.size:
-            raise ValueError("users: ids must be distinct")
-        row = np.minimum(np.searchsorted(truth_users, users), truth_users.size - 1)
-        missing = truth_users[row] != users
-        if missing.any():
-            raise ValueError(
-                f"users: {int(missing.sum())} user(s) have no truth items (first: {users[missing][:5].tolist()})"
-            )
-        indptr, truth_items = _csr_take_rows(indptr.astype(np.int64), truth_items, row)
-        truth_users = users
-    if exclude is None:
-        ex_users = ex_items = None
-    else:
-        if not (isinstance(exclude, (tuple, list)) and len(exclude) == 2):
-            raise ValueError("exclude: expected a (users, items) pair of arrays or None")
-        ex_users, ex_items = exclude
+    ks, metrics, truth_users, indptr, truth_items, ex_users, ex_items = prepare_evaluation(
+        users, exclude, truth, ks, metrics
+    )
     topk = topk_full_ranking_sharded(
         user_emb, item_emb, truth_users, ex_users, ex_items, k=max(ks), chunk_size=chunk_size, mesh=mesh, axis=axis
     )

@@ -8,7 +8,8 @@ key) -> (params, InitReport)``:
    ``variance`` = training interactions per item;
 2. user table [U, K] = mean of each user's training items' rows (zero for users without);
 3. both tables rescaled by ``config.init_scale`` (each against the xavier std of its own
-   shape; ``none`` by default);
+   shape; ``none`` by default; ``minmax`` instead maps the full [I, N] table to [0, 1]
+   before step 1, as the LLMInit reference code does through RecBole's normalize_all);
 4. shapes checked against ``params["user_embedding"]`` / ``params["item_embedding"]`` and a
    new dict returned with those two replaced (cast to their dtype). Works for any backbone
    whose params hold these two keys. ``config.init == "none"`` returns ``params`` unchanged.
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.init.pooling import user_table_from_items
-from jaxrec.init.scaling import rescale
+from jaxrec.init.scaling import minmax_full, rescale
 from jaxrec.init.selection import TABLE_STRATEGIES, initial_item_table, item_popularity
 
 log = logging.getLogger("jaxrec.init")
@@ -110,6 +111,10 @@ def llm_init_params(
         raise ValueError(f"init 'full' needs embedding size K = N = {n}, got K={k}; set embedding_size={n}")
     if strategy == "random" and key is None:
         raise ValueError("init 'random': a jax.random key is required")
+    mode = getattr(config, "init_scale", "none")
+    full_scale = None
+    if mode == "minmax":
+        emb, full_scale = minmax_full(emb)
     train_item = np.asarray(train_item)
     popularity = item_popularity(train_item, num_items) if strategy == "variance" else None
     item_table, idx = initial_item_table(
@@ -123,9 +128,10 @@ def llm_init_params(
         return_indices=True,
     )
     user_table, empty = user_table_from_items(item_table, train_user, train_item, num_users)
-    mode = getattr(config, "init_scale", "none")
     item_table, item_scale = rescale(item_table, mode)
     user_table, user_scale = rescale(user_table, mode)
+    if full_scale is not None:
+        item_scale = user_scale = {**item_scale, **full_scale}
     if item_table.shape != item_param.shape or user_table.shape != user_param.shape:
         raise ValueError(
             f"LLM init built user {user_table.shape} / item {item_table.shape} tables; params hold "

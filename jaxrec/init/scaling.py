@@ -9,7 +9,13 @@ The backbones start from xavier_uniform tables: for an [n, K] table the entries 
 - ``match_random``: one scalar factor so the mean norm of the non-zero rows equals
   ``sqrt(K) * reference_std``;
 - ``standardize``: each dim to zero mean / unit variance over the non-zero rows, times
-  ``reference_std`` (dims with zero variance become 0).
+  ``reference_std`` (dims with zero variance become 0);
+- ``minmax``: what the LLMInit reference code does through RecBole's ``normalize_all``
+  (its dataset configs set it, and the LLM embedding is a float_seq field of the .item
+  file): the *full* [I, N] encoder table is mapped to [0, 1] by its global minimum and
+  maximum, ``(x - min) / (max - min)``, before the K dims are selected
+  (``minmax_full``); the selected tables are then left as they are. Every entry becomes
+  positive, so all rows share a large common direction.
 
 Zero rows (users without training items) stay zero. ``reference_std`` defaults to
 ``xavier_std(n, K)`` of the table's own shape (pass ``n``/``k`` to use another shape).
@@ -21,8 +27,9 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
-SCALE_MODES = ("none", "match_random", "standardize")
+SCALE_MODES = ("none", "match_random", "standardize", "minmax")
 
 
 def xavier_std(n: int, k: int) -> float:
@@ -37,10 +44,26 @@ def _stats(table, mask) -> tuple[float, float]:
     return mean_norm, float(jnp.std(table))
 
 
+def minmax_full(emb) -> tuple[np.ndarray, dict]:
+    """RecBole ``normalize_all`` on an encoder table: [I, N] -> [I, N] in [0, 1], and a report.
+
+    One global min and max over all entries (RecBole normalizes a float_seq field over the
+    concatenation of all its values). A constant table maps to all ones, as in RecBole.
+    """
+    emb = np.asarray(emb)
+    lo, hi = float(emb.min()), float(emb.max())
+    out = np.ones_like(emb) if hi == lo else (emb - lo) / (hi - lo)
+    return out.astype(emb.dtype, copy=False), {"mode": "minmax", "min": lo, "max": hi}
+
+
 def rescale(
     table, mode: str = "none", reference_std: float | None = None, n: int | None = None, k: int | None = None
 ) -> tuple[jnp.ndarray, dict]:
-    """Rescale ``table`` [n, K] by ``mode`` (none | match_random | standardize) -> (table, report)."""
+    """Rescale ``table`` [n, K] by ``mode`` (none | match_random | standardize) -> (table, report).
+
+    ``minmax`` acts on the full encoder table before selection (``minmax_full``); here it
+    leaves the table unchanged, like ``none``.
+    """
     if mode not in SCALE_MODES:
         raise ValueError(f"init_scale={mode!r}: expected one of {', '.join(SCALE_MODES)}")
     table = jnp.asarray(table)

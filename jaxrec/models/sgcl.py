@@ -5,7 +5,8 @@ pairs::
 
     loss = sgcl_loss(final u_B, final i_B, sgcl_tau) + reg_weight * L2(ego u_B, ego i_B)
 
-(``jaxrec.losses.sgcl_loss``: the other batch users and items are the negatives). The
+(``jaxrec.losses.sgcl_loss``: the other batch users and items are the negatives;
+computed by ``sgcl_loss_by_id`` over the batch's distinct ids, same value). The
 model sets ``needs_negatives=False``, so the training loop samples no negatives; a
 ``neg`` entry in the batch, if present, is ignored.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxrec.config import Config
-from jaxrec.losses import l2_reg, sgcl_loss
+from jaxrec.losses import l2_reg, sgcl_loss_by_id
 from jaxrec.models.base import Model, init_tables
 from jaxrec.models.lightgcn import lightgcn_embed
 
@@ -35,7 +36,8 @@ def make_sgcl(config: Config) -> Model:
         user_emb, item_emb = embed(params, graph)
         reg = l2_reg(params["user_embedding"][u], params["item_embedding"][p], require_pow=require_pow)
         if u.shape[0] >= 2:
-            con = sgcl_loss(user_emb[u], item_emb[p], tau)
+            # == sgcl_loss(user_emb[u], item_emb[p], tau), over distinct ids (same value).
+            con = sgcl_loss_by_id(user_emb, item_emb, u, p, tau)
         else:  # a trailing singleton batch has no in-batch negatives: only the L2 term
             con = jnp.zeros((), reg.dtype)
         return con + reg_weight * reg, {"sgcl": con, "reg": reg}

@@ -11,7 +11,11 @@ jitted step compiles once. Per step::
 
 where ``u'``/``u''`` (``i'``/``i''``) are the LightGCN outputs over view 1 / view 2, taken at
 the batch's users (positive items), duplicates kept as in the reference, with temperature
-``ssl_tau``. Each view costs one extra ``num_layers``-layer propagation (forward and
+``ssl_tau``. The value is computed over the batch's distinct ids weighted by their
+multiplicity (``jaxrec.losses.info_nce_by_id``): the same loss and gradients at a fraction
+of the [B, B] cost when the batch repeats ids. ``ssl_negatives="all"`` contrasts each batch
+row with every user (item) of the other view instead, as SGL's reference code does
+(``jaxrec.losses.info_nce_all``). Each view costs one extra ``num_layers``-layer propagation (forward and
 backward): two extra propagations per step in all.
 """
 
@@ -24,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxrec.config import Config
 from jaxrec.graph import BipartiteGraph, augment, light_propagate, propagate
-from jaxrec.losses import info_nce
+from jaxrec.losses import info_nce_all, info_nce_by_id
 from jaxrec.models.base import Model, init_tables
 from jaxrec.models.lightgcn import bpr_batch_loss, lightgcn_embed, node_table
 
@@ -59,6 +63,7 @@ def make_sgl(config: Config) -> Model:
     reg_weight, require_pow = config.reg_weight, config.require_pow
     aug, ratio = config.ssl_aug, config.ssl_ratio
     tau, ssl_weight = config.ssl_tau, config.ssl_weight
+    contrast = info_nce_by_id if config.ssl_negatives == "batch" else info_nce_all
 
     def init(key, num_users, num_items):
         return init_tables(key, num_users, num_items, dim)
@@ -82,7 +87,10 @@ def make_sgl(config: Config) -> Model:
         u1, i1 = view_embed(params, view1, layers, kernel)
         u2, i2 = view_embed(params, view2, layers, kernel)
         u, p = batch["user"], batch["pos"]
-        return info_nce(u1[u], u2[u], tau) + info_nce(i1[p], i2[p], tau)
+        # "batch": == info_nce(u1[u], u2[u]) + info_nce(i1[p], i2[p]) (duplicates kept),
+        # computed over the batch's distinct ids weighted by multiplicity ([<=U, <=U]
+        # logits, not [B, B]); "all": every user / item of view 2 is a negative.
+        return contrast(u1, u2, u, tau) + contrast(i1, i2, p, tau)
 
     def loss(params, graph, views, batch, key):
         user_emb, item_emb = embed(params, graph)

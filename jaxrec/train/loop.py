@@ -254,7 +254,7 @@ def fit(
                     best_params = jax.tree.map(jnp.copy, params)  # params are donated to the next step
                     if ckpt is not None:
                         ckpt.save("best", epoch, {"params": params}, {"epoch": epoch, "valid": valid})
-                stop = early.should_stop(config.patience)
+                stop = early.should_stop(config.patience) and epoch + 1 >= config.min_epochs
             history.append(record)
             if jsonl is not None:
                 jsonl.append(record)
