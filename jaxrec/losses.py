@@ -127,6 +127,17 @@ def _unique_size(ids: jax.Array, table_rows: int, max_unique: int | None) -> int
     return size if max_unique is None else min(size, int(max_unique))
 
 
+def _view_pair_ids(name, a_table, b_table, ids, tau, max_unique):
+    """Checks of the two-view by-id losses; (distinct ids [m], multiplicities [m])."""
+    chex.assert_rank([a_table, b_table, ids], [2, 2, 1])
+    chex.assert_equal_shape([a_table, b_table])
+    if ids.shape[0] < 2:
+        _check_in_batch(name, ids[:, None])
+    _check_tau(tau, name)
+    uniq, _, counts = unique_counts(ids, _unique_size(ids, a_table.shape[0], max_unique))
+    return uniq, counts
+
+
 def info_nce_by_id(
     a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None
 ) -> jax.Array:
@@ -142,12 +153,7 @@ def info_nce_by_id(
     least the number of distinct ids). Same value and gradients as ``info_nce`` on the
     gathered rows, duplicates included (SGL's reference in-batch form).
     """
-    chex.assert_rank([a_table, b_table, ids], [2, 2, 1])
-    chex.assert_equal_shape([a_table, b_table])
-    if ids.shape[0] < 2:
-        _check_in_batch("info_nce_by_id", ids[:, None])
-    _check_tau(tau, "info_nce_by_id")
-    uniq, _, counts = unique_counts(ids, _unique_size(ids, a_table.shape[0], max_unique))
+    uniq, counts = _view_pair_ids("info_nce_by_id", a_table, b_table, ids, tau, max_unique)
     an, bn = l2_normalize(a_table[uniq]), l2_normalize(b_table[uniq])
     logits = (an @ bn.T) / tau
     w = counts.astype(logits.dtype)
@@ -169,12 +175,7 @@ def info_nce_all(
     on L2-normalized rows, computed once per distinct id (weighted by its multiplicity)
     at [m, N], m = min(B, N). Raises ``ValueError`` for B < 2 or ``tau <= 0``.
     """
-    chex.assert_rank([a_table, b_table, ids], [2, 2, 1])
-    chex.assert_equal_shape([a_table, b_table])
-    if ids.shape[0] < 2:
-        _check_in_batch("info_nce_all", ids[:, None])
-    _check_tau(tau, "info_nce_all")
-    uniq, _, counts = unique_counts(ids, _unique_size(ids, a_table.shape[0], max_unique))
+    uniq, counts = _view_pair_ids("info_nce_all", a_table, b_table, ids, tau, max_unique)
     logits = (l2_normalize(a_table[uniq]) @ l2_normalize(b_table).T) / tau
     pos = jnp.take_along_axis(logits, uniq[:, None], axis=1)[:, 0]
     w = counts.astype(logits.dtype)
