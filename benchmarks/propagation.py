@@ -247,12 +247,7 @@ def main_suite(args) -> int:
                for d in args.dim}
         done.append((data, graph, res, reps, big))
     bw1 = measure_bandwidth()
-    copy_keys = ("numpy copy", "jnp x*c (donated)")
-    bandwidth = max(bw[k] for bw in (bw0, bw1) for k in copy_keys)
-    print("\nMemory bandwidth, GB/s (256 MB float32 arrays, median of 7 interleaved; copy/scale count "
-          "read + write bytes, sum counts read bytes), before and after all graphs:\n")
-    print(table(["measure", "before", "after"], [[k, f"{bw0[k]:.1f}", f"{bw1[k]:.1f}"] for k in bw0]))
-    print(f"\nBandwidth used for the floors: {bandwidth:.1f} GB/s (best copy/scale figure of the run).")
+    bandwidth = report_bandwidth(bw0, bw1, ", before and after all graphs")
     for data, graph, res, reps, big in done:
         print(f"\n## {data.source}: {data.num_users} users + {data.num_items} items = {graph.num_nodes:,} nodes, "
               f"{graph.num_edges:,} directed edges" + (" (jaxrec bcsr only among jaxrec kernels)" if big else ""))
@@ -298,6 +293,17 @@ def render(res: dict, graph, dim: int, repeats: int, bandwidth: float) -> str:
     return "\n".join(lines)
 
 
+def report_bandwidth(bw0: dict, bw1: dict, when: str = "") -> float:
+    """Print the bandwidth measured before (``bw0``) and after (``bw1``); returns the best
+    copy/scale figure (GB/s), the one the floors use."""
+    bandwidth = max(bw[k] for bw in (bw0, bw1) for k in ("numpy copy", "jnp x*c (donated)"))
+    print("\nMemory bandwidth, GB/s (256 MB float32 arrays, median of 7 interleaved; copy/scale count "
+          f"read + write bytes, sum counts read bytes){when}:\n")
+    print(table(["measure", "before", "after"], [[k, f"{bw0[k]:.1f}", f"{bw1[k]:.1f}"] for k in bw0]))
+    print(f"\nBandwidth used for the floors: {bandwidth:.1f} GB/s (best copy/scale figure of the run).")
+    return bandwidth
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, nargs="+", default=[128, 64], help="embedding sizes (default 128 64)")
@@ -334,12 +340,7 @@ def main(argv=None) -> int:
     results = {d: run(graph, d, args.repeats, fwd_bwd=not args.no_backward, skip_slow=args.fast_only)
                for d in args.dim}
     bw1 = measure_bandwidth()
-    copy_keys = ("numpy copy", "jnp x*c (donated)")
-    bandwidth = max(bw[k] for bw in (bw0, bw1) for k in copy_keys)
-    print("\nMemory bandwidth, GB/s (256 MB float32 arrays, median of 7 interleaved; copy/scale count "
-          "read + write bytes, sum counts read bytes):\n")
-    print(table(["measure", "before", "after"], [[k, f"{bw0[k]:.1f}", f"{bw1[k]:.1f}"] for k in bw0]))
-    print(f"\nBandwidth used for the floors: {bandwidth:.1f} GB/s (best copy/scale figure of the run).")
+    bandwidth = report_bandwidth(bw0, bw1)
     print("Fractions above 1 mean the kernel beats the DESIGN.md model: the gathered node rows come from "
           "cache (N x d table of a few MB), not DRAM. The header of each section also gives the "
           "compulsory bytes with a cached table (nnz*12 + 2*N*4d) and their floor.")

@@ -180,16 +180,11 @@ def reduction_text(records) -> str:
 def plot(rows, path: Path, title: str) -> Path:
     plt = C.pyplot()
     groups = list(dict.fromkeys((r["backbone"], r["condition"]) for r in rows))
-    inits = list(dict.fromkeys(r["init"] for r in rows))
     labels = [f"{C.backbone_label(b)}\n{c} data" for b, c in groups]
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
     for ax, m in zip(axes, C.METRICS):
-        series = {}
-        for init in inits:
-            vals = [next((r for r in rows if (r["backbone"], r["condition"]) == g and r["init"] == init), None)
-                    for g in groups]
-            series[C.init_label(init) or "none (random)"] = ([v[f"{m}_mean"] if v else float("nan") for v in vals],
-                                                             [v[f"{m}_std"] if v else float("nan") for v in vals])
+        series = C.metric_series(rows, groups, lambda r: (r["backbone"], r["condition"]), lambda r: r["init"],
+                                 lambda init: C.init_label(init) or "none (random)", m)
         C.grouped_bars(ax, labels, series, C.METRIC_LABELS[m] + " (test)")
     fig.suptitle(title, fontsize=10)
     return C.save_figure(fig, path)
@@ -215,16 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"backbones": backbones, "inits": inits, "conditions": conditions, "seeds": seeds,
             "keep_fraction": args.keep_fraction, "split_seed": args.split_seed}
     if llm:
-        meta["text_embeddings"] = C.prepare_text_embeddings(
-            datasets.base(base, seeds[0] if args.split_seed is None else args.split_seed), source)
+        meta["text_embeddings"] = C.prepare_text_embeddings(datasets.first(base, seeds), source)
     cells = build_cells(base, backbones, inits, conditions, seeds, source, args.keep_fraction)
-    C.log.info("%s: %d runs -> %s", EXPERIMENT, len(cells), out)
-
-    def checkpoint(records):
-        C.write_results(out, EXPERIMENT, command, base, records, meta=meta, complete=False)
-
-    records = C.run_grid(cells, out, datasets=datasets, resume=args.resume,
-                         reuse=args.reuse, save_runs=args.save_runs, progress=args.progress, checkpoint=checkpoint)
+    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
     rows = summarize(records)
     meta["reductions"] = [r["data"]["reduction"] for r in records if "reduction" in r.get("data", {})]
     C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)

@@ -406,6 +406,10 @@ class DatasetCache:
             log.info("%r (split seed %d)", self._base[k], seed)
         return self._base[k]
 
+    def first(self, config: Config, seeds: Sequence[int]):
+        """The base dataset of the grid's first split (the fixed split seed, else ``seeds[0]``)."""
+        return self.base(config, seeds[0] if self.fixed is None else self.fixed)
+
     def get(self, cell: Cell):
         """(dataset, info dict) for ``cell``."""
         seed = split_seed(cell, self.fixed)
@@ -519,6 +523,19 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         if checkpoint is not None:  # cells of the folder's results.json not reached yet stay in it
             checkpoint(records + own)
     return records
+
+
+def run_cells(args: argparse.Namespace, experiment: str, command: str, base: Config, cells: Sequence[Cell],
+              out: Path, datasets: DatasetCache, meta: dict, **kw) -> list[dict]:
+    """``run_grid`` with the common options (--resume, --reuse, --save-runs, --progress);
+    ``results.json`` is rewritten, marked incomplete, after every cell. ``kw``: e.g. ``on_result``."""
+    log.info("%s: %d runs -> %s", experiment, len(cells), out)
+
+    def checkpoint(records):
+        write_results(out, experiment, command, base, records, meta=meta, complete=False)
+
+    return run_grid(cells, out, datasets=datasets, resume=args.resume, reuse=args.reuse, save_runs=args.save_runs,
+                    progress=args.progress, checkpoint=checkpoint, **kw)
 
 
 def learning_curve(history: Sequence[dict], valid_metric: str) -> dict[str, list]:
@@ -776,6 +793,26 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+def metric_series(rows: Sequence[dict], groups: Sequence, group_of: Callable[[dict], Any],
+                  series_of: Callable[[dict], Any], label_of: Callable[[Any], str], metric: str,
+                  series: Sequence | None = None) -> dict[str, tuple[list[float], list[float]]]:
+    """``{label_of(s): ([mean per group], [std per group])}`` of summary ``rows`` for ``grouped_bars``.
+
+    One entry per series key (``series``, or the keys of ``rows`` in order); NaN where no row
+    has that (group, series) pair.
+    """
+    index: dict = {}
+    for r in rows:
+        index.setdefault((group_of(r), series_of(r)), r)
+    keys = series if series is not None else list(dict.fromkeys(series_of(r) for r in rows))
+    out = {}
+    for key in keys:
+        vals = [index.get((g, key)) for g in groups]
+        out[label_of(key)] = ([v[f"{metric}_mean"] if v else float("nan") for v in vals],
+                              [v[f"{metric}_std"] if v else float("nan") for v in vals])
+    return out
 
 
 def grouped_bars(ax, groups: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float]]],

@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     base = C.base_config(args)
     source = C.resolve_text_source(args, base)
     datasets = C.DatasetCache(args.split_seed)
-    text = C.prepare_text_embeddings(datasets.base(base, seeds[0] if args.split_seed is None else args.split_seed),
-                                     source)
+    text = C.prepare_text_embeddings(datasets.first(base, seeds), source)
     n = int(text["dim"])
     cells, skipped = build_cells(base, backbones, dims, seeds, n, args.select, source)
     if skipped:
@@ -215,13 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"backbones": backbones, "dims": dims, "seeds": seeds, "select": args.select, "encoder_dims": n,
             "skipped_llm_dims": skipped, "text_embeddings": text, "split_seed": args.split_seed,
             "collapse_table": "params['item_embedding'] after training (best epoch), not centered"}
-    C.log.info("%s: %d runs -> %s", EXPERIMENT, len(cells), out)
-
-    def checkpoint(records):
-        C.write_results(out, EXPERIMENT, command, base, records, meta=meta, complete=False)
-
-    records = C.run_grid(cells, out, datasets=datasets, on_result=collapse_measures, resume=args.resume,
-                         reuse=args.reuse, save_runs=args.save_runs, progress=args.progress, checkpoint=checkpoint)
+    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta, on_result=collapse_measures)
     rows = summarize(records)
     C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = C.dataset_label(base.dataset)

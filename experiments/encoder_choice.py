@@ -184,12 +184,8 @@ def plot(rows, encoders, inits, path: Path, title: str) -> Path:
     backbone = rows[0]["backbone"]
     base = next((r for r in rows if r["backbone"] == backbone and r["init"] == "none"), None)
     for ax, m in zip(axes, C.METRICS):
-        series = {}
-        for init in inits:
-            vals = [next((r for r in rows if r["backbone"] == backbone and r["encoder"] == e and r["init"] == init),
-                         None) for e in encoders]
-            series[C.INIT_LABELS.get(init, init)] = ([v[f"{m}_mean"] if v else float("nan") for v in vals],
-                                                     [v[f"{m}_std"] if v else float("nan") for v in vals])
+        series = C.metric_series([r for r in rows if r["backbone"] == backbone], encoders, lambda r: r["encoder"],
+                                 lambda r: r["init"], lambda init: C.INIT_LABELS.get(init, init), m, series=inits)
         if base is not None:
             series["none (random)"] = ([base[f"{m}_mean"]] * len(encoders), [float("nan")] * len(encoders))
         C.grouped_bars(ax, encoders, series, C.METRIC_LABELS[m] + " (test)",
@@ -219,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder_slug(e) for e in encoders)))
     out.mkdir(parents=True, exist_ok=True)
     datasets = C.DatasetCache(args.split_seed)
-    first = datasets.base(base, seeds[0] if args.split_seed is None else args.split_seed)
+    first = datasets.first(base, seeds)
     paths, costs = {}, {}
     for enc, spec in zip(encoders, specs):
         paths[enc], costs[enc] = item_embeddings_for(spec, first, reference, out, args.batch_size)
@@ -231,13 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"backbones": backbones, "encoders": encoders, "encoder_specs": specs, "inits": inits, "seeds": seeds,
             "encoding": costs,
             "reference": str(reference) if reference else None, "split_seed": args.split_seed}
-    C.log.info("%s: %d runs -> %s", EXPERIMENT, len(cells), out)
-
-    def checkpoint(records):
-        C.write_results(out, EXPERIMENT, command, base, records, meta=meta, complete=False)
-
-    records = C.run_grid(cells, out, datasets=datasets, resume=args.resume,
-                         reuse=args.reuse, save_runs=args.save_runs, progress=args.progress, checkpoint=checkpoint)
+    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
     rows = summarize(records)
     C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = C.dataset_label(base.dataset)

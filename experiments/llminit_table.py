@@ -89,15 +89,10 @@ def table_text(rows, title: str, paper_key: str | None) -> str:
 def plot(rows, path: Path, title: str) -> Path:
     plt = C.pyplot()
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
-    series_keys = list(dict.fromkeys((r["init"], r["scale"]) for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
     for ax, m in zip(axes, C.METRICS):
-        series = {}
-        for init, scale in series_keys:
-            lab = C.init_label(init, scale) or "none (random)"
-            vals = {(r["backbone"]): r for r in rows if r["init"] == init and r["scale"] == scale}
-            series[lab] = ([vals[b][f"{m}_mean"] if b in vals else float("nan") for b in backbones],
-                           [vals[b][f"{m}_std"] if b in vals else float("nan") for b in backbones])
+        series = C.metric_series(rows, backbones, lambda r: r["backbone"], lambda r: (r["init"], r["scale"]),
+                                 lambda key: C.init_label(*key) or "none (random)", m)
         C.grouped_bars(ax, [C.backbone_label(b) for b in backbones], series, C.METRIC_LABELS[m] + " (test)")
     fig.suptitle(title, fontsize=10)
     return C.save_figure(fig, path)
@@ -122,15 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets = C.DatasetCache(args.split_seed)
     meta = {"backbones": backbones, "inits": inits, "scales": scales, "seeds": seeds, "split_seed": args.split_seed}
     if llm:
-        meta["text_embeddings"] = C.prepare_text_embeddings(datasets.base(base, seeds[0] if args.split_seed is None
-                                                                          else args.split_seed), source)
-    C.log.info("%s: %d runs (%s x %s x seeds %s) -> %s", EXPERIMENT, len(cells), backbones, inits, seeds, out)
-
-    def checkpoint(records):
-        C.write_results(out, EXPERIMENT, command, base, records, meta=meta, complete=False)
-
-    records = C.run_grid(cells, out, datasets=datasets, resume=args.resume,
-                         reuse=args.reuse, save_runs=args.save_runs, progress=args.progress, checkpoint=checkpoint)
+        meta["text_embeddings"] = C.prepare_text_embeddings(datasets.first(base, seeds), source)
+    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
     paper_key = C.paper_dataset(base.dataset)
     rows = summarize(records, paper_key)
     C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)

@@ -14,7 +14,7 @@ import sys
 import typing
 from pathlib import Path
 
-from jaxrec.config import MODELS, Config, ConfigError, field_names, load_config_file, parse_value
+from jaxrec.config import MODELS, Config, ConfigError, load_config_file, parse_value
 
 # Options with their own flags (besides --set); the rest are reachable via --set.
 _FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate", "embedding_size",

@@ -204,15 +204,16 @@ def sgcl_loss_by_id(
         _check_in_batch("sgcl_loss_by_id", users[:, None])
     _check_tau(tau, "sgcl_loss_by_id")
 
-    def block_sums(table, ids):
+    def block(table, ids):
+        """(normalized rows of the batch [B, d], their denominator block sums [B])."""
         uniq, inv, counts = unique_counts(ids, _unique_size(ids, table.shape[0], max_unique))
         xn = l2_normalize(table[uniq])
         # Shifted by the self-similarity 1/tau (the row maximum), as in sgcl_loss.
         sums = jnp.exp((xn @ xn.T - 1.0) / tau) @ counts.astype(xn.dtype)
-        return sums[inv]
+        return xn[inv], sums[inv]
 
-    total = block_sums(user_table, users) + block_sums(item_table, items)
-    un, vn = l2_normalize(user_table[users]), l2_normalize(item_table[items])
+    (un, su), (vn, si) = block(user_table, users), block(item_table, items)
+    total = su + si
     pos = jnp.sum(un * vn, axis=-1) / tau
     lse = jnp.log(jnp.maximum(total, jnp.finfo(total.dtype).tiny)) + 1.0 / tau
     return jnp.mean(lse - pos)

@@ -30,8 +30,14 @@ p.add_argument("seed", type=int)
 p.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
 p.add_argument("--split-out", default=None)
 p.add_argument("--split-only", action="store_true")
-p.add_argument("--checkpoints", default="/tmp/recbole_saved")
+p.add_argument("--checkpoints", default="/tmp/recbole_saved",
+               help="RecBole's working folder: its checkpoints, log/ and log_tensorboard/ go here")
 args = p.parse_args()
+args.data = str(Path(args.data).absolute())
+if args.split_out:
+    args.split_out = str(Path(args.split_out).absolute())
+Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
+os.chdir(args.checkpoints)  # RecBole writes ./log and ./log_tensorboard into the working directory
 
 cfg = {  # the protocol: LOO random order, K 128, 2 layers, lr 1e-3, batch 2048, reg 1e-5, patience 10
     "data_path": args.data, "seed": args.seed, "reproducibility": True,

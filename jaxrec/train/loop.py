@@ -106,25 +106,15 @@ def evaluate_params(
 
     With an active ``placement`` (sharded ``params`` and ``graph``) the ranking is sharded too.
     """
-    if placement is not None and placement.active:
-        user_emb, item_emb = placement.embed(model.embed, params, graph)
+    placement = placement if placement is not None else Placement()
+    user_emb, item_emb = placement.embed(model.embed, params, graph)
+    if placement.active:
         return placement.evaluate(user_emb, item_emb, None, exclude, truth_, config.topk, config.metrics,
                                   config.eval_chunk)
-    user_emb, item_emb = _embed_jit(model)(params, graph)
     return evaluate(
         user_emb, item_emb, users=None, exclude=exclude, truth=truth_, ks=config.topk, metrics=config.metrics,
         chunk_size=config.eval_chunk,
     )
-
-
-_EMBED_CACHE: dict[int, Any] = {}
-
-
-def _embed_jit(model: Model):
-    key = id(model.embed)
-    if key not in _EMBED_CACHE:
-        _EMBED_CACHE[key] = jax.jit(model.embed)
-    return _EMBED_CACHE[key]
 
 
 def _epoch_rng(key: jax.Array) -> np.random.Generator:

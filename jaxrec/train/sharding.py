@@ -129,6 +129,8 @@ class Placement:
     data_axis: str = "data"
     model_axis: str = "data"
     row_comm: str = "ring"
+    # jitted embed functions with sharded outputs, one per embed function (``embed``)
+    _embed_jits: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.strategy not in ("none", "feature", "row"):
@@ -250,13 +252,11 @@ class Placement:
         holding the whole table) when the device count does not divide the rows.
         """
         if not self.active:
-            return jax.jit(embed_fn)(params, graph)
-        key = (id(embed_fn), self)
-        fn = _EMBED_JITS.get(key)
+            return jax.jit(embed_fn)(params, graph)  # JAX caches the compilation per function
+        fn = self._embed_jits.get(embed_fn)
         if fn is None:
             shapes = jax.eval_shape(embed_fn, params, graph)
-            fn = jax.jit(embed_fn, out_shardings=self.shardings(shapes))
-            _EMBED_JITS[key] = fn
+            fn = self._embed_jits[embed_fn] = jax.jit(embed_fn, out_shardings=self.shardings(shapes))
         return fn(params, graph)
 
     def evaluate(self, user_emb, item_emb, users, exclude, truth, ks, metrics, chunk_size) -> dict[str, float]:
@@ -269,9 +269,6 @@ class Placement:
 
         return evaluate_sharded(user_emb, item_emb, users, exclude, truth, ks=ks, metrics=metrics,
                                 chunk_size=chunk_size, mesh=self.mesh, axis=self.model_axis)
-
-
-_EMBED_JITS: dict = {}
 
 
 def _place(x: Any, sharding: NamedSharding) -> jax.Array:
