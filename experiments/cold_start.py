@@ -120,8 +120,7 @@ class ColdStartData(C.DatasetCache):
             from jaxrec.train import prepare
 
             full = origin[1]
-            p = dataclasses.replace(prepare(dataset), valid_exclude=exclusion_pairs(full, "valid"),
-                                    test_exclude=exclusion_pairs(full, "test"))
+            p = prepare(dataset, exclude={s: exclusion_pairs(full, s) for s in ("valid", "test")})
             self._prepared[id(dataset)] = (dataset, p)
         return super().prepared(dataset)
 

@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from jaxrec.config import INITS, Config, ConfigError
+from jaxrec.config import Config, ConfigError
+from jaxrec.registry import INITIALIZERS
 
 log = logging.getLogger("experiments")
 
@@ -194,8 +195,8 @@ def check_backbones(names: Sequence[str]) -> list[str]:
     return out
 
 
-def check_inits(names: Sequence[str], allowed: Iterable[str] = INITS) -> list[str]:
-    allowed = tuple(allowed)
+def check_inits(names: Sequence[str], allowed: Iterable[str] | None = None) -> list[str]:
+    allowed = tuple(INITIALIZERS.names() if allowed is None else allowed)
     bad = [n for n in names if n not in allowed]
     if bad:
         raise ConfigError(f"--inits: unknown {bad}; expected a subset of {', '.join(allowed)}")
@@ -445,14 +446,12 @@ class CellContext:
 
 def _initial_params(model, dataset, config: Config):
     """The params ``fit`` starts from: LLM init, or the model's own init with fit's key."""
-    import jax
-
     from jaxrec.pipeline import initial_params
+    from jaxrec.train import run_keys
 
     params = initial_params(model, dataset, config)
     if params is None:
-        init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # what fit() gives model.init
-        params = model.init(init_key, dataset.num_users, dataset.num_items)
+        params = model.init(run_keys(config.seed).init, dataset.num_users, dataset.num_items)  # what fit() draws
     return params
 
 
@@ -500,13 +499,7 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         model = get_model(cell.config)
         params = _initial_params(model, dataset, cell.config)
         run_dir = out_dir / "runs" / _slug(cell.key) if save_runs else None
-        start_params = params
-        if on_result is not None:  # fit donates the params it is given; keep the initial ones for on_result
-            import jax
-            import jax.numpy as jnp
-
-            start_params = jax.tree.map(jnp.copy, params)
-        result = fit(model, dataset, cell.config, out_dir=run_dir, params=start_params, overwrite=True,
+        result = fit(model, dataset, cell.config, out_dir=run_dir, params=params, overwrite=True,
                      progress=progress, prepared=prepared)
         rec = results_record(result, dataset)
         rec.update(key=dict(cell.key), data={**cell.data, **info}, seconds=time.perf_counter() - t0,

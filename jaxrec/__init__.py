@@ -11,18 +11,21 @@ The pieces compose as plain function calls::
 
 __version__ = "0.1.0"
 
-from jaxrec.config import Config, ConfigError, load_config_file  # noqa: E402
+from jaxrec import registry  # noqa: E402
+from jaxrec.config import Config, ConfigError, build_config, load_config_file  # noqa: E402
 from jaxrec.data import DataError, Dataset, load_dataset  # noqa: E402
 from jaxrec.graph import build_graph, light_propagate, propagate  # noqa: E402
-from jaxrec.models import Model, get_model  # noqa: E402
+from jaxrec.models import Encoder, Model, TableSpec, get_model, register_model  # noqa: E402
+from jaxrec.objectives import Term, term, weighted_sum  # noqa: E402
 from jaxrec.pipeline import initial_params, train_run  # noqa: E402
-from jaxrec.train import RunResult, fit  # noqa: E402
+from jaxrec.train import RunResult, TrainState, fit, make_partitioner, prepare  # noqa: E402
 
 __all__ = [
-    "Config", "ConfigError", "load_config_file",
+    "registry", "Config", "ConfigError", "build_config", "load_config_file",
     "DataError", "Dataset", "load_dataset",
     "build_graph", "propagate", "light_propagate",
-    "Model", "get_model",
+    "Model", "Encoder", "TableSpec", "get_model", "register_model",
+    "Term", "term", "weighted_sum",
     "initial_params", "train_run",
-    "RunResult", "fit",
+    "RunResult", "TrainState", "fit", "make_partitioner", "prepare",
 ]

@@ -1,8 +1,18 @@
 """Command line: ``jaxrec train ...`` (also ``python -m jaxrec train ...``).
 
-Every option maps onto a ``Config`` field; precedence is model defaults < ``--config``
-file < explicit options < ``--set key=value``. The command is a thin shell over
+Every option maps onto a ``Config`` field; precedence is defaults < ``--config`` file <
+explicit options < ``--set key=value``, and the config is validated once, after every layer.
+``--plugin MODULE`` (or a ``.py`` path; repeatable) is imported first, so the components it
+registers (``jaxrec.register_model`` ...) are valid names. The command is a thin shell over
 ``jaxrec.pipeline.train_run``.
+
+Multi-host: ``--coordinator-address host:port --num-processes N --process-id I`` (or the
+config keys, or ``$JAXREC_COORDINATOR`` / ``$JAXREC_NUM_PROCESSES`` / ``$JAXREC_PROCESS_ID``)
+start ``jax.distributed`` before anything runs; every process trains its shards, process 0
+alone writes the run files and prints the table.
+
+Bad input (config, data, run folder) is reported as ``jaxrec: error: ...`` with exit status
+2, never a traceback; a run that diverges exits with status 1 and names its last checkpoint.
 """
 
 from __future__ import annotations
@@ -14,12 +24,12 @@ import sys
 import typing
 from pathlib import Path
 
-from jaxrec.config import MODELS, Config, ConfigError, load_config_file, parse_value
+from jaxrec.config import Config, ConfigError, build_config, coerce_mapping, import_plugins, parse_value
 
 # Options with their own flags (besides --set); the rest are reachable via --set.
 _FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate", "embedding_size",
             "num_layers", "reg_weight", "patience", "topk", "split", "kernel", "init", "encoder",
-            "embeddings")
+            "embeddings", "coordinator_address", "num_processes", "process_id")
 
 
 def _field_help() -> str:
@@ -33,7 +43,7 @@ def _field_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxrec", description="LLM-enhanced collaborative filtering in JAX.")
+    parser = argparse.ArgumentParser(prog="jaxrec", description="LLM-enhanced recommendation in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train", help="train and evaluate a backbone",
@@ -42,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hints = typing.get_type_hints(Config)
     for name in _FLAGGED:
-        kw: dict = {"dest": name, "default": None, "metavar": name.upper()}
-        if name == "model":
-            kw["choices"] = MODELS
-            kw.pop("metavar")
-        train.add_argument("--" + name.replace("_", "-"), help=f"config {name} ({hints[name]})", **kw)
+        train.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
+                           help=f"config {name} ({hints[name]})" + ("; any registered backbone" if name == "model" else ""))
+    train.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="import MODULE (or a .py file) first: it may register backbones, initializers, ... "
+                            "(repeatable; recorded in the config's plugins)")
     train.add_argument("--config", type=Path, help="TOML or JSON file of config keys")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key (repeatable); see the list below")
@@ -59,19 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    model = args.model
-    config = Config.for_model(model) if model else Config()
+    """defaults < --config file < flags < --set, validated once after all layers."""
+    import_plugins(args.plugin)
+    file_layer: dict = {}
     if args.config is not None:
-        config = load_config_file(args.config, base=config)
-        if model:
-            config = config.replace(model=model)
-    explicit = {}
-    for name in _FLAGGED:
-        value = getattr(args, name)
-        if value is not None and name != "model":
-            explicit[name] = parse_value(name, value, source="--" + name.replace("_", "-"))
-    config = config.replace(**explicit) if explicit else config
-    return config.with_overrides(args.set)
+        from jaxrec.config import read_config_file  # noqa: PLC0415
+
+        file_layer = coerce_mapping(read_config_file(args.config), source=f"config file {args.config}:")
+    flags = {name: parse_value(name, getattr(args, name), source="--" + name.replace("_", "-"))
+             for name in _FLAGGED if getattr(args, name) is not None}
+    if args.plugin:
+        flags["plugins"] = tuple(dict.fromkeys([*file_layer.get("plugins", ()), *args.plugin]))
+    return build_config(file_layer, flags, sets=args.set)
 
 
 def default_out_dir(config: Config) -> Path:
@@ -85,10 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from jaxrec.data import DataError
-    from jaxrec.train import CheckpointMismatchError
+    from jaxrec.train import CheckpointMismatchError, TrainingDivergedError
 
     try:
         config = config_from_args(args)
+        from jaxrec import distributed
+
+        distributed.initialize(config)  # before any computation; a no-op for one process
         from jaxrec.pipeline import format_metrics_table, train_run
 
         out = args.out or default_out_dir(config)
@@ -97,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointMismatchError, FileExistsError, FileNotFoundError) as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as e:
+        print(f"jaxrec: error: {e}", file=sys.stderr)
+        return 1
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(dataset.summary())
     print(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); "
           f"selected on valid {config.valid_metric} = {result.valid_metrics.get(config.valid_metric, float('nan')):.4f}")

@@ -11,20 +11,19 @@ change fields with type checking; ``load_config_file`` reads TOML or JSON.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import json
+import math
+import os
+import sys
 import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-MODELS = ("mf", "lightgcn", "sgl", "sgcl")
-SPLITS = ("loo_random", "loo_time", "ratio")
-INITS = ("none", "random", "uniform", "variance", "full", "pca")
-KERNELS = ("bcsr", "segment_sum", "bcoo", "dense")
-SHARDINGS = ("none", "feature", "row")  # --- sharding ---
-ROW_COMMS = ("ring", "direct", "allgather")
-
+from jaxrec import registry as R
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field."""
@@ -33,9 +32,10 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Config:
     # --- run ------------------------------------------------------------------
-    model: str = "lightgcn"
+    model: str = "lightgcn"  # a registered backbone (jaxrec.registry.MODELS)
     dataset: str = "ml-100k"
     seed: int = 2020
+    plugins: tuple[str, ...] = ()  # modules (or .py files) imported first: they register components
     # --- data -----------------------------------------------------------------
     split: str = "loo_random"  # loo_random | loo_time | ratio
     split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
@@ -46,7 +46,7 @@ class Config:
     # --- model ----------------------------------------------------------------
     embedding_size: int = 128
     num_layers: int = 2
-    kernel: str = "bcsr"  # propagation kernel, see jaxrec.graph.propagate
+    kernel: str = "bcsr"  # propagation kernel (jaxrec.registry.KERNELS)
     # --- optimisation ---------------------------------------------------------
     epochs: int = 300
     batch_size: int = 2048
@@ -54,6 +54,7 @@ class Config:
     reg_weight: float = 1e-5
     require_pow: bool = False  # L2 as sum of squared norms (True) or of norms (RecBole's default)
     # --- evaluation / selection -----------------------------------------------
+    evaluation: str = "full"  # evaluation protocol (jaxrec.registry.EVALUATIONS)
     topk: tuple[int, ...] = (10, 20, 50)
     metrics: tuple[str, ...] = ("recall", "ndcg", "hit", "mrr", "precision")
     valid_metric: str = "ndcg@10"
@@ -62,14 +63,17 @@ class Config:
     min_epochs: int = 0  # no early stop before this many epochs (0: RecBole's rule as is)
     eval_chunk: int = 1024  # users per full-ranking chunk
     # --- contrastive backbones (SGL / SGCL) -----------------------------------
-    ssl_aug: str = "ED"  # ED | ND | RW
+    ssl_aug: str = "ED"  # ED | ND | RW (jaxrec.registry.AUGMENTATIONS)
     ssl_ratio: float = 0.1
     ssl_tau: float = 0.2
     ssl_weight: float = 0.05
     ssl_negatives: str = "batch"  # batch: the batch's users/items | all: every user/item (SGL's code)
     sgcl_tau: float = 0.2
+    # bucket: the batch's distinct ids found on the host, padded to a multiple of 64 (fast);
+    # table: found inside the step, padded to min(batch, table rows) (the form before 0.2)
+    contrast_unique: str = "bucket"
     # --- LLMInit ---------------------------------------------------------------
-    init: str = "none"  # none | random | uniform | variance | full | pca
+    init: str = "none"  # none | random | uniform | variance | full | pca (jaxrec.registry.INITIALIZERS)
     encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)
     embeddings: str | None = None  # precomputed .npy (item id list beside it)
     variance_fraction: float = 0.2  # share of most popular items used for variance
@@ -78,10 +82,10 @@ class Config:
     # --- checkpoints ------------------------------------------------------------
     checkpoint_every: int = 1  # epochs between "latest" checkpoints
     # --- sharding ---------------------------------------------------------------
-    # See jaxrec.train.sharding. "none": one device, as before. "feature": embedding
-    # tables split along the embedding dimension, graph replicated (no communication in
-    # propagation). "row": nodes and their incoming edges split across devices.
-    sharding: str = "none"  # none | feature | row
+    # See jaxrec.train.partition. "none": one device. "feature": embedding tables split
+    # along the embedding dimension, graph replicated (no communication in propagation).
+    # "row": nodes and their incoming edges split across devices.
+    sharding: str = "none"  # none | feature | row (jaxrec.registry.SHARDINGS)
     mesh_shape: tuple[int, ...] = ()  # () = every device on the first axis of mesh_axes
     mesh_axes: tuple[str, ...] = ("data",)
     data_axis: str = "data"  # mesh axis the batches are split along
@@ -93,13 +97,15 @@ class Config:
 
     # ------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        _normalize(self)
+        import_plugins(self.plugins)
         _validate(self)
 
     @classmethod
     def for_model(cls, model: str, **overrides: Any) -> "Config":
         """Defaults of backbone ``model`` (the LLMInit reference protocol) plus overrides."""
-        if model not in MODELS:
-            raise ConfigError(f"model: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        import_plugins(overrides.get("plugins", ()))
+        R.MODELS.check(model, "model")
         return cls(model=model, **overrides)
 
     def replace(self, **kw: Any) -> "Config":
@@ -109,26 +115,86 @@ class Config:
         return dataclasses.replace(self, **kw)
 
     def with_overrides(self, assignments: Iterable[str], source: str = "--set") -> "Config":
-        """Apply ``key=value`` strings, parsing each value by the field's type."""
-        kw: dict[str, Any] = {}
-        for text in assignments:
-            if "=" not in text:
-                raise ConfigError(f"{source} {text!r}: expected key=value")
-            key, value = text.split("=", 1)
-            key = key.strip()
-            kw[key] = parse_value(key, value.strip(), source=source)
-        return self.replace(**kw)
+        """Apply ``key=value`` strings, parsing each value by the field's type (validated once)."""
+        return self.replace(**parse_assignments(assignments, source))
 
-    def with_mapping(self, mapping: dict[str, Any], source: str = "config") -> "Config":
-        kw = {k: coerce_value(k, v, source=source) for k, v in mapping.items()}
-        return self.replace(**kw)
+    def with_mapping(self, mapping: Mapping[str, Any], source: str = "config") -> "Config":
+        return self.replace(**coerce_mapping(mapping, source))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
-        return cls().with_mapping(d, source="config dict")
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config dict") -> "Config":
+        """The config of a stored ``to_dict()`` (a results.json); keys it lacks take their defaults."""
+        import_plugins(d.get("plugins", ()) or ())
+        return cls(**coerce_mapping(d, source))
+
+
+def build_config(*layers: Mapping[str, Any], sets: Iterable[str] = (), source: str = "--set") -> Config:
+    """One ``Config`` from layers of already typed values (later wins) and ``key=value`` strings
+    on top, validated once after every layer is applied (defaults < file < flags < --set)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    merged.update(parse_assignments(sets, source))
+    unknown = sorted(set(merged) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(field_names())}")
+    import_plugins(merged.get("plugins", ()))
+    return Config(**merged)
+
+
+def parse_assignments(assignments: Iterable[str], source: str = "--set") -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: typed value}``, each value parsed by its field's type."""
+    kw: dict[str, Any] = {}
+    for text in assignments:
+        if "=" not in text:
+            raise ConfigError(f"{source} {text!r}: expected key=value")
+        key, value = text.split("=", 1)
+        key = key.strip()
+        kw[key] = parse_value(key, value.strip(), source=source)
+    return kw
+
+
+def coerce_mapping(mapping: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """A mapping of a config file / stored dict -> typed values (``ConfigError`` naming the key)."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{source}: expected a table of key = value, got {type(mapping).__name__}")
+    return {k: coerce_value(k, v, source=source) for k, v in mapping.items()}
+
+
+def import_plugins(plugins: Iterable[str]) -> None:
+    """Import each plugin (a module name, or a path to a ``.py`` file) once; they register components.
+
+    Raises ``ConfigError`` naming the plugin when it cannot be imported.
+    """
+    if isinstance(plugins, str):
+        plugins = (plugins,)
+    for plugin in plugins:
+        plugin = os.fspath(plugin)
+        if plugin in _IMPORTED_PLUGINS:
+            continue
+        try:
+            if plugin.endswith(".py") or os.sep in plugin:
+                path = Path(plugin)
+                if not path.is_file():
+                    raise ConfigError(f"plugins: {plugin!r}: file not found")
+                name = f"jaxrec_plugin_{path.stem}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(plugin)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any import failure is the plugin's
+            raise ConfigError(f"plugins: cannot import {plugin!r}: {type(e).__name__}: {e}") from e
+        _IMPORTED_PLUGINS.add(plugin)
+
+
+_IMPORTED_PLUGINS: set[str] = set()
 
 
 def field_names() -> list[str]:
@@ -222,8 +288,48 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def load_config_file(path: str | Path, base: Config | None = None) -> Config:
-    """Read a TOML (``.toml``) or JSON (``.json``) file of config keys onto ``base``."""
+def _normalize(c: Config) -> None:
+    """Canonical values in place (frozen dataclass): paths -> str, sequences -> tuples,
+    ints in float fields -> float, so equal configs compare and serialize equal."""
+    hints = _hints()
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        fixed = _canonical(hints[f.name], value)
+        if fixed is not value:
+            object.__setattr__(c, f.name, fixed)
+
+
+def _canonical(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _canonical(inner, value)
+    if origin is tuple:
+        if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, Iterable):
+            return value  # validation names it
+        elem = typing.get_args(tp)[0]
+        out = tuple(_canonical(elem, v) for v in value)
+        return value if isinstance(value, tuple) and all(a is b for a, b in zip(out, value)) else out
+    if tp is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(Config))
+    return _HINTS
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw table of a TOML (``.toml``) or JSON (``.json``) config file (``ConfigError`` naming the file)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
@@ -234,26 +340,29 @@ def load_config_file(path: str | Path, base: Config | None = None) -> Config:
             data = json.loads(path.read_text())
         else:
             raise ConfigError(f"config file {path}: expected a .toml or .json file")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a table of key = value")
-    base = base or Config(model=str(data.get("model", "lightgcn")))
-    return base.with_mapping(data, source=f"config file {path}:")
+    return data
+
+
+def load_config_file(path: str | Path, base: Config | None = None) -> Config:
+    """A TOML or JSON file of config keys applied onto ``base`` (default ``Config()``), validated once."""
+    data = read_config_file(path)
+    layer = coerce_mapping(data, source=f"config file {path}:")
+    return build_config(dataclasses.asdict(base) if base is not None else {}, layer)
 
 
 def _validate(c: Config) -> None:
     def bad(field: str, expected: str) -> None:
         raise ConfigError(f"{field}={getattr(c, field)!r}: expected {expected}")
 
-    if c.model not in MODELS:
-        bad("model", f"one of {', '.join(MODELS)}")
-    if c.split not in SPLITS:
-        bad("split", f"one of {', '.join(SPLITS)}")
-    if c.init not in INITS:
-        bad("init", f"one of {', '.join(INITS)}")
-    if c.kernel not in KERNELS:
-        bad("kernel", f"one of {', '.join(KERNELS)}")
+    _check_types(c)
+    # Names: each registry is the one list of what a field may hold.
+    for reg in (R.MODELS, R.SPLITS, R.INITIALIZERS, R.KERNELS, R.AUGMENTATIONS, R.CONTRASTS,
+                R.CONTRAST_UNIQUE, R.INIT_SCALES, R.SHARDINGS, R.ROW_COMMS, R.EVALUATIONS):
+        reg.check(getattr(c, reg.field), reg.field)
     for name in ("epochs", "batch_size", "embedding_size", "eval_every", "eval_chunk", "checkpoint_every"):
         if getattr(c, name) < 1:
             bad(name, "an integer >= 1")
@@ -263,46 +372,39 @@ def _validate(c: Config) -> None:
         bad("patience", "an integer >= 1")
     if c.min_epochs < 0:
         bad("min_epochs", "an integer >= 0")
-    if not c.learning_rate > 0:
-        bad("learning_rate", "a number > 0")
-    if c.reg_weight < 0:
-        bad("reg_weight", "a number >= 0")
+    if not c.learning_rate > 0 or not math.isfinite(c.learning_rate):
+        bad("learning_rate", "a finite number > 0")
+    if not c.reg_weight >= 0 or not math.isfinite(c.reg_weight):
+        bad("reg_weight", "a finite number >= 0")
     if not c.topk or any(k < 1 for k in c.topk):
         bad("topk", "a non-empty list of integers >= 1")
-    known = {"recall", "ndcg", "hit", "mrr", "precision"}
-    if not c.metrics or any(m not in known for m in c.metrics):
-        bad("metrics", f"a non-empty subset of {sorted(known)}")
+    metrics = R.METRICS.names()
+    if not c.metrics:
+        bad("metrics", f"a non-empty subset of {list(metrics)}")
+    for m in c.metrics:
+        R.METRICS.check(m, "metrics")
     name, _, k = c.valid_metric.partition("@")
-    if name not in known or not k.isdigit() or int(k) not in c.topk:
-        bad("valid_metric", f"<metric>@<k> with metric in {sorted(known)} and k in topk={list(c.topk)}")
+    if name not in metrics or not k.isdigit() or int(k) not in c.topk:
+        bad("valid_metric", f"<metric>@<k> with metric in {list(metrics)} and k in topk={list(c.topk)}")
     if c.split == "ratio":
-        if len(c.split_ratios) != 3 or any(r < 0 for r in c.split_ratios) or sum(c.split_ratios) <= 0:
+        if (len(c.split_ratios) != 3 or any(not (r >= 0 and math.isfinite(r)) for r in c.split_ratios)
+                or sum(c.split_ratios) <= 0):
             bad("split_ratios", "three non-negative numbers (train, valid, test)")
     if c.kcore < 0:
         bad("kcore", "an integer >= 0")
-    if c.ssl_aug not in ("ED", "ND", "RW"):
-        bad("ssl_aug", "one of ED, ND, RW")
     if not 0 <= c.ssl_ratio < 1:
         bad("ssl_ratio", "a number in [0, 1)")
-    if c.ssl_negatives not in ("batch", "all"):
-        bad("ssl_negatives", "batch or all")
     if not c.ssl_tau > 0:
         bad("ssl_tau", "a temperature > 0")
     if not c.sgcl_tau > 0:
         bad("sgcl_tau", "a temperature > 0")
-    if c.ssl_weight < 0:
+    if not c.ssl_weight >= 0:
         bad("ssl_weight", "a number >= 0")
     if c.model in ("sgl", "sgcl") and c.batch_size < 2:
         bad("batch_size", "at least 2 for in-batch contrastive losses")
     if not 0 < c.variance_fraction <= 1:
         bad("variance_fraction", "a number in (0, 1]")
-    if c.init_scale not in ("none", "match_random", "standardize", "minmax"):
-        bad("init_scale", "one of none, match_random, standardize, minmax")
     # --- sharding ---
-    if c.sharding not in SHARDINGS:
-        bad("sharding", f"one of {', '.join(SHARDINGS)}")
-    if c.row_comm not in ROW_COMMS:
-        bad("row_comm", f"one of {', '.join(ROW_COMMS)}")
     if not c.mesh_axes or len(set(c.mesh_axes)) != len(c.mesh_axes) or not all(
         isinstance(a, str) and a.isidentifier() for a in c.mesh_axes
     ):
@@ -320,3 +422,30 @@ def _validate(c: Config) -> None:
         bad("process_id", f"an integer in [0, num_processes={c.num_processes})")
     if c.num_processes > 1 and not c.coordinator_address:
         bad("coordinator_address", "host:port of process 0 when num_processes > 1")
+
+
+def _check_types(c: Config) -> None:
+    """Every field holds a value of its declared type (Config(...) called with raw values)."""
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if not _is_instance(_hints()[f.name], value):
+            raise ConfigError(f"{f.name}={value!r}: expected {_type_name(_hints()[f.name])}")
+
+
+def _is_instance(tp: Any, value: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(a, value) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_is_instance(typing.get_args(tp)[0], v) for v in value)
+    if tp is float:
+        return isinstance(value, float)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")

@@ -6,9 +6,12 @@ inside any model's loss and differentiate with ``jax.grad``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def bpr_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.Array:
@@ -109,6 +112,19 @@ def sgcl_loss(user_emb: jax.Array, item_emb: jax.Array, tau: float) -> jax.Array
     return jnp.mean(lse - pos)
 
 
+class Distinct(NamedTuple):
+    """The distinct values of a batch column, padded to a static size ``m``.
+
+    ``ids`` int32 [m] (slots past the distinct count repeat a real id), ``inverse`` int32 [B]
+    (``ids[inverse] == batch column``), ``counts`` int32 [m] (multiplicities; 0 in padding
+    slots, so padding carries no weight in count-weighted sums).
+    """
+
+    ids: jax.Array
+    inverse: jax.Array
+    counts: jax.Array
+
+
 def unique_counts(ids: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Distinct values of ``ids`` [B] with static ``size``: (unique [size], inverse [B], counts [size]).
 
@@ -122,24 +138,49 @@ def unique_counts(ids: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.
     return uniq, inv.reshape(ids.shape), counts
 
 
+def host_distinct(ids: np.ndarray, table_rows: int, multiple: int = 64) -> Distinct:
+    """``Distinct`` of a host batch column, padded to the next multiple of ``multiple`` (at most
+    ``table_rows``, at least the distinct count): what the by-id losses need, found on the host.
+
+    A batch of 2048 ml-100k pairs holds about 700 distinct users and 800 distinct items; padding
+    to that (not to min(B, rows) as ``unique_counts`` must inside jit) keeps the [m, m] logits
+    small. Each padded size compiles the step once; the multiple bounds how many sizes occur.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"host_distinct: expected a non-empty 1-D id array, got shape {ids.shape}")
+    uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    m = len(uniq)
+    size = max(m, min(-(-m // multiple) * multiple, int(table_rows)))
+    pad = size - m
+    return Distinct(
+        np.concatenate([uniq, np.full(pad, uniq[0], uniq.dtype)]).astype(np.int32),
+        inverse.reshape(ids.shape).astype(np.int32),
+        np.concatenate([counts, np.zeros(pad, counts.dtype)]).astype(np.int32),
+    )
+
+
 def _unique_size(ids: jax.Array, table_rows: int, max_unique: int | None) -> int:
     size = min(ids.shape[0], table_rows)
     return size if max_unique is None else min(size, int(max_unique))
 
 
-def _view_pair_ids(name, a_table, b_table, ids, tau, max_unique):
+def _view_pair_ids(name, a_table, b_table, ids, tau, max_unique, distinct):
     """Checks of the two-view by-id losses; (distinct ids [m], multiplicities [m])."""
     chex.assert_rank([a_table, b_table, ids], [2, 2, 1])
     chex.assert_equal_shape([a_table, b_table])
     if ids.shape[0] < 2:
         _check_in_batch(name, ids[:, None])
     _check_tau(tau, name)
+    if distinct is not None:
+        return distinct.ids, distinct.counts
     uniq, _, counts = unique_counts(ids, _unique_size(ids, a_table.shape[0], max_unique))
     return uniq, counts
 
 
 def info_nce_by_id(
-    a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None
+    a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None,
+    distinct: Distinct | None = None,
 ) -> jax.Array:
     """``info_nce(a_table[ids], b_table[ids], tau)`` computed over the distinct ids. [N, d], [N, d], [B] -> [].
 
@@ -150,10 +191,11 @@ def info_nce_by_id(
         sum_u c_u * (log sum_v c_v exp(l_uv) - l_uu) / B,   l = a_n b_n^T / tau over distinct ids
 
     at [m, m] instead of [B, B], m = min(B, N) (or ``max_unique``, which must then be at
-    least the number of distinct ids). Same value and gradients as ``info_nce`` on the
-    gathered rows, duplicates included (SGL's reference in-batch form).
+    least the number of distinct ids), or the size of a precomputed ``distinct``. Same value and
+    gradients as ``info_nce`` on the gathered rows, duplicates included (SGL's reference
+    in-batch form), up to float summation order.
     """
-    uniq, counts = _view_pair_ids("info_nce_by_id", a_table, b_table, ids, tau, max_unique)
+    uniq, counts = _view_pair_ids("info_nce_by_id", a_table, b_table, ids, tau, max_unique, distinct)
     an, bn = l2_normalize(a_table[uniq]), l2_normalize(b_table[uniq])
     logits = (an @ bn.T) / tau
     w = counts.astype(logits.dtype)
@@ -162,7 +204,8 @@ def info_nce_by_id(
 
 
 def info_nce_all(
-    a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None
+    a_table: jax.Array, b_table: jax.Array, ids: jax.Array, tau: float, *, max_unique: int | None = None,
+    distinct: Distinct | None = None,
 ) -> jax.Array:
     """InfoNCE of the batch rows against *every* row of the other view. [N, d], [N, d], [B] -> [].
 
@@ -175,7 +218,7 @@ def info_nce_all(
     on L2-normalized rows, computed once per distinct id (weighted by its multiplicity)
     at [m, N], m = min(B, N). Raises ``ValueError`` for B < 2 or ``tau <= 0``.
     """
-    uniq, counts = _view_pair_ids("info_nce_all", a_table, b_table, ids, tau, max_unique)
+    uniq, counts = _view_pair_ids("info_nce_all", a_table, b_table, ids, tau, max_unique, distinct)
     logits = (l2_normalize(a_table[uniq]) @ l2_normalize(b_table).T) / tau
     pos = jnp.take_along_axis(logits, uniq[:, None], axis=1)[:, 0]
     w = counts.astype(logits.dtype)
@@ -190,13 +233,15 @@ def sgcl_loss_by_id(
     tau: float,
     *,
     max_unique: int | None = None,
+    distinct: tuple[Distinct, Distinct] | None = None,
 ) -> jax.Array:
     """``sgcl_loss(user_table[users], item_table[items], tau)`` over distinct ids. [U, d], [I, d], [B], [B] -> [].
 
     The denominator of pair k depends only on u_k (its sum over batch users) and i_k (its
     sum over batch items); both sums are taken once per distinct id, weighted by the ids'
     multiplicities, at [m_u, m_u] and [m_i, m_i] instead of [B, 2B]. Same value and
-    gradients as ``sgcl_loss`` on the gathered rows.
+    gradients as ``sgcl_loss`` on the gathered rows. ``distinct``: the precomputed
+    (users, items) ``Distinct`` of the batch (``host_distinct``) instead of finding them here.
     """
     chex.assert_rank([user_table, item_table, users, items], [2, 2, 1, 1])
     chex.assert_equal_shape([users, items])
@@ -204,15 +249,19 @@ def sgcl_loss_by_id(
         _check_in_batch("sgcl_loss_by_id", users[:, None])
     _check_tau(tau, "sgcl_loss_by_id")
 
-    def block(table, ids):
+    def block(table, ids, given):
         """(normalized rows of the batch [B, d], their denominator block sums [B])."""
-        uniq, inv, counts = unique_counts(ids, _unique_size(ids, table.shape[0], max_unique))
+        if given is not None:
+            uniq, inv, counts = given
+        else:
+            uniq, inv, counts = unique_counts(ids, _unique_size(ids, table.shape[0], max_unique))
         xn = l2_normalize(table[uniq])
         # Shifted by the self-similarity 1/tau (the row maximum), as in sgcl_loss.
         sums = jnp.exp((xn @ xn.T - 1.0) / tau) @ counts.astype(xn.dtype)
         return xn[inv], sums[inv]
 
-    (un, su), (vn, si) = block(user_table, users), block(item_table, items)
+    du, di = distinct if distinct is not None else (None, None)
+    (un, su), (vn, si) = block(user_table, users, du), block(item_table, items, di)
     total = su + si
     pos = jnp.sum(un * vn, axis=-1) / tau
     lse = jnp.log(jnp.maximum(total, jnp.finfo(total.dtype).tiny)) + 1.0 / tau

@@ -4,6 +4,7 @@
 
     dataset = load_dataset(config.dataset, config)
     model = get_model(config)
+    check_run(model, dataset, config)                   # the config against the data, before any compute
     params = initial_params(model, dataset, config)     # LLMInit when config.init != "none"
     result = fit(model, dataset, config, out_dir, params=params)
 """
@@ -16,42 +17,34 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxrec.config import Config, ConfigError
+from jaxrec.config import Config
 from jaxrec.data import Dataset, load_dataset
 from jaxrec.models import Model, Params, get_model
-from jaxrec.train import RunResult, fit
+from jaxrec.train import RunResult, check_run, fit
+from jaxrec.train.state import run_keys, run_keys_from
 
 log = logging.getLogger("jaxrec.pipeline")
 
 
-def item_embeddings(dataset: Dataset, config: Config) -> np.ndarray:
-    """float32 [num_items, N] text embeddings of the dataset's items, for LLMInit.
+def initial_params(model: Model, dataset: Dataset, config: Config, key: jax.Array | None = None,
+                   embeddings: np.ndarray | None = None) -> Params | None:
+    """Starting parameters: None (the model's own init, which ``fit`` draws) unless ``config.init``
+    names an LLM initializer; then the model's init with the seed's init key, its declared
+    embedding tables written by ``jaxrec.init.llm_init_params``.
 
-    From ``config.embeddings`` (a precomputed ``.npy`` with its id list) if set, else by
-    encoding the items' text with ``config.encoder`` (cached on disk).
+    ``key`` overrides ``PRNGKey(config.seed)``; ``embeddings`` (float [I, N]) overrides the
+    item text embeddings that ``jaxrec.init.item_embeddings(dataset, config)`` resolves.
     """
     from jaxrec import init as llminit
 
-    if config.embeddings:
-        return llminit.load_precomputed(config.embeddings, dataset_item_ids=dataset.train.item_ids)
-    if config.encoder:
-        return llminit.dataset_item_embeddings(dataset, config.encoder)
-    raise ConfigError(f"init={config.init!r} needs item text embeddings: set encoder (e.g. minilm) or embeddings (a .npy file)")
-
-
-def initial_params(model: Model, dataset: Dataset, config: Config, key: jax.Array | None = None) -> Params | None:
-    """Starting parameters: None (the model's own init) unless ``config.init`` asks for LLMInit."""
-    if config.init == "none":
+    if llminit.get_initializer(config.init).build is None:
         return None
-    from jaxrec import init as llminit
-
-    key = jax.random.PRNGKey(config.seed) if key is None else key
-    init_key = jax.random.split(key)[0]  # the key fit() gives model.init, so "none" matches fit's default
-    select_key = jax.random.fold_in(key, 1)
-    base = model.init(init_key, dataset.num_users, dataset.num_items)
-    emb = item_embeddings(dataset, config)
+    keys = run_keys(config.seed) if key is None else run_keys_from(key)
+    base = model.init(keys.init, dataset.num_users, dataset.num_items)
+    emb = llminit.item_embeddings(dataset, config) if embeddings is None else embeddings
     params, report = llminit.llm_init_params(
-        base, emb, dataset.train.user, dataset.train.item, dataset.num_users, config, select_key
+        base, emb, dataset.train.user, dataset.train.item, dataset.num_users, config, keys.select,
+        tables=model.tables,
     )
     log.info("LLMInit: %s", report)
     return params
@@ -65,9 +58,11 @@ def train_run(
     progress: bool | None = None,
     dataset: Dataset | None = None,
 ) -> tuple[RunResult, Dataset]:
-    """Load ``config.dataset``, build ``config.model``, initialize and train it."""
+    """Load ``config.dataset``, check the config against it, build ``config.model``, initialize
+    and train it (what ``jaxrec train`` does)."""
     dataset = dataset if dataset is not None else load_dataset(config.dataset, config)
     model = get_model(config)
+    check_run(model, dataset, config)
     params = initial_params(model, dataset, config)
     result = fit(model, dataset, config, out_dir=out_dir, params=params, resume=resume, overwrite=overwrite,
                  progress=progress)

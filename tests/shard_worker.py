@@ -56,15 +56,16 @@ def _save_loop(args) -> None:
     import jax.numpy as jnp
 
     from jaxrec.train.checkpoint import RunCheckpoints
-    from jaxrec.train.sharding import Placement, make_mesh
+    from jaxrec.train.partition import MeshPartitioner
+    from jaxrec.train.sharding import make_mesh
 
-    placement = Placement(strategy="row", mesh=make_mesh(shape=(args.devices,), axes=("data",)))
+    placement = MeshPartitioner("row", make_mesh(shape=(args.devices,), axes=("data",)))
     with RunCheckpoints(args.ckpt) as ck:
         step = 0
         while True:
             state = {"params": {"w": jnp.full((args.rows, 64), float(step)), "v": jnp.arange(8.0) + step},
                      "key": jax.random.PRNGKey(step)}
-            ck.save("latest", step, placement.place_params(state), {"epoch": step})
+            ck.save("latest", step, placement.place(state), {"epoch": step})
             print(f"saved {step}", flush=True)
             step += 1
 

@@ -176,7 +176,7 @@ def test_load_amazon_protocol(tmp_path, year, caplog):
     assert ds.item_features["title"] == ["Lip Balm", "Shampoo", ""]
     names = [r.name for r in ds.reports]
     assert names[0] == "item_features" and names[1] == "missing_item_features"
-    assert names[2:] == ["rating_threshold(t=4)", "kcore(k=3)", "leave_one_out(order=time)"]
+    assert names[2:] == ["rating_threshold(t=4.0)", "kcore(k=3)", "leave_one_out(order=time)"]
     assert ds.reports[1].removed_interactions == 1  # (A3, B009)
     assert ds.test.item_ids[ds.test.item].tolist() == ["B003"] * 3
     with pytest.raises(DataError, match=r"meta_Beauty\.json: 1 item_ids .* B009"):

@@ -71,7 +71,7 @@ def test_propagate_rejects_wrong_rows_and_kernel():
     g = build_graph(u, i, nu, ni)
     with pytest.raises(ValueError, match="nodes"):
         propagate(g, jnp.ones((3, 2)))
-    with pytest.raises(ValueError, match="unknown kernel"):
+    with pytest.raises(ValueError, match="unknown propagation kernel"):
         propagate(g, jnp.ones((nu + ni, 2)), kernel="nope")
 
 

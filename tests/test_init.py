@@ -207,7 +207,7 @@ def test_k_greater_than_n_names_both(strategy):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="strategy"):
         select_dims(EMB, 2, "magic")
-    with pytest.raises(ValueError, match="init strategy"):
+    with pytest.raises(ValueError, match="unknown initializer"):
         initial_item_table(EMB, 2, "magic")
 
 

@@ -9,7 +9,8 @@ import pytest
 from jaxrec.config import Config
 from jaxrec.graph import BipartiteGraph, build_graph
 from jaxrec.models import get_model
-from jaxrec.models.sgl import make_sgl, view_propagate
+from jaxrec.models.lightgcn import view_propagate
+from jaxrec.models.sgl import make_sgl
 
 U, I, D, L = 12, 15, 8, 2
 
@@ -96,16 +97,16 @@ def test_registered():
 def test_loss_jit_finite_and_matches_numpy(graph, aug):
     views = make_sgl(config(ssl_aug=aug, ssl_ratio=0.3)).epoch_views(graph, jax.random.key(1))
     if aug == "RW":
-        assert all(isinstance(v, tuple) and len(v) == L for v in views)
+        assert all(isinstance(v, tuple) and len(v) == L for v in views["ssl"])
     else:
-        assert all(isinstance(v, BipartiteGraph) for v in views)
+        assert all(isinstance(v, BipartiteGraph) for v in views["ssl"])
     params = SGL.init(jax.random.key(0), U, I)
     b = batch()
     (loss, aux), grads = SGL_GRAD(params, graph, views, b, jax.random.key(2))
     assert np.isfinite(float(loss))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["user_embedding"]).sum()) > 0
-    np.testing.assert_allclose(float(aux["ssl"]), np_ssl(params, views, b, SSL_CFG.ssl_tau), rtol=2e-5)
+    np.testing.assert_allclose(float(aux["ssl"]), np_ssl(params, views["ssl"], b, SSL_CFG.ssl_tau), rtol=2e-5)
     # the rest of the loss is exactly LightGCN's
     (lg_loss, _), _ = LGCN_GRAD(params, graph, None, b, jax.random.key(2))
     np.testing.assert_allclose(float(loss - SSL_CFG.ssl_weight * aux["ssl"]), float(lg_loss), rtol=1e-5)
@@ -118,8 +119,8 @@ def test_ssl_negatives_all_contrasts_every_node_of_the_other_view(graph):
     params = model.init(jax.random.key(0), U, I)
     b = batch()
     (loss, aux), _ = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(params, graph, views, b, jax.random.key(2))
-    u1, i1 = np_view_embed(params, views[0])
-    u2, i2 = np_view_embed(params, views[1])
+    u1, i1 = np_view_embed(params, views["ssl"][0])
+    u2, i2 = np_view_embed(params, views["ssl"][1])
 
     def np_all(a, b_tab, ids, tau):  # row ids[k] of a vs all rows of b_tab
         a = a / np.linalg.norm(a, axis=1, keepdims=True)
@@ -130,7 +131,7 @@ def test_ssl_negatives_all_contrasts_every_node_of_the_other_view(graph):
     u, p = np.asarray(b["user"]), np.asarray(b["pos"])
     want = np_all(u1, u2, u, cfg.ssl_tau) + np_all(i1, i2, p, cfg.ssl_tau)
     np.testing.assert_allclose(float(aux["ssl"]), want, rtol=2e-5)
-    assert abs(float(aux["ssl"]) - np_ssl(params, views, b, cfg.ssl_tau)) > 1e-3  # differs from in-batch
+    assert abs(float(aux["ssl"]) - np_ssl(params, views["ssl"], b, cfg.ssl_tau)) > 1e-3  # differs from in-batch
 
 
 def test_ssl_weight_zero_equals_lightgcn_exactly(graph):
@@ -144,15 +145,14 @@ def test_ssl_weight_zero_equals_lightgcn_exactly(graph):
     assert float(a1["bpr"]) == float(a2["bpr"]) and float(a1["reg"]) == float(a2["reg"])
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert model.embed is not LGCN.embed
     for x, y in zip(jax.jit(model.embed)(params, graph), jax.jit(LGCN.embed)(params, graph)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_views_resampled_per_key_and_keep_shapes(graph):
-    v1a, v1b = SGL.epoch_views(graph, jax.random.key(1))
-    v2a, _ = SGL.epoch_views(graph, jax.random.key(2))
-    v1a_again, _ = SGL.epoch_views(graph, jax.random.key(1))
+    v1a, v1b = SGL.epoch_views(graph, jax.random.key(1))["ssl"]
+    v2a, _ = SGL.epoch_views(graph, jax.random.key(2))["ssl"]
+    v1a_again, _ = SGL.epoch_views(graph, jax.random.key(1))["ssl"]
     m = lambda v: np.asarray(v.edge_mask)  # noqa: E731
     assert not np.array_equal(m(v1a), m(v1b))  # the two views of an epoch differ
     assert not np.array_equal(m(v1a), m(v2a))  # new epoch key, new views
@@ -162,7 +162,7 @@ def test_views_resampled_per_key_and_keep_shapes(graph):
 
 
 def test_view_propagate_per_layer_graphs(graph):
-    view, _ = make_sgl(config(ssl_aug="RW", ssl_ratio=0.3)).epoch_views(graph, jax.random.key(5))
+    view, _ = make_sgl(config(ssl_aug="RW", ssl_ratio=0.3)).epoch_views(graph, jax.random.key(5))["ssl"]
     params = SGL.init(jax.random.key(0), U, I)
     x = jnp.concatenate([params["user_embedding"], params["item_embedding"]])
     got = np.asarray(jax.jit(view_propagate, static_argnums=(2, 3))(view, x, L, "bcsr"))

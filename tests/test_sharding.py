@@ -38,7 +38,8 @@ from jaxrec.graph.augment import edge_dropout, node_dropout
 from jaxrec.graph.sharded import FeatureShardedGraph, RowShardedGraph, shard_graph, unshard_graph
 from jaxrec.models import get_model
 from jaxrec.train import CheckpointMismatchError, RunCheckpoints, fit
-from jaxrec.train.sharding import Placement, make_mesh, make_placement, mesh_from_devices
+from jaxrec.train.partition import MeshPartitioner, SingleDevice, make_partitioner
+from jaxrec.train.sharding import make_mesh, mesh_from_devices
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "shard_worker.py"
@@ -224,8 +225,8 @@ def test_shard_fit_checkpoints_and_resumes_sharded_state(tiny, tmp_path):
 
 def test_shard_placement_specs_and_batches():
     mesh = make_mesh(shape=(8,), axes=("data",))
-    row = Placement(strategy="row", mesh=mesh)
-    feat = Placement(strategy="feature", mesh=mesh)
+    row = MeshPartitioner("row", mesh)
+    feat = MeshPartitioner("feature", mesh)
     P = jax.sharding.PartitionSpec
     assert row.spec((64, 10)) == P("data", None)  # rows divide: split rows
     assert row.spec((61, 16)) == P(None, "data")  # uneven rows: split the embedding dimension
@@ -234,7 +235,7 @@ def test_shard_placement_specs_and_batches():
     batch = row.place_batch({"user": np.arange(64), "pos": np.arange(64)})
     assert batch["user"].sharding.spec == P("data")
     assert row.place_batch({"user": np.arange(13)})["user"].sharding.spec == P()  # uneven last batch
-    assert Placement().place_batch({"u": 1}) == {"u": 1} and not Placement().active
+    assert SingleDevice().place_batch({"u": 1}) == {"u": 1}
 
 
 # ----------------------------------------------------------------------- checkpoints
@@ -254,8 +255,8 @@ def _train_state(num_users=61, num_items=40, dim=16):
 def test_shard_checkpoint_restores_onto_other_meshes(tmp_path, save_n, restore_ns):
     state = _train_state()
     host = _leaves(state)
-    placements = {n: Placement(strategy="row", mesh=_mesh(n, "data")) for n in (save_n, *restore_ns)}
-    saved = placements[save_n].place_params(state)
+    placements = {n: MeshPartitioner("row", _mesh(n, "data")) for n in (save_n, *restore_ns)}
+    saved = placements[save_n].place(state)
     assert saved["params"]["item_embedding"].sharding.num_devices == save_n
     with RunCheckpoints(tmp_path) as ck:
         ck.save("latest", 3, saved, {"epoch": 3})
@@ -272,9 +273,9 @@ def test_shard_checkpoint_restores_onto_other_meshes(tmp_path, save_n, restore_n
 
 def test_shard_checkpoint_restore_rejects_other_shapes_before_compute(tmp_path):
     state = _train_state()
-    place = Placement(strategy="feature", mesh=_mesh(8, "data"))
+    place = MeshPartitioner("feature", _mesh(8, "data"))
     with RunCheckpoints(tmp_path) as ck:
-        ck.save("best", 0, place.place_params(state), {})
+        ck.save("best", 0, place.place(state), {})
         bad = place.abstract(_train_state(num_items=41))
         with pytest.raises(CheckpointMismatchError, match=r"item_embedding has shape \(40, 16\).*\(41, 16\)"):
             ck.restore("best", bad)
@@ -331,15 +332,15 @@ def test_shard_bad_mesh_and_axis_config_fail_before_compute(tiny):
     with pytest.raises(ConfigError, match=r"mesh_shape=\[3\] holds 3 devices, but there are 8"):
         fit(get_model(config), ds, config.replace(sharding="row", mesh_shape=(3,)), progress=False)
     with pytest.raises(ConfigError, match="mesh_shape"):
-        make_placement(config.replace(sharding="row", mesh_shape=(2, 2, 2)))  # 3 sizes for 1 axis
+        make_partitioner(config.replace(sharding="row", mesh_shape=(2, 2, 2)))  # 3 sizes for 1 axis
     with pytest.raises(ConfigError, match="model_axis='model': unknown mesh axis"):
         config.replace(sharding="row", model_axis="model")
     with pytest.raises(ConfigError, match="data_axis='batch': unknown mesh axis"):
         Config(mesh_axes=("x", "y"), data_axis="batch", model_axis="y")
     with pytest.raises(ConfigError, match="unknown mesh axis 'model'"):
-        Placement(strategy="row", mesh=_mesh(8, "data")).partition_spec("data", "model")
+        MeshPartitioner("row", _mesh(8, "data")).partition_spec("data", "model")
     with pytest.raises(ConfigError, match="embedding_size=12: feature sharding"):
-        make_placement(config.replace(sharding="feature", embedding_size=12))
+        make_partitioner(config.replace(sharding="feature", embedding_size=12))
     with pytest.raises(ConfigError, match="sharding="):
         config.replace(sharding="rows")
 

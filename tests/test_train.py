@@ -87,37 +87,40 @@ def test_training_improves_over_initial_params(tiny, model_name):
     assert 0 <= res.best_epoch <= res.stopped_epoch
 
 
-def test_min_epochs_defers_early_stopping(tiny, monkeypatch):
+def test_min_epochs_defers_early_stopping(tiny):
     _, config, ds = tiny
-    import jaxrec.train.loop as loop
+    from jaxrec.registry import EVALUATIONS
 
     # A scripted validation curve that dips and recovers (SGL from an LLM init does this):
-    # best at epoch 0, worse for epochs 1..5, better again from epoch 6 on.
+    # best at epoch 0, worse for epochs 1..5, better again from epoch 6 on. It is an
+    # evaluation protocol of its own, registered like any other.
     curve = [0.5, 0.4, 0.3, 0.2, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]
     calls = {"n": 0}
 
-    def scripted(model, params, graph, exclude, truth, cfg, placement=None):
-        if truth is not ds_truth["valid"]:
-            return {"ndcg@10": 0.0}
-        v = curve[calls["n"]]
-        calls["n"] += 1
-        return {"ndcg@10": v}
+    def scripted(prepared, cfg, partitioner):
+        def evaluate(embeddings, stage):
+            if stage != "valid":
+                return {"ndcg@10": 0.0}
+            calls["n"] += 1
+            return {"ndcg@10": curve[calls["n"] - 1]}
+        return evaluate
 
-    prepared = loop.prepare(ds)
-    ds_truth = {"valid": prepared.valid_truth}
-    monkeypatch.setattr(loop, "evaluate_params", scripted)
-    config = config.replace(model="mf", epochs=len(curve), patience=2)
-    model = get_model(config)
-    plain = fit(model, ds, config, prepared=prepared)
-    assert (plain.best_epoch, plain.stopped_epoch) == (0, 3)  # 3 evaluations without improvement
-    calls["n"] = 0
-    deferred = fit(model, ds, config.replace(min_epochs=7), prepared=prepared)
-    assert (deferred.best_epoch, deferred.stopped_epoch) == (11, 11)  # ran through the dip
-    calls["n"] = 0
-    at_six = fit(model, ds, config.replace(min_epochs=6), prepared=prepared)
-    assert at_six.stopped_epoch == 5  # stopping is allowed once min_epochs epochs have run
-    with pytest.raises(ConfigError, match="min_epochs"):
-        config.replace(min_epochs=-1)
+    EVALUATIONS.register("scripted_curve", scripted)
+    try:
+        config = config.replace(model="mf", epochs=len(curve), patience=2, evaluation="scripted_curve")
+        model = get_model(config)
+        plain = fit(model, ds, config)
+        assert (plain.best_epoch, plain.stopped_epoch) == (0, 3)  # 3 evaluations without improvement
+        calls["n"] = 0
+        deferred = fit(model, ds, config.replace(min_epochs=7))
+        assert (deferred.best_epoch, deferred.stopped_epoch) == (11, 11)  # ran through the dip
+        calls["n"] = 0
+        at_six = fit(model, ds, config.replace(min_epochs=6))
+        assert at_six.stopped_epoch == 5  # stopping is allowed once min_epochs epochs have run
+        with pytest.raises(ConfigError, match="min_epochs"):
+            config.replace(min_epochs=-1)
+    finally:
+        EVALUATIONS.unregister("scripted_curve")
 
 
 def test_resume_reaches_same_result_as_uninterrupted_run(tiny, tmp_path):

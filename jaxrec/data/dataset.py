@@ -16,13 +16,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import Config
+from ..registry import SPLITS
 from . import filters
 from .atomic import read_atomic
 from .errors import DataError, where
 from .filters import FilterReport
 from .interactions import Interactions, remap_ids
 from .locate import find_dataset, inter_file
-from .split import leave_one_out, ratio_split
 
 log = logging.getLogger("jaxrec.data")
 MISSING = ("error", "drop", "empty")
@@ -169,11 +169,7 @@ def dataset_from_interactions(name: str, inter: Interactions, config: Config | N
         inter, rep = filters.kcore(inter, config.kcore)
         reports.append(rep)
     rng = np.random.default_rng(config.seed)
-    if config.split == "ratio":
-        train, valid, test, rep = ratio_split(inter, config.split_ratios, "random", rng)
-    else:
-        order = "time" if config.split == "loo_time" else "random"
-        train, valid, test, rep = leave_one_out(inter, order, rng)
+    train, valid, test, rep = SPLITS.get(config.split)(inter, config, rng)
     reports.append(rep)
     items = _align(item_features, "item_id", inter.item_ids) if item_features is not None else {}
     users = _align(user_features, "user_id", inter.user_ids) if user_features is not None else {}

@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from ..registry import SPLITS
 from .errors import DataError
 from .interactions import Interactions
 
@@ -134,5 +135,10 @@ def ratio_split(inter: Interactions, ratios=(0.8, 0.1, 0.1), order: str = "rando
                       len(train), len(valid), len(test), no_eval)
     return train, valid, test, rep
 
+
+# Registered splits (``config.split``): ``(inter, config, rng) -> (train, valid, test, SplitReport)``.
+SPLITS.register("loo_random", lambda inter, config, rng: leave_one_out(inter, "random", rng))
+SPLITS.register("loo_time", lambda inter, config, rng: leave_one_out(inter, "time", rng))
+SPLITS.register("ratio", lambda inter, config, rng: ratio_split(inter, config.split_ratios, "random", rng))
 
 __all__ = ["SplitReport", "leave_one_out", "ratio_split"]

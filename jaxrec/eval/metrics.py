@@ -19,12 +19,16 @@ The reported value is the mean over the M users.
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxrec.registry import METRICS as METRIC_REGISTRY
+
 __all__ = [
     "METRICS",
+    "HitStats",
     "build_truth",
     "hit_matrix",
     "mean_metrics",
@@ -32,6 +36,7 @@ __all__ = [
     "ranking_metrics",
 ]
 
+#: The built-in metrics (every registered one is in ``jaxrec.registry.METRICS``).
 METRICS = ("recall", "ndcg", "hit", "mrr", "precision")
 
 
@@ -70,9 +75,9 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     metrics = tuple(m.lower() for m in metrics)
     if not metrics:
         raise ValueError("metrics: expected at least one metric name")
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in METRIC_REGISTRY]
     if unknown:
-        raise ValueError(f"metrics: unknown metric(s) {unknown}; known: {list(METRICS)}")
+        raise ValueError(f"metrics: unknown metric(s) {unknown}; known: {list(METRIC_REGISTRY.names())}")
     return metrics
 
 
@@ -146,38 +151,76 @@ def hit_matrix(topk_items, truth_indptr, truth_items) -> np.ndarray:
 # -------------------------------------------------------------------------- metrics
 
 
+class HitStats:
+    """What every metric reads from a hit matrix, computed once (lazily) per evaluation.
+
+    ``hits`` bool [M, k_max] (``hits[m, j]``: the item at rank j + 1 is a truth item of row m)
+    and ``pos_len`` int [M] (truth items per row).
+    """
+
+    def __init__(self, hits: np.ndarray, pos_len: np.ndarray):
+        self.hits = hits
+        self.pos_len = pos_len
+        self.k_max = hits.shape[1]
+
+    @functools.cached_property
+    def cum_hits(self) -> np.ndarray:
+        """int64 [M, k_max]: hits within the top j + 1."""
+        return np.cumsum(self.hits, axis=1, dtype=np.int64)
+
+    @functools.cached_property
+    def discount(self) -> np.ndarray:
+        """float64 [k_max]: 1 / log2(rank + 1)."""
+        return 1.0 / np.log2(np.arange(1, self.k_max + 1, dtype=np.float64) + 1.0)
+
+    @functools.cached_property
+    def dcg(self) -> np.ndarray:
+        return np.cumsum(np.where(self.hits, self.discount, 0.0), axis=1)
+
+    @functools.cached_property
+    def idcg_table(self) -> np.ndarray:
+        """idcg_table[n - 1] = ideal DCG with n relevant items."""
+        return np.cumsum(self.discount)
+
+    @functools.cached_property
+    def first_hit(self) -> np.ndarray:
+        """int [M]: 0-based rank of the first hit (k_max when none)."""
+        return np.where(self.hits.any(axis=1), np.argmax(self.hits, axis=1), self.k_max)
+
+
+# Registered metrics: name -> ``(stats: HitStats, k) -> float64 [M]`` (RecBole 1.2.1 definitions,
+# module docstring). A new metric is one function registered here (or from a plugin).
+@METRIC_REGISTRY.register("recall")
+def recall(stats: HitStats, k: int) -> np.ndarray:
+    return stats.cum_hits[:, k - 1] / stats.pos_len
+
+
+@METRIC_REGISTRY.register("ndcg")
+def ndcg(stats: HitStats, k: int) -> np.ndarray:
+    return stats.dcg[:, k - 1] / stats.idcg_table[np.minimum(stats.pos_len, k) - 1]
+
+
+@METRIC_REGISTRY.register("hit")
+def hit(stats: HitStats, k: int) -> np.ndarray:
+    return (stats.cum_hits[:, k - 1] > 0).astype(np.float64)
+
+
+@METRIC_REGISTRY.register("mrr")
+def mrr(stats: HitStats, k: int) -> np.ndarray:
+    first = stats.first_hit
+    return np.where(first < k, 1.0 / (first + 1.0), 0.0)
+
+
+@METRIC_REGISTRY.register("precision")
+def precision(stats: HitStats, k: int) -> np.ndarray:
+    return stats.cum_hits[:, k - 1] / float(k)
+
+
 def _metrics_from_hits(
     hits: np.ndarray, pos_len: np.ndarray, ks: tuple[int, ...], metrics: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
-    num_rows, k_max = hits.shape
-    ranks = np.arange(1, k_max + 1, dtype=np.float64)
-    discount = 1.0 / np.log2(ranks + 1.0)  # [k_max]
-    cum_hits = np.cumsum(hits, axis=1, dtype=np.int64)  # [M, k_max]
-    out: dict[str, np.ndarray] = {}
-
-    if "ndcg" in metrics:
-        dcg = np.cumsum(np.where(hits, discount, 0.0), axis=1)
-        idcg_table = np.cumsum(discount)  # idcg_table[n-1] = ideal DCG with n relevant
-    if "mrr" in metrics:
-        any_hit = hits.any(axis=1)
-        first = np.where(any_hit, np.argmax(hits, axis=1), k_max)  # 0-based rank
-        rr = np.where(any_hit, 1.0 / (first + 1.0), 0.0)
-
-    for name in metrics:
-        for k in ks:
-            n_hit = cum_hits[:, k - 1]
-            if name == "hit":
-                v = (n_hit > 0).astype(np.float64)
-            elif name == "recall":
-                v = n_hit / pos_len
-            elif name == "precision":
-                v = n_hit / float(k)
-            elif name == "mrr":
-                v = np.where(first < k, rr, 0.0)
-            else:  # ndcg
-                v = dcg[:, k - 1] / idcg_table[np.minimum(pos_len, k) - 1]
-            out[f"{name}@{k}"] = v
-    return out
+    stats = HitStats(hits, pos_len)
+    return {f"{name}@{k}": METRIC_REGISTRY.get(name, "metrics")(stats, k) for name in metrics for k in ks}
 
 
 def per_user_metrics(

@@ -7,8 +7,10 @@ from jaxrec.graph.bipartite import (
     renormalize,
     reverse_edge_index,
 )
-from jaxrec.graph.propagate import KERNELS, layer_outputs, light_propagate, propagate
-from jaxrec.graph.augment import AUGMENTATIONS, augment, edge_dropout, node_dropout, random_walk
+from jaxrec.graph.kernels import Kernel, get_kernel
+from jaxrec.graph.propagate import layer_outputs, light_propagate, propagate
+from jaxrec.registry import AUGMENTATIONS, KERNELS
+from jaxrec.graph.augment import augment, edge_dropout, node_dropout, random_walk
 from jaxrec.graph.sharded import FeatureShardedGraph, RowShardedGraph, shard_graph, unshard_graph
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "renormalize",
     "reverse_edge_index",
     "KERNELS",
+    "Kernel",
+    "get_kernel",
     "propagate",
     "light_propagate",
     "layer_outputs",

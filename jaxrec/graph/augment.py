@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from jax.extend.random import threefry_2x32
 
 from jaxrec.graph.bipartite import BipartiteGraph, renormalize
+from jaxrec.registry import AUGMENTATIONS
 
-AUGMENTATIONS = ("ED", "ND", "RW")
 
 
 def _check_ratio(ratio, name: str) -> None:
@@ -71,7 +71,7 @@ def edge_dropout(graph: BipartiteGraph, key: jax.Array, ratio: float) -> Biparti
     """
     _check_ratio(ratio, "edge_dropout")
     keep = interaction_uniform(graph, key) >= ratio
-    return renormalize(graph, graph.edge_mask * keep.astype(jnp.float32))
+    return renormalize(graph, graph.edge_mask * keep.astype(graph.edge_mask.dtype))
 
 
 def node_dropout(graph: BipartiteGraph, key: jax.Array, ratio: float) -> BipartiteGraph:
@@ -83,7 +83,7 @@ def node_dropout(graph: BipartiteGraph, key: jax.Array, ratio: float) -> Biparti
     _check_ratio(ratio, "node_dropout")
     keep_node = jax.random.uniform(key, (graph.num_nodes,)) >= ratio
     keep = keep_node[graph.row] & keep_node[graph.indices]
-    return renormalize(graph, graph.edge_mask * keep.astype(jnp.float32))
+    return renormalize(graph, graph.edge_mask * keep.astype(graph.edge_mask.dtype))
 
 
 def random_walk(
@@ -101,14 +101,15 @@ def random_walk(
     return tuple(edge_dropout(graph, k, ratio) for k in keys)
 
 
+# Registered views (``config.ssl_aug``): ``(graph, key, ratio, num_layers) -> view``; a view is
+# one graph (every layer propagates over it) or a tuple of ``num_layers`` graphs (one per layer).
+AUGMENTATIONS.register("ED", lambda graph, key, ratio, num_layers: edge_dropout(graph, key, ratio))
+AUGMENTATIONS.register("ND", lambda graph, key, ratio, num_layers: node_dropout(graph, key, ratio))
+AUGMENTATIONS.register("RW", random_walk)
+
+
 def augment(
     graph: BipartiteGraph, key: jax.Array, aug: str, ratio: float, num_layers: int
 ) -> BipartiteGraph | tuple[BipartiteGraph, ...]:
-    """One SGL view: ``aug`` in ``AUGMENTATIONS`` ("ED", "ND": a graph; "RW": per-layer graphs)."""
-    if aug == "ED":
-        return edge_dropout(graph, key, ratio)
-    if aug == "ND":
-        return node_dropout(graph, key, ratio)
-    if aug == "RW":
-        return random_walk(graph, key, ratio, num_layers)
-    raise ValueError(f"augment: aug={aug!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    """One SGL view by the registered augmentation ``aug`` ("ED", "ND": a graph; "RW": per-layer graphs)."""
+    return AUGMENTATIONS.get(aug, "ssl_aug")(graph, key, ratio, num_layers)

@@ -28,9 +28,10 @@ class BipartiteGraph:
       indptr: int32 [N + 1] row pointers (N = num_users + num_items).
       indices: int32 [E] source node of each edge (E = 2 * interactions).
       row: int32 [E] destination node of each edge (``indptr`` expanded).
-      weight: float32 [E] normalized weight ``mask / sqrt(deg[row] * deg[col])``.
-      edge_mask: float32 [E] 1 for a present edge, 0 for a dropped one.
-      degree: float32 [N] number of present edges at each node.
+      weight: float [E] normalized weight ``mask / sqrt(deg[row] * deg[col])`` (float32, or
+        float64 when x64 is enabled; kernels cast it to the features' dtype).
+      edge_mask: float [E] 1 for a present edge, 0 for a dropped one (weight's dtype).
+      degree: float [N] number of present edges at each node (weight's dtype).
       num_users, num_items: static sizes.
     """
 
@@ -82,8 +83,9 @@ def build_graph(user: np.ndarray, item: np.ndarray, num_users: int, num_items: i
     row, col = row[order], col[order]
     counts = np.bincount(row, minlength=n)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    mask = np.ones(row.shape[0], np.float32)
-    degree, weight = _normalize_np(row, col, mask, n)
+    dtype = default_float_dtype()
+    mask = np.ones(row.shape[0], dtype)
+    degree, weight = _normalize_np(row, col, mask, n, dtype)
     return BipartiteGraph(
         indptr=jnp.asarray(indptr),
         indices=jnp.asarray(col.astype(np.int32)),
@@ -96,10 +98,16 @@ def build_graph(user: np.ndarray, item: np.ndarray, num_users: int, num_items: i
     )
 
 
-def _normalize_np(row: np.ndarray, col: np.ndarray, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    degree = np.bincount(row, weights=mask, minlength=n).astype(np.float32)
-    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0).astype(np.float32)
-    return degree, (mask * inv_sqrt[row] * inv_sqrt[col]).astype(np.float32)
+def default_float_dtype() -> np.dtype:
+    """float64 when ``jax_enable_x64`` is on, else float32: the dtype of graph weights and degrees."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
+def _normalize_np(row: np.ndarray, col: np.ndarray, mask: np.ndarray, n: int,
+                  dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    degree = np.bincount(row, weights=mask, minlength=n).astype(dtype)
+    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0).astype(dtype)
+    return degree, (mask * inv_sqrt[row] * inv_sqrt[col]).astype(dtype)
 
 
 def renormalize(graph: BipartiteGraph, edge_mask: jax.Array) -> BipartiteGraph:
@@ -109,7 +117,7 @@ def renormalize(graph: BipartiteGraph, edge_mask: jax.Array) -> BipartiteGraph:
     or dropped together) for the normalized adjacency to stay symmetric. Jit-able.
     """
     chex.assert_shape(edge_mask, (graph.num_edges,))
-    mask = edge_mask.astype(jnp.float32)
+    mask = edge_mask.astype(graph.weight.dtype)
     degree = jax.ops.segment_sum(mask, graph.row, graph.num_nodes, indices_are_sorted=True)
     inv_sqrt = jnp.where(degree > 0, jax.lax.rsqrt(jnp.maximum(degree, 1e-12)), 0.0)
     weight = mask * inv_sqrt[graph.row] * inv_sqrt[graph.indices]

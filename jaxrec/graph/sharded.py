@@ -62,20 +62,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax.experimental import sparse as jsparse
+from jax.custom_derivatives import SymbolicZero
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrec.graph.bipartite import BipartiteGraph
+from jaxrec.graph.kernels import get_kernel
+from jaxrec.registry import ROW_COMMS
 
 STRATEGIES = ("feature", "row")
-ROW_COMMS = ("ring", "direct", "allgather")
+
+# Row-sharded communication schemes (``config.row_comm``); described in the module docstring.
+ROW_COMMS.register("ring", "a scan over source blocks passed around the ring (bounded memory)")
+ROW_COMMS.register("direct", "unrolled steps between device pairs that share edges (least traffic)")
+ROW_COMMS.register("allgather", "all-gather the node table, then one local product")
 
 __all__ = [
     "FeatureShardedGraph",
     "RowShardedGraph",
     "STRATEGIES",
-    "ROW_COMMS",
     "shard_graph",
     "unshard_graph",
     "put_global",
@@ -127,7 +132,7 @@ class FeatureShardedGraph(BipartiteGraph):
         )
 
     def sharded_propagate(self, x: jax.Array, kernel: str) -> jax.Array:
-        from jaxrec.graph.propagate import _KERNEL_FNS  # noqa: PLC0415 (propagate imports us lazily)
+        from jaxrec.graph.propagate import plain_propagate  # noqa: PLC0415 (propagate imports us lazily)
 
         size = _axis_size(self.mesh, self.axis)
         if x.shape[1] % size:
@@ -135,9 +140,9 @@ class FeatureShardedGraph(BipartiteGraph):
                 f"propagate (feature sharding): embedding size {x.shape[1]} is not divisible by the "
                 f"{size} devices of mesh axis {self.axis!r}"
             )
-        fn = _KERNEL_FNS[kernel]
+        k = get_kernel(kernel)
         local = jax.shard_map(
-            lambda g, xs: fn(g, xs),
+            lambda g, xs: plain_propagate(g, xs, k.product, k.symmetric_vjp),
             mesh=self.mesh,
             in_specs=(P(), P(None, self.axis)),
             out_specs=P(None, self.axis),
@@ -217,13 +222,23 @@ def _row_spmm_fn(static: "_RowStatic") -> Callable:
         return apply(arrays, x)
 
     def fwd(arrays, x):
-        return apply(arrays, x), arrays
+        if arrays[0].perturbed:
+            raise NotImplementedError(
+                "propagate: gradients with respect to the edge weights are not available for row-sharded "
+                "graphs (their edges are laid out per communication step); use sharding='feature' or 'none'"
+            )
+        arrays = jax.tree.map(lambda a: a.value, arrays, is_leaf=lambda a: hasattr(a, "perturbed"))
+        return apply(arrays, x.value), arrays
 
     def bwd(arrays, g):
-        # A is symmetric: A^T g = A g, the same row-sharded product. No gradient to weights.
-        return None, apply(arrays, g)
+        # A is symmetric: A^T g = A g, the same row-sharded product. Edge weights are not
+        # differentiated (fwd refuses it).
+        none = jax.tree.map(lambda _: None, arrays)
+        if isinstance(g, SymbolicZero):
+            return none, jnp.zeros(g.shape, g.dtype)
+        return none, apply(arrays, g)
 
-    spmm.defvjp(fwd, bwd)
+    spmm.defvjp(fwd, bwd, symbolic_zeros=True)
     return spmm
 
 
@@ -241,20 +256,10 @@ class _RowStatic(NamedTuple):
 
 
 def _block_product(kernel: str, w, src, indptr, xb, rows: int) -> jax.Array:
-    """``B @ xb`` for one edge block B [rows, xb.shape[0]] given in CSR form."""
-    cols = xb.shape[0]
-    w = w.astype(xb.dtype)
-    if kernel == "bcsr":
-        return jsparse.BCSR((w, src, indptr), shape=(rows, cols)) @ xb
+    """``B @ xb`` for one edge block B [rows, xb.shape[0]] given in CSR form (registered kernel)."""
     # Destination row of every edge, from the CSR pointers (padding sits in the last row).
     dst = jnp.repeat(jnp.arange(rows, dtype=src.dtype), jnp.diff(indptr), total_repeat_length=src.shape[0])
-    if kernel == "segment_sum":
-        return jax.ops.segment_sum(xb[src] * w[:, None], dst, rows, indices_are_sorted=True)
-    if kernel == "bcoo":
-        return jsparse.BCOO((w, jnp.stack([dst, src], axis=1)), shape=(rows, cols)) @ xb
-    if kernel == "dense":
-        return jnp.zeros((rows, cols), xb.dtype).at[dst, src].add(w) @ xb
-    raise ValueError(f"propagate: unknown kernel {kernel!r}")
+    return get_kernel(kernel).product(w.astype(xb.dtype), src, dst, indptr, xb, rows, False)
 
 
 def _row_shard_map(st: _RowStatic) -> Callable:
@@ -457,8 +462,7 @@ def shard_graph(
         )
     if strategy != "row":
         raise ValueError(f"shard_graph: strategy={strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    if comm not in ROW_COMMS:
-        raise ValueError(f"shard_graph: comm={comm!r}; expected one of {', '.join(ROW_COMMS)}")
+    ROW_COMMS.check(comm, "row_comm")
     lay = _row_layout(graph, nsh, comm)
     split = NamedSharding(mesh, P(axis))
     flat = {k: put_global(v, split) for k, v in lay["flat"].items()}

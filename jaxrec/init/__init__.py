@@ -33,6 +33,7 @@ from jaxrec.init.recpca import (
     rec_pca,
 )
 from jaxrec.init.scaling import rescale, xavier_std
+from jaxrec.init.strategies import Initializer, InitInputs, get_initializer
 from jaxrec.init.selection import (
     initial_item_table,
     item_popularity,
@@ -58,6 +59,9 @@ __all__ = [
     "Encoder",
     "EncoderNotAvailableError",
     "InitReport",
+    "Initializer",
+    "InitInputs",
+    "get_initializer",
     "PrecomputedReport",
     "TextReport",
     "cached_item_embeddings",

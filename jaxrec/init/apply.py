@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,6 @@ import numpy as np
 
 from jaxrec.init.pooling import user_table_from_items
 from jaxrec.init.scaling import minmax_full, rescale
-from jaxrec.init.selection import TABLE_STRATEGIES, initial_item_table, item_popularity
 
 log = logging.getLogger("jaxrec.init")
 
@@ -62,6 +61,12 @@ class InitReport:
         return s
 
 
+def _write_rows(param: jax.Array, table, offset: int) -> jax.Array:
+    """``param`` with rows ``[offset:]`` replaced by ``table`` (cast to ``param``'s dtype)."""
+    table = jnp.asarray(table, dtype=param.dtype)
+    return table if offset == 0 else param.at[offset:].set(table)
+
+
 def _mean_nonzero_norm(table: jax.Array) -> float:
     norms = jnp.linalg.norm(table, axis=1)
     nz = norms > 0
@@ -76,77 +81,84 @@ def llm_init_params(
     num_users: int,
     config: Any,
     key: jax.Array | None = None,
+    tables: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], InitReport]:
-    """Replace ``params["user_embedding"]``/``["item_embedding"]`` by the LLMInit tables (see module doc).
+    """Write the LLMInit tables into ``params`` (see module doc); returns ``(new params, report)``.
 
-    ``config`` needs ``init``, ``variance_fraction``, ``init_scale``, ``random_with_replacement``;
-    ``key`` is required for ``init == "random"``.
+    ``config`` needs ``init`` (a registered initializer, ``jaxrec.registry.INITIALIZERS``),
+    ``variance_fraction``, ``init_scale``, ``random_with_replacement``; ``key`` is required by
+    initializers that draw randomness (``random``). ``tables``: the model's embedding tables
+    by side (``Model.tables``: ``{"user": TableSpec, "item": TableSpec}``; default the
+    ``user_embedding`` / ``item_embedding`` entries without padding rows). A model without a
+    user table (a sequence model) gets only its item rows written; padding rows are kept.
+    Raises ``ValueError`` naming the mismatching shape or missing table.
     """
+    from jaxrec.init.strategies import InitInputs, get_initializer  # noqa: PLC0415
+    from jaxrec.models.base import TableSpec  # noqa: PLC0415
+
     strategy = getattr(config, "init", "none")
-    if strategy not in TABLE_STRATEGIES:
-        raise ValueError(f"config.init={strategy!r}: expected one of {', '.join(TABLE_STRATEGIES)}")
-    if strategy == "none":
-        return params, InitReport("none", None, None, None, None, None, 0)
-    for name in ("user_embedding", "item_embedding"):
-        if name not in params:
-            raise ValueError(f"params: no {name!r} entry (keys: {sorted(params)}); LLM init writes it")
-    user_param, item_param = params["user_embedding"], params["item_embedding"]
-    if item_param.ndim != 2 or user_param.ndim != 2:
-        raise ValueError(f"params: embeddings must be 2-D, got user {user_param.shape}, item {item_param.shape}")
-    num_items, k = item_param.shape
+    initializer = get_initializer(strategy)
+    if initializer.build is None:
+        return params, InitReport(strategy, None, None, None, None, None, 0)
+    tables = dict(tables) if tables is not None else {"user": TableSpec("user_embedding"),
+                                                       "item": TableSpec("item_embedding")}
+    if "item" not in tables:
+        raise ValueError("LLM init writes the item table, but the model declares none")
+    for spec in tables.values():
+        if spec.key not in params:
+            raise ValueError(f"params: no {spec.key!r} entry (keys: {sorted(params)}); LLM init writes it")
+    item_spec, user_spec = tables["item"], tables.get("user")
+    item_param = params[item_spec.key]
+    user_param = params[user_spec.key] if user_spec is not None else None
+    if item_param.ndim != 2 or (user_param is not None and user_param.ndim != 2):
+        shapes = f"item {item_param.shape}" + ("" if user_param is None else f", user {user_param.shape}")
+        raise ValueError(f"params: embeddings must be 2-D, got {shapes}")
+    num_items = item_param.shape[0] - item_spec.offset
+    k = item_param.shape[1]
     emb = np.asarray(item_emb_full)
     if emb.ndim != 2:
         raise ValueError(f"item_emb_full: expected [items, N], got shape {emb.shape}")
     if emb.shape[0] != num_items:
-        raise ValueError(f"item_emb_full has {emb.shape[0]} rows but params['item_embedding'] has {num_items} items")
-    if user_param.shape != (num_users, k):
+        raise ValueError(f"item_emb_full has {emb.shape[0]} rows but params[{item_spec.key!r}] has {num_items} items")
+    if user_param is not None and user_param.shape != (num_users + user_spec.offset, k):
         raise ValueError(
-            f"params['user_embedding'] has shape {user_param.shape}; expected ({num_users}, {k}) "
+            f"params[{user_spec.key!r}] has shape {user_param.shape}; expected ({num_users + user_spec.offset}, {k}) "
             "(num_users x item embedding size)"
         )
     n = emb.shape[1]
     if k > n:
         raise ValueError(f"embedding size K={k} exceeds the encoder's N={n} dims; use K <= N")
-    if strategy == "full" and k != n:
-        raise ValueError(f"init 'full' needs embedding size K = N = {n}, got K={k}; set embedding_size={n}")
-    if strategy == "random" and key is None:
-        raise ValueError("init 'random': a jax.random key is required")
+    if initializer.needs_key and key is None:
+        raise ValueError(f"init {strategy!r}: a jax.random key is required")
     mode = getattr(config, "init_scale", "none")
     full_scale = None
     if mode == "minmax":
         emb, full_scale = minmax_full(emb)
-    train_item = np.asarray(train_item)
-    popularity = item_popularity(train_item, num_items) if strategy == "variance" else None
-    item_table, idx = initial_item_table(
-        emb,
-        k,
-        strategy,
-        key=key,
-        popularity=popularity,
-        variance_fraction=getattr(config, "variance_fraction", 0.2),
-        with_replacement=getattr(config, "random_with_replacement", False),
-        return_indices=True,
-    )
-    user_table, empty = user_table_from_items(item_table, train_user, train_item, num_users)
-    item_table, item_scale = rescale(item_table, mode)
-    user_table, user_scale = rescale(user_table, mode)
-    if full_scale is not None:
-        item_scale = user_scale = {**item_scale, **full_scale}
-    if item_table.shape != item_param.shape or user_table.shape != user_param.shape:
-        raise ValueError(
-            f"LLM init built user {user_table.shape} / item {item_table.shape} tables; params hold "
-            f"{user_param.shape} / {item_param.shape}"
-        )
+    train_user, train_item = np.asarray(train_user), np.asarray(train_item)
+    inputs = InitInputs(config=config, key=key, train_user=train_user, train_item=train_item,
+                        num_users=int(num_users), num_items=int(num_items))
+    item_table, idx = initializer.build(jnp.asarray(emb, jnp.float32), int(k), inputs)
+    if item_table.shape != (num_items, k):
+        raise ValueError(f"init {strategy!r} built an item table of shape {item_table.shape}; expected {(num_items, k)}")
     new = dict(params)
-    new["item_embedding"] = jnp.asarray(item_table, dtype=item_param.dtype)
-    new["user_embedding"] = jnp.asarray(user_table, dtype=user_param.dtype)
+    empty, user_scale, user_norm = 0, None, None
+    if user_spec is not None:  # users pool the items' rows before either table is rescaled
+        user_table, empty = user_table_from_items(item_table, train_user, train_item, num_users)
+        user_table, user_scale = rescale(user_table, mode)
+        new[user_spec.key] = _write_rows(user_param, user_table, user_spec.offset)
+        user_norm = _mean_nonzero_norm(user_spec.rows(new))
+    item_table, item_scale = rescale(item_table, mode)
+    new[item_spec.key] = _write_rows(item_param, item_table, item_spec.offset)
+    if full_scale is not None:
+        item_scale = {**item_scale, **full_scale}
+        user_scale = item_scale if user_spec is not None else None
     report = InitReport(
         strategy=strategy,
         k=int(k),
         n=int(n),
         indices=None if idx is None else tuple(int(i) for i in np.asarray(idx)),
-        item_norm_mean=_mean_nonzero_norm(new["item_embedding"]),
-        user_norm_mean=_mean_nonzero_norm(new["user_embedding"]),
+        item_norm_mean=_mean_nonzero_norm(item_spec.rows(new)),
+        user_norm_mean=user_norm,
         users_without_items=int(empty),
         item_scale=item_scale,
         user_scale=user_scale,

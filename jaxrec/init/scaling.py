@@ -29,7 +29,13 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-SCALE_MODES = ("none", "match_random", "standardize", "minmax")
+from jaxrec.registry import INIT_SCALES
+
+# Registered modes (``config.init_scale``); the module docstring describes each.
+INIT_SCALES.register("none", "unchanged")
+INIT_SCALES.register("match_random", "one factor: mean row norm of the random init")
+INIT_SCALES.register("standardize", "each dim to zero mean, the random init's std")
+INIT_SCALES.register("minmax", "the full encoder table mapped to [0, 1] before selection (LLMInit code)")
 
 
 def xavier_std(n: int, k: int) -> float:
@@ -64,8 +70,7 @@ def rescale(
     ``minmax`` acts on the full encoder table before selection (``minmax_full``); here it
     leaves the table unchanged, like ``none``.
     """
-    if mode not in SCALE_MODES:
-        raise ValueError(f"init_scale={mode!r}: expected one of {', '.join(SCALE_MODES)}")
+    INIT_SCALES.check(mode, "init_scale")
     table = jnp.asarray(table)
     if table.ndim != 2:
         raise ValueError(f"table: expected [rows, K], got shape {table.shape}")

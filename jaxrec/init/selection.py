@@ -19,14 +19,13 @@ principal axes; each axis' largest-magnitude coordinate is made positive) and ``
 
 from __future__ import annotations
 
+import types
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SELECT_STRATEGIES = ("uniform", "random", "variance")
-TABLE_STRATEGIES = ("none", "full", "pca") + SELECT_STRATEGIES
 
 
 def _check_k(k: int, n: int) -> None:
@@ -120,6 +119,10 @@ def select_dims(
     raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(SELECT_STRATEGIES)}")
 
 
+#: The dimension-selection strategies of ``select_dims`` (registered as initializers too).
+SELECT_STRATEGIES = ("uniform", "random", "variance")
+
+
 # ------------------------------------------------------------------------------ PCA
 @partial(jax.jit, static_argnames=("k",))
 def top_eigenvectors(m: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -162,30 +165,24 @@ def initial_item_table(
     with_replacement: bool = False,
     return_indices: bool = False,
 ):
-    """The initial item table by ``strategy`` -> float32 [I, K] (``full``: [I, N]; ``none``: None).
+    """The initial item table of the registered initializer ``strategy`` -> float32 [I, K]
+    (``full``: [I, N]; ``none``: None).
 
     With ``return_indices`` returns ``(table, indices)``; indices are int32 [K] for the
     selection strategies and None for ``full``, ``pca`` and ``none``.
     """
-    if strategy not in TABLE_STRATEGIES:
-        raise ValueError(f"init strategy {strategy!r}: expected one of {', '.join(TABLE_STRATEGIES)}")
+    from jaxrec.init.strategies import InitInputs, get_initializer  # noqa: PLC0415 (strategies imports us)
+
+    init = get_initializer(strategy)
     table = idx = None
-    if strategy != "none":
+    if init.build is not None:
         emb = _as_2d(emb).astype(jnp.float32)
-        n = emb.shape[1]
-        if strategy == "full":
-            if k is not None and k != n:
-                raise ValueError(
-                    f"init 'full' uses all N={n} encoder dims but K={k} was requested; set embedding_size={n}"
-                )
-            table = emb
-        elif strategy == "pca":
-            if k is None:
-                raise ValueError("init 'pca': K is required")
-            table, _ = pca_project(emb, k)
-        else:
-            if k is None:
+        if k is None:
+            if strategy != "full":
                 raise ValueError(f"init {strategy!r}: K is required")
-            idx = select_dims(emb, k, strategy, key, popularity, variance_fraction, with_replacement)
-            table = jnp.take(emb, idx, axis=1)
+            k = emb.shape[1]
+        settings = types.SimpleNamespace(variance_fraction=variance_fraction, random_with_replacement=with_replacement)
+        inputs = InitInputs(config=settings, key=key, num_items=emb.shape[0],
+                            popularity=None if popularity is None else np.asarray(popularity))
+        table, idx = init.build(emb, int(k), inputs)
     return (table, idx) if return_indices else table

@@ -1,37 +1,44 @@
-"""Backbones as records of pure functions (see ``jaxrec.models.base``)."""
+"""Backbones: encoders + objectives over a context (see ``jaxrec.models.base``), registered by name.
+
+``register_model(name, builder)`` adds a backbone (``builder(config) -> Model``); from then on
+``Config(model=name)``, ``get_model``, ``jaxrec.fit``, the experiments and
+``jaxrec train --plugin <module> --model <name>`` all know it.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from jaxrec.config import Config, ConfigError
-from jaxrec.models.base import Model, Params, init_tables, xavier_uniform_table
-from jaxrec.models.lightgcn import make_lightgcn
-from jaxrec.models.mf import make_mf
+from jaxrec.config import Config
+from jaxrec.models.base import Encoder, Model, Params, TableSpec, dot_scores, init_tables, xavier_uniform_table
+from jaxrec.models.lightgcn import lightgcn_encoder, make_lightgcn
+from jaxrec.models.mf import make_mf, mf_encoder
 from jaxrec.models.sgcl import make_sgcl
 from jaxrec.models.sgl import make_sgl
-
-_BUILDERS: dict[str, Callable[[Config], Model]] = {
-    "mf": make_mf,
-    "lightgcn": make_lightgcn,
-    "sgl": make_sgl,
-    "sgcl": make_sgcl,
-}
+from jaxrec.registry import MODELS
 
 
-def register_model(name: str, builder: Callable[[Config], Model]) -> None:
-    """Make ``get_model`` know a backbone ``name``."""
-    _BUILDERS[name] = builder
+def register_model(name: str, builder: Callable[[Config], Model], *, replace: bool = False) -> Callable:
+    """Make backbone ``name`` known everywhere (``builder(config) -> Model``); returns ``builder``."""
+    return MODELS.register(name, builder, replace=replace)
 
 
 def get_model(config: Config) -> Model:
     """The backbone ``config.model`` with ``config``'s hyperparameters."""
-    try:
-        builder = _BUILDERS[config.model]
-    except KeyError:
-        raise ConfigError(f"model={config.model!r}: not available; known: {', '.join(sorted(_BUILDERS))}") from None
-    return builder(config)
+    model = MODELS.get(config.model, "model")(config)
+    if not isinstance(model, Model):
+        raise TypeError(f"model builder {config.model!r} returned {type(model).__name__}, expected jaxrec.models.Model")
+    return model
 
 
-__all__ = ["Model", "Params", "get_model", "register_model", "init_tables", "xavier_uniform_table",
+register_model("mf", make_mf)
+register_model("lightgcn", make_lightgcn)
+register_model("sgl", make_sgl)
+register_model("sgcl", make_sgcl)
+
+# The built-in context kinds register with the models.
+from jaxrec.models import contexts  # noqa: E402,F401
+
+__all__ = ["Model", "Encoder", "TableSpec", "Params", "get_model", "register_model", "init_tables",
+           "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
            "make_lightgcn", "make_mf", "make_sgl", "make_sgcl"]

@@ -1,36 +1,120 @@
-"""The model protocol: a record of pure functions over a parameter pytree.
+"""The model protocol: an encoder and an objective over a context built from the dataset.
 
-A backbone is built from a ``Config`` by ``get_model(config)``; its functions close over
-the config's scalar hyperparameters only (never over arrays), so they jit cleanly with
-the graph and parameters passed as arguments.
+A backbone is a ``Model`` record of values, built from a ``Config`` by a registered builder
+(``jaxrec.registry.MODELS``; ``get_model(config)``):
 
-- ``init(key, num_users, num_items) -> params`` with ``params["user_embedding"]`` [U, d]
-  and ``params["item_embedding"]`` [I, d] in every backbone (LLMInit writes these two).
-- ``embed(params, graph) -> (user_emb [U, d], item_emb [I, d])``: final representations;
-  the score of (u, i) is their dot product.
-- ``epoch_views(graph, key) -> pytree | None``: per-epoch auxiliary inputs (SGL's two
-  augmented graphs), computed once per epoch, passed to ``loss``.
-- ``loss(params, graph, views, batch, key) -> (loss [], aux dict of scalars)``: ``batch``
-  holds int32 [B] arrays ``user``, ``pos`` and (when ``needs_negatives``) ``neg``.
+- ``encoder`` (``Encoder``): ``init(key, num_users, num_items) -> params`` (a plain pytree) and
+  ``embed(params, context) -> (user_emb [U, d], item_emb [I, d])``, the representations whose
+  dot products score (user, item) pairs; it declares its embedding ``tables`` (where LLM
+  initialization writes: ``TableSpec`` names the params entry and how many leading rows are
+  padding, e.g. a sequence model's item table has a padding row 0) and whether ``embed``
+  ``propagates`` (False: the output is the tables themselves, as in MF).
+- ``objective`` (``jaxrec.objectives.Objective``): a weighted sum of loss terms; it fixes the
+  batch kind the loop draws ("pairs" with sampled negatives, "positives", "sequences") and the
+  per-epoch views (SGL's augmented graphs).
+- ``context``: the registered context kind (``jaxrec.registry.CONTEXTS``) the loop builds from
+  the dataset once per stage: ``"graph"`` (the normalized training graph), ``"none"``, or a
+  sequence model's per-stage histories.
+
+The functions close over the config's scalar hyperparameters only (never over arrays): graphs
+and params are always jit arguments. ``Model.init/embed/loss/epoch_views`` are the pure
+functions the training loop calls:
+
+- ``loss(params, context, views, batch, key) -> (loss [], aux dict of scalars)``;
+- ``epoch_views(context, key) -> pytree | None``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-Params = dict[str, jax.Array]
+Params = dict[str, Any]
 
 
-class Model(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """An embedding table of the params: ``params[key]`` [offset + rows, d].
+
+    ``offset`` leading rows are not entities (a padding row 0 of a sequence model's item table).
+    """
+
+    key: str
+    offset: int = 0
+
+    def rows(self, params: Params) -> jax.Array:
+        """The table's entity rows [rows, d] (padding excluded)."""
+        table = params[self.key]
+        return table[self.offset:] if self.offset else table
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """How a backbone turns parameters and a context into user and item representations.
+
+    Attributes:
+      name: for messages.
+      init: ``(key, num_users, num_items) -> params``.
+      embed: ``(params, context) -> (user_emb [U, d], item_emb [I, d])``.
+      user_table / item_table: the tables LLM initialization writes (None: no such table, e.g.
+        a sequence model computes users from their histories).
+      propagates: False when ``embed`` returns the tables themselves (MF).
+    """
+
     name: str
     init: Callable[..., Params]
     embed: Callable[..., tuple[jax.Array, jax.Array]]
-    loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-    epoch_views: Callable[..., Any] = lambda graph, key: None
-    needs_negatives: bool = True
+    user_table: TableSpec | None = TableSpec("user_embedding")
+    item_table: TableSpec | None = TableSpec("item_embedding")
+    propagates: bool = True
+
+    def table(self, params: Params, side: str) -> jax.Array:
+        """The full params table (padding rows included) of ``side`` ("user" or "item")."""
+        spec = self.user_table if side == "user" else self.item_table
+        if spec is None:
+            raise ValueError(f"encoder {self.name!r} has no {side} embedding table")
+        return params[spec.key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A backbone: ``encoder`` + ``objective`` over a ``context`` kind (module docstring)."""
+
+    name: str
+    encoder: Encoder
+    objective: Any  # jaxrec.objectives.Objective
+    context: str = "graph"
+
+    # -- the pure functions the loop calls ----------------------------------------------
+    def init(self, key: jax.Array, num_users: int, num_items: int) -> Params:
+        return self.encoder.init(key, num_users, num_items)
+
+    def embed(self, params: Params, context: Any) -> tuple[jax.Array, jax.Array]:
+        return self.encoder.embed(params, context)
+
+    def loss(self, params: Params, context: Any, views: Any, batch: Any, key: jax.Array):
+        return self.objective.loss(self.encoder, params, context, views, batch, key)
+
+    def epoch_views(self, context: Any, key: jax.Array) -> Any:
+        return self.objective.epoch_views(context, key)
+
+    # -- what the loop asks of it ----------------------------------------------------------
+    @property
+    def batch_kind(self) -> str:
+        return self.objective.batch_kind
+
+    @property
+    def needs_negatives(self) -> bool:
+        return self.batch_kind == "pairs"
+
+    @property
+    def tables(self) -> dict[str, TableSpec]:
+        """The embedding tables LLM initialization may write, by side."""
+        return {side: spec for side, spec in (("user", self.encoder.user_table), ("item", self.encoder.item_table))
+                if spec is not None}
 
 
 def xavier_uniform_table(key: jax.Array, rows: int, dim: int) -> jax.Array:
@@ -40,7 +124,7 @@ def xavier_uniform_table(key: jax.Array, rows: int, dim: int) -> jax.Array:
 
 
 def init_tables(key: jax.Array, num_users: int, num_items: int, dim: int) -> Params:
-    """The user and item embedding tables every backbone starts from."""
+    """The user and item embedding tables every built-in CF backbone starts from."""
     ku, ki = jax.random.split(key)
     return {
         "user_embedding": xavier_uniform_table(ku, num_users, dim),

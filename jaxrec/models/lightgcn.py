@@ -1,7 +1,12 @@
 """LightGCN (He et al., 2020): embeddings smoothed by the mean of L propagation layers.
 
-``final = mean_{l=0..L} A_hat^l E`` over the joint user+item node table; BPR on the final
-embeddings plus L2 on the batch's ego (layer-0) embeddings.
+Encoder: ``final = mean_{l=0..L} A_hat^l E`` over the joint user+item node table (paper eq. 8,
+layer weights 1/(L+1)), ``A_hat`` the symmetric-normalized training graph (eq. 7).
+Objective: BPR on the final embeddings plus ``reg_weight`` * L2 on the batch's ego (layer-0)
+embeddings (eq. 15; RecBole's ``EmbLoss``).
+
+The encoder also runs over SGL's augmented views: its context may be one graph, or a tuple of
+``num_layers`` graphs (layer ``l`` propagates over element ``l``, SGL's random walk).
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.config import Config
-from jaxrec.graph import BipartiteGraph, light_propagate
-from jaxrec.losses import bpr_loss, l2_reg
-from jaxrec.models.base import Model, Params, dot_scores, init_tables
+from jaxrec.graph import BipartiteGraph, light_propagate, propagate
+from jaxrec.models.base import Encoder, Model, Params, init_tables
+from jaxrec.objectives import term, weighted_sum
+
+View = BipartiteGraph | tuple[BipartiteGraph, ...]
 
 
 def node_table(params: Params) -> jax.Array:
@@ -20,36 +27,34 @@ def node_table(params: Params) -> jax.Array:
     return jnp.concatenate([params["user_embedding"], params["item_embedding"]], axis=0)
 
 
-def lightgcn_embed(params: Params, graph: BipartiteGraph, num_layers: int, kernel: str):
+def view_propagate(view: View, x: jax.Array, num_layers: int, kernel: str) -> jax.Array:
+    """LightGCN mean of layers 0..L over a graph or per-layer graphs. [N, d] -> [N, d]."""
+    if isinstance(view, BipartiteGraph):
+        return light_propagate(view, x, num_layers, kernel)
+    if len(view) != num_layers:
+        raise ValueError(f"view_propagate: {len(view)} per-layer graphs for num_layers={num_layers}")
+    outs = [x]
+    for g in view:
+        outs.append(propagate(g, outs[-1], kernel))
+    return sum(outs) / (num_layers + 1)
+
+
+def lightgcn_embed(params: Params, graph: View, num_layers: int, kernel: str) -> tuple[jax.Array, jax.Array]:
     """(user_emb [U, d], item_emb [I, d]) after LightGCN propagation over ``graph``."""
-    out = light_propagate(graph, node_table(params), num_layers, kernel)
-    return graph.split_nodes(out)
+    out = view_propagate(graph, node_table(params), num_layers, kernel)
+    num_users = params["user_embedding"].shape[0]
+    return out[:num_users], out[num_users:]
 
 
-def bpr_batch_loss(params: Params, user_emb, item_emb, batch, reg_weight: float, require_pow: bool):
-    """BPR on propagated embeddings + reg_weight * L2 on the batch's ego embeddings."""
-    u, p, n = batch["user"], batch["pos"], batch["neg"]
-    ue = user_emb[u]
-    rec = bpr_loss(dot_scores(ue, item_emb[p]), dot_scores(ue, item_emb[n]))
-    reg = l2_reg(
-        params["user_embedding"][u], params["item_embedding"][p], params["item_embedding"][n],
-        require_pow=require_pow,
+def lightgcn_encoder(config: Config) -> Encoder:
+    dim, layers, kernel = config.embedding_size, config.num_layers, config.kernel
+    return Encoder(
+        name="lightgcn",
+        init=lambda key, num_users, num_items: init_tables(key, num_users, num_items, dim),
+        embed=lambda params, graph: lightgcn_embed(params, graph, layers, kernel),
     )
-    return rec + reg_weight * reg, {"bpr": rec, "reg": reg}
 
 
 def make_lightgcn(config: Config) -> Model:
-    dim, layers, kernel = config.embedding_size, config.num_layers, config.kernel
-    reg_weight, require_pow = config.reg_weight, config.require_pow
-
-    def init(key, num_users, num_items):
-        return init_tables(key, num_users, num_items, dim)
-
-    def embed(params, graph):
-        return lightgcn_embed(params, graph, layers, kernel)
-
-    def loss(params, graph, views, batch, key):
-        user_emb, item_emb = embed(params, graph)
-        return bpr_batch_loss(params, user_emb, item_emb, batch, reg_weight, require_pow)
-
-    return Model(name="lightgcn", init=init, embed=embed, loss=loss)
+    objective = weighted_sum(term("bpr", config), (term("reg", config), config.reg_weight))
+    return Model("lightgcn", lightgcn_encoder(config), objective)

@@ -1,27 +1,23 @@
-"""Matrix factorization trained with BPR (the sanity baseline): no propagation."""
+"""Matrix factorization trained with BPR (the sanity baseline): no propagation, no context."""
 
 from __future__ import annotations
 
 from jaxrec.config import Config
-from jaxrec.losses import bpr_loss, l2_reg
-from jaxrec.models.base import Model, dot_scores, init_tables
+from jaxrec.models.base import Encoder, Model, init_tables
+from jaxrec.objectives import term, weighted_sum
+
+
+def mf_encoder(config: Config) -> Encoder:
+    dim = config.embedding_size
+    return Encoder(
+        name="mf",
+        init=lambda key, num_users, num_items: init_tables(key, num_users, num_items, dim),
+        embed=lambda params, context: (params["user_embedding"], params["item_embedding"]),
+        propagates=False,
+    )
 
 
 def make_mf(config: Config) -> Model:
-    dim, reg_weight, require_pow = config.embedding_size, config.reg_weight, config.require_pow
-
-    def init(key, num_users, num_items):
-        return init_tables(key, num_users, num_items, dim)
-
-    def embed(params, graph):
-        return params["user_embedding"], params["item_embedding"]
-
-    def loss(params, graph, views, batch, key):
-        u = params["user_embedding"][batch["user"]]
-        p = params["item_embedding"][batch["pos"]]
-        n = params["item_embedding"][batch["neg"]]
-        rec = bpr_loss(dot_scores(u, p), dot_scores(u, n))
-        reg = l2_reg(u, p, n, require_pow=require_pow)
-        return rec + reg_weight * reg, {"bpr": rec, "reg": reg}
-
-    return Model(name="mf", init=init, embed=embed, loss=loss)
+    """MF: dot products of the user and item tables; BPR + ``reg_weight`` * L2 on the batch's rows."""
+    objective = weighted_sum(term("bpr", config), (term("reg", config), config.reg_weight))
+    return Model("mf", mf_encoder(config), objective, context="none")

@@ -1,14 +1,16 @@
-"""The generic training loop: ``fit(model, dataset, config)``.
+"""The training loop: ``fit(model, dataset, config)``.
 
-Adam with a jitted step, epoch shuffling with fresh negatives, evaluation on validation
-every ``eval_every`` epochs, RecBole's early stopping on ``valid_metric``, best-model
-selection, a progress bar, a per-epoch JSONL log, Orbax checkpoints (latest + best) and a
-``results.json`` with the test metrics, the full config and the seed.
+Any optax optimizer (default Adam at ``config.learning_rate``), a jitted step wrapped by the
+partitioner (one device or a mesh: the loop does not ask), the model's batch kind and context,
+evaluation on validation every ``eval_every`` epochs with the configured protocol, RecBole's
+early stopping on ``valid_metric``, best-model selection, a progress bar, and a run folder
+(``jaxrec.train.runfolder``: log, Orbax checkpoints of latest and best, exact resume,
+``results.json`` with the test metrics, the full config and the seed).
 
-Randomness: one ``jax.random`` key from ``config.seed``; every epoch splits it, and the
-epoch's sub-key seeds the shuffling/negative sampling (numpy) and the model's own
-randomness. The key is checkpointed, so a resumed run continues the same stream and ends
-with the same parameters as an uninterrupted one.
+Randomness: ``run_keys(config.seed)``; every epoch splits the training key, and the epoch's
+sub-key seeds the shuffling/negative sampling (numpy) and the model's own randomness. The key
+is checkpointed, so a resumed run continues the same stream and ends with the same
+parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,18 +28,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.config import Config
-from jaxrec.data import Dataset, PositiveIndex, exclusion_pairs, truth
-from jaxrec.eval import evaluate
-from jaxrec.graph import BipartiteGraph, build_graph
+from jaxrec.config import Config, ConfigError
+from jaxrec.data import DataError, Dataset
+from jaxrec.eval.protocols import make_evaluator
 from jaxrec.models import Model, Params
-from jaxrec.train.checkpoint import RunCheckpoints
-from jaxrec.train.early_stopping import EarlyStopping
-from jaxrec.train.runfiles import JsonlLog, check_identity, write_json_atomic
-from jaxrec.train.sharding import Placement, make_placement
-from jaxrec.train.step import epoch_batches, make_train_step, run_epoch
+from jaxrec.train.batches import PreparedData, batch_source, prepare
+from jaxrec.train.partition import Partitioner, make_partitioner
+from jaxrec.train.runfolder import open_run
+from jaxrec.train.state import TrainState, init_state, run_keys
+from jaxrec.train.step import run_epoch, train_step
 
 log = logging.getLogger("jaxrec.train")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the parameters became NaN or infinite; nothing of that epoch was saved."""
 
 
 @dataclasses.dataclass
@@ -55,32 +59,150 @@ class RunResult:
     history: list[dict]
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparedData:
-    """Arrays derived once from a dataset for training and evaluation."""
-
-    graph: BipartiteGraph
-    positives: PositiveIndex
-    valid_exclude: tuple[np.ndarray, np.ndarray]
-    valid_truth: tuple[np.ndarray, np.ndarray, np.ndarray]
-    test_exclude: tuple[np.ndarray, np.ndarray]
-    test_truth: tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def prepare(dataset: Dataset) -> PreparedData:
-    tr = dataset.train
-    return PreparedData(
-        graph=build_graph(tr.user, tr.item, dataset.num_users, dataset.num_items),
-        positives=PositiveIndex.build(tr.user, tr.item, dataset.num_items),
-        valid_exclude=exclusion_pairs(dataset, "valid"),
-        valid_truth=truth(dataset, "valid"),
-        test_exclude=exclusion_pairs(dataset, "test"),
-        test_truth=truth(dataset, "test"),
-    )
-
-
 def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """The default optimizer: Adam at ``config.learning_rate`` (LightGCN/RecBole's)."""
     return optax.adam(config.learning_rate)
+
+
+def fit(
+    model: Model,
+    dataset: Dataset,
+    config: Config,
+    out_dir: str | Path | None = None,
+    params: Params | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    prepared: PreparedData | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    partitioner: Partitioner | None = None,
+) -> RunResult:
+    """Train ``model`` on ``dataset`` with ``config``; evaluate the best epoch on test.
+
+    Args:
+      model: a backbone from ``jaxrec.models.get_model(config)`` (or any ``Model``).
+      dataset: a split ``jaxrec.data.Dataset``.
+      config: the run's configuration (seed, epochs, batch_size, ...).
+      out_dir: the run folder (``log.jsonl``, ``results.json``, ``run.json``, ``ckpt/``); None
+        keeps everything in memory (no checkpoints, no resume).
+      params: initial parameters (e.g. ``jaxrec.initial_params``); default ``model.init`` with
+        the seed's init key. Never modified or invalidated: ``fit`` trains a copy.
+      resume: continue from ``out_dir``'s latest complete checkpoint (same result as an
+        uninterrupted run).
+      overwrite: clear an existing run in ``out_dir`` instead of refusing it.
+      progress: show a progress bar (default: when stderr is a terminal).
+      prepared: ``prepare(dataset)`` to share between runs on the same split.
+      optimizer: any ``optax.GradientTransformation`` (default ``make_optimizer(config)``).
+      partitioner: where the run lives (default ``make_partitioner(config)``).
+    Raises:
+      ConfigError / DataError: the config does not fit the dataset (before any compute).
+      TrainingDivergedError: the loss or parameters became non-finite (naming the epoch and
+        the last good checkpoint; nothing non-finite is saved).
+      FileExistsError / CheckpointMismatchError: ``out_dir`` holds another or a finished run.
+    """
+    check_run(model, dataset, config)
+    progress = sys.stderr.isatty() if progress is None else progress
+    part = partitioner or make_partitioner(config)
+    data = prepared or prepare(dataset)
+    keys = run_keys(config.seed)
+    contexts = _placed_contexts(data.contexts(model.context, config), part)
+    optimizer = optimizer or make_optimizer(config)
+    if params is None:
+        params = part.init(model.init, keys.init, dataset.num_users, dataset.num_items)
+    state = init_state(params, optimizer, keys.train, part)
+    run = open_run(out_dir, run_identity(model, config, dataset), resume=resume, overwrite=overwrite,
+                   primary=part.is_primary)
+    try:
+        state, history = run.restore(state)
+        epoch_fn = EpochRunner(model, part, part.step(train_step(model, optimizer)), batch_source(model, data, config))
+        evaluate, embed = make_evaluator(data, config, part), part.embed(model.embed)
+        with _ProgressBar(config, state.epoch + 1, progress) as bar:
+            for epoch in range(state.epoch + 1, config.epochs):
+                state, record = epoch_fn(state, contexts["train"], epoch)
+                _check_finite(state, record, run)
+                if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                    t1 = time.perf_counter()
+                    record["valid"] = evaluate(embed(state.params, contexts["valid"]), "valid")
+                    record["eval_seconds"] = time.perf_counter() - t1
+                    state = state.observe(record["valid"], config.valid_metric, epoch)
+                    if state.early.improved_at(epoch):
+                        run.save_best(state, epoch, record["valid"])
+                stop = state.early.should_stop(config.patience) and epoch + 1 >= config.min_epochs
+                history.append(record)
+                run.log(record)
+                if (epoch + 1) % config.checkpoint_every == 0 or stop or epoch + 1 == config.epochs:
+                    run.save_latest(state)
+                bar.update(record, state.early)
+                if stop:
+                    log.info("early stop at epoch %d (best epoch %d)", epoch, state.early.best_epoch)
+                    break
+        test = evaluate(embed(state.best_params, contexts["test"]), "test")
+        result = RunResult(
+            params=state.best_params, test_metrics=test, valid_metrics=state.best_valid,
+            best_epoch=state.early.best_epoch, stopped_epoch=state.epoch, out_dir=run.path, config=config,
+            history=history,
+        )
+        run.finish(results_record(result, dataset))
+    finally:
+        run.close()
+    return result
+
+
+class EpochRunner:
+    """One epoch: draw the views and batches from the epoch key, run every batch through the step."""
+
+    def __init__(self, model: Model, partitioner: Partitioner, step, batches):
+        self.model, self.part, self.step, self.batches = model, partitioner, step, batches
+
+    def __call__(self, state: TrainState, context: Any, epoch: int) -> tuple[TrainState, dict[str, Any]]:
+        t0 = time.perf_counter()
+        train_key, epoch_key = jax.random.split(state.key)
+        view_key, step_key = jax.random.split(epoch_key)
+        views = self.model.epoch_views(context, view_key)
+        batches = map(self.part.place_batch, self.batches.epoch(epoch_rng(epoch_key)))
+        params, opt_state, loss, aux, steps = run_epoch(self.step, state.params, state.opt_state, context, views,
+                                                        batches, step_key)
+        state = state.replace(params=params, opt_state=opt_state, key=train_key, epoch=epoch, step=state.step + steps)
+        return state, {"epoch": epoch, "loss": loss, **aux, "train_seconds": time.perf_counter() - t0}
+
+
+def epoch_rng(key: jax.Array) -> np.random.Generator:
+    """The numpy Generator an epoch's host-side sampling draws from, seeded by its key."""
+    seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    return np.random.default_rng(seed.astype(np.uint32).ravel().tolist())
+
+
+def check_run(model: Model, dataset: Dataset, config: Config) -> None:
+    """Every check of ``config`` against ``dataset`` that would otherwise fail mid-run; raises
+    ``ConfigError`` / ``DataError`` naming the key, before any compute."""
+    name = dataset.name
+    if len(dataset.train) == 0:
+        raise DataError(f"dataset {name}: the split (split={config.split!r}, split_ratios="
+                        f"{list(config.split_ratios)}) leaves no training interactions")
+    for stage in ("valid", "test"):
+        if len(getattr(dataset, stage)) == 0:
+            raise DataError(
+                f"dataset {name}: the split (split={config.split!r}"
+                + (f", split_ratios={list(config.split_ratios)}" if config.split == "ratio" else "")
+                + f") leaves no {stage} interactions to evaluate on; give the {stage} part a share")
+    if config.evaluation == "full" and max(config.topk) > dataset.num_items:
+        raise ConfigError(f"topk={list(config.topk)}: k={max(config.topk)} exceeds the {dataset.num_items} items "
+                          f"of dataset {name}; use cutoffs <= {dataset.num_items}")
+    if model.batch_kind == "pairs":
+        tr, n = dataset.train, dataset.num_items
+        distinct = np.bincount(np.unique(tr.user.astype(np.int64) * n + tr.item) // n, minlength=dataset.num_users)
+        full = np.flatnonzero(distinct >= n)
+        if full.size:
+            raise DataError(
+                f"dataset {name}: user {dataset.user_ids[full[0]]!r}"
+                + (f" (and {full.size - 1} more)" if full.size > 1 else "")
+                + f" has interacted with every one of the {n} items in training, so {config.model!r} cannot sample "
+                "a negative for them; drop such users or use a backbone without negatives (sgcl)")
+
+
+def run_identity(model: Model, config: Config, dataset: Dataset) -> dict:
+    """What a run folder belongs to (``run.json``): model, config, dataset fingerprint."""
+    return {"model": model.name, "config": config.to_dict(), "dataset": dataset_fingerprint(dataset)}
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict:
@@ -98,183 +220,11 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
     }
 
 
-def evaluate_params(
-    model: Model, params: Params, graph: BipartiteGraph, exclude, truth_, config: Config,
-    placement: Placement | None = None,
-) -> dict[str, float]:
-    """Full-ranking metrics of ``params`` (``exclude`` masked, ``truth_`` held out).
-
-    With an active ``placement`` (sharded ``params`` and ``graph``) the ranking is sharded too.
-    """
-    placement = placement if placement is not None else Placement()
-    user_emb, item_emb = placement.embed(model.embed, params, graph)
-    if placement.active:
-        return placement.evaluate(user_emb, item_emb, None, exclude, truth_, config.topk, config.metrics,
-                                  config.eval_chunk)
-    return evaluate(
-        user_emb, item_emb, users=None, exclude=exclude, truth=truth_, ks=config.topk, metrics=config.metrics,
-        chunk_size=config.eval_chunk,
-    )
-
-
-def _epoch_rng(key: jax.Array) -> np.random.Generator:
-    seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
-    return np.random.default_rng(seed.astype(np.uint32).ravel().tolist())
-
-
-def fit(
-    model: Model,
-    dataset: Dataset,
-    config: Config,
-    out_dir: str | Path | None = None,
-    params: Params | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    prepared: PreparedData | None = None,
-) -> RunResult:
-    """Train ``model`` on ``dataset`` with ``config``; evaluate the best epoch on test.
-
-    Args:
-      model: a backbone from ``jaxrec.models.get_model(config)``.
-      dataset: a split ``jaxrec.data.Dataset``.
-      config: the run's configuration (seed, epochs, batch_size, learning_rate, ...).
-      out_dir: where ``log.jsonl``, ``results.json``, ``run.json`` and ``ckpt/`` go; None
-        keeps everything in memory (no checkpoints, no resume).
-      params: initial parameters (e.g. from ``jaxrec.init.llm_init_params``); default
-        ``model.init`` with a key derived from ``config.seed``.
-      resume: continue from ``out_dir``'s latest complete checkpoint (same result as an
-        uninterrupted run).
-      overwrite: clear an existing ``out_dir`` run instead of refusing it.
-      progress: show a progress bar (default: when stderr is a terminal).
-      prepared: precomputed ``prepare(dataset)`` to share between runs.
-    """
-    progress = sys.stderr.isatty() if progress is None else progress
-    root_key = jax.random.PRNGKey(config.seed)
-    init_key, train_key = jax.random.split(root_key)
-    data = prepared or prepare(dataset)
-    # Sharding (config.sharding): the mesh, and where graph, params and batches live.
-    # The default "none" placement is a no-op.
-    placement = make_placement(config)
-    graph = placement.place_graph(data.graph)
-    if params is None:
-        params = placement.init_params(model.init, init_key, dataset.num_users, dataset.num_items)
-    else:
-        params = placement.place_params(params)
-    optimizer = make_optimizer(config)
-    opt_state = placement.place_params(optimizer.init(params))
-    early = EarlyStopping()
-    best_params: Params | None = None
-    start_epoch = 0
-    valid_at_best: dict[str, float] = {}
-    history: list[dict] = []
-
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt: RunCheckpoints | None = None
-    jsonl: JsonlLog | None = None
-    if out is not None:
-        identity = {"model": model.name, "config": config.to_dict(), "dataset": dataset_fingerprint(dataset)}
-        run_json = out / "run.json"
-        if overwrite and out.exists():
-            _clear_run(out)
-        if not resume and (out / "ckpt").exists() and any((out / "ckpt").iterdir()):
-            check_identity(run_json, identity, resuming=False)
-            raise FileExistsError(
-                f"{out} already holds checkpoints of this run; resume it (--resume) or start afresh (--overwrite)"
-            )
-        check_identity(run_json, identity, resuming=resume)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_json, identity)
-        ckpt = RunCheckpoints(out / "ckpt")
-        jsonl = JsonlLog(out / "log.jsonl")
-        if resume and ckpt.latest_step() is not None:
-            target = {"params": params, "opt_state": opt_state, "key": train_key, "best_params": params}
-            state, meta = ckpt.restore("latest", target)
-            params, opt_state, train_key = state["params"], state["opt_state"], state["key"]
-            best_params = state["best_params"]
-            last = int(meta["epoch"])
-            start_epoch = last + 1
-            early = EarlyStopping.from_dict(meta["early_stopping"])
-            valid_at_best = meta.get("valid_at_best", {})
-            # A run killed after its last complete "latest" may have saved a newer "best":
-            # those epochs are re-run, so that best goes and the restored one is re-exported.
-            ckpt.discard_after("best", last)
-            if early.best_epoch >= 0 and ckpt.latest_step("best") != early.best_epoch:
-                ckpt.save("best", early.best_epoch, {"params": best_params},
-                          {"epoch": early.best_epoch, "valid": valid_at_best})
-            jsonl.truncate_after(last)
-            history = jsonl.records()
-            log.info("resumed %s at epoch %d (best %s=%.4f at epoch %d)", out, start_epoch,
-                     config.valid_metric, early.best_score, early.best_epoch)
-        else:
-            if resume:
-                log.warning("%s has no complete checkpoint to resume from; starting at epoch 0", out)
-            ckpt.discard_after("best", -1)
-            jsonl.reset()
-
-    step = make_train_step(model, optimizer, placement if placement.active else None)
-    tr = dataset.train
-    positives = data.positives if model.needs_negatives else None
-    bar = _progress_bar(config.epochs, start_epoch, progress)
-    stopped_epoch = start_epoch - 1
-    if early.best_epoch < 0:
-        best_params = jax.tree.map(jnp.copy, params)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            train_key, epoch_key = jax.random.split(train_key)
-            view_key, step_key = jax.random.split(epoch_key)
-            t0 = time.perf_counter()
-            views = model.epoch_views(graph, view_key)
-            batches = epoch_batches(_epoch_rng(epoch_key), tr.user, tr.item, config.batch_size, positives)
-            if placement.active:
-                batches = map(placement.place_batch, batches)  # split along the data axis
-            params, opt_state, loss, aux = run_epoch(step, params, opt_state, graph, views, batches, step_key)
-            record: dict[str, Any] = {"epoch": epoch, "loss": loss, **aux, "train_seconds": time.perf_counter() - t0}
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch}: training loss is {loss}; lower learning_rate or check inputs")
-            stop = False
-            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                t1 = time.perf_counter()
-                valid = evaluate_params(model, params, graph, data.valid_exclude, data.valid_truth, config, placement)
-                record["valid"] = valid
-                record["eval_seconds"] = time.perf_counter() - t1
-                early = early.update(valid[config.valid_metric], epoch)
-                if early.improved_at(epoch):
-                    valid_at_best = valid
-                    best_params = jax.tree.map(jnp.copy, params)  # params are donated to the next step
-                    if ckpt is not None:
-                        ckpt.save("best", epoch, {"params": params}, {"epoch": epoch, "valid": valid})
-                stop = early.should_stop(config.patience) and epoch + 1 >= config.min_epochs
-            history.append(record)
-            if jsonl is not None:
-                jsonl.append(record)
-            if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0 or stop or epoch + 1 == config.epochs):
-                ckpt.save(
-                    "latest", epoch,
-                    {"params": params, "opt_state": opt_state, "key": train_key, "best_params": best_params},
-                    {"epoch": epoch, "early_stopping": early.to_dict(), "valid_at_best": valid_at_best},
-                )
-            stopped_epoch = epoch
-            _update_bar(bar, record, config, early)
-            if stop:
-                log.info("early stop at epoch %d (best epoch %d)", epoch, early.best_epoch)
-                break
-        if ckpt is not None:
-            ckpt.wait()
-        test = evaluate_params(model, best_params, graph, data.test_exclude, data.test_truth, config, placement)
-    finally:
-        if bar is not None:
-            bar.close()
-        if ckpt is not None:
-            ckpt.close()
-
-    result = RunResult(
-        params=best_params, test_metrics=test, valid_metrics=valid_at_best, best_epoch=early.best_epoch,
-        stopped_epoch=stopped_epoch, out_dir=out, config=config, history=history,
-    )
-    if out is not None:
-        write_json_atomic(out / "results.json", results_record(result, dataset))
-    return result
+def evaluate_params(model: Model, params: Params, context: Any, stage: str, config: Config,
+                    prepared: PreparedData, partitioner: Partitioner | None = None) -> dict[str, float]:
+    """Metrics of ``params`` on ``stage`` ("valid" or "test") under ``config.evaluation``."""
+    part = partitioner or make_partitioner(config)
+    return make_evaluator(prepared, config, part)(part.embed(model.embed)(params, context), stage)
 
 
 def results_record(result: RunResult, dataset: Dataset) -> dict:
@@ -292,35 +242,58 @@ def results_record(result: RunResult, dataset: Dataset) -> dict:
     }
 
 
+def _placed_contexts(contexts: dict[str, Any], part: Partitioner) -> dict[str, Any]:
+    placed: dict[int, Any] = {}
+    for ctx in contexts.values():  # stages sharing one context share one placed copy
+        if id(ctx) not in placed:
+            placed[id(ctx)] = part.place_context(ctx)
+    return {stage: placed[id(ctx)] for stage, ctx in contexts.items()}
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(state: TrainState, record: dict, run: Any) -> None:
+    if not np.isfinite(record["loss"]) or not bool(_all_finite(state.params)):
+        what = f"training loss is {record['loss']}" if not np.isfinite(record["loss"]) else "parameters are not finite"
+        raise TrainingDivergedError(
+            f"epoch {record['epoch']}: {what}; stopped without saving this epoch. Last good checkpoint: "
+            f"{run.last_good()}. Lower learning_rate or check the inputs."
+        )
+
+
 def _jaxrec_version() -> str:
     from jaxrec import __version__
 
     return __version__
 
 
-def _clear_run(out: Path) -> None:
-    for name in ("ckpt", "log.jsonl", "results.json", "run.json"):
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+class _ProgressBar:
+    """tqdm over epochs (when enabled), showing loss, validation metric and best."""
 
+    def __init__(self, config: Config, initial: int, enabled: bool):
+        self.config = config
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
 
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+            self.bar = tqdm(total=config.epochs, initial=initial, desc="epochs", unit="ep", dynamic_ncols=True)
 
-    return tqdm(total=total, initial=initial, desc="epochs", unit="ep", dynamic_ncols=True)
+    def __enter__(self) -> "_ProgressBar":
+        return self
 
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
-def _update_bar(bar, record: dict, config: Config, early: EarlyStopping) -> None:
-    if bar is None:
-        return
-    post = {"loss": f"{record['loss']:.4f}"}
-    if "valid" in record:
-        post[config.valid_metric] = f"{record['valid'][config.valid_metric]:.4f}"
-        post["best"] = f"{early.best_score:.4f}@{early.best_epoch}"
-    bar.set_postfix(post)
-    bar.update(1)
+    def update(self, record: dict, early) -> None:
+        if self.bar is None:
+            return
+        post = {"loss": f"{record['loss']:.4f}"}
+        if "valid" in record:
+            post[self.config.valid_metric] = f"{record['valid'][self.config.valid_metric]:.4f}"
+            post["best"] = f"{early.best_score:.4f}@{early.best_epoch}"
+        self.bar.set_postfix(post)
+        self.bar.update(1)

@@ -16,6 +16,11 @@ from typing import Any, Iterable
 # Config fields that may change between an interrupted run and its resumption without
 # changing the result of the epochs already done.
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk"})
+# How a run is launched, not what it computes: never part of its identity.
+LAUNCH_FIELDS = frozenset({"coordinator_address", "num_processes", "process_id"})
+# Config keys added after run.json format 1 whose default changed behaviour: a format-1 folder
+# ran as these values say (so resuming it asks for them explicitly).
+FORMAT1_BEHAVIOUR = {"contrast_unique": "table"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -97,13 +102,23 @@ def check_identity(path: Path, identity: dict, resuming: bool) -> None:
 
 
 def _differences(saved: dict, now: dict, ignore: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    """(field, saved, now) of every difference; a config key the saved identity lacks (added to
+    jaxrec since) counts as its default value."""
+    from jaxrec.config import Config  # noqa: PLC0415
+
     out = []
-    ignore = set(ignore)
+    ignore = set(ignore) | LAUNCH_FIELDS
     for section in ("model", "dataset"):
         if saved.get(section) != now.get(section):
             out.append((section, saved.get(section), now.get(section)))
+    defaults = Config().to_dict()
+    if "format" not in saved:  # written by jaxrec 0.1: what its runs did where a key is missing
+        defaults.update(FORMAT1_BEHAVIOUR)
     sc, nc = saved.get("config", {}), now.get("config", {})
     for k in sorted(set(sc) | set(nc)):
-        if k not in ignore and sc.get(k) != nc.get(k):
-            out.append((f"config.{k}", sc.get(k), nc.get(k)))
+        if k in ignore:
+            continue
+        a, b = sc.get(k, defaults.get(k)), nc.get(k, defaults.get(k))
+        if a != b:
+            out.append((f"config.{k}", a, b))
     return out

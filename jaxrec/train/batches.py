@@ -1,0 +1,150 @@
+"""Training data: what the loop derives once from a dataset, and the batch kinds it draws.
+
+``PreparedData(dataset)`` holds the dataset-derived inputs of a run, each built on first use
+and shared by every run that gets the same object (the experiment grids do): the model
+contexts by kind (``jaxrec.registry.CONTEXTS``), the negative-sampling index, and the
+exclusion pairs and held-out truth of each evaluation stage.
+
+Batch kinds (``jaxrec.registry.BATCH_KINDS``) are factories ``(prepared, config, model) ->
+BatchSource``; ``BatchSource.epoch(rng)`` yields one epoch of host batches (dicts of numpy
+arrays), each passed through the model objective's ``prepare_batch`` hook:
+
+- ``pairs``: shuffled training pairs with one uniformly sampled negative each (never a
+  training positive of the user): ``user``, ``pos``, ``neg`` int32 [B];
+- ``positives``: the same pairs without negatives: ``user``, ``pos``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from jaxrec.data import PositiveIndex, exclusion_pairs, sample_negatives, truth
+from jaxrec.registry import BATCH_KINDS, CONTEXTS
+
+Batch = dict[str, Any]
+
+
+class Sizes(NamedTuple):
+    num_users: int
+    num_items: int
+
+
+class PreparedData:
+    """Arrays derived once from ``dataset`` for training and evaluation (built lazily).
+
+    ``exclude``: ``{stage: (users, items)}`` replacing the pairs masked when ranking for that
+    stage (e.g. a reduced training set ranked as if the removed interactions were still known).
+    """
+
+    def __init__(self, dataset: Any, exclude: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+        self.dataset = dataset
+        self._cache: dict[tuple, Any] = {("exclude", s): pairs for s, pairs in (exclude or {}).items()}
+
+    @property
+    def sizes(self) -> Sizes:
+        return Sizes(int(self.dataset.num_users), int(self.dataset.num_items))
+
+    def contexts(self, kind: str, config: Any = None) -> dict[str, Any]:
+        """``{"train", "valid", "test"} -> context`` of the registered kind (cached per kind and
+        the config fields the kind declares in ``context_fields``)."""
+        builder = CONTEXTS.get(kind)
+        fields = getattr(builder, "context_fields", ())
+        key = ("context", kind, tuple(getattr(config, f) for f in fields))
+        return self._once(key, lambda: builder(self.dataset, config))
+
+    @property
+    def graph(self):
+        """The normalized training graph (the ``"graph"`` context)."""
+        return self.contexts("graph")["train"]
+
+    @functools.cached_property
+    def positives(self) -> PositiveIndex:
+        tr = self.dataset.train
+        return PositiveIndex.build(tr.user, tr.item, self.dataset.num_items)
+
+    def exclude(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items) masked when ranking for ``stage`` (``jaxrec.data.exclusion_pairs``)."""
+        return self._once(("exclude", stage), lambda: exclusion_pairs(self.dataset, stage))
+
+    def truth(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Held-out items of ``stage`` in CSR form (``jaxrec.data.truth``)."""
+        return self._once(("truth", stage), lambda: truth(self.dataset, stage))
+
+    def _once(self, key: tuple, build: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    # the attribute names of jaxrec 0.1
+    valid_exclude = property(lambda self: self.exclude("valid"))
+    valid_truth = property(lambda self: self.truth("valid"))
+    test_exclude = property(lambda self: self.exclude("test"))
+    test_truth = property(lambda self: self.truth("test"))
+
+
+def prepare(dataset: Any, exclude: dict | None = None) -> PreparedData:
+    """``PreparedData`` of ``dataset`` (share it between runs on the same split)."""
+    return PreparedData(dataset, exclude)
+
+
+def epoch_batches(
+    rng: np.random.Generator,
+    user: np.ndarray,
+    item: np.ndarray,
+    batch_size: int,
+    positives: PositiveIndex | None,
+) -> Iterator[Batch]:
+    """Shuffled batches of training pairs (int32 [<=B] ``user``, ``pos``, and ``neg``).
+
+    ``positives`` given: one uniform negative per pair that is never a training positive of
+    the user, drawn for the whole epoch at once. ``None``: no negatives.
+    """
+    order = rng.permutation(len(user))
+    users = user[order].astype(np.int32)
+    pos = item[order].astype(np.int32)
+    neg = sample_negatives(rng, positives, users) if positives is not None else None
+    for start in range(0, len(users), batch_size):
+        sl = slice(start, start + batch_size)
+        batch = {"user": users[sl], "pos": pos[sl]}
+        if neg is not None:
+            batch["neg"] = neg[sl]
+        yield batch
+
+
+@dataclasses.dataclass
+class BatchSource:
+    """One epoch of batches at a time: ``draw(rng)`` then the objective's host-side hook."""
+
+    draw: Callable[[np.random.Generator], Iterator[Batch]]
+    prepare_batch: Callable[[Batch, Sizes], Batch] | None = None
+    sizes: Sizes | None = None
+
+    def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
+        for batch in self.draw(rng):
+            yield batch if self.prepare_batch is None else self.prepare_batch(batch, self.sizes)
+
+
+def _pairs(negatives: bool):
+    def factory(prepared: PreparedData, config: Any, model: Any) -> BatchSource:
+        tr = prepared.dataset.train
+        positives = prepared.positives if negatives else None
+        return BatchSource(lambda rng: epoch_batches(rng, tr.user, tr.item, config.batch_size, positives),
+                           model.objective.prepare_batch, prepared.sizes)
+
+    return factory
+
+
+BATCH_KINDS.register("pairs", _pairs(negatives=True))
+BATCH_KINDS.register("positives", _pairs(negatives=False))
+
+
+def batch_source(model: Any, prepared: PreparedData, config: Any) -> BatchSource:
+    """The ``BatchSource`` of the model's batch kind."""
+    return BATCH_KINDS.get(model.batch_kind)(prepared, config, model)
+
+
+__all__ = ["PreparedData", "prepare", "Sizes", "BatchSource", "epoch_batches", "batch_source", "Batch"]
