@@ -146,8 +146,7 @@ def test_sasrec_bce_loss_matches_numpy():
     # padded targets carry no loss: changing neg there changes nothing
     batch2 = dict(batch, neg=np.where(pos == 0, 3, neg))
     assert float(bce_loss(params, batch2, s, jax.random.key(0))[0]) == pytest.approx(float(loss), rel=1e-6)
-    grads = jax.grad(lambda p: bce_loss(p, batch, s, jax.random.key(0))[0])(params)
-    assert float(jnp.abs(grads["item_embedding"]["embedding"][0]).max()) == 0.0  # padding row never learns
+    # (gradients, the padding row's included, are compared with torch in test_sasrec_torch.py)
 
 
 def test_sasrec_dropout_only_in_training():

@@ -118,19 +118,29 @@ def _check_stage(stage: str) -> None:
         raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
 
 
-def _held_out(part, name: str, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(item [U] dense id or -1, timestamp [U]) of the one held-out interaction per user."""
+def held_out_items(dataset: Dataset, stage: str) -> np.ndarray:
+    """int32 [U]: every user's held-out item at ``stage`` (dense id; -1 = none).
+
+    Raises DataError naming the user if one holds more than one (not a leave-one-out split).
+    """
+    _check_stage(stage)
+    part = dataset.valid if stage == "valid" else dataset.test
     counts = np.bincount(part.user, minlength=dataset.num_users)
     if (counts > 1).any():
         u = int(np.flatnonzero(counts > 1)[0])
-        raise DataError(f"{dataset.source}: dataset.{name} holds {int(counts[u])} interactions of user "
+        raise DataError(f"{dataset.source}: dataset.{stage} holds {int(counts[u])} interactions of user "
                         f"{dataset.user_ids[u]!r}; expected at most one per user (a leave-one-out split, "
                         f"Config(split='loo_time'))")
     item = np.full(dataset.num_users, -1, dtype=np.int32)
-    ts = np.full(dataset.num_users, np.nan)
     item[part.user] = part.item
+    return item
+
+
+def _held_out_time(dataset: Dataset, stage: str) -> np.ndarray:
+    part = dataset.valid if stage == "valid" else dataset.test
+    ts = np.full(dataset.num_users, np.nan)
     ts[part.user] = part.timestamp
-    return item, ts
+    return ts
 
 
 def user_sequences(dataset: Dataset) -> Sequences:
@@ -151,8 +161,8 @@ def user_sequences(dataset: Dataset) -> Sequences:
     items = tr.item[order].astype(np.int32)
     counts = np.bincount(tr.user, minlength=dataset.num_users)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    valid, vts = _held_out(dataset.valid, "valid", dataset)
-    test, tts = _held_out(dataset.test, "test", dataset)
+    valid, vts = held_out_items(dataset, "valid"), _held_out_time(dataset, "valid")
+    test, tts = held_out_items(dataset, "test"), _held_out_time(dataset, "test")
     has_v, has_t = valid >= 0, test >= 0
     last_tr = np.full(dataset.num_users, -np.inf)
     np.maximum.at(last_tr, tr.user, tr.timestamp)
@@ -286,5 +296,5 @@ def window_batches(rng: np.random.Generator, windows: SequenceWindows, batch_siz
                "neg": neg[start:start + batch_size]}
 
 
-__all__ = ["SequenceReport", "Sequences", "SequenceWindows", "user_sequences", "histories", "left_pad",
-           "training_windows", "sample_window_negatives", "window_batches", "check_max_len"]
+__all__ = ["SequenceReport", "Sequences", "SequenceWindows", "user_sequences", "held_out_items", "histories",
+           "left_pad", "training_windows", "sample_window_negatives", "window_batches", "check_max_len"]

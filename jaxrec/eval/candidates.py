@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.data import Dataset, DataError, PositiveIndex
+from jaxrec.data.sequences import held_out_items
 
 DEFAULT_METRICS = ("hit@1", "hit@5", "ndcg@5", "mrr")
 NUM_NEGATIVES = 19
@@ -76,21 +77,12 @@ def _fingerprint(dataset: Dataset) -> dict:
 
 
 def _targets(dataset: Dataset, stage: str) -> tuple[np.ndarray, np.ndarray]:
-    if stage not in ("valid", "test"):
-        raise ValueError(f"stage: expected 'valid' or 'test', got {stage!r}")
-    part = dataset.valid if stage == "valid" else dataset.test
-    counts = np.bincount(part.user, minlength=dataset.num_users)
-    if (counts > 1).any():
-        u = int(np.flatnonzero(counts > 1)[0])
-        raise DataError(f"{dataset.source}: dataset.{stage} holds {int(counts[u])} items of user "
-                        f"{dataset.user_ids[u]!r}; candidate evaluation expects one held-out item per user "
-                        f"(a leave-one-out split)")
-    users = np.flatnonzero(counts == 1).astype(np.int32)
+    """(users int32 [M] with a held-out item at ``stage``, their held-out items int32 [M])."""
+    item = held_out_items(dataset, stage)
+    users = np.flatnonzero(item >= 0).astype(np.int32)
     if users.size == 0:
         raise DataError(f"{dataset.source}: dataset.{stage} is empty; expected held-out items to evaluate")
-    target = np.empty(dataset.num_users, dtype=np.int32)
-    target[part.user] = part.item
-    return users, target[users]
+    return users, item[users]
 
 
 def sample_candidates(dataset: Dataset, stage: str, seed: int, num_negatives: int = NUM_NEGATIVES) -> CandidateSet:
