@@ -199,12 +199,17 @@ def _as_sequences(data) -> Sequences:
     raise ValueError(f"data: expected a jaxrec.data.Dataset or Sequences, got {type(data).__name__}")
 
 
-def left_pad(indptr: np.ndarray, values: np.ndarray, max_len: int) -> np.ndarray:
+def left_pad(indptr: np.ndarray, values: np.ndarray, max_len: int, what: str | None = "sequences") -> np.ndarray:
     """int32 [R, max_len]: row r holds the last ``max_len`` of ``values[indptr[r]:indptr[r+1]] + 1``,
-    right-aligned, 0 before them (dense item ids shifted by one; 0 is padding)."""
+    right-aligned, 0 before them (dense item ids shifted by one; 0 is padding). How many rows
+    lost older items is logged (INFO) under ``what`` (not at all with ``what=None``)."""
     max_len = check_max_len(max_len)
     rows = len(indptr) - 1
     lengths = np.diff(indptr)
+    cut = int((lengths > max_len).sum())
+    if cut and what is not None:
+        log.info("%s: %d of %d rows keep only their most recent %d items (%d older items left out)", what, cut,
+                 rows, max_len, int(np.maximum(lengths - max_len, 0).sum()))
     out = np.zeros((rows, max_len), dtype=np.int32)
     row = np.repeat(np.arange(rows), lengths)
     col = np.arange(len(values)) - np.repeat(indptr[1:], lengths) + max_len  # last item -> column L-1
@@ -229,7 +234,7 @@ def histories(data, stage: str, max_len: int = 50) -> np.ndarray:
         has = s.valid_item >= 0
         items = np.insert(items, indptr[1:][has], s.valid_item[has])  # appended after each user's train
         indptr = np.concatenate([[0], np.cumsum(s.lengths + has)]).astype(np.int64)
-    return left_pad(indptr, items, max_len)
+    return left_pad(indptr, items, max_len, f"histories({stage!r})")
 
 
 def training_windows(data, max_len: int = 50) -> SequenceWindows:
@@ -260,8 +265,8 @@ def training_windows(data, max_len: int = 50) -> SequenceWindows:
         raise DataError(f"training_windows: user {bad[0]!r} ({int(full.sum())} such users) has interacted with "
                         f"all {s.num_items} items in training; expected at least one item left to sample a "
                         f"negative from")
-    return SequenceWindows(users.astype(np.int32), left_pad(w_indptr, inputs, max_len),
-                           left_pad(w_indptr, targets, max_len), positives)
+    return SequenceWindows(users.astype(np.int32), left_pad(w_indptr, inputs, max_len, "training_windows"),
+                           left_pad(w_indptr, targets, max_len, None), positives)
 
 
 def sample_window_negatives(rng: np.random.Generator, windows: SequenceWindows, rows=None) -> np.ndarray:
