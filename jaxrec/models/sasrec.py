@@ -1,0 +1,304 @@
+"""SASRec (Kang and McAuley, 2018) as A-LLMRec pretrains it, in Flax NNX behind pure functions.
+
+The network follows the reference implementation A-LLMRec uses (ghdtjr/A-LLMRec
+``pre_train/sasrec/model.py``, a copy of pmixer/SASRec.pytorch; DESIGN.md 6):
+
+- input ``seq`` int32 [B, L], L <= ``max_len``: item ids + 1, 0 = padding (left-padded);
+- ``x = item_emb[seq] * sqrt(d) + pos_emb[0..L-1]`` (learned positions, the left-most column
+  is position 0), dropout, then padding positions zeroed (the "timeline mask");
+- per block (``norm="reference"``, ``log2feats``): ``Q = LN(x); x = Q + MHA(Q, x, x)`` with a
+  causal mask (LayerNorm on the queries only; keys and values are the un-normalized ``x``; no
+  key-padding mask, as the reference), then ``h = LN(x); x = h + FFN(h)`` with
+  ``FFN = Dropout(W2 ReLU(Dropout(W1 h)))`` (the reference's two 1x1 Conv1d), and padding
+  positions zeroed again; ``norm="prenorm"`` is the standard pre-norm block instead:
+  ``x = x + MHA(LN(x)); x = x + FFN(LN(x))`` (SASRec.pytorch ``--norm_first``);
+- final LayerNorm; every LayerNorm has eps 1e-8; attention dropout on the attention
+  weights (torch ``nn.MultiheadAttention(dropout=rate)``);
+- logit of item ``i`` at position t = ``output_t . item_emb[i]`` (shared table).
+
+Initialization as the reference's ``main.py``: ``xavier_normal_`` on every parameter with
+two or more dimensions, the rest keeps torch's default: embeddings N(0, 2/(rows + d)); the
+stacked [3d, d] Q/K/V projection N(0, 2/(4d)); the attention output [d, d] and the two 1x1
+convolutions N(0, 1/d); attention biases 0; convolution biases U(-1/sqrt(d), 1/sqrt(d));
+LayerNorm scale 1, bias 0. Row 0 (padding) of the item table is set to 0 (the reference leaves
+it random; it never reaches an output: padded inputs are masked, padded targets carry no loss,
+so its gradient is 0 as well).
+
+Loss (reference ``main.py``): binary cross-entropy with logits of the positive (label 1) and
+of one sampled negative (label 0) at every position where ``pos != 0``, each averaged over
+those positions, summed. No L2 on embeddings (A-LLMRec's ``l2_emb = 0``).
+
+Parameters are a plain nested dict (``nnx.split(module)[1].to_pure_dict()``); every function
+rebuilds the module inside with ``nnx.replace_by_pure_dict`` + ``nnx.merge``, so they jit
+with ``settings`` static (it is a frozen, hashable dataclass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORMS = ("reference", "prenorm")
+LN_EPS = 1e-8
+
+Params = dict
+
+
+class SASRecError(ValueError):
+    """A SASRec setting or input is invalid; the message names the field or argument."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecSettings:
+    """SASRec hyperparameters (defaults: A-LLMRec's pretraining, DESIGN.md 6).
+
+    num_items: I (the item table has I + 1 rows, row 0 = padding); hidden: d; num_blocks;
+    num_heads (hidden must be divisible by it); dropout: rate in [0, 1) for embeddings,
+    attention weights and feed-forward; max_len: longest sequence L (also the number of
+    learned positions); norm: ``"reference"`` (LayerNorm on the queries only) or ``"prenorm"``.
+    """
+
+    num_items: int
+    hidden: int = 50
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.5
+    max_len: int = 50
+    norm: str = "reference"
+
+    def __post_init__(self) -> None:
+        def whole(name, low):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise SASRecError(f"SASRecSettings.{name}: expected an integer >= {low}, got {v!r}")
+
+        whole("num_items", 1)
+        whole("hidden", 1)
+        whole("num_blocks", 1)
+        whole("num_heads", 1)
+        whole("max_len", 1)
+        if self.hidden % self.num_heads:
+            raise SASRecError(f"SASRecSettings.hidden={self.hidden}: expected a multiple of "
+                              f"num_heads={self.num_heads}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise SASRecError(f"SASRecSettings.dropout: expected a rate in [0, 1), got {self.dropout!r}")
+        if self.norm not in NORMS:
+            raise SASRecError(f"SASRecSettings.norm: expected one of {NORMS}, got {self.norm!r}")
+
+
+# ----------------------------------------------------------------------------- modules
+def _normal(std: float):
+    return jax.nn.initializers.normal(stddev=std)
+
+
+def _xavier_normal_table(key, shape, dtype=jnp.float32):
+    """torch ``xavier_normal_`` on an [rows, d] embedding weight: N(0, 2 / (rows + d))."""
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / (shape[0] + shape[1]))
+
+
+def _layer_norm(d: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(d, epsilon=LN_EPS, use_fast_variance=False, rngs=rngs)
+
+
+class PointWiseFeedForward(nnx.Module):
+    """``Dropout(conv2(ReLU(Dropout(conv1(h)))))`` with 1x1 convolutions as [d, d] Linear layers."""
+
+    def __init__(self, d: int, rate: float, rngs: nnx.Rngs):
+        bound = 1.0 / math.sqrt(d)  # torch Conv1d's default bias init, fan_in = d * 1
+        lin = dict(kernel_init=_normal(math.sqrt(1.0 / d)),
+                   bias_init=lambda k, s, dt=jnp.float32: jax.random.uniform(k, s, dt, -bound, bound), rngs=rngs)
+        self.conv1 = nnx.Linear(d, d, **lin)
+        self.conv2 = nnx.Linear(d, d, **lin)
+        self.dropout = nnx.Dropout(rate)
+
+    def __call__(self, h, train: bool, rngs):
+        h = self.dropout(jax.nn.relu(self.conv1(h)), deterministic=not train, rngs=rngs)
+        return self.dropout(self.conv2(h), deterministic=not train, rngs=rngs)
+
+
+class SASRecBlock(nnx.Module):
+    """One self-attention block; ``norm`` picks the reference or the pre-norm placement."""
+
+    def __init__(self, s: SASRecSettings, rngs: nnx.Rngs):
+        d = s.hidden
+        self.norm = s.norm
+        self.attention_norm = _layer_norm(d, rngs)
+        self.attention = nnx.MultiHeadAttention(
+            s.num_heads, d, dropout_rate=s.dropout, broadcast_dropout=False, decode=False, keep_rngs=False,
+            kernel_init=_normal(math.sqrt(2.0 / (4 * d))),  # xavier_normal_ of torch's stacked [3d, d]
+            out_kernel_init=_normal(math.sqrt(1.0 / d)), rngs=rngs)
+        self.ffn_norm = _layer_norm(d, rngs)
+        self.ffn = PointWiseFeedForward(d, s.dropout, rngs)
+
+    def __call__(self, x, causal, train: bool, rngs):
+        det = not train
+        if self.norm == "reference":
+            q = self.attention_norm(x)
+            x = q + self.attention(q, x, x, mask=causal, deterministic=det, rngs=rngs)
+            h = self.ffn_norm(x)
+            return h + self.ffn(h, train, rngs)
+        h = self.attention_norm(x)
+        x = x + self.attention(h, h, h, mask=causal, deterministic=det, rngs=rngs)
+        return x + self.ffn(self.ffn_norm(x), train, rngs)
+
+
+class SASRecNet(nnx.Module):
+    """The whole network: ``__call__(seq [B, L], train, rngs) -> [B, L, d]``."""
+
+    def __init__(self, s: SASRecSettings, rngs: nnx.Rngs):
+        d = s.hidden
+        self.item_embedding = nnx.Embed(s.num_items + 1, d, embedding_init=_xavier_normal_table, rngs=rngs)
+        self.position_embedding = nnx.Embed(s.max_len, d, embedding_init=_xavier_normal_table, rngs=rngs)
+        self.dropout = nnx.Dropout(s.dropout)
+        self.num_blocks = s.num_blocks
+        for b in range(s.num_blocks):  # named attributes: the pure dict has string keys only
+            setattr(self, f"block_{b}", SASRecBlock(s, rngs))
+        self.final_norm = _layer_norm(d, rngs)
+        self.scale = math.sqrt(d)
+
+    def __call__(self, seq, train: bool = False, rngs=None):
+        length = seq.shape[1]
+        keep = (seq != 0)[..., None].astype(jnp.float32)
+        x = self.item_embedding(seq) * self.scale + self.position_embedding.embedding[...][:length]
+        x = self.dropout(x, deterministic=not train, rngs=rngs) * keep
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+        for b in range(self.num_blocks):
+            x = getattr(self, f"block_{b}")(x, causal, train, rngs) * keep
+        return self.final_norm(x)
+
+
+# ----------------------------------------------------------------------------- pure API
+def _abstract(settings: SASRecSettings):
+    return nnx.split(nnx.eval_shape(lambda: SASRecNet(settings, rngs=nnx.Rngs(0))))
+
+
+def as_module(params: Params, settings: SASRecSettings) -> SASRecNet:
+    """The NNX module holding ``params`` (abstract module of ``settings`` + ``nnx.replace_by_pure_dict``
+    + ``nnx.merge``); raises SASRecError if ``params`` does not have the structure ``init_params`` gives."""
+    graphdef, state = _abstract(settings)
+    want = jax.tree.structure(nnx.to_pure_dict(state))
+    got = jax.tree.structure(params)
+    if want != got:
+        raise SASRecError(f"params: structure does not match SASRecSettings{dataclasses.astuple(settings)}; "
+                          f"expected the dict init_params returns ({want.num_leaves} arrays), got "
+                          f"{got.num_leaves} leaves")
+    for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0], jax.tree.leaves(params)):
+        if tuple(w.shape) != tuple(jnp.shape(g)):
+            raise SASRecError(f"params{jax.tree_util.keystr(path)}: shape {tuple(jnp.shape(g))}; expected "
+                              f"{tuple(w.shape)} for {settings}")
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def init_params(key: jax.Array, settings: SASRecSettings) -> Params:
+    """A fresh parameter dict (reference initialization, see the module docstring).
+
+    Keys: ``item_embedding/embedding`` [I+1, d] (row 0 = padding, zeros),
+    ``position_embedding/embedding`` [L, d], ``block_{b}/{attention_norm, attention,
+    ffn_norm, ffn}/...``, ``final_norm/{scale, bias}``; all float32.
+    """
+    state = nnx.split(SASRecNet(settings, rngs=nnx.Rngs(params=key)))[1]
+    params = nnx.to_pure_dict(state)
+    table = params["item_embedding"]["embedding"]
+    params["item_embedding"]["embedding"] = table.at[0].set(0.0)
+    return params
+
+
+def _check_seq(seq, settings: SASRecSettings, name: str = "seq"):
+    seq = jnp.asarray(seq)
+    chex.assert_rank(seq, 2)
+    if not jnp.issubdtype(seq.dtype, jnp.integer):
+        raise SASRecError(f"{name}: expected integer item ids (+1, 0 = padding), got dtype {seq.dtype}")
+    if seq.shape[1] > settings.max_len:
+        raise SASRecError(f"{name}: length {seq.shape[1]} exceeds SASRecSettings.max_len={settings.max_len}")
+    return seq
+
+
+def sequence_output(params: Params, seq, settings: SASRecSettings, *, key: jax.Array | None = None,
+                    train: bool = False) -> jax.Array:
+    """float32 [B, L, d]: the network's output at every position of ``seq``.
+
+    seq: int [B, L] item ids + 1, left-padded with 0, L <= max_len. ``train=True`` applies
+    dropout with ``key`` (required then); ``train=False`` is deterministic (``key`` ignored).
+    The output at position t depends on ``seq[:, :t+1]`` only (causal attention).
+    """
+    seq = _check_seq(seq, settings)
+    if train and key is None:
+        raise SASRecError("key: a jax.random key is required when train=True (dropout)")
+    rngs = nnx.Rngs(dropout=key) if train else None
+    return as_module(params, settings)(seq, train, rngs)
+
+
+def user_representation(params: Params, seq, settings: SASRecSettings) -> jax.Array:
+    """float32 [B, d]: the output at the last position (SASRec.pytorch ``predict``: ``log_feats[:, -1]``)."""
+    return sequence_output(params, seq, settings)[:, -1, :]
+
+
+def item_table(params: Params) -> jax.Array:
+    """float32 [I + 1, d]: the item embedding table; row 0 is padding, item dense id i is row i + 1."""
+    return params["item_embedding"]["embedding"]
+
+
+def bce_loss(params: Params, batch, settings: SASRecSettings, key: jax.Array | None,
+             train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Reference BCE loss of one batch of training windows -> (loss [], aux).
+
+    batch: ``seq``, ``pos``, ``neg`` int [B, L] (ids + 1, 0 = padding; ``user`` is unused).
+    loss = mean over positions with ``pos != 0`` of softplus(-pos_logit) (BCE, label 1)
+    + the same mean of softplus(neg_logit) (label 0), logit = output_t . item_emb[id]
+    (A-LLMRec ``pre_train/sasrec/main.py``). aux: ``bce_pos``, ``bce_neg`` (the two terms).
+    ``key``: dropout key (required with ``train=True``).
+    """
+    seq, pos, neg = (jnp.asarray(batch[k]) for k in ("seq", "pos", "neg"))
+    chex.assert_equal_shape([seq, pos, neg])
+    out = sequence_output(params, seq, settings, key=key, train=train)
+    table = item_table(params)
+    pos_logit = jnp.sum(out * table[pos], axis=-1)
+    neg_logit = jnp.sum(out * table[neg], axis=-1)
+    mask = (pos != 0).astype(out.dtype)
+    count = jnp.maximum(mask.sum(), 1.0)
+    bce_pos = jnp.sum(jax.nn.softplus(-pos_logit) * mask) / count
+    bce_neg = jnp.sum(jax.nn.softplus(neg_logit) * mask) / count
+    return bce_pos + bce_neg, {"bce_pos": bce_pos, "bce_neg": bce_neg}
+
+
+def score_candidates(params: Params, seq, candidates, settings: SASRecSettings) -> jax.Array:
+    """float32 [B, C]: ``user_representation . item_emb`` for each user's candidate items.
+
+    seq: int [B, L] (ids + 1, 0 = padding); candidates: int [B, C] **dense item ids**
+    (0-based, NOT shifted: as stored by ``jaxrec.eval.candidates``), looked up at row id + 1.
+    """
+    candidates = jnp.asarray(candidates)
+    chex.assert_rank(candidates, 2)
+    user = user_representation(params, seq, settings)
+    chex.assert_equal_shape_prefix([user, candidates], 1)
+    return jnp.einsum("bd,bcd->bc", user, item_table(params)[candidates + 1])
+
+
+def embed(params: Params, histories, settings: SASRecSettings, chunk_size: int = 1024):
+    """(user_emb float32 [U, d], item_emb float32 [I, d]) for scoring by dot product.
+
+    histories: int [U, L] (``jaxrec.data.sequences.histories`` of the stage); user_emb[u] is
+    the last-position output of row u, computed ``chunk_size`` users at a time
+    (``lax.map``, so U = 1e5 needs only one chunk's activations); item_emb = the item table
+    without its padding row (dense id i -> row i). Jit-compatible (``settings`` static).
+    """
+    histories = _check_seq(histories, settings, "histories")
+    if chunk_size < 1:
+        raise SASRecError(f"chunk_size: expected >= 1, got {chunk_size}")
+    num_users, length = histories.shape
+    chunk = max(1, min(chunk_size, num_users))
+    chunks = -(-num_users // chunk)
+    padded = jnp.pad(histories, ((0, chunks * chunk - num_users), (0, 0)))
+    user = jax.lax.map(lambda s: user_representation(params, s, settings), padded.reshape(chunks, chunk, length))
+    return user.reshape(chunks * chunk, -1)[:num_users], item_table(params)[1:]
+
+
+__all__ = ["SASRecSettings", "SASRecError", "SASRecNet", "SASRecBlock", "PointWiseFeedForward", "NORMS",
+           "init_params", "as_module", "sequence_output", "user_representation", "item_table", "bce_loss",
+           "score_candidates", "embed"]
