@@ -103,10 +103,10 @@ class Config:
 
     @classmethod
     def for_model(cls, model: str, **overrides: Any) -> "Config":
-        """Defaults of backbone ``model`` (the LLMInit reference protocol) plus overrides."""
+        """The defaults of backbone ``model`` (``model_defaults``: e.g. SASRec's protocol; the
+        LLMInit reference protocol for the CF backbones) plus ``overrides``."""
         import_plugins(overrides.get("plugins", ()))
-        R.MODELS.check(model, "model")
-        return cls(model=model, **overrides)
+        return cls(**{**model_defaults(model), "model": model, **overrides})
 
     def replace(self, **kw: Any) -> "Config":
         unknown = sorted(set(kw) - set(field_names()))
@@ -131,9 +131,17 @@ class Config:
         return cls(**coerce_mapping(d, source))
 
 
+def model_defaults(model: str) -> dict[str, Any]:
+    """The config values backbone ``model`` was registered with (``register_model(..., defaults=)``);
+    ``ConfigError`` naming ``model`` when it is not registered."""
+    builder = R.MODELS.get(model, "model")
+    return dict(getattr(builder, "config_defaults", None) or {})
+
+
 def build_config(*layers: Mapping[str, Any], sets: Iterable[str] = (), source: str = "--set") -> Config:
     """One ``Config`` from layers of already typed values (later wins) and ``key=value`` strings
-    on top, validated once after every layer is applied (defaults < file < flags < --set)."""
+    on top, validated once after every layer is applied (defaults < the chosen model's defaults
+    < file < flags < --set)."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
@@ -142,7 +150,7 @@ def build_config(*layers: Mapping[str, Any], sets: Iterable[str] = (), source: s
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(field_names())}")
     import_plugins(merged.get("plugins", ()))
-    return Config(**merged)
+    return Config(**{**model_defaults(merged.get("model", Config.model)), **merged})
 
 
 def parse_assignments(assignments: Iterable[str], source: str = "--set") -> dict[str, Any]:

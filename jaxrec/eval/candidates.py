@@ -44,7 +44,7 @@ _NAME = re.compile(r"^(hit|ndcg)@(\d+)$|^mrr$")
 class CandidateSet:
     """users: int32 [M] sorted evaluated dense user ids; items: int32 [M, C] dense item ids,
     column 0 the user's held-out item; stage, seed; fingerprint: the dataset's
-    (``jaxrec.train.loop.dataset_fingerprint``)."""
+    (``jaxrec.data.fingerprint.dataset_fingerprint``)."""
 
     users: np.ndarray
     items: np.ndarray
@@ -71,7 +71,7 @@ class CandidateSet:
 
 
 def _fingerprint(dataset: Dataset) -> dict:
-    from jaxrec.train.loop import dataset_fingerprint  # lazy: jaxrec.train imports jaxrec.eval
+    from jaxrec.data.fingerprint import dataset_fingerprint
 
     return dataset_fingerprint(dataset)
 

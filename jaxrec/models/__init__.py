@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from jaxrec.config import Config
@@ -18,8 +19,19 @@ from jaxrec.models.sgl import make_sgl
 from jaxrec.registry import MODELS
 
 
-def register_model(name: str, builder: Callable[[Config], Model], *, replace: bool = False) -> Callable:
-    """Make backbone ``name`` known everywhere (``builder(config) -> Model``); returns ``builder``."""
+def register_model(name: str, builder: Callable[[Config], Model], *, defaults: dict | None = None,
+                   replace: bool = False) -> Callable:
+    """Make backbone ``name`` known everywhere (``builder(config) -> Model``); returns ``builder``.
+
+    ``defaults``: config values of this backbone's protocol (e.g. SASRec's batch size and
+    split), applied by ``Config.for_model(name)``, ``build_config`` and ``jaxrec train --model
+    name`` beneath the user's own settings.
+    """
+    if defaults is not None:
+        unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(Config)})
+        if unknown:
+            raise ValueError(f"register_model({name!r}): unknown config keys in defaults: {unknown}")
+        builder.config_defaults = dict(defaults)
     return MODELS.register(name, builder, replace=replace)
 
 

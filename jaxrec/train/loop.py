@@ -16,7 +16,6 @@ parameters as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import sys
 import time
@@ -30,6 +29,7 @@ import optax
 
 from jaxrec.config import Config, ConfigError
 from jaxrec.data import DataError, Dataset
+from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.eval.protocols import make_evaluator
 from jaxrec.models import Model, Params
 from jaxrec.train.batches import PreparedData, batch_source, prepare
@@ -203,21 +203,6 @@ def check_run(model: Model, dataset: Dataset, config: Config) -> None:
 def run_identity(model: Model, config: Config, dataset: Dataset) -> dict:
     """What a run folder belongs to (``run.json``): model, config, dataset fingerprint."""
     return {"model": model.name, "config": config.to_dict(), "dataset": dataset_fingerprint(dataset)}
-
-
-def dataset_fingerprint(dataset: Dataset) -> dict:
-    """Sizes and a hash of the training/held-out pairs: identifies the data a run used."""
-    h = hashlib.sha256()
-    for inter in (dataset.train, dataset.valid, dataset.test):
-        h.update(np.ascontiguousarray(inter.user, np.int32).tobytes())
-        h.update(np.ascontiguousarray(inter.item, np.int32).tobytes())
-    return {
-        "name": dataset.name,
-        "num_users": int(dataset.num_users),
-        "num_items": int(dataset.num_items),
-        "num_train": int(len(dataset.train)),
-        "sha256": h.hexdigest()[:16],
-    }
 
 
 def evaluate_params(model: Model, params: Params, context: Any, stage: str, config: Config,
