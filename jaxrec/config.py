@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from jaxrec import registry as R
 
+
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field."""
 

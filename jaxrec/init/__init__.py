@@ -24,7 +24,11 @@ from jaxrec.init.encoders import (
 )
 from jaxrec.init.normalize import normalize_items, typical_row_norm
 from jaxrec.init.pooling import user_table_from_items
-from jaxrec.init.precomputed import EmbeddingFileError, PrecomputedReport, load_precomputed
+from jaxrec.init.precomputed import (
+    EmbeddingFileError,
+    PrecomputedReport,
+    load_precomputed,
+)
 from jaxrec.init.recpca import (
     Cooccurrence,
     item_cooccurrence,
@@ -33,7 +37,6 @@ from jaxrec.init.recpca import (
     rec_pca,
 )
 from jaxrec.init.scaling import rescale, xavier_std
-from jaxrec.init.strategies import Initializer, InitInputs, get_initializer
 from jaxrec.init.selection import (
     initial_item_table,
     item_popularity,
@@ -41,6 +44,14 @@ from jaxrec.init.selection import (
     select_dims,
     top_eigenvectors,
 )
+from jaxrec.init.sources import (
+    REFERENCE_EMBEDDINGS,
+    EmbeddingSource,
+    find_reference_embeddings,
+    resolve_embedding_source,
+    save_precomputed,
+)
+from jaxrec.init.strategies import Initializer, InitInputs, get_initializer
 from jaxrec.init.text import (
     AMAZON_TEMPLATE,
     ML100K_TEMPLATE,
@@ -51,6 +62,11 @@ from jaxrec.init.text import (
 )
 
 __all__ = [
+    "REFERENCE_EMBEDDINGS",
+    "EmbeddingSource",
+    "find_reference_embeddings",
+    "resolve_embedding_source",
+    "save_precomputed",
     "AMAZON_TEMPLATE",
     "ML100K_TEMPLATE",
     "CacheInfo",
