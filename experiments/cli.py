@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from experiments.report import dataset_label
-from jaxrec.config import Config, ConfigError
+from jaxrec.config import Config, ConfigError, import_plugins
 from jaxrec.init import EmbeddingSource, resolve_embedding_source
 from jaxrec.registry import INITIALIZERS
 
@@ -61,6 +61,9 @@ def add_common_args(parser: argparse.ArgumentParser, backbones: str = "lightgcn"
     g.add_argument("--out", type=Path, default=None,
                    help="run folder (default checkpoints/<experiment>/<run-name>/)")
     g.add_argument("--name", default=None, help="run name for the default run folder")
+    g.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (or a .py file) first: its registered backbones/initializers/... become "
+                        "valid names (repeatable; recorded in every cell's config)")
     if text_source:
         g.add_argument("--encoder", default=None,
                        help="text encoder for LLM init (minilm, mpnet or a folder); default: the reference "
@@ -127,12 +130,14 @@ def start(args: argparse.Namespace) -> tuple[list[int], list[str]]:
     (seeds, backbones)."""
     setup_logging(args.verbose)
     enable_compile_cache(getattr(args, "compile_cache", None))
+    import_plugins(getattr(args, "plugin", ()))
     return parse_seeds(args.seeds), check_backbones(parse_list(args.backbones))
 
 
 def base_config(args: argparse.Namespace, **fields: Any) -> Config:
-    """``Config(dataset=args.dataset, **fields)`` + ``--set`` overrides + the ``--epochs`` cap."""
-    config = Config(dataset=str(args.dataset)).replace(**fields) if fields else Config(dataset=str(args.dataset))
+    """``Config(dataset=args.dataset, **fields)`` + ``--plugin`` + ``--set`` overrides + the ``--epochs`` cap."""
+    plugins = tuple(getattr(args, "plugin", ()))
+    config = Config(dataset=str(args.dataset), plugins=plugins).replace(**fields)
     config = config.with_overrides(args.set)
     if args.epochs is not None:
         if args.epochs < 1:
@@ -148,7 +153,7 @@ def check_backbones(names: Sequence[str]) -> list[str]:
     out = []
     for name in names:
         try:
-            get_model(Config(model=name))
+            get_model(Config.for_model(name))
         except ConfigError as e:
             raise ConfigError(f"--backbones: {e}") from None
         out.append(name)
