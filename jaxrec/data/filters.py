@@ -65,6 +65,59 @@ def drop_duplicates(inter: Interactions) -> tuple[Interactions, FilterReport]:
     return _finish(inter, keep, "drop_duplicates", f"kept the {how} of each (user, item) pair")
 
 
+def repeated_pairs(inter: Interactions) -> FilterReport | None:
+    """A report (nothing removed) counting repeated (user, item) pairs, or None when there are none.
+
+    Repeats change the data's meaning for many protocols (a pair can be both a training and a
+    held-out interaction); ``Config.dedup`` keeps the earliest of each instead.
+    """
+    keys = inter.keys()
+    if keys.size < 2:
+        return None
+    ks = np.sort(keys)
+    rep = ks[1:] == ks[:-1]
+    extra = int(np.count_nonzero(rep))
+    if not extra:
+        return None
+    pairs = int(np.count_nonzero(rep & np.concatenate([[True], ~rep[:-1]])))
+    k = int(ks[1:][rep][0])
+    ex = f"{inter.user_ids[k // inter.num_items]}, {inter.item_ids[k % inter.num_items]}"
+    return FilterReport("repeated_pairs", 0, 0, 0,
+                        f"{pairs:,} (user, item) pairs occur more than once ({extra:,} interactions beyond "
+                        f"the first of each), e.g. ({ex}); kept: dedup=true keeps the earliest of each")
+
+
+def count_filter(inter: Interactions, threshold: int, count_min_rating: float | None = None,
+                 name: str | None = None) -> tuple[Interactions, FilterReport]:
+    """One counting pass (not an iterative k-core): keep an interaction when its user and its
+    item each have at least ``threshold`` interactions, counted over the input; with
+    ``count_min_rating``, interactions rated below it are not counted (but are kept when
+    their user and item pass). Repeated pairs count each time.
+
+    Source: A-LLMRec, ``pre_train/sasrec/data_preprocess.py`` (``countU``/``countP`` over the
+    reviews file, then ``if countU[rev] < threshold or countP[asin] < threshold: continue``;
+    for Beauty and Toys ``threshold = 4`` and reviews with ``overall < 3`` are skipped in
+    the counting pass only).
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold: expected an integer >= 0, got {threshold}")
+    counted = np.ones(len(inter), dtype=bool)
+    if count_min_rating is not None:
+        if inter.rating is None:
+            raise DataError(f"count_filter(count_min_rating={count_min_rating}): the interactions have no rating "
+                            f"column; expected ratings, or count_min_rating=None")
+        counted = inter.rating >= np.float32(count_min_rating)
+    du = np.bincount(inter.user[counted], minlength=inter.num_users)
+    di = np.bincount(inter.item[counted], minlength=inter.num_items)
+    keep = (du[inter.user] >= threshold) & (di[inter.item] >= threshold)
+    label = name or f"count_filter(threshold={threshold}" + (
+        f", count_min_rating={count_min_rating})" if count_min_rating is not None else ")")
+    how = "one counting pass over users and items"
+    if count_min_rating is not None:
+        how += f"; ratings below {count_min_rating} not counted"
+    return _finish(inter, keep, label, how)
+
+
 def kcore(inter: Interactions, k: int) -> tuple[Interactions, FilterReport]:
     """Iterative k-core: repeatedly drop users and items with fewer than ``k`` interactions
     (repeated pairs count each time) until every remaining user and item has at least ``k``.
@@ -92,4 +145,5 @@ def keep_items(inter: Interactions, item_mask: np.ndarray, name: str, detail: st
     return _finish(inter, item_mask[inter.item], name, detail)
 
 
-__all__ = ["FilterReport", "rating_threshold", "drop_duplicates", "kcore", "keep_items"]
+__all__ = ["FilterReport", "rating_threshold", "drop_duplicates", "repeated_pairs", "count_filter", "kcore",
+           "keep_items"]

@@ -29,10 +29,14 @@ class SplitReport:
     num_test: int
     unsplit_users: int  # users whose interactions all stayed in train
     detail: str = ""
+    time_ties: int = 0  # order="time": interactions with the same timestamp as the user's previous one
 
     def __str__(self) -> str:
         s = (f"{self.name}: train {self.num_train:,}, valid {self.num_valid:,}, test {self.num_test:,} "
              f"interactions; {self.unsplit_users:,} users kept only in train")
+        if self.time_ties:
+            s += (f"; {self.time_ties:,} interactions share their user's previous timestamp "
+                  f"(ties keep file order)")
         return s + (f" ({self.detail})" if self.detail else "")
 
 
@@ -46,7 +50,8 @@ def _rng(rng) -> np.random.Generator:
 
 def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(perm [n], pos [n], count [n]): ``perm`` sorts by (user, order); for the interaction
-    at sorted place j, ``pos[j]`` is its place within its user and ``count[j]`` the user's size."""
+    at sorted place j, ``pos[j]`` is its place within its user and ``count[j]`` the user's size.
+    The time order is stable: equal timestamps keep the input (file) order."""
     if order not in ORDERS:
         raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
     n = len(inter)
@@ -63,6 +68,15 @@ def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray
     us = inter.user[perm]
     pos = idx - starts[us]
     return perm, pos, counts[us]
+
+
+def time_ties(inter: Interactions, perm: np.ndarray) -> int:
+    """Interactions whose timestamp equals that of the previous one of the same user in the
+    time order ``perm`` (their relative order is the file order, not a time order)."""
+    if inter.timestamp is None or len(perm) < 2:
+        return 0
+    us, ts = inter.user[perm], inter.timestamp[perm]
+    return int(np.count_nonzero((us[1:] == us[:-1]) & (ts[1:] == ts[:-1])))
 
 
 def _take3(inter, perm, part):
@@ -98,7 +112,8 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
         detail = f"users with < 3 interactions, not evaluated: {ex}{', ...' if len(short) > 10 else ''}"
         log.warning("leave_one_out: %d users have fewer than 3 interactions and stay in train only "
                     "(they cannot be evaluated): %s", len(short), ex + (", ..." if len(short) > 10 else ""))
-    rep = SplitReport(f"leave_one_out(order={order})", len(train), len(valid), len(test), len(short), detail)
+    rep = SplitReport(f"leave_one_out(order={order})", len(train), len(valid), len(test), len(short), detail,
+                      time_ties(inter, perm) if order == "time" else 0)
     return train, valid, test, rep
 
 
@@ -131,8 +146,9 @@ def ratio_split(inter: Interactions, ratios=(0.8, 0.1, 0.1), order: str = "rando
     train, valid, test = _take3(inter, perm, part)
     no_eval = int(((cnt[:, 1] == 0) & (cnt[:, 2] == 0)).sum())
     rep = SplitReport(f"ratio_split(ratios={tuple(float(x) for x in ratios)}, order={order})",
-                      len(train), len(valid), len(test), no_eval)
+                      len(train), len(valid), len(test), no_eval, "",
+                      time_ties(inter, perm) if order == "time" else 0)
     return train, valid, test, rep
 
 
-__all__ = ["SplitReport", "leave_one_out", "ratio_split"]
+__all__ = ["SplitReport", "leave_one_out", "ratio_split", "time_ties"]
