@@ -92,31 +92,37 @@ def read_atomic_table(path: str | Path, engine: str = "auto", reports: list | No
     """Parse an atomic file into an :class:`AtomicTable` (no per-row Python work on the
     pyarrow path). See :func:`read_atomic` for ``engine`` and errors."""
     path = Path(path)
+    _must_exist(path)
+    return fast_then_exact(path, lambda enc: _arrow_table(path, enc), lambda enc: _exact_table(path, enc),
+                           reports, engine)
+
+
+def fast_then_exact(path: Path, fast, exact, reports: list | None, engine: str = "auto"):
+    """``fast(encoding)`` (pyarrow) as UTF-8; when it fails, the detected encoding (reported)
+    with ``fast`` again if that is not UTF-8, then ``exact(encoding)``, which names the bad
+    line in a DataError. A DataError from ``fast`` (e.g. a bad header) is final.
+    ``engine="python"`` runs only ``exact``; ``"arrow"`` turns a pyarrow failure into a
+    DataError instead of running ``exact``."""
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
-    _must_exist(path)
-    if engine == "python":
-        enc = sniff_encoding(path)
-        report_encoding(enc, reports)
-        return _exact_table(path, enc)
-    enc = utf8_guess(path)
-    try:
-        return _arrow_table(path, enc)
-    except DataError:
-        raise
-    except FAST_ERRORS:
-        if engine == "arrow":
-            raise DataError(f"{path}: pyarrow cannot parse it; use engine='auto' for the exact reader") from None
+    if engine != "python":
+        try:
+            return fast(utf8_guess(path))
+        except DataError:
+            raise
+        except FAST_ERRORS as e:
+            if engine == "arrow":
+                raise DataError(f"{path}: pyarrow cannot parse it ({e}); engine='auto' names the bad line") from None
     enc = sniff_encoding(path)
     report_encoding(enc, reports)
-    if enc.name != "utf-8":
+    if enc.name != "utf-8" and engine != "python":
         try:
-            return _arrow_table(path, enc)
+            return fast(enc)
         except DataError:
             raise
         except FAST_ERRORS:
             pass
-    return _exact_table(path, enc)
+    return exact(enc)
 
 
 def column_values(t: AtomicTable, name: str):
@@ -234,18 +240,7 @@ def _arrow_types(types: Mapping[str, str]) -> dict[str, pa.DataType]:
 
 def _arrow_table(path: Path, enc: Encoding) -> AtomicTable:
     types = _parse_header(path, _first_line(path, enc))
-    names = list(types)
-    stream = arrow_input(path, enc)
-    try:
-        table = pcsv.read_csv(
-            stream,
-            read_options=pcsv.ReadOptions(skip_rows=1, column_names=names, block_size=_BLOCK),
-            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                            newlines_in_values=False, ignore_empty_lines=True),
-            convert_options=pcsv.ConvertOptions(column_types=_arrow_types(types), null_values=[""],
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False))
-    finally:
-        stream.close()
+    table = arrow_csv(path, enc, _arrow_types(types), "\t", skip_rows=1)
     return AtomicTable(path, table, types, enc)
 
 
@@ -254,25 +249,50 @@ def _exact_table(path: Path, enc: Encoding) -> AtomicTable:
     lines = decoded_lines(path, enc)
     first = next(lines, None)
     types = _parse_header(path, first[1] if first else "")
+    table, line_no = exact_csv(path, lines, _arrow_types(types), "\t", "tab-separated cells")
+    return AtomicTable(path, table, types, enc, line_no)
+
+
+def arrow_csv(path: Path, enc: Encoding, types: Mapping[str, pa.DataType], delimiter: str,
+              skip_rows: int = 0) -> pa.Table:
+    """pyarrow's CSV reader without quoting: ``types`` gives the columns (float64 or string,
+    in order); empty lines are skipped; empty float cells are nulls. Raises pyarrow's errors."""
+    stream = arrow_input(path, enc)
+    try:
+        return pcsv.read_csv(
+            stream,
+            read_options=pcsv.ReadOptions(skip_rows=skip_rows, column_names=list(types), block_size=_BLOCK),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False,
+                                            newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pcsv.ConvertOptions(column_types=dict(types), null_values=[""],
+                                                strings_can_be_null=False, quoted_strings_can_be_null=False))
+    finally:
+        stream.close()
+
+
+def exact_csv(path: Path, lines, types: Mapping[str, pa.DataType], delimiter: str | None,
+              what: str) -> tuple[pa.Table, np.ndarray]:
+    """The exact twin of :func:`arrow_csv` over ``(line number, text)`` pairs: (table, line
+    of each row). ``delimiter=None`` splits on runs of whitespace. DataError names the line
+    (and field) of a row with another number of cells or a malformed number."""
     names = list(types)
     cols: list[list] = [[] for _ in names]
     line_no: list[int] = []
-    floats = [types[n] == "float" for n in names]
+    floats = [pa.types.is_floating(types[n]) for n in names]
     for no, line in lines:
-        if not line:
+        if not line or (delimiter is None and not line.strip()):
             continue  # empty lines are not rows
-        cells = line.split("\t")
+        cells = line.split(delimiter)
         if len(cells) != len(names):
-            raise DataError(f"{where(path, no)}: expected {len(names)} tab-separated cells "
-                            f"({', '.join(names)}), got {len(cells)}")
+            raise DataError(f"{where(path, no)}: expected {len(names)} {what} ({', '.join(names)}), "
+                            f"got {len(cells)}")
         for j, c in enumerate(cells):
             if floats[j]:
                 c = _float_cell(c, path, no, names[j], "float")
             cols[j].append(c)
         line_no.append(no)
-    arrow_types = _arrow_types(types)
-    table = pa.table({n: pa.array(c, type=arrow_types[n]) for n, c in zip(names, cols)})
-    return AtomicTable(path, table, types, enc, np.asarray(line_no, dtype=np.int64))
+    table = pa.table({n: pa.array(c, type=types[n]) for n, c in zip(names, cols)})
+    return table, np.asarray(line_no, dtype=np.int64)
 
 
 def _float_cell(cell: str, path, no, name: str, kind: str) -> float | None:
@@ -326,4 +346,4 @@ def _check_text(path: Path, name: str, text: str, extra: str = "") -> None:
 
 
 __all__ = ["TYPES", "AtomicTable", "read_atomic", "read_atomic_header", "read_atomic_table", "write_atomic",
-           "column_values"]
+           "column_values", "arrow_csv", "exact_csv", "fast_then_exact"]

@@ -23,6 +23,7 @@ from ..config import Config
 from . import filters
 from .atomic import AtomicTable, read_atomic, read_atomic_table
 from .cache import Prepared, cached_prepare
+from .cells import check_cells
 from .errors import DataError, where
 from .filters import FilterReport
 from .interactions import Interactions, dense_ids
@@ -172,70 +173,25 @@ def interactions_from_table(t: AtomicTable, missing: str = "error", reports: lis
     return _interactions(t.table.select(keep), t.path, missing, reports, t.line_of)
 
 
-def _interactions(table: pa.Table, path: Path, missing: str, reports: list | None, line_of) -> Interactions:
-    """Validate cells (ids non-empty, numbers finite), then factorize ids (vectorized)."""
-    if missing not in ("error", "drop"):
-        raise ValueError(f"missing: expected 'error' or 'drop', got {missing!r}")
-    n = table.num_rows
-    bad: dict[str, np.ndarray] = {}
-    for name in table.column_names:
-        col = table.column(name)
-        if name in ("user_id", "item_id"):
-            b = pc.fill_null(pc.equal(col, ""), True)
-        else:
-            b = pc.invert(pc.fill_null(pc.is_finite(col), False))
-        b = b.to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=bool)
-        if b.any():
-            bad[name] = b
+def _interactions(table: pa.Table, path: Path, missing: str, reports: list | None, line_of,
+                  names: Mapping[str, str] | None = None) -> Interactions:
+    """Check cells (ids non-empty, numbers finite; see :func:`jaxrec.data.cells.check_cells`),
+    then factorize ids (vectorized). ``names``: column -> the file's field name, for messages."""
+    keep, detail = check_cells(table, path, line_of, missing, names)
     users, items = table.column("user_id"), table.column("item_id")
-    if bad:
-        any_bad = np.logical_or.reduce(list(bad.values()))
-        counts = ", ".join(f"{k} {int(v.sum()):,}" for k, v in bad.items())
-        if missing == "error":
-            row = int(np.flatnonzero(any_bad)[0])
-            field = next(k for k, v in bad.items() if v[row])
-            value = table.column(field)[row].as_py()
-            got = "an empty cell" if value in (None, "") else f"{value!r}"
-            want = "a non-empty id" if field in ("user_id", "item_id") else "a finite number"
-            raise DataError(f"{_where_row(path, line_of, row, field)}: {got}; expected {want} "
-                            f"({int(any_bad.sum()):,} rows have a missing or non-finite value: {counts}; "
-                            f"missing=drop drops them, counted in a report)")
-        users = pc.fill_null(users, "")
-        items = pc.fill_null(items, "")
+    if keep is not None:
+        users, items = pc.fill_null(users, ""), pc.fill_null(items, "")
     user_ids, user = dense_ids(users)
     item_ids, item = dense_ids(items)
-    num = {k: pc.fill_null(table.column(k), math.nan).to_numpy() if n else np.zeros(0)
+    num = {k: pc.fill_null(table.column(k), math.nan).to_numpy() if table.num_rows else np.zeros(0)
            for k in ("rating", "timestamp") if k in table.column_names}
     inter = Interactions(user, item, num.get("rating"), num.get("timestamp"), user_ids, item_ids)
-    if bad:
-        rows = np.flatnonzero(any_bad)
-        lines = _lines(line_of, rows[:5])
-        where_ = "lines" if lines is not None else "rows"
-        ex = ", ".join(map(str, (lines if lines is not None else rows[:5]).tolist()))
-        if not (~any_bad).any():
-            raise DataError(f"{path}: every row has a missing or non-finite value ({counts}); nothing to load")
-        inter, rep = filters._finish(inter, ~any_bad, "missing_values",
-                                     f"rows with an empty id or a missing/non-finite number in {path}: "
-                                     f"{counts}; e.g. {where_} {ex}; missing=drop")
+    if keep is not None:
+        inter, rep = filters._finish(inter, keep, "missing_values", detail)
         log.warning("%s", rep)
         if reports is not None:
             reports.append(rep)
     return inter
-
-
-def _lines(line_of, rows) -> np.ndarray | None:
-    if line_of is None:
-        return None
-    try:
-        lines = line_of(rows)
-    except (OSError, DataError):
-        return None
-    return None if lines is None or (np.asarray(lines) < 1).any() else np.asarray(lines)
-
-
-def _where_row(path, line_of, row: int, field: str) -> str:
-    lines = _lines(line_of, [row])
-    return where(path, int(lines[0]), field) if lines is not None else f"{where(path, field=field)} (row {row})"
 
 
 def dataset_from_interactions(name: str, inter: Interactions, config: Config | None = None,
