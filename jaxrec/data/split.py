@@ -1,8 +1,10 @@
 """Per-user splits into train / valid / test (all three share the input's id maps).
 
-Users are grouped with one ``np.lexsort``; the order inside a user's group is either time
-(timestamp, ties by input position) or a seeded random permutation. Each split keeps its
-interactions in input order.
+The order inside a user's group is either time (timestamp, NaN last, ties by input
+position: a stable order; ties are counted in the report) or a seeded random permutation.
+``leave_one_out`` needs only each user's last two interactions in that order: it finds
+them in O(n) with ``np.maximum.at`` (no sort); ``ratio_split`` groups users with stable
+argsorts. Each split keeps its interactions in input order.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import numpy as np
 
 from .errors import DataError
-from .interactions import Interactions
+from .interactions import Interactions, stable_argsort_int
 
 log = logging.getLogger("jaxrec.data")
 ORDERS = ("random", "time")
@@ -60,9 +62,10 @@ def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray
         if inter.timestamp is None:
             raise DataError("split order='time': the interactions have no timestamp column; "
                             "expected timestamps, or order='random'")
-        perm = np.lexsort((idx, inter.timestamp, inter.user))
+        first = np.argsort(inter.timestamp, kind="stable")  # == lexsort((idx, timestamp, user)), 2 sorts
     else:
-        perm = np.lexsort((_rng(rng).permutation(n), inter.user))
+        first = _inverse(_rng(rng).permutation(n))  # == lexsort((permutation, user)), 1 sort
+    perm = first[stable_argsort_int(inter.user[first], inter.num_users)]
     counts = np.bincount(inter.user, minlength=inter.num_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     us = inter.user[perm]
@@ -70,13 +73,45 @@ def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray
     return perm, pos, counts[us]
 
 
-def time_ties(inter: Interactions, perm: np.ndarray) -> int:
-    """Interactions whose timestamp equals that of the previous one of the same user in the
-    time order ``perm`` (their relative order is the file order, not a time order)."""
-    if inter.timestamp is None or len(perm) < 2:
+def _inverse(p: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(p)
+    inv[p] = np.arange(p.size, dtype=p.dtype)
+    return inv
+
+
+def time_ties(inter: Interactions) -> int:
+    """Interactions whose timestamp equals an earlier one of the same user (n minus the
+    number of distinct (user, timestamp) pairs; NaN timestamps not counted): in a time order
+    these keep the file order, not a time order. One integer sort of (user, time rank)."""
+    if inter.timestamp is None or len(inter) < 2:
         return 0
-    us, ts = inter.user[perm], inter.timestamp[perm]
-    return int(np.count_nonzero((us[1:] == us[:-1]) & (ts[1:] == ts[:-1])))
+    ok = ~np.isnan(inter.timestamp)
+    ts, user = inter.timestamp[ok], inter.user[ok].astype(np.int64)
+    if ts.size < 2:
+        return 0
+    lo, hi = float(ts.min()), float(ts.max())
+    if np.isfinite(hi - lo) and (ts == np.floor(ts)).all() and (hi - lo + 1) * inter.num_users < 2.0 ** 62:
+        span, rank = int(hi - lo) + 1, (ts - lo).astype(np.int64)  # whole seconds: the offset is the rank
+    else:
+        values = np.unique(ts)
+        span, rank = values.size, np.searchsorted(values, ts)
+    keys = np.sort(user * span + rank)
+    return int(np.count_nonzero(keys[1:] == keys[:-1]))
+
+
+def _last_per_user(user: np.ndarray, keys: list[np.ndarray], rows: np.ndarray, num_users: int) -> np.ndarray:
+    """For each user, the row among ``rows`` that is last in the lexicographic order of
+    ``keys`` (most significant first; the last key must be unique per user); -1 if none.
+    O(n) with ``np.maximum.at``: the group's maximum of each key in turn, keeping the rows
+    that reach it."""
+    cand = rows
+    for k in keys:
+        best = np.full(num_users, -np.inf)
+        np.maximum.at(best, user[cand], k[cand])
+        cand = cand[k[cand] == best[user[cand]]]
+    out = np.full(num_users, -1, dtype=np.int64)
+    out[user[cand]] = cand
+    return out
 
 
 def _take3(inter, perm, part):
@@ -93,13 +128,29 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
     evaluated); they are counted in the report and named in a warning.
     Returns ``(train, valid, test, SplitReport)``.
     """
-    perm, pos, count = _group(inter, order, rng)
-    from_end = count - 1 - pos
-    ok = count >= 3
-    part = np.zeros(len(inter), dtype=np.int8)
-    part[ok & (from_end == 1)] = 1
-    part[ok & (from_end == 0)] = 2
-    train, valid, test = _take3(inter, perm, part)
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
+    n = len(inter)
+    idx = np.arange(n, dtype=np.int64)
+    if order == "time":
+        if inter.timestamp is None:
+            raise DataError("split order='time': the interactions have no timestamp column; "
+                            "expected timestamps, or order='random'")
+        ts = inter.timestamp
+        late = np.isnan(ts)  # NaN sorts after every number (as np.sort / np.lexsort do)
+        keys = [late.astype(np.float64), np.where(late, 0.0, ts), idx.astype(np.float64)]
+    else:
+        keys = [_rng(rng).permutation(n).astype(np.float64)]  # the same draw the sorted version uses
+    counts = np.bincount(inter.user, minlength=inter.num_users)
+    rows = np.flatnonzero(counts[inter.user] >= 3)
+    test_row = _last_per_user(inter.user, keys, rows, inter.num_users)
+    test_row = test_row[test_row >= 0]
+    is_test = np.zeros(n, dtype=bool)
+    is_test[test_row] = True
+    valid_row = _last_per_user(inter.user, keys, rows[~is_test[rows]], inter.num_users)
+    is_valid = np.zeros(n, dtype=bool)
+    is_valid[valid_row[valid_row >= 0]] = True
+    train, valid, test = (inter.take(~(is_test | is_valid)), inter.take(is_valid), inter.take(is_test))
     counts = np.bincount(inter.user, minlength=inter.num_users)
     short = np.flatnonzero((counts > 0) & (counts < 3))
     if len(valid) == 0:
@@ -113,7 +164,7 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
         log.warning("leave_one_out: %d users have fewer than 3 interactions and stay in train only "
                     "(they cannot be evaluated): %s", len(short), ex + (", ..." if len(short) > 10 else ""))
     rep = SplitReport(f"leave_one_out(order={order})", len(train), len(valid), len(test), len(short), detail,
-                      time_ties(inter, perm) if order == "time" else 0)
+                      time_ties(inter) if order == "time" else 0)
     return train, valid, test, rep
 
 
@@ -147,7 +198,7 @@ def ratio_split(inter: Interactions, ratios=(0.8, 0.1, 0.1), order: str = "rando
     no_eval = int(((cnt[:, 1] == 0) & (cnt[:, 2] == 0)).sum())
     rep = SplitReport(f"ratio_split(ratios={tuple(float(x) for x in ratios)}, order={order})",
                       len(train), len(valid), len(test), no_eval, "",
-                      time_ties(inter, perm) if order == "time" else 0)
+                      time_ties(inter) if order == "time" else 0)
     return train, valid, test, rep
 
 
