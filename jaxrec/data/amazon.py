@@ -113,6 +113,7 @@ def _read_json(path: str | Path, schema: pa.Schema, exact_row: Callable[[dict, P
                                                                unexpected_field_behavior="ignore"))
         finally:
             stream.close()
+        table.validate(full=True)  # pyarrow's JSON reader does not check UTF-8: this does (ArrowInvalid)
         return JsonTable(path, table, enc, exact=lambda: exact(enc))
 
     def exact(enc: Encoding) -> JsonTable:

@@ -86,8 +86,8 @@ def check_cells(table: pa.Table, path, line_of: Callable | None, missing: str = 
         raise DataError(f"{path}: every row has a missing, empty or non-finite value ({counts}); nothing to load")
     rows = np.flatnonzero(any_bad)[:5]
     lines = lines_or_none(line_of, rows)
-    ex = (f"lines {', '.join(map(str, lines.tolist()))}" if lines is not None
-          else f"rows {', '.join(map(str, rows.tolist()))}")
+    word = ("line" if lines is not None else "row") + ("s" if rows.size > 1 else "")
+    ex = f"{word} {', '.join(map(str, (lines if lines is not None else rows).tolist()))}"
     detail = (f"{total:,} rows of {path} with a missing, empty or non-finite value ({counts}), e.g. {ex}; "
               f"missing=drop")
     return ~any_bad, detail
