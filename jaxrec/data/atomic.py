@@ -343,6 +343,11 @@ def _check_text(path: Path, name: str, text: str, extra: str = "") -> None:
     if bad:
         raise DataError(f"{where(path, field=name)}: value {text!r} contains {bad[0]!r}, which the "
                         f"atomic format cannot hold")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where(path, field=name)}: value {text!r} is not valid Unicode text "
+                        f"(a lone surrogate); UTF-8 cannot hold it") from None
 
 
 __all__ = ["TYPES", "AtomicTable", "read_atomic", "read_atomic_header", "read_atomic_table", "write_atomic",

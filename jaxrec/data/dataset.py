@@ -2,9 +2,13 @@
 
 ``load_dataset`` reads RecBole atomic files; ``dataset_from_interactions`` applies the same
 pipeline (filters -> split -> feature alignment) to ``Interactions`` built elsewhere.
-Pipeline order: rating_threshold (if ``config.rating_threshold`` is set), drop_duplicates
-(if ``config.dedup``), kcore (if ``config.kcore > 0``), then ``config.split`` with
-``np.random.default_rng(config.seed)``.
+Pipeline: cell checks (empty ids, missing or non-finite ratings / timestamps: DataError,
+or dropped and reported with ``config.missing="drop"``), missing features,
+rating_threshold (if ``config.rating_threshold`` is set), drop_duplicates (if
+``config.dedup``; else repeated (user, item) pairs are counted in a report), kcore (if
+``config.kcore > 0``) or a protocol's counting pass, then ``config.split`` with
+``np.random.default_rng(config.seed)``. Everything before the split is a
+:class:`~jaxrec.data.cache.Prepared` dataset, cached on disk by the loaders.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Column names match RecBole's atomic ml-100k: interactions ``user_id, item_id, ra
 timestamp``; items ``item_id, movie_title, release_year, class``; users ``user_id, age,
 gender, occupation, zip_code``. ``movie_title`` and ``class`` are token lists (like
 token_seq); the "(1995)" year suffix moves from the title into ``release_year``.
+The original files are latin-1: every reader detects and reports the encoding
+(:mod:`jaxrec.data.textio`). Parsing: pyarrow's CSV reader, then the exact line reader
+(which also accepts space-separated ``u.data``) when that fails.
 """
 
 from __future__ import annotations

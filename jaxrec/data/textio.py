@@ -25,6 +25,7 @@ import codecs
 import dataclasses
 import gzip
 import hashlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -166,26 +167,19 @@ def sniff_encoding(path: str | Path) -> Encoding:
 def decoded_lines(path: str | Path, enc: Encoding) -> Iterator[tuple[int, str]]:
     """(1-based line number, text without its line end) for every line, BOM removed.
 
-    Lines end at ``\\r\\n``, ``\\n`` or a lone ``\\r``; a final line end adds no empty line.
-    Reads the whole (decompressed) file into memory: this is the exact, slow path.
+    Lines end at ``\r\n``, ``\n`` or a lone ``\r`` (universal newlines); a final line end
+    adds no empty line. Streams the file (memory of one line): this is the exact, slow path.
     """
     path = Path(path)
+    codec = "utf-8-sig" if enc.name == "utf-8" else enc.name
     try:
-        with open_bytes(path) as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e}); expected text, plain or gzip") from None
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
-    try:
-        text = data.decode(enc.name)
+        with io.TextIOWrapper(open_bytes(path), encoding=codec, newline=None) as f:
+            for no, line in enumerate(f, start=1):
+                yield no, line[:-1] if line.endswith("\n") else line
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid {enc.name} ({e})") from None
-    del data
-    parts = LINE_END.split(text)
-    if parts and parts[-1] == "":
-        parts.pop()
-    return enumerate(parts, start=1)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); expected text, plain or gzip") from None
 
 
 def row_lines(path: str | Path, rows, skip_lines: int = 0, blank: str = "empty",
@@ -260,16 +254,5 @@ def report_encoding(enc: Encoding, reports: list | None) -> None:
             reports.append(ReadReport("encoding", enc.detail))
 
 
-def read_text(path: str | Path, reports: list | None = None) -> tuple[str, Encoding]:
-    """Whole file as text with the detected encoding (small files only)."""
-    enc = sniff_encoding(path)
-    report_encoding(enc, reports)
-    with open_bytes(path) as f:
-        data = f.read()
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
-    return data.decode(enc.name), enc
-
-
 __all__ = ["Encoding", "ReadReport", "sniff_encoding", "utf8_guess", "decoded_lines", "row_lines",
-           "file_sha256", "arrow_input", "open_bytes", "report_encoding", "read_text"]
+           "file_sha256", "arrow_input", "open_bytes", "report_encoding"]
