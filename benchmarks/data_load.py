@@ -1,10 +1,11 @@
 """Loading a large ``.inter`` file: jaxrec's load_dataset vs a plain pyarrow / polars parse.
 
-Synthetic power-law data (Zipf user and item popularity, 1e6 and 1e7 rows by default,
-columns user_id:token, item_id:token, rating:float, timestamp:float; about 3% repeated
-(user, item) pairs) is written once per size. Every measurement runs in a fresh
-subprocess, so its peak memory is its own (``ru_maxrss``; the figure is the peak minus the
-process's RSS right after its imports, i.e. what the load itself added). Per size:
+Synthetic power-law data (user / item popularity ~ rank^-0.8 / rank^-1.0, 1e6 and 1e7
+rows by default, columns user_id:token, item_id:token, rating:float, timestamp:float;
+3% of rows repeat an earlier pair, more repeats come from popular pairs) is written once
+per size. Every measurement runs in a fresh subprocess, so its peak memory is its own
+(``VmHWM``; also given: the peak minus the RSS right after the imports, i.e. what the load
+itself added). Per size:
 
 - ``pyarrow parse``: ``pyarrow.csv.read_csv`` of the file, nothing else (the competitor);
 - ``polars parse``: ``polars.read_csv`` of the file, nothing else (if polars is installed);
@@ -41,13 +42,15 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import machine_line  # noqa: E402
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 kind, path, split, cache_dir = sys.argv[1:5]
-def rss_mb():
+def status_mb(key):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
+def rss_mb():
+    return status_mb("VmRSS")
 if kind == "pyarrow":
     import pyarrow as pa, pyarrow.csv as pcsv
     base = rss_mb(); t = time.perf_counter()
@@ -68,7 +71,7 @@ else:
     ds = load_dataset(path, cfg)
     n = len(ds.train) + len(ds.valid) + len(ds.test)
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")  # this process image's peak (ru_maxrss would carry the parent's over fork)
 print(json.dumps({"seconds": dt, "peak_mb": peak, "base_mb": base, "rows": n}))
 """
 

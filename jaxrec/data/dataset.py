@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -185,8 +186,8 @@ def _interactions(table: pa.Table, path: Path, missing: str, reports: list | Non
     users, items = table.column("user_id"), table.column("item_id")
     if keep is not None:
         users, items = pc.fill_null(users, ""), pc.fill_null(items, "")
-    user_ids, user = dense_ids(users)
-    item_ids, item = dense_ids(items)
+    with ThreadPoolExecutor(2) as pool:  # pyarrow hashes without the GIL: users and items at once
+        (user_ids, user), (item_ids, item) = pool.map(dense_ids, (users, items))
     num = {k: pc.fill_null(table.column(k), math.nan).to_numpy() if table.num_rows else np.zeros(0)
            for k in ("rating", "timestamp") if k in table.column_names}
     inter = Interactions(user, item, num.get("rating"), num.get("timestamp"), user_ids, item_ids)

@@ -99,13 +99,15 @@ def time_ties(inter: Interactions) -> int:
     return int(np.count_nonzero(keys[1:] == keys[:-1]))
 
 
-def _last_per_user(user: np.ndarray, keys: list[np.ndarray], rows: np.ndarray, num_users: int) -> np.ndarray:
-    """For each user, the row among ``rows`` that is last in the lexicographic order of
-    ``keys`` (most significant first; the last key must be unique per user); -1 if none.
-    O(n) with ``np.maximum.at``: the group's maximum of each key in turn, keeping the rows
-    that reach it."""
-    cand = rows
-    for k in keys:
+def _last_per_user(user: np.ndarray, keys: list[np.ndarray], active: np.ndarray, num_users: int) -> np.ndarray:
+    """For each user, the row (among ``active``, bool [n]) that is last in the lexicographic
+    order of ``keys`` (most significant first; the last key must be unique per user); -1 if
+    none. O(n) with ``np.maximum.at``: the group's maximum of each key in turn, keeping the
+    rows that reach it (the first pass runs on whole arrays, later ones on the few left)."""
+    best = np.full(num_users, -np.inf)
+    np.maximum.at(best, user, np.where(active, keys[0], -np.inf))
+    cand = np.flatnonzero(active & (keys[0] == best[user]))
+    for k in keys[1:]:
         best = np.full(num_users, -np.inf)
         np.maximum.at(best, user[cand], k[cand])
         cand = cand[k[cand] == best[user[cand]]]
@@ -131,23 +133,24 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
     if order not in ORDERS:
         raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
     n = len(inter)
-    idx = np.arange(n, dtype=np.int64)
     if order == "time":
         if inter.timestamp is None:
             raise DataError("split order='time': the interactions have no timestamp column; "
                             "expected timestamps, or order='random'")
+        idx = np.arange(n, dtype=np.float64)  # exact below 2**53
         ts = inter.timestamp
         late = np.isnan(ts)  # NaN sorts after every number (as np.sort / np.lexsort do)
-        keys = [late.astype(np.float64), np.where(late, 0.0, ts), idx.astype(np.float64)]
+        keys = ([late.astype(np.float64), np.where(late, 0.0, ts)] if late.any() else [ts]) + [idx]
     else:
-        keys = [_rng(rng).permutation(n).astype(np.float64)]  # the same draw the sorted version uses
+        keys = [_rng(rng).permutation(n).astype(np.float64)]  # the draw the sorted version used
     counts = np.bincount(inter.user, minlength=inter.num_users)
-    rows = np.flatnonzero(counts[inter.user] >= 3)
-    test_row = _last_per_user(inter.user, keys, rows, inter.num_users)
+    active = (counts >= 3)[inter.user]
+    test_row = _last_per_user(inter.user, keys, active, inter.num_users)
     test_row = test_row[test_row >= 0]
     is_test = np.zeros(n, dtype=bool)
     is_test[test_row] = True
-    valid_row = _last_per_user(inter.user, keys, rows[~is_test[rows]], inter.num_users)
+    active[test_row] = False
+    valid_row = _last_per_user(inter.user, keys, active, inter.num_users)
     is_valid = np.zeros(n, dtype=bool)
     is_valid[valid_row[valid_row >= 0]] = True
     train, valid, test = (inter.take(~(is_test | is_valid)), inter.take(is_valid), inter.take(is_test))
