@@ -17,7 +17,7 @@ import pytest
 from jaxrec.config import Config, ConfigError
 from jaxrec.data import (DataError, PositiveIndex, exclusion_pairs, filters, leave_one_out, load_amazon,
                          load_dataset, load_movielens_raw, read_amazon_meta, read_amazon_reviews, read_atomic,
-                         read_ml100k_items, read_ml100k_ratings, remap_ids, sample_negatives, truth)
+                         read_ml100k_items, remap_ids, sample_negatives, truth)
 from jaxrec.data.amazon import allmrec_item_text, allmrec_threshold
 from jaxrec.data.movielens import GENRES
 from jaxrec.data.textio import ReadReport, sniff_encoding
