@@ -69,13 +69,17 @@ def drop_duplicates(inter: Interactions) -> tuple[Interactions, FilterReport]:
         keep = np.ones(n, dtype=bool)
     else:
         pick = starts  # the first of each group in input order
-        if inter.timestamp is not None:
-            ts = inter.timestamp[order]
+        if inter.timestamp is not None:  # only groups of 2+ rows need their earliest row found
             sizes = np.diff(np.append(starts, n))
-            gmin = np.repeat(np.fmin.reduceat(ts, starts), sizes)  # NaN only if all of the group's are
+            multi = sizes > 1
+            pos = np.flatnonzero(np.repeat(multi, sizes))  # places (in pair order) of those groups' rows
+            msizes = sizes[multi]
+            ts = inter.timestamp[order[pos]]
+            gmin = np.repeat(np.fmin.reduceat(ts, np.cumsum(msizes) - msizes), msizes)  # NaN: all NaN
             cand = np.flatnonzero((ts == gmin) | np.isnan(gmin))
-            group = np.repeat(np.arange(starts.size), sizes)[cand]
-            pick = cand[np.concatenate([[True], group[1:] != group[:-1]])]
+            group = np.repeat(np.arange(msizes.size), msizes)[cand]
+            first = pos[cand[np.concatenate([[True], group[1:] != group[:-1]])]]
+            pick = np.concatenate([starts[~multi], first])
         keep = np.zeros(n, dtype=bool)
         keep[order[pick]] = True
     return _finish(inter, keep, "drop_duplicates", f"kept the {how} of each (user, item) pair")
