@@ -117,7 +117,7 @@ def split_seed(cell: Cell, fixed: int | None) -> int:
 def data_key(config: Config, seed: int) -> tuple:
     """What determines the loaded and split dataset (not the model or training)."""
     return (config.dataset, seed, config.split, config.split_ratios, config.rating_threshold, config.dedup,
-            config.kcore, config.data_dirs)
+            config.kcore, config.missing, config.data_dirs)
 
 
 class DatasetCache:
