@@ -9,14 +9,31 @@ arguments, never closed over.
 - ``"graph"``: the symmetric-normalized bipartite graph of the training interactions
   (``jaxrec.graph.build_graph``; LightGCN section 3.1); the same for every stage.
 - ``"none"``: no context (MF).
+
+Serving (``jaxrec.serve``) embeds from one more stage, ``"serve"``: everything known about
+the users, i.e. the train, valid and test interactions together, since a deployed model
+recommends after all of them. A kind declares it with ``@serves(kind)`` on a builder
+``(dataset, config) -> ctx``; it is built only when a run is served, never during training.
+``serve_context`` falls back to the kind's ``"test"`` stage (train + valid known) for a kind
+without one, and logs that it did.
+
+- ``"graph"`` serves from the graph of all known interactions (repeated pairs merged, as in
+  training); the run's reported metrics were measured on the training graph.
+- ``"none"`` serves from no context.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
 
 from jaxrec.graph import build_graph
 from jaxrec.registry import CONTEXTS
 
 STAGES = ("train", "valid", "test")
+log = logging.getLogger("jaxrec.models")
 
 
 @CONTEXTS.register("graph")
@@ -29,3 +46,38 @@ def graph_context(dataset, config=None) -> dict:
 @CONTEXTS.register("none")
 def no_context(dataset, config=None) -> dict:
     return dict.fromkeys(STAGES, None)
+
+
+def serves(kind: str) -> Callable:
+    """Decorator: ``builder(dataset, config) -> context`` is how context ``kind`` serves
+    (the ``"serve"`` stage: everything known; module docstring)."""
+
+    def register(builder: Callable) -> Callable:
+        CONTEXTS.get(kind).serve = builder
+        return builder
+
+    return register
+
+
+@serves("graph")
+def graph_serve_context(dataset, config=None):
+    parts = (dataset.train, dataset.valid, dataset.test)
+    user = np.concatenate([p.user for p in parts])
+    item = np.concatenate([p.item for p in parts])
+    return build_graph(user, item, dataset.num_users, dataset.num_items)
+
+
+@serves("none")
+def no_serve_context(dataset, config=None):
+    return None
+
+
+def serve_context(kind: str, dataset, config=None) -> Any:
+    """The ``"serve"`` context of kind ``kind`` (its ``@serves`` builder), else its ``"test"`` stage."""
+    builder = CONTEXTS.get(kind)
+    serve = getattr(builder, "serve", None)
+    if serve is not None:
+        return serve(dataset, config)
+    log.warning("context %r has no serve stage (jaxrec.models.contexts.serves); serving from its 'test' stage "
+                "(train + valid interactions known, not test)", kind)
+    return builder(dataset, config)["test"]
