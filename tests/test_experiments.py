@@ -8,12 +8,14 @@ import csv
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experiments import cli, cold_start, embedding_collapse, encoder_choice, grid, llminit_table, report
+from experiments import (cli, cold_start, embedding_collapse, encoder_choice, grid, llminit_table, long_short_update,
+                         report)
 from jaxrec.analysis import collapse
 from jaxrec.init import EmbeddingSource, save_precomputed
 from helpers import write_tiny_dataset
@@ -238,6 +240,43 @@ def test_cold_start_end_to_end(tiny, fast, tmp_path, capsys):
     assert all(c["data"]["reduction"]["removed_interactions"] == 180 for c in cold)
     full = [c for c in res["cells"] if c["key"]["condition"] == "full"]
     assert all(c["dataset"]["num_train"] == 360 for c in full)
+
+
+@pytest.mark.slow  # six training runs (parent, two updates, scratch): about a minute on a busy machine
+def test_long_short_update_end_to_end(tiny, fast, tmp_path, capsys):
+    out = tmp_path / "lsu"
+    assert long_short_update.main(["--dataset", str(tiny["dataset"]), "--seeds", "1", "--update-epochs", "1",
+                                   "--scales", "init", "--out", str(out), *fast]) == 0
+    text = capsys.readouterr().out
+    labels = [re.split(r"\s{2,}", r.strip())[1] for r in _table_lines(text)]
+    assert labels == ["parent (old data)", "update, LLM new items", "update, random new items",
+                                       "fold-in only (LLM new items, no training)", "retrain from scratch"]
+    res = json.loads((out / "results.json").read_text())
+    cells = {c["key"]["method"]: c for c in res["cells"]}
+    cut = cells["parent"]["data"]
+    assert cut["old_interactions"] + cut["new_interactions"] == 480 and cut["held_out_items"] == 4
+    merged = {json.dumps(c["dataset"], sort_keys=True) for m, c in cells.items() if m != "parent"}
+    assert len(merged) == 1  # one test set for every compared run
+    assert json.loads(merged.pop())["num_train"] + 2 * 60 == 480  # all the data, loo_time
+    assert cells["parent"]["dataset"]["num_train"] < cells["scratch"]["dataset"]["num_train"]
+    for m in ("update-llm", "update-random"):
+        assert cells[m]["update"]["test_seen_by_parent"] == 0
+        assert cells[m]["update"]["carry"]["new_items_init"] == m.split("-")[1]
+        assert cells[m]["config"]["min_epochs"] == 1 and cells[m]["stopped_epoch"] == 0
+    groups = cut["groups"]
+    assert groups["new_item"] + groups["fresh"] + groups["old"] == groups["all"] == 60
+    assert _is_png(out / "long_short_update.png") and (out / "long_short_update.csv").is_file()
+
+
+def test_long_short_cut_holds_out_items_and_the_latest_interactions():
+    item = np.array(["a", "a", "b", "c", "d", "c", "b", "e", "f", "g"])
+    t = np.array([5, 1, 2, 9, 3, 9, 7, 0, 4, 8])
+    is_new, held = long_short_update.cut_new_data(item, t, seed=3, new_items=0.2, new_time=0.3)
+    assert held.size == 1  # floor(0.2 * 7 items)
+    latest = {9, 3, 5}  # timestamps 8, 9, 9 (ties by position)
+    assert set(np.flatnonzero(is_new)) == latest | set(np.flatnonzero(item == held[0]))
+    is_new, held = long_short_update.cut_new_data(item, t, seed=3, new_items=0.0, new_time=0.0)
+    assert not is_new.any() and held.size == 0
 
 
 # ------------------------------------------------------------------------- aggregation

@@ -344,6 +344,32 @@ def test_carry_params_start_from_the_parent_exactly(lgcn_run, merged, split):
         np.testing.assert_allclose(users[u], item_table[mine].mean(axis=0), rtol=1e-6, atol=1e-7)
 
 
+def test_carry_params_trained_scale_matches_the_trained_norms(lgcn_run, merged):
+    run, (dataset, _) = lgcn_run, merged
+    pos_i = old_positions(run.dataset.item_ids, dataset.item_ids)
+    pos_u = old_positions(run.dataset.user_ids, dataset.user_ids)
+    emb, _ = new_item_embeddings(run, dataset, np.flatnonzero(pos_i < 0))
+    rows = item_rows(run.init, emb)
+    key = jaxrec.train.run_keys(0).init
+    plain, _ = carry_params(run, dataset, run.model, key, rows, "llm")
+    scaled, rep = carry_params(run, dataset, run.model, key, rows, "llm", "trained")
+    for side, pos in (("item", pos_i), ("user", pos_u)):
+        a, b = np.asarray(plain[f"{side}_embedding"]), np.asarray(scaled[f"{side}_embedding"])
+        new, kept = pos < 0, pos >= 0
+        np.testing.assert_array_equal(a[kept], b[kept])  # carried rows untouched
+        norms = np.linalg.norm(b.astype(np.float64), axis=1)
+        assert norms[new].mean() == pytest.approx(norms[kept].mean(), rel=1e-5)
+    # new items: one factor, directions kept; new users: pooled from the scaled item table, then one factor
+    items_a, items_b = np.asarray(plain["item_embedding"]), np.asarray(scaled["item_embedding"])
+    np.testing.assert_allclose(items_b[pos_i < 0], items_a[pos_i < 0] * rep.scale_factors["item"], rtol=1e-6)
+    users_b = np.asarray(scaled["user_embedding"])
+    for u in np.flatnonzero(pos_u < 0):
+        pooled = items_b[dataset.train.item[dataset.train.user == u]].mean(axis=0)
+        np.testing.assert_allclose(users_b[u], pooled * rep.scale_factors["user"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ServeError, match="new_row_scale"):
+        carry_params(run, dataset, run.model, key, rows, "llm", "huge")
+
+
 @pytest.mark.parametrize("scale", ["none", "match_random", "standardize", "minmax"])
 def test_item_rows_reproduce_the_runs_own_initialization(split, scale):
     ds = load_dataset(split["folder"], _config(split["folder"]))

@@ -66,6 +66,9 @@ def add_parsers(sub) -> None:
     upd.add_argument("--new-items", choices=("auto", "llm", "random"), default="auto",
                      help="new item rows: llm (the run's stored LLMInit selection and scaling), random, or auto "
                           "(llm for an LLM-initialized run; default)")
+    upd.add_argument("--new-row-scale", choices=("init", "trained"), default="init",
+                     help="new rows at their initializer's scale (init; default) or scaled to the mean norm of the "
+                          "run's trained rows (trained)")
     upd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the run's config (repeatable), e.g. --set patience=5")
     upd.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -120,7 +123,8 @@ def _update(args, run) -> int:
     from jaxrec.serve import update
 
     res = update(run, args.interactions, args.out, items=args.items, users=args.users, epochs=args.epochs,
-                 sets=args.set, new_items=args.new_items, overwrite=args.overwrite, progress=not args.no_progress)
+                 sets=args.set, new_items=args.new_items, new_row_scale=args.new_row_scale, overwrite=args.overwrite,
+                 progress=not args.no_progress)
     import jax
 
     if jax.process_index() != 0:

@@ -26,7 +26,8 @@ cheap CF model often. ``update(run, interactions, out_dir, items=..., users=...)
    run would draw); ``"auto"`` is ``llm`` for an LLM-initialized run, else ``random``.
    New users (models with a user table) start as the mean of their training items' rows
    (the item table above; LLMInit's pooling, ``jaxrec.init.pooling``); a user without
-   training items gets a zero row.
+   training items gets a zero row. ``new_row_scale="trained"`` then scales the new rows to
+   the mean norm of the trained ones (``carry_params``).
 4. **Training** continues through ``jaxrec.fit(params=...)`` on the merged data for
    ``epochs`` (default: the run's config; early stopping as configured), with a fresh
    optimizer, then evaluates as usual. The run folder gets ``init.json`` (the parent's
@@ -331,11 +332,16 @@ class CarryReport:
     items_new: int
     items_dropped: int
     new_users_without_items: int = 0  # new users with no training interaction (zero rows)
+    new_row_scale: str = "init"  # init | trained
+    scale_factors: dict | None = None  # trained: {"item": f, "user": f}
 
     def __str__(self) -> str:
         s = (f"parameters: {self.users_kept:,} users and {self.items_kept:,} items from the run's best params; "
              f"{self.items_new:,} new items ({self.new_items_init} init), {self.users_new:,} new users (pooled from "
              "their items)")
+        if self.scale_factors:
+            s += "; new rows scaled to the trained rows' mean norm (" + ", ".join(
+                f"{side} x{f:.3g}" for side, f in self.scale_factors.items()) + ")"
         if self.users_dropped or self.items_dropped:
             s += f"; {self.users_dropped:,} users and {self.items_dropped:,} items of the run are not in the update"
         if self.new_users_without_items:
@@ -358,16 +364,40 @@ def _leaf_paths(tree: Any) -> dict[str, Any]:
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _mean_norm(rows: np.ndarray) -> float:
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    return float(norms[norms > 0].mean()) if (norms > 0).any() else 0.0
+
+
+def _match_norm(table: np.ndarray, new_rows: np.ndarray, kept_rows: np.ndarray) -> float:
+    """Scale ``table[new_rows]`` in place by one factor so their mean row norm is that of
+    ``table[kept_rows]``; returns the factor (1 when either side is empty or zero)."""
+    target, now = _mean_norm(table[kept_rows]), _mean_norm(table[new_rows])
+    factor = target / now if target > 0 and now > 0 else 1.0
+    table[new_rows] *= np.asarray(factor, table.dtype)
+    return factor
+
+
+NEW_ROW_SCALES = ("init", "trained")
+
+
 def carry_params(run: Run, dataset: Dataset, model: Model, key: jax.Array,
-                 new_item_rows: np.ndarray | None = None, new_items_init: str = "random") -> tuple[Params, CarryReport]:
+                 new_item_rows: np.ndarray | None = None, new_items_init: str = "random",
+                 new_row_scale: str = "init") -> tuple[Params, CarryReport]:
     """The updated run's starting parameters (module docstring, step 3).
 
     ``model``: the backbone built from the updated config (its tables must have the run's
     widths); ``key``: ``model.init``'s key (the random rows of new items come from it);
     ``new_item_rows``: float [new items, d] for the items of ``dataset`` the run does not
-    have, in dense id order (None: the random rows). Raises ``ServeError`` for a parameter
-    whose shape changed that is not a declared embedding table.
+    have, in dense id order (None: the random rows). ``new_row_scale``: ``init`` keeps new
+    rows at their initializer's scale; ``trained`` multiplies the new item rows, then the
+    new (pooled) user rows, by one factor per table so that their mean row norm equals the
+    mean row norm of the carried, trained rows (trained tables grow: ml-100k LightGCN item
+    rows from 0.48 at LLM init to about 2.7). Raises ``ServeError`` for a parameter whose
+    shape changed that is not a declared embedding table.
     """
+    if new_row_scale not in NEW_ROW_SCALES:
+        raise ServeError(f"new_row_scale={new_row_scale!r}: expected one of {', '.join(NEW_ROW_SCALES)}")
     base = model.init(key, dataset.num_users, dataset.num_items)
     new = {k: np.array(v) for k, v in _leaf_paths(base).items()}
     old = {k: np.asarray(v) for k, v in _leaf_paths(run.params).items()}
@@ -405,6 +435,11 @@ def carry_params(run: Run, dataset: Dataset, model: Model, key: jax.Array,
         if rows.shape != (new_items.size, new[spec.key].shape[1]):
             raise ServeError(f"new item rows: expected shape {(new_items.size, new[spec.key].shape[1])}, got {rows.shape}")
         new[spec.key][spec.offset + new_items] = rows
+    factors = {}
+    if new_row_scale == "trained" and "item" in tables and new_items.size:
+        spec = tables["item"]
+        factors["item"] = _match_norm(new[spec.key], spec.offset + new_items,
+                                      spec.offset + np.flatnonzero(pos_items >= 0))
     empty_new = 0
     if "user" in tables and "item" in tables:
         from jaxrec.init.pooling import user_table_from_items  # noqa: PLC0415
@@ -417,13 +452,17 @@ def carry_params(run: Run, dataset: Dataset, model: Model, key: jax.Array,
             new[uspec.key][uspec.offset + new_users] = np.asarray(pooled)[new_users]
             degree = np.bincount(dataset.train.user, minlength=dataset.num_users)
             empty_new = int((degree[new_users] == 0).sum())
+            if new_row_scale == "trained":
+                factors["user"] = _match_norm(new[uspec.key], uspec.offset + new_users,
+                                              uspec.offset + np.flatnonzero(positions["user"] >= 0))
     user_counts = counts.get("user", (0, 0, 0))
     if "user" not in tables:  # no user table: count users by id all the same
         pos_u = old_positions(run.dataset.user_ids, dataset.user_ids)
         user_counts = (int((pos_u >= 0).sum()), int((pos_u < 0).sum()), run.dataset.num_users - int((pos_u >= 0).sum()))
     item_counts = counts.get("item", (int((pos_items >= 0).sum()), new_items.size,
                                       run.dataset.num_items - int((pos_items >= 0).sum())))
-    report = CarryReport(new_items_init if new_items.size else "-", *user_counts, *item_counts, empty_new)
+    report = CarryReport(new_items_init if new_items.size else "-", *user_counts, *item_counts, empty_new,
+                         new_row_scale, factors or None)
     leaves = jax.tree_util.tree_flatten_with_path(base)[0]
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(base), [
         jnp.asarray(new[jax.tree_util.keystr(p, simple=True, separator="/")], dtype=x.dtype) for p, x in leaves])
@@ -506,8 +545,8 @@ def _sha(path: Path | None) -> dict | None:
 
 def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: str | Path | None = None,
            users: str | Path | None = None, epochs: int | None = None, sets: Sequence[str] = (),
-           new_items: str = "auto", encoder: Any = None, cache_dir: str | Path | None = None,
-           overwrite: bool = False, progress: bool | None = None) -> UpdateResult:
+           new_items: str = "auto", new_row_scale: str = "init", encoder: Any = None,
+           cache_dir: str | Path | None = None, overwrite: bool = False, progress: bool | None = None) -> UpdateResult:
     """The long-short update of ``run`` with new ``interactions`` (an atomic .inter file) and
     the rows of new ``items`` / ``users`` into the run folder ``out_dir`` (module docstring).
 
@@ -515,6 +554,8 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
       epochs: training epochs of the update (default the run's ``epochs``).
       sets: ``key=value`` overrides of the run's config (e.g. ``patience=5``).
       new_items: ``auto`` | ``llm`` | ``random`` (module docstring, step 3).
+      new_row_scale: ``init`` (new rows at their initializer's scale) or ``trained`` (scaled
+        to the carried rows' mean norm; ``carry_params``).
       encoder: an encoder object to embed new texts with instead of loading the run's.
       cache_dir: the text-embedding cache (default ``$JAXREC_CACHE/embeddings``).
     Raises (before any training): ``ServeError`` (bad ``new_items``, ``out_dir`` is the run's
@@ -533,6 +574,8 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
     if (out / "ckpt").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a run; choose another folder or pass overwrite (--overwrite)")
     mode = resolve_new_items(run, new_items)
+    if new_row_scale not in NEW_ROW_SCALES:
+        raise ServeError(f"new_row_scale={new_row_scale!r}: expected one of {', '.join(NEW_ROW_SCALES)}")
     config = run.config.with_overrides(sets)
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -551,7 +594,7 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
         log.info("%s", emb_report)
         rows = item_rows(run.init, emb)
     t_emb = time.perf_counter()
-    params, carry = carry_params(run, dataset, model, run_keys(config.seed).init, rows, mode)
+    params, carry = carry_params(run, dataset, model, run_keys(config.seed).init, rows, mode, new_row_scale)
     log.info("%s", carry)
     t_carry = time.perf_counter()
     result = fit(model, dataset, config, out_dir=out, params=params, overwrite=overwrite, progress=progress)
@@ -594,4 +637,4 @@ def _add_parent(out: Path, run: Run, report: UpdateReport) -> None:
 
 __all__ = ["update", "UpdateResult", "UpdateReport", "MergeReport", "EmbeddingUpdate", "CarryReport",
            "merge_files", "merge_atomic", "new_item_embeddings", "carry_params", "old_positions",
-           "resolve_new_items", "test_seen_by_parent", "NEW_ITEMS"]
+           "resolve_new_items", "test_seen_by_parent", "NEW_ITEMS", "NEW_ROW_SCALES"]
