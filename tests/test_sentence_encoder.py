@@ -23,7 +23,9 @@ from jaxrec.init import embeddings as embeddings_mod
 from jaxrec.init import encoders as enc_mod
 from jaxrec.init import encoder_cache_id, item_embeddings, load_encoder
 from jaxrec.init.encoders import EncoderNotAvailableError
+from jaxrec.text.model import dropout, keep_masks
 from jaxrec.text import (
+    SentenceFolder,
     SentenceModel,
     SentenceModelError,
     bucket_length,
@@ -33,6 +35,7 @@ from jaxrec.text import (
     pool,
     read_sentence_folder,
     relative_position_bucket,
+    TransformerConfig,
 )
 
 TEXTS = [
@@ -215,13 +218,29 @@ def test_sentence_tiny_folders_match_sentence_transformers(which, request):
     assert got.shape == ref.shape and got.dtype == np.float32
     assert cosine(got, ref).min() >= 0.9999
     np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max())
+    if which == "tiny_bert":  # bf16 params: loaded as bf16, output float32, close to the float32 model
+        bf16 = SentenceModel.build(spec, jnp.bfloat16)
+        p16 = load_params(bf16)
+        assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.bfloat16)}
+        input_ids, mask = enc.pad(ids[:5], 40)
+        out16 = np.asarray(jax.jit(bf16.encode)(p16, input_ids, mask))
+        assert out16.dtype == np.float32 and cosine(out16, ref[:5]).min() > 0.99
 
 
-def test_sentence_encode_is_a_pure_trainable_function(tiny_mpnet):
-    model = SentenceModel.build(read_sentence_folder(tiny_mpnet))
-    params = load_params(model)
-    assert isinstance(params, dict) and all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
-    ids = jnp.array([[0, 2520, 1028, 9125, 2], [0, 2790, 2, 1, 1]], jnp.int32)
+def tiny_spec(model_type: str = "mpnet") -> SentenceFolder:
+    """A 1-layer model spec held in memory (no files): for properties, not parity."""
+    cfg = TransformerConfig(model_type, vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=24, hidden_act="gelu", layer_norm_eps=1e-5, max_position_embeddings=20,
+                            pad_token_id=1, relative_attention_num_buckets=32 if model_type == "mpnet" else 0,
+                            type_vocab_size=2 if model_type == "bert" else 0)
+    return SentenceFolder(Path("in-memory"), cfg, 16, False, ("mean",), True, Path("-"), Path("-"))
+
+
+def test_sentence_encode_is_a_pure_trainable_function():
+    model = SentenceModel.build(tiny_spec())
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), model.param_shapes())
+    ids = jnp.array([[0, 7, 12, 30, 2], [0, 9, 2, 1, 1]], jnp.int32)
     mask = (ids != 1).astype(jnp.int32)
     clean = jax.jit(model.encode)(params, ids, mask)
     with pytest.raises(ValueError, match="train=True needs a dropout key"):
@@ -246,11 +265,15 @@ def test_sentence_encode_is_a_pure_trainable_function(tiny_mpnet):
     assert all(np.isfinite(v) for v in norms.values())
     assert norms["['relative_attention_bias']['embedding']"] > 0 and norms["['layers'][0]['query']['kernel']"] > 0
 
-    bf16 = SentenceModel.build(model.folder, jnp.bfloat16)
-    p16 = load_params(bf16)
-    assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.bfloat16)}
-    out16 = jax.jit(bf16.encode)(p16, ids, mask)
-    assert out16.dtype == jnp.float32 and cosine(np.asarray(out16), np.asarray(clean)).min() > 0.99
+
+def test_sentence_dropout_masks_keep_the_configured_fraction():
+    shapes, rates = [(400, 50), (7,), (300, 100)], [0.1, 0.0, 0.5]
+    masks = keep_masks(jax.random.key(0), shapes, rates)
+    assert masks[1] is None and [m.shape for m in (masks[0], masks[2])] == [(400, 50), (300, 100)]
+    assert abs(float(masks[0].mean()) - 0.9) < 0.01 and abs(float(masks[2].mean()) - 0.5) < 0.01
+    assert keep_masks(None, shapes, rates) == [None] * 3
+    x = jnp.ones((400, 50))
+    np.testing.assert_allclose(np.unique(np.asarray(dropout(x, 0.1, masks[0]))), [0.0, 1 / 0.9], rtol=1e-6)
 
 
 def test_sentence_bad_folders_and_texts(tiny_bert, tmp_path):

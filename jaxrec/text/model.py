@@ -11,9 +11,9 @@ d = H / h, and x the hidden states [B, T, H]:
   MPNet ``LN(word[ids] + pos[p])`` with p = cumsum(ids != pad) * (ids != pad) + pad
   (``create_position_ids_from_input_ids``: positions start at pad + 1, padding gets pad);
 - each layer (post-LN): ``a = LN(x + drop(O(softmax(Q K^T / sqrt(d) + bias) V)))``,
-  ``x' = LN(a + drop(W2 act(W1 a)))``; bias = -finfo(float32).max... (``finfo.min``) on
-  padded keys, plus for MPNet the relative position bias ``rel[bucket(j - i)]`` [h, T, T]
-  shared by all layers; attention dropout on the softmax output;
+  ``x' = LN(a + drop(W2 act(W1 a)))``; bias = finfo(float32).min on padded keys, plus for
+  MPNet the relative position bias ``rel[bucket(j - i)]`` [h, T, T] shared by all layers;
+  attention dropout on the softmax output;
 - ``bucket`` (``relative_position_bucket``, max_distance 128): n = i - j; half the buckets
   for n < 0; |n| < nb/4 exact, otherwise nb/4 + floor(log(|n| / (nb/4)) / log(128 / (nb/4))
   * nb/4), capped at nb/2 - 1 (nb = ``relative_attention_num_buckets``).
@@ -61,11 +61,32 @@ def activation(name: str):
     raise ValueError(f"activation {name!r}: expected gelu, gelu_new, gelu_pytorch_tanh or relu")
 
 
-def dropout(x: jnp.ndarray, rate: float, key: jax.Array | None) -> jnp.ndarray:
-    """Inverted dropout (torch.nn.Dropout in training); identity when ``key`` is None or ``rate`` is 0."""
-    if key is None or rate == 0.0:
+def keep_masks(key: jax.Array | None, shapes: list[tuple[int, ...]], rates: list[float]) -> list[jax.Array | None]:
+    """Dropout keep-masks (bool, P(keep) = 1 - rate) for several sites from ONE random draw.
+
+    One ``jax.random.bits`` call per layer instead of one per site: every threefry call site
+    costs XLA:CPU about as much compile time as a whole small layer. ``None`` entries (no key,
+    or rate 0) mean "no dropout".
+    """
+    if key is None:
+        return [None] * len(shapes)
+    sizes = [math.prod(s) if r > 0 else 0 for s, r in zip(shapes, rates)]
+    bits = jax.random.bits(key, (sum(sizes),), jnp.uint32)
+    out, start = [], 0
+    for shape, rate, size in zip(shapes, rates, sizes):
+        if size == 0:
+            out.append(None)
+            continue
+        threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
+        out.append(bits[start : start + size].reshape(shape) >= jnp.uint32(threshold))
+        start += size
+    return out
+
+
+def dropout(x: jnp.ndarray, rate: float, keep: jax.Array | None) -> jnp.ndarray:
+    """Inverted dropout (torch.nn.Dropout in training) with a ``keep_masks`` mask; identity for ``None``."""
+    if keep is None:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -119,7 +140,8 @@ class Embeddings(nnx.Module):
         x = self.word(input_ids).astype(jnp.float32) + self.position(positions).astype(jnp.float32)
         if self.token_type is not None:
             x = x + self.token_type.embedding[...][0].astype(jnp.float32)
-        return dropout(self.norm(x), cfg.hidden_dropout_prob, key)
+        (keep,) = keep_masks(key, [x.shape], [cfg.hidden_dropout_prob])
+        return dropout(self.norm(x), cfg.hidden_dropout_prob, keep)
 
 
 class Layer(nnx.Module):
@@ -142,19 +164,19 @@ class Layer(nnx.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         heads, d = cfg.num_attention_heads, cfg.head_dim
-        keys = jax.random.split(key, 4) if key is not None else [None] * 4
+        p_att, p_hid = cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob
+        keep = keep_masks(key, [(b, heads, t, t), x.shape, x.shape], [p_att, p_hid, p_hid])
         xin = x.astype(self.dtype)
         q = self.query(xin).reshape(b, t, heads, d)
         k = self.key(xin).reshape(b, t, heads, d)
         v = self.value(xin).reshape(b, t, heads, d)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
         probs = jax.nn.softmax(scores + bias, axis=-1)
-        probs = dropout(probs, cfg.attention_probs_dropout_prob, keys[0]).astype(self.dtype)
+        probs = dropout(probs, p_att, keep[0]).astype(self.dtype)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, cfg.hidden_size)
-        attn = dropout(self.attn_out(ctx), cfg.hidden_dropout_prob, keys[1])
+        attn = dropout(self.attn_out(ctx), p_hid, keep[1])
         a = self.attn_norm(attn.astype(jnp.float32) + x)
-        hidden = dropout(self.ffn_out(activation(cfg.hidden_act)(self.ffn_in(a.astype(self.dtype)))),
-                         cfg.hidden_dropout_prob, keys[2])
+        hidden = dropout(self.ffn_out(activation(cfg.hidden_act)(self.ffn_in(a.astype(self.dtype)))), p_hid, keep[2])
         return self.ffn_norm(hidden.astype(jnp.float32) + a)
 
 
@@ -215,10 +237,9 @@ class SentenceModel:
     def dim(self) -> int:
         return self.folder.dim
 
-    def init_params(self, key: jax.Array) -> dict:
-        """Random parameters (flax default initializers) with the layout ``load_params`` returns."""
-        module = TransformerEncoder(self.folder.config, self.dtype, nnx.Rngs(key))
-        return nnx.to_pure_dict(nnx.split(module)[1])
+    def param_shapes(self) -> dict:
+        """The params layout: the same nested dict as ``load_params`` returns, with ``jax.ShapeDtypeStruct`` leaves."""
+        return nnx.to_pure_dict(self.abstract_state)
 
     def _module(self, params: dict) -> TransformerEncoder:
         state = jax.tree.map(lambda x: x, self.abstract_state)  # a fresh State to fill
@@ -290,7 +311,7 @@ def load_params(model: SentenceModel) -> dict:
     from safetensors import safe_open
 
     folder, cfg = model.folder, model.folder.config
-    expected = jax.tree.map(lambda s: s.shape, nnx.to_pure_dict(model.abstract_state))
+    expected = jax.tree.map(lambda s: s.shape, model.param_shapes())
     path = folder.weights
     try:
         handle = safe_open(str(path), framework="numpy")
