@@ -62,6 +62,7 @@ def reference_mpnet(item_ids: np.ndarray) -> np.ndarray | None:
 
 
 def run_model(short: str, texts: list[str], item_ids: np.ndarray, args) -> list[list[object]]:
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from jaxrec.init.encoders import minilm_path, mpnet_path
@@ -82,8 +83,17 @@ def run_model(short: str, texts: list[str], item_ids: np.ndarray, args) -> list[
             outs[name] = np.asarray(fn(), np.float32)
         return run
 
-    fns = {"sentence-transformers (torch)": keep("sentence-transformers (torch)", lambda: st.encode(
-        texts, batch_size=bs, convert_to_numpy=True, show_progress_bar=False))}
+    def st_encode(threads=None):
+        default = torch.get_num_threads()
+        torch.set_num_threads(threads or default)
+        try:
+            return st.encode(texts, batch_size=bs, convert_to_numpy=True, show_progress_bar=False)
+        finally:
+            torch.set_num_threads(default)
+
+    fns = {"sentence-transformers (torch)": keep("sentence-transformers (torch)", st_encode)}
+    if args.torch_1thread:
+        fns["sentence-transformers (torch, 1 thread)"] = keep("torch 1 thread", lambda: st_encode(1))
     for name, enc in variants.items():
         fns[name] = keep(name, (lambda e: lambda: e.encode(texts, batch_size=bs, show_progress_bar=False))(enc))
         stats: dict = {}
@@ -124,6 +134,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="encode only the first N items (0: all)")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 params")
+    ap.add_argument("--torch-1thread", action="store_true",
+                    help="also time sentence-transformers with torch.set_num_threads(1) (less thread contention)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax

@@ -28,14 +28,13 @@ from jaxrec.text import (
     SentenceFolder,
     SentenceModel,
     SentenceModelError,
+    TransformerConfig,
     bucket_length,
     load_params,
     load_sentence_encoder,
     plan_batches,
     pool,
-    read_sentence_folder,
     relative_position_bucket,
-    TransformerConfig,
 )
 
 TEXTS = [

@@ -14,7 +14,8 @@
 - any of the above plus ``-jax`` (``"minilm-jax"``, ``"mpnet-jax"``, ``"<folder>-jax"``) or
   ``-jax-bf16``: the same folder run by ``jaxrec.text`` (Flax BERT/MPNet, float32 or bf16
   params) instead of torch; its cache id is the torch one plus that suffix, since its outputs
-  differ by float rounding. An existing folder whose own name ends in ``-jax`` is a folder;
+  differ by float rounding (an existing folder whose own name ends in ``-jax`` stays a torch
+  folder);
 - any other name: a Hugging Face hub name, tried only when not offline
   (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``/``JAXREC_OFFLINE``); otherwise a clear error.
 

@@ -130,7 +130,7 @@ class Embeddings(nnx.Module):
                            if cfg.type_vocab_size else None)
         self.norm = _norm(cfg, dtype, rngs)
 
-    def __call__(self, input_ids: jnp.ndarray, key: jax.Array | None) -> jnp.ndarray:
+    def __call__(self, input_ids: jnp.ndarray, rng: jax.Array | None) -> jnp.ndarray:
         cfg = self.cfg
         if cfg.model_type == "mpnet":
             real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
@@ -140,7 +140,7 @@ class Embeddings(nnx.Module):
         x = self.word(input_ids).astype(jnp.float32) + self.position(positions).astype(jnp.float32)
         if self.token_type is not None:
             x = x + self.token_type.embedding[...][0].astype(jnp.float32)
-        (keep,) = keep_masks(key, [x.shape], [cfg.hidden_dropout_prob])
+        (keep,) = keep_masks(rng, [x.shape], [cfg.hidden_dropout_prob])
         return dropout(self.norm(x), cfg.hidden_dropout_prob, keep)
 
 
@@ -160,12 +160,12 @@ class Layer(nnx.Module):
         self.ffn_out = _linear(i, h, dtype, rngs)
         self.ffn_norm = _norm(cfg, dtype, rngs)
 
-    def __call__(self, x: jnp.ndarray, bias: jnp.ndarray, key: jax.Array | None) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, bias: jnp.ndarray, rng: jax.Array | None) -> jnp.ndarray:
         cfg = self.cfg
         b, t, _ = x.shape
         heads, d = cfg.num_attention_heads, cfg.head_dim
         p_att, p_hid = cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob
-        keep = keep_masks(key, [(b, heads, t, t), x.shape, x.shape], [p_att, p_hid, p_hid])
+        keep = keep_masks(rng, [(b, heads, t, t), x.shape, x.shape], [p_att, p_hid, p_hid])
         xin = x.astype(self.dtype)
         q = self.query(xin).reshape(b, t, heads, d)
         k = self.key(xin).reshape(b, t, heads, d)
@@ -195,11 +195,11 @@ class TransformerEncoder(nnx.Module):
         )
 
     def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
-                 key: jax.Array | None = None) -> jnp.ndarray:
+                 rng: jax.Array | None = None) -> jnp.ndarray:
         t = input_ids.shape[1]
         if t > self.cfg.max_tokens:
             raise ValueError(f"input_ids: {t} positions; the model's position table allows {self.cfg.max_tokens}")
-        keys = jax.random.split(key, len(self.layers) + 1) if key is not None else [None] * (len(self.layers) + 1)
+        rngs = jax.random.split(rng, len(self.layers) + 1) if rng is not None else [None] * (len(self.layers) + 1)
         # additive mask over keys, like transformers' eager path: 0 for tokens, finfo.min for padding
         bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
         if self.relative_attention_bias is not None:
@@ -207,9 +207,9 @@ class TransformerEncoder(nnx.Module):
             buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.cfg.relative_attention_num_buckets)
             rel = self.relative_attention_bias(jnp.asarray(buckets))  # [T, T, heads]
             bias = bias + jnp.transpose(rel, (2, 0, 1))[None]
-        x = self.embeddings(input_ids, keys[0])
-        for layer, k in zip(self.layers, keys[1:]):
-            x = layer(x, bias, k)
+        x = self.embeddings(input_ids, rngs[0])
+        for layer, r in zip(self.layers, rngs[1:]):
+            x = layer(x, bias, r)
         return x
 
 
