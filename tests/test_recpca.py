@@ -68,7 +68,7 @@ def test_recpca_matches_dense_eigh(lam):
     assert np.min(np.abs(np.diff(vals[:4]))) > 1e-2 * np.abs(vals).max()  # unique up to sign
     w = np.asarray(w)
     ref = ref * np.sign(np.sum(w * ref, axis=0))
-    np.testing.assert_allclose(w, ref, atol=2e-4)
+    np.testing.assert_allclose(w, ref, atol=1e-5)
     np.testing.assert_allclose(w.T @ w, np.eye(3), atol=1e-5)
     np.testing.assert_allclose(table, xc @ w, atol=1e-4)
     np.testing.assert_allclose(rep.eigenvalues, vals[:3], rtol=1e-4)
@@ -109,6 +109,8 @@ def test_recpca_explicit_cooccurrence_still_matches():
         ({"x": np.zeros((29, 6), np.float32)}, "item: ids must lie in"),
         ({"x": np.zeros(30, np.float32)}, "x: expected item embeddings"),
         ({"item": np.array([0, 1])}, "user, item: expected two 1-D arrays"),
+        ({"item": np.full(194, 0.5)}, "item: expected integer ids"),
+        ({"chunk_users": 0}, "chunk_users=0"),
     ],
 )
 def test_recpca_bad_input_names_the_argument(kwargs, match):
@@ -130,3 +132,5 @@ def test_recpca_graph_without_edges():
     assert rep.isolated_items == 5 and rep.single_item_users == 6
     np.testing.assert_allclose(table, pca_project(x, 2)[0], atol=1e-5)
     rec_pca(x, user, item, 2, 0.0)  # lam = 0 needs no graph: no error
+    assert item_cooccurrence(user, item, 5).rows.size == 0
+    assert not np.any(cooccurrence_degree(user, item, 5))
