@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,14 +127,15 @@ def child_jaxrec(args, u, i, x) -> dict:
     f = cooccurrence_factors(u, i, x.shape[0])
     host_s = time.perf_counter() - t0
     times = []
-    for _ in range(2):
+    for _ in range(1 + args.repeats):
         t0 = time.perf_counter()
         table_, w, rep = rec_pca(x, u, i, args.k, args.lam, return_report=True)
         jax.block_until_ready((table_, w))
         times.append(time.perf_counter() - t0)
     np.save(Path(args.out) / "w.npy", np.asarray(w, np.float64))
-    return {"cold_s": times[0], "warm_s": times[1], "stages": f"graph stats (host) {host_s:.1f} s",
-            "eigenvalues": list(rep.eigenvalues), "isolated": f.isolated_items}
+    warm = ", ".join(f"{t:.1f}" for t in times[1:])
+    return {"cold_s": times[0], "warm_s": statistics.median(times[1:]), "isolated": f.isolated_items,
+            "stages": f"graph stats (host) {host_s:.1f} s; warm runs {warm} s", "eigenvalues": list(rep.eigenvalues)}
 
 
 def child_scipy(args, u, i, x) -> dict:
@@ -232,7 +233,8 @@ def run_child(args) -> None:
 def spawn(who: str, inter: Path, xpath: Path, out: Path, args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--child", who, "--data", str(inter), "--x", str(xpath), "--out", str(out),
-           "--k", str(args.k), "--lam", str(args.lam), "--scipy-mem-gib", str(args.scipy_mem_gib)]
+           "--k", str(args.k), "--lam", str(args.lam), "--scipy-mem-gib", str(args.scipy_mem_gib),
+           "--repeats", str(args.repeats)]
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -255,6 +257,34 @@ def agreement(a: Path, b: Path, ev_a, ev_b) -> str:
     return f"eig {ev:.1e}, sin {sin:.1e}"
 
 
+def summarize(edges: int, res: dict, info: dict, work: Path, rows: list, notes: list) -> None:
+    """Append one table row per route of this size, and the notes (stages, errors, nnz bounds)."""
+    j = res["jaxrec"]
+    for who, r in res.items():
+        ok = "error" not in r and "error" not in j
+        t = r.get("warm_s") or r.get("cold_s")
+        ratio = f"{t / j['warm_s']:.1f}x" if who != "jaxrec" and ok else ""
+        agree = ""
+        if who != "jaxrec" and ok:
+            agree = agreement(work / f"{edges}_jaxrec" / "w.npy", work / f"{edges}_{who}" / "w.npy",
+                              j.get("eigenvalues"), r.get("eigenvalues"))
+        if "error" in r:
+            time_s = ""
+        elif "cold_s" in r and "warm_s" in r:
+            time_s = f"{r['cold_s']:.1f} / {r['warm_s']:.1f}"
+        else:
+            time_s = f"{t:.1f}"
+        status = r["error"].split(":")[0] if "error" in r else "ok"
+        nnz = f"{r['nnz_c']:.3g}" if "nnz_c" in r else ""
+        rows.append([f"{edges:.0e}", who, time_s, f"{r.get('peak_gib', float('nan')):.2f}", ratio, nnz, agree,
+                     status])
+        notes.append(f"- {edges:.0e} {who}: {r.get('stages', '')}" + (f"; {r['error']}" if "error" in r else ""))
+    if "gap" in res.get("scipy", {}):
+        notes.append(f"- {edges:.0e}: relative eigengap (l_K - l_K+1) / l_1 = {res['scipy']['gap']:.2e}")
+    notes.append(f"- {edges:.0e}: nnz(C) from the degrees: >= {info['nnz_lower']:.3g} (the heaviest user's items), "
+                 f"<= {info['nnz_upper']:.3g}; >= {info['nnz_lower'] * 12 / 2**30:.1f} GiB as CSR (12 bytes/entry)")
+
+
 # --------------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -269,6 +299,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scipy-mem-gib", type=float, default=8.0, help="address-space limit of the scipy child")
     ap.add_argument("--explicit-max-pairs", type=float, default=2e8,
                     help="run the pair-expanding route only when sum of user degree^2 is below this")
+    ap.add_argument("--repeats", type=int, default=3, help="warm jaxrec runs after the cold one (median)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per child")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "jaxrec-bench-recpca"))
     ap.add_argument("--child", choices=["jaxrec", "scipy", "explicit"], help=argparse.SUPPRESS)
@@ -297,28 +328,7 @@ def main(argv=None) -> None:
             res[who] = spawn(who, inter, xpath, work / f"{edges}_{who}", args)
             shown = {k: v for k, v in res[who].items() if k != "eigenvalues"}
             print(f"  {who}: {json.dumps(shown)}", flush=True)
-        j = res["jaxrec"]
-        for who, r in res.items():
-            t = r.get("warm_s") or r.get("cold_s")
-            ratio = ""
-            if who != "jaxrec" and "error" not in r and "error" not in j:
-                ratio = f"{t / j['warm_s']:.1f}x"
-            agree = ""
-            if who != "jaxrec" and "error" not in r and "error" not in j:
-                agree = agreement(work / f"{edges}_jaxrec" / "w.npy", work / f"{edges}_{who}" / "w.npy",
-                                  j.get("eigenvalues"), r.get("eigenvalues"))
-            nnz = f"{r['nnz_c']:.3g}" if "nnz_c" in r else ""
-            status = r.get("error", "ok")
-            time_s = "" if "error" in r else (f"{r['cold_s']:.1f} / {r['warm_s']:.1f}" if "cold_s" in r and "warm_s" in r
-                                             else f"{t:.1f}")
-            rows.append([f"{edges:.0e}", who, time_s, f"{r.get('peak_gib', float('nan')):.2f}", ratio, nnz, agree,
-                         status if len(status) < 60 else status[:57] + "..."])
-            if "error" in r or r.get("stages"):
-                notes.append(f"- {edges:.0e} {who}: {r.get('stages', '')} {('; ' + r['error']) if 'error' in r else ''}")
-        if "gap" in res.get("scipy", {}):
-            notes.append(f"- {edges:.0e}: relative eigengap (l_K - l_K+1) / l_1 = {res['scipy']['gap']:.2e}")
-        notes.append(f"- {edges:.0e}: nnz(C) bounds from the degrees: >= {info['nnz_lower']:.3g} (heaviest user), "
-                     f"<= {info['nnz_upper']:.3g}; at 12 bytes per CSR entry >= {info['nnz_lower'] * 12 / 2**30:.1f} GiB")
+        summarize(edges, res, info, work, rows, notes)
     print()
     print(table(["interactions", "route", "s (cold / warm)", "peak GiB", "time vs jaxrec warm", "nnz(C)",
                  "agreement with jaxrec", "status"], rows))

@@ -29,7 +29,8 @@ def _check_sv(sv) -> np.ndarray:
     if s.ndim != 1:
         raise ValueError(f"sv: expected a 1-D array of singular values, got shape {s.shape}")
     if s.size and not (np.all(np.isfinite(s)) and s.min() >= 0):
-        raise ValueError(f"sv: expected finite values >= 0, got min {s.min()} (NaN/inf: {int(np.sum(~np.isfinite(s)))})")
+        bad = int(np.sum(~np.isfinite(s)))
+        raise ValueError(f"sv: expected finite values >= 0, got min {s.min()} ({bad} NaN/inf)")
     return s
 
 

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse as jsparse
+from threadpoolctl import threadpool_limits
 
 
 
@@ -325,7 +326,10 @@ def _top_eigenvectors_f64(m, k: int) -> tuple[np.ndarray, np.ndarray]:
     off by 5e-6 (sine of the largest principal angle) with jax's float32 eigh, 3e-7 here.
     """
     m = np.asarray(m, np.float64)
-    vals, vecs = np.linalg.eigh(0.5 * (m + m.T))
+    # one BLAS thread: on the shared 2-core machine, OpenBLAS's 2 threads took 1 to 13 s
+    # for N = 768 while one thread took 0.3 s (threads spin waiting for each other)
+    with threadpool_limits(limits=1, user_api="blas"):
+        vals, vecs = np.linalg.eigh(0.5 * (m + m.T))
     vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
     signs = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(k)])
     return vals, vecs * np.where(signs == 0, 1.0, signs)
