@@ -180,6 +180,9 @@ def test_curvature_nonquadratic_loss_matches_dense_hessian():
     r = hessian_top_eigenvalue(loss, params, batch, key=jax.random.key(3), tol=1e-5)
     assert r.converged and r.eigenvalue == pytest.approx(ev[-1], rel=1e-4)
     assert r.smallest >= ev[0] - 1e-5  # a Ritz value: inside the spectrum, not converged itself
+    aux = hessian_top_eigenvalue(lambda p, b: (loss(p, b), {"x": 1.0}), params, batch, key=jax.random.key(3),
+                                 tol=1e-5, has_aux=True)  # Model.loss returns (scalar, aux)
+    assert aux.eigenvalue == pytest.approx(r.eigenvalue, rel=1e-5)
     hv = hvp(loss)(params, params, batch)  # H p, the pytree API
     np.testing.assert_allclose(np.concatenate([np.asarray(hv["user"]).ravel(), np.asarray(hv["item"]).ravel()]),
                                dense @ np.asarray(vec), rtol=1e-4, atol=1e-5)

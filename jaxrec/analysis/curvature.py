@@ -80,12 +80,13 @@ def hvp(loss_fn: Callable[..., jax.Array]) -> Callable:
     return fn
 
 
-@partial(jax.jit, static_argnames=("loss_fn",))
-def _flat_hvp(loss_fn, params, v, loss_args):
+@partial(jax.jit, static_argnames=("loss_fn", "has_aux"))
+def _flat_hvp(loss_fn, params, v, loss_args, has_aux: bool):
     """H v for a flat ``v`` -> flat; compiled once per ``loss_fn`` and argument shapes."""
     flat, unravel = ravel_pytree(params)
     tangent = unravel(v.astype(flat.dtype))
-    out = jax.jvp(lambda p: jax.grad(loss_fn)(p, *loss_args), (params,), (tangent,))[1]
+    grad = jax.grad(loss_fn, has_aux=has_aux)
+    out = jax.jvp(lambda p: grad(p, *loss_args)[0] if has_aux else grad(p, *loss_args), (params,), (tangent,))[1]
     return ravel_pytree(out)[0]
 
 
@@ -189,6 +190,7 @@ def hessian_top_eigenvalue(
     which: str = "LA",
     max_iters: int | None = None,
     tol: float = 1e-4,
+    has_aux: bool = False,
 ) -> HessianEigen:
     """Largest Hessian eigenvalue (``which``="LA") or largest in magnitude ("LM") of
     ``loss_fn(params, *loss_args)`` at ``params``; see the module docstring.
@@ -196,12 +198,14 @@ def hessian_top_eigenvalue(
     ``key``: start vector ~ N(0, I). ``max_iters``: HVP budget of the iteration (default
     100 for Lanczos, 1000 for power, each ``which="LA"`` power stage). ``tol``: relative
     residual target. Computes in the params' dtype (float32 usually), so ``tol`` much
-    below 1e-5 may not be reached. Raises ValueError naming the argument for bad
+    below 1e-5 may not be reached. ``has_aux``: ``loss_fn`` returns (scalar, aux), as
+    ``Model.loss`` does. ``loss_fn`` is a static jit argument: pass the same function
+    object again to reuse the compiled HVP. Raises ValueError naming the argument for bad
     ``method``, ``which``, ``max_iters``, ``tol``, ``key`` or non-float ``params``.
     """
     _check(params, method, which, max_iters, tol, key)
     flat, unravel = ravel_pytree(params)
-    apply = (lambda v: _flat_hvp(loss_fn, params, v, loss_args))
+    apply = (lambda v: _flat_hvp(loss_fn, params, v, loss_args, bool(has_aux)))
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
     largest = smallest = None
     if method == "lanczos":
