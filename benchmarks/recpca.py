@@ -285,6 +285,24 @@ def summarize(edges: int, res: dict, info: dict, work: Path, rows: list, notes: 
                  f"<= {info['nnz_upper']:.3g}; >= {info['nnz_lower'] * 12 / 2**30:.1f} GiB as CSR (12 bytes/entry)")
 
 
+def run_sizes(args, work: Path, rows: list, notes: list) -> None:
+    """Generate (or reuse) each size's data, run the routes' children, collect the summary."""
+    for scale in args.scales:
+        edges = int(scale)
+        inter, xpath, info = cached_data(edges, args)
+        size = (f"{edges:.0e} ({info['users']:,} U, {info['items']:,} I, max deg {info['max_deg']:,}, "
+                f"sum deg^2 {info['sum_deg2']:.2g})")
+        print(f"{size}: generated in {info['gen_s']:.0f} s" if info["gen_s"] else f"{size}: cached data", flush=True)
+        res = {}
+        for who in ("jaxrec", "scipy", "explicit"):
+            if who == "explicit" and info["sum_deg2"] > args.explicit_max_pairs:
+                continue
+            res[who] = spawn(who, inter, xpath, work / f"{edges}_{who}", args)
+            shown = {k: v for k, v in res[who].items() if k != "eigenvalues"}
+            print(f"  {who}: {json.dumps(shown)}", flush=True)
+        summarize(edges, res, info, work, rows, notes)
+
+
 # --------------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -314,21 +332,8 @@ def main(argv=None) -> None:
     print(f"machine: {machine_line()}\nversions: {versions_line()}")
     print(f"scipy child address-space limit {args.scipy_mem_gib:g} GiB; memory = peak resident (VmHWM) per child\n")
     rows, notes = [], []
-    work = Path(tempfile.mkdtemp(prefix="recpca-bench-"))
-    for scale in args.scales:
-        edges = int(scale)
-        inter, xpath, info = cached_data(edges, args)
-        size = (f"{edges:.0e} ({info['users']:,} U, {info['items']:,} I, max deg {info['max_deg']:,}, "
-                f"sum deg^2 {info['sum_deg2']:.2g})")
-        print(f"{size}: generated in {info['gen_s']:.0f} s" if info["gen_s"] else f"{size}: cached data", flush=True)
-        res = {}
-        for who in ("jaxrec", "scipy", "explicit"):
-            if who == "explicit" and info["sum_deg2"] > args.explicit_max_pairs:
-                continue
-            res[who] = spawn(who, inter, xpath, work / f"{edges}_{who}", args)
-            shown = {k: v for k, v in res[who].items() if k != "eigenvalues"}
-            print(f"  {who}: {json.dumps(shown)}", flush=True)
-        summarize(edges, res, info, work, rows, notes)
+    with tempfile.TemporaryDirectory(prefix="recpca-bench-") as tmp:
+        run_sizes(args, Path(tmp), rows, notes)
     print()
     print(table(["interactions", "route", "s (cold / warm)", "peak GiB", "time vs jaxrec warm", "nnz(C)",
                  "agreement with jaxrec", "status"], rows))
