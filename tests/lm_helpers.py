@@ -4,6 +4,7 @@ llama.cpp's converter writes them (Q/K rows permuted for its rotary layout)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -19,8 +20,9 @@ CORPUS = [
 ] * 4
 
 
+@functools.lru_cache(maxsize=4)
 def train_bpe(vocab_size: int = 320):
-    """(tokens [V] in id order, merges ["a b", ...]) of a byte-level BPE trained on CORPUS."""
+    """(tokens [V] in id order, merges ["a b", ...]) of a byte-level BPE trained on CORPUS (cached)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -34,7 +36,7 @@ def train_bpe(vocab_size: int = 320):
     for t, i in vocab.items():
         tokens[i] = t
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    return tokens, merges
+    return tuple(tokens), tuple(merges)
 
 
 def perturb(model, seed: int = 0) -> None:

@@ -12,7 +12,8 @@ gguf = pytest.importorskip("gguf")
 
 import jax.numpy as jnp  # noqa: E402
 
-from lm_helpers import CORPUS, hf_generate, permute_qk, tiny_llama, torch_logits, train_bpe, write_llama_gguf  # noqa: E402,E501
+from lm_helpers import (CORPUS, hf_generate, permute_qk, tiny_llama, torch_logits, train_bpe,  # noqa: E402
+                        write_llama_gguf)
 from jaxrec.lm import LMError, greedy_generate, load_gguf, unpermute_qk  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def test_gguf_f32_matches_the_source_model(tmp_path, bpe, ids):
     assert lm.report["tensor_types"] == {"F32": 2 * 9 + 3}
     # the permutation is undone exactly: the query kernel is the HF weight transposed
     q = src.model.layers[1].self_attn.q_proj.weight.detach().numpy()
-    np.testing.assert_array_equal(np.asarray(lm.params["layers"]["self_attn"]["q_proj"]["kernel"][1]), q.T)
+    np.testing.assert_array_equal(np.asarray(lm.params["layers"][1]["self_attn"]["q_proj"]["kernel"]), q.T)
     ref = torch_logits(src, ids)
     got = np.asarray(lm.model.forward(lm.params, ids)[0])
     assert np.abs(ref).max() > 1.0  # logits on a real scale, so the tolerance means something
@@ -80,7 +81,7 @@ def test_gguf_quantized_matches_transformers_gguf(tmp_path, bpe, ids):
                                                                 repetition_penalty=1.5))
     # bfloat16 params: same model, coarser numbers
     lm16 = load_gguf(path, dtype=jnp.bfloat16)
-    assert lm16.params["layers"]["mlp"]["up_proj"]["kernel"].dtype == jnp.bfloat16
+    assert lm16.params["layers"][0]["mlp"]["up_proj"]["kernel"].dtype == jnp.bfloat16
     got16 = np.asarray(lm16.model.forward(lm16.params, ids, attention_mask=mask)[0])
     assert got16.dtype == np.float32
     assert np.abs(got16[keep] - got[keep]).max() < 0.05 * np.abs(got).max()
@@ -98,7 +99,8 @@ def test_gguf_tokenizer_matches_transformers(tmp_path, bpe):
         assert tok.decode(tok.encode(text), skip_special_tokens=False) == text
     assert tok.encode("<|im_start|>") == [1] and (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
     msgs = [{"role": "user", "content": "Hi"}]
-    assert tok.apply_chat_template(msgs, add_generation_prompt=True) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    want = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.apply_chat_template(msgs, add_generation_prompt=True) == want
 
 
 # ------------------------------------------------------------------------------ bad input

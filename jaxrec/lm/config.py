@@ -147,7 +147,8 @@ class LMConfig:
             return cls(
                 arch="llama", **common, num_kv_heads=cfg.get("num_key_value_heads") or heads,
                 head_dim=cfg.get("head_dim") or hidden // heads, intermediate_size=need("intermediate_size"),
-                norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+                norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
                 attention_bias=cfg.get("attention_bias", False), mlp_bias=cfg.get("mlp_bias", False),
                 activation=cfg.get("hidden_act", "silu"))
         pre = cfg.get("do_layer_norm_before", True)

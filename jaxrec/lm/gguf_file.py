@@ -157,7 +157,8 @@ def _plan(reader, path: Path, config: LMConfig) -> dict:
     """{tensor name: (Dest, unpermute heads or None)} for every tensor; LMError for unknown names/types."""
     import jax
 
-    bad_types = [f"{t.name} ({t.tensor_type.name})" for t in reader.tensors if t.tensor_type.name not in SUPPORTED_TYPES]
+    bad_types = [f"{t.name} ({t.tensor_type.name})" for t in reader.tensors
+                 if t.tensor_type.name not in SUPPORTED_TYPES]
     if bad_types:
         raise LMError(f"{path}: {len(bad_types)} tensor(s) of an unsupported quantization type: "
                       + ", ".join(bad_types[:6]) + (" ..." if len(bad_types) > 6 else "")
@@ -189,10 +190,11 @@ def _plan(reader, path: Path, config: LMConfig) -> dict:
     return plan
 
 
-def load_gguf(path: str | Path, dtype=np.float32) -> LoadedLM:
+def load_gguf(path: str | Path, dtype=np.float32, layout: str = "list") -> LoadedLM:
     """Load a llama GGUF file: ``LoadedLM(model, params, tokenizer, report)``.
 
-    ``dtype`` float32 or bfloat16: the params' dtype after dequantization. The report holds
+    ``dtype`` float32 or bfloat16: the params' dtype after dequantization; ``layout`` "list" (one
+    dict per block: fastest CPU decoding) or "stacked" (see jaxrec.lm.model). The report holds
     ``source``, ``seconds``, ``tensor_types`` (count per GGUF type) and ``dtype``.
     Raises LMError naming the file (and tensor / metadata key) before dequantizing anything
     for: another architecture, an unsupported quantization type, rope scaling, an unknown
@@ -216,6 +218,6 @@ def load_gguf(path: str | Path, dtype=np.float32) -> LoadedLM:
             arr = unpermute_qk(arr, heads)
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
         tensors[t.name] = (dest, to_dtype(arr, dtype))
-    params = assemble(model, tensors, str(path))
+    params = assemble(model, tensors, str(path), layout)
     report = {"source": str(path), "seconds": time.perf_counter() - t0, "tensor_types": types, "dtype": str(dtype)}
     return LoadedLM(model, params, tokenizer, report)

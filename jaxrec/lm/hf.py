@@ -95,12 +95,13 @@ def _weight_files(folder: Path) -> list[Path]:
                   f"folder written by save_pretrained(..., safe_serialization=True)")
 
 
-def load_hf(folder: str | Path, dtype=np.float32) -> LoadedLM:
+def load_hf(folder: str | Path, dtype=np.float32, layout: str = "list") -> LoadedLM:
     """Load a local HF safetensors folder of a Llama or OPT causal LM.
 
     Returns ``LoadedLM(model, params, tokenizer or None, report)``; params are float32 or
-    bfloat16 (``dtype``). Raises LMError naming the file for a missing/invalid config, an
-    unsupported model type, an unknown tensor, or a tensor of the wrong shape.
+    bfloat16 (``dtype``), in the "list" or "stacked" ``layout`` (see jaxrec.lm.model).
+    Raises LMError naming the file for a missing/invalid config, an unsupported model type,
+    an unknown tensor, or a tensor of the wrong shape.
     """
     from safetensors import safe_open
 
@@ -131,8 +132,9 @@ def load_hf(folder: str | Path, dtype=np.float32) -> LoadedLM:
                 arr = f.get_tensor(name)
                 dtypes[str(arr.dtype)] = dtypes.get(str(arr.dtype), 0) + 1
                 tensors[name] = (dest, to_dtype(arr, dtype))
-    params = assemble(model, tensors, str(folder))
-    tokenizer = Tokenizer.from_hf_folder(folder, config) if (folder / "tokenizer.json").is_file() else None
+    params = assemble(model, tensors, str(folder), layout)
+    has_tokenizer = (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+    tokenizer = Tokenizer.from_hf_folder(folder, config) if has_tokenizer else None
     report = {"source": str(folder), "seconds": time.perf_counter() - t0, "tensor_dtypes": dtypes,
               "ignored": ignored, "dtype": str(dtype)}
     return LoadedLM(model, params, tokenizer, report)

@@ -4,13 +4,18 @@
 pure function of ``params``, a nested dict of arrays::
 
     {"embed_tokens": {"embedding": [V, E]},
-     "layers": {<one block's pure dict, every leaf stacked along a leading [L] axis>},
+     "layers": [<one block's pure dict>] * L        ("list" layout, what the loaders return)
+             | {<one block's pure dict, every leaf stacked along a leading [L] axis>}  ("stacked"),
      "norm" | "final_layer_norm" | "embed_positions" | "project_in" | ... (see layers.py),
      "lm_head": {"kernel": [E, V]}  (only when the head is not tied)}
 
 Params may be float32 or bfloat16 (activations take the embedding's dtype; logits are always
 float32). The layers are Flax NNX modules rebuilt inside the traced function from the pure
-dict (``nnx.replace_by_pure_dict`` + ``nnx.merge``); the L blocks run under ``lax.scan``.
+dict (``nnx.replace_by_pure_dict`` + ``nnx.merge``). The "list" layout runs the L blocks as
+an unrolled Python loop: each block reads its own weight buffers, which makes CPU decoding
+about 1.8x faster than ``lax.scan`` over the "stacked" layout (XLA:CPU copies each layer's
+slice out of the stacked arrays every step), at the price of a compile time growing with L.
+``stack_layers`` / ``unstack_layers`` convert; every function accepts both.
 
 KV cache (``init_cache``): a dict ``{"k", "v": [L, B, S, K, D], "mask": bool [B, S] (slot
 holds a real token), "index": int32 [] (next slot to write), "pos": int32 [B] (real tokens
@@ -54,9 +59,30 @@ def _merge(graphdef, abstract_state, pure: dict):
 
 
 @functools.lru_cache(maxsize=32)
-def _leaf_shapes(config: LMConfig) -> dict:
-    shapes = LanguageModel(config).param_shapes()
+def _leaf_shapes(config: LMConfig, layout: str) -> dict:
+    shapes = LanguageModel(config).param_shapes(layout=layout)
     return {jax.tree_util.keystr(p): s.shape for p, s in jax.tree_util.tree_leaves_with_path(shapes)}
+
+
+def layout_of(params: Params) -> str:
+    """"list" when ``params["layers"]`` is a list/tuple of per-block dicts, else "stacked"."""
+    return "list" if isinstance(params.get("layers"), (list, tuple)) else "stacked"
+
+
+def stack_layers(params: Params) -> Params:
+    """The "stacked" layout: every block leaf stacked along a leading [L] axis (a no-op if stacked)."""
+    if layout_of(params) == "stacked":
+        return params
+    return dict(params, layers=jax.tree.map(lambda *xs: jnp.stack(xs), *params["layers"]))
+
+
+def unstack_layers(params: Params) -> Params:
+    """The "list" layout: one dict of arrays per block (a no-op if already a list)."""
+    if layout_of(params) == "list":
+        return params
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return dict(params, layers=[jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)])
 
 
 def _is_concrete(x) -> bool:
@@ -73,32 +99,34 @@ class LanguageModel:
     config: LMConfig
 
     # ------------------------------------------------------------------ parameters
-    def param_shapes(self, dtype=jnp.float32) -> Params:
-        """The params pytree as ``jax.ShapeDtypeStruct`` leaves (what loaders must produce)."""
+    def param_shapes(self, dtype=jnp.float32, layout: str = "stacked") -> Params:
+        """The params pytree as ``jax.ShapeDtypeStruct`` leaves, in the "stacked" or "list" layout."""
         og, ostate, bg, bstate = _graphs(self.config)
         out = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), nnx.to_pure_dict(ostate))
-        out["layers"] = jax.tree.map(lambda s: jax.ShapeDtypeStruct((self.config.num_layers, *s.shape), dtype),
-                                     nnx.to_pure_dict(bstate))
+        block = nnx.to_pure_dict(bstate)
+        if layout == "list":
+            out["layers"] = [jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), block)
+                             for _ in range(self.config.num_layers)]
+        elif layout == "stacked":
+            out["layers"] = jax.tree.map(lambda s: jax.ShapeDtypeStruct((self.config.num_layers, *s.shape), dtype),
+                                         block)
+        else:
+            raise LMError(f"param_shapes: layout {layout!r}; expected 'stacked' or 'list'")
         return out
 
-    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
-        """Random parameters (Flax NNX default initializers; norms 1, biases 0) for tests and toys."""
-        outer_cls, block_cls = MODULES[self.config.arch]
-        k_outer, k_layers = jax.random.split(key)
-        def pure(module):
-            return nnx.to_pure_dict(nnx.split(module)[1])
-
-        params = pure(outer_cls(self.config, param_dtype=dtype, rngs=nnx.Rngs(k_outer)))
-        blocks = [pure(block_cls(self.config, param_dtype=dtype, rngs=nnx.Rngs(k)))
-                  for k in jax.random.split(k_layers, self.config.num_layers)]
-        params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
-        return params
+    def init(self, key: jax.Array, dtype=jnp.float32, layout: str = "list") -> Params:
+        """Random parameters (Flax NNX default initializers; norms 1, biases 0) for tests and toys.
+        Built under one ``jax.jit`` (eager NNX initialization compiles every initializer apart)."""
+        if layout not in ("list", "stacked"):
+            raise LMError(f"init: layout {layout!r}; expected 'stacked' or 'list'")
+        return _init_jit(self, key, jnp.dtype(dtype), layout)
 
     def check_params(self, params: Params, where: str | None = None) -> None:
         """Raise LMError naming every missing, unexpected or mis-shaped leaf of ``params``."""
         where = where or self.config.source
-        want = _leaf_shapes(self.config)
-        got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        want = _leaf_shapes(self.config, layout_of(params))
+        got = {jax.tree_util.keystr(p): tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+               for p, x in jax.tree_util.tree_leaves_with_path(params)}
         problems = [f"missing {k} {v}" for k, v in want.items() if k not in got]
         problems += [f"unexpected {k}" for k in got if k not in want]
         problems += [f"{k} has shape {got[k]}, expected {v}" for k, v in want.items() if k in got and got[k] != v]
@@ -187,8 +215,15 @@ class LanguageModel:
             h, new_kv = _merge(bg, bstate, layer_params)(h, rope, kv, index, allowed)
             return h, (new_kv if cache is not None else None)
 
-        kv = None if cache is None else (cache["k"], cache["v"])
-        x, new_kv = jax.lax.scan(layer, x, (params["layers"], kv))
+        if layout_of(params) == "list":
+            outs = []
+            for i, layer_params in enumerate(params["layers"]):
+                x, new = layer(x, (layer_params, None if cache is None else (cache["k"][i], cache["v"][i])))
+                outs.append(new)
+            new_kv = None if cache is None else tuple(jnp.stack(parts) for parts in zip(*outs))
+        else:
+            kv = None if cache is None else (cache["k"], cache["v"])
+            x, new_kv = jax.lax.scan(layer, x, (params["layers"], kv))
         hidden = outer.finish(x)
         if cache is None:
             return hidden, None
@@ -226,6 +261,20 @@ class LanguageModel:
         return _forward_jit(self, params, input_ids, inputs_embeds, attention_mask, positions, cache, True)
 
 
+@partial(jax.jit, static_argnums=(0, 2, 3))
+def _init_jit(model: LanguageModel, key, dtype, layout: str) -> Params:
+    outer_cls, block_cls = MODULES[model.config.arch]
+    k_outer, k_layers = jax.random.split(key)
+
+    def pure(module):
+        return nnx.to_pure_dict(nnx.split(module)[1])
+
+    params = pure(outer_cls(model.config, param_dtype=dtype, rngs=nnx.Rngs(k_outer)))
+    params["layers"] = [pure(block_cls(model.config, param_dtype=dtype, rngs=nnx.Rngs(k)))
+                        for k in jax.random.split(k_layers, model.config.num_layers)]
+    return params if layout == "list" else stack_layers(params)
+
+
 @partial(jax.jit, static_argnums=(0, 7))
 def _forward_jit(model: LanguageModel, params, input_ids, inputs_embeds, attention_mask, positions, cache,
                  with_logits: bool):
@@ -242,7 +291,7 @@ def resize_vocab(model: LanguageModel, params: Params, new_size: int) -> tuple[L
         raise LMError(f"resize_vocab: new_size {new_size} < vocab_size {cfg.vocab_size}; expected growth only")
     extra = new_size - cfg.vocab_size
     params = dict(params)
-    emb = params["embed_tokens"]["embedding"]
+    emb = params["embed_tokens"]["embedding"]  # (layers untouched: either layout)
     fill = jnp.broadcast_to(emb.mean(axis=0, keepdims=True), (extra, emb.shape[1])).astype(emb.dtype)
     params["embed_tokens"] = {"embedding": jnp.concatenate([emb, fill], axis=0)}
     if "lm_head" in params:

@@ -3,10 +3,10 @@
 Along the mesh axis ``axis`` (default "model"):
 
 - column-parallel kernels (q/k/v projections, SwiGLU gate/up, OPT fc1) split their output
-  features, i.e. attention heads and MLP hidden units: kernel [L, in, out] -> P(None, None, axis),
-  their biases [L, out] -> P(None, axis);
+  features, i.e. attention heads and MLP hidden units: kernel [(L,) in, out] -> P(.., None, axis),
+  their biases [(L,) out] -> P(.., axis);
 - row-parallel kernels (attention output, SwiGLU down, OPT fc2) split their input features:
-  [L, in, out] -> P(None, axis, None) (so XLA inserts one all-reduce after each);
+  [(L,) in, out] -> P(.., axis, None) (so XLA inserts one all-reduce after each);
 - the token embedding [V, E] splits the vocabulary, an untied head [E, V] likewise;
 - norms, positions, projections in/out and row-parallel biases are replicated.
 
@@ -31,14 +31,15 @@ COLUMN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "fc1")
 ROW = ("o_proj", "out_proj", "down_proj", "fc2")
 
 
-def _spec(names: tuple[str, ...], ndim: int, axis: str) -> tuple:
-    """Per-dimension placement (None or ``axis``) of one leaf, before the divisibility check."""
+def _spec(names: tuple, ndim: int, axis: str) -> tuple:
+    """Per-dimension placement (None or ``axis``) of one leaf, before the divisibility check.
+    Block leaves may carry a leading layer axis ("stacked" layout) or not ("list")."""
     if names[0] == "layers":
         module, leaf = names[-2], names[-1]
         if module in COLUMN:
             return (None,) * (ndim - 1) + (axis,)
         if module in ROW and leaf == "kernel":
-            return (None, axis, None)
+            return (None,) * (ndim - 2) + (axis, None)
         return (None,) * ndim
     if names == ("embed_tokens", "embedding"):
         return (axis, None)
@@ -57,11 +58,12 @@ def param_specs(model: LanguageModel, params: Params, axis: str = "model", axis_
     model.check_params(params)
 
     def one(path, x):
-        names = tuple(k.key for k in path)
+        names = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
         spec = _spec(names, x.ndim, axis)
         for dim, a in enumerate(spec):
             if a is not None and x.shape[dim] % axis_size:
-                msg = f"{'/'.join(names)} {tuple(x.shape)}: dim {dim} not divisible by {axis_size} devices; replicated"
+                msg = (f"{'/'.join(map(str, names))} {tuple(x.shape)}: dim {dim} not divisible by {axis_size} devices; "
+                       f"replicated")
                 log.warning("shard_params: %s", msg)
                 if report is not None:
                     report.append(msg)

@@ -109,16 +109,24 @@ class Tokenizer:
 
     @classmethod
     def from_hf_folder(cls, folder: str | Path, config=None) -> "Tokenizer":
-        """``tokenizer.json`` of a HF folder; special tokens from ``tokenizer_config.json``
-        (``bos_token``/``eos_token``/``pad_token``, ``chat_template``), else ``config``'s ids."""
+        """The tokenizer of a HF folder: ``tokenizer.json``, else GPT-2 style ``vocab.json`` +
+        ``merges.txt`` (OPT checkpoints); special tokens from ``tokenizer_config.json``
+        (``bos_token``/``eos_token``/``pad_token``, ``add_bos_token``, ``chat_template``), else
+        ``config``'s ids. Raises LMError naming the file when none is readable."""
         from tokenizers import Tokenizer as Backend
 
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        try:
-            backend = Backend.from_file(str(path))
-        except Exception as e:  # tokenizers raises plain Exception subclasses
-            raise LMError(f"{path}: cannot read as a tokenizers JSON file: {e}") from None
+        if path.is_file():
+            try:
+                backend = Backend.from_file(str(path))
+            except Exception as e:  # tokenizers raises plain Exception subclasses
+                raise LMError(f"{path}: cannot read as a tokenizers JSON file: {e}") from None
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            path = folder / "vocab.json"
+            backend = cls._gpt2_files(path, folder / "merges.txt").backend
+        else:
+            raise LMError(f"{folder}: no tokenizer.json, nor vocab.json + merges.txt; expected a HF tokenizer")
         meta = {}
         meta_path = folder / "tokenizer_config.json"
         if meta_path.is_file():
@@ -142,6 +150,21 @@ class Tokenizer:
         return cls(backend, bos_id=special("bos_token", ids["bos_id"]), eos_id=special("eos_token", ids["eos_id"]),
                    pad_id=special("pad_token", ids["pad_id"]), add_bos=bool(meta.get("add_bos_token", False)),
                    chat_template=meta.get("chat_template"), source=str(path))
+
+    @classmethod
+    def _gpt2_files(cls, vocab_path: Path, merges_path: Path) -> "Tokenizer":
+        try:
+            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise LMError(f"{vocab_path}: not valid JSON ({e}); expected a token -> id map") from None
+        tokens = [None] * len(vocab)
+        for tok, i in vocab.items():
+            if not (isinstance(i, int) and 0 <= i < len(vocab)) or tokens[i] is not None:
+                raise LMError(f"{vocab_path}: token {tok!r} has id {i!r}; expected ids 0..{len(vocab) - 1}, each once")
+            tokens[i] = tok
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+        merges = [m for m in lines if m and not m.startswith("#version")]
+        return cls.from_bpe(tokens, merges, source=str(vocab_path))
 
     # ------------------------------------------------------------------ use
     @property

@@ -43,8 +43,10 @@ def check_dtype(dtype, source: str):
     return dtype
 
 
-def assemble(model: LanguageModel, tensors: dict[str, tuple[Dest, np.ndarray]], source: str) -> dict:
-    """Params pytree from ``{file tensor name: (Dest, array already in the target dtype)}``.
+def assemble(model: LanguageModel, tensors: dict[str, tuple[Dest, np.ndarray]], source: str,
+             layout: str = "list") -> dict:
+    """Params pytree (``layout`` "list" or "stacked", see jaxrec.lm.model) from
+    ``{file tensor name: (Dest, array already in the target dtype)}``.
 
     Raises LMError naming the file tensor for a shape mismatch or a leaf filled twice, and
     listing every leaf no tensor filled.
@@ -89,13 +91,23 @@ def assemble(model: LanguageModel, tensors: dict[str, tuple[Dest, np.ndarray]], 
     if missing:
         raise LMError(f"{source}: no tensor for {len(missing)} parameter(s): " + ", ".join(missing[:12])
                       + (" ..." if len(missing) > 12 else ""))
-    out: dict = {}
-    for path in flat_want:
-        value = np.stack(layers[path]) if path[0] == "layers" else top[path]
-        node = out
+    if layout not in ("list", "stacked"):
+        raise LMError(f"{source}: layout {layout!r}; expected 'list' or 'stacked'")
+
+    def put(tree, path, value):
         for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(value)
+            tree = tree.setdefault(key, {})
+        tree[path[-1]] = jnp.asarray(value)
+
+    out: dict = {"layers": [{} for _ in range(cfg.num_layers)] if layout == "list" else {}}
+    for path in flat_want:
+        if path[0] != "layers":
+            put(out, path, top[path])
+        elif layout == "stacked":
+            put(out["layers"], path[1:], np.stack(layers[path]))
+        else:
+            for i, arr in enumerate(layers[path]):
+                put(out["layers"][i], path[1:], arr)
     return out
 
 
