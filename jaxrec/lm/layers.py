@@ -1,8 +1,9 @@
 """Flax NNX layers of the Llama and OPT decoders.
 
 Each decoder is two modules: an *outer* one (token embedding, positions, final norm, output
-head) and a *block* (one transformer layer). ``jaxrec.lm.model`` stacks the blocks' pure-dict
-parameters along a leading layer axis and runs them with ``lax.scan``. Parameter names follow
+head) and a *block* (one transformer layer). ``jaxrec.lm.model`` keeps the L blocks' pure-dict
+parameters as a list (or stacked along a leading layer axis, run with ``lax.scan``) and rebuilds
+the modules inside the traced function. Parameter names follow
 the Hugging Face checkpoints (``self_attn.q_proj``, ``mlp.gate_proj``, ``fc1``, ...) so that a
 pure-dict path reads like the tensor it came from; kernels are ``[in, out]`` (the transpose of
 torch's ``Linear.weight``).

@@ -3,8 +3,9 @@
 A loader maps each file tensor to a destination: ``Dest(path, layer, transpose)`` where
 ``path`` is the pure-dict path (e.g. ``("layers", "self_attn", "q_proj", "kernel")``) and
 ``layer`` the block index (None outside the layers). ``assemble`` checks that every leaf of
-``model.param_shapes()`` is filled exactly once with the right shape, stacks the layers, and
-casts to the requested dtype. Nothing is dropped: tensors a loader cannot place are an error
+``model.param_shapes()`` is filled exactly once with the right shape and lays the blocks out
+as a list (or stacked); loaders cast each tensor to the requested dtype as they read it
+(``to_dtype``). Nothing is dropped: tensors a loader cannot place are an error
 unless the loader lists them as ignorable (reported in ``LoadedLM.report["ignored"]``).
 """
 
