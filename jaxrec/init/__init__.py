@@ -5,7 +5,8 @@ or a precomputed file (``precomputed``) -> item embeddings [I, N] -> K dims
 (``selection``) -> item table [I, K]; user table = mean of training items (``pooling``);
 optional rescaling (``scaling``); written into a backbone's params (``apply``).
 ``embeddings`` ties text, encoder, cache and precomputed files to a dataset.
-TF-LLMER: ``normalize`` and ``recpca``.
+TF-LLMER: ``normalize`` (``normalize_table``) and ``recpca`` (``rec_pca``, exact at 10^7
+interactions without building the co-occurrence matrix).
 
 The encoder modules import sentence-transformers lazily: ``import jaxrec.init`` stays light.
 """
@@ -22,7 +23,7 @@ from jaxrec.init.encoders import (
     minilm_path,
     mpnet_path,
 )
-from jaxrec.init.normalize import normalize_items, typical_row_norm
+from jaxrec.init.normalize import NormalizeError, NormalizeReport, normalize_items, normalize_table, typical_row_norm
 from jaxrec.init.pooling import user_table_from_items
 from jaxrec.init.precomputed import (
     EmbeddingFileError,
@@ -31,7 +32,13 @@ from jaxrec.init.precomputed import (
 )
 from jaxrec.init.recpca import (
     Cooccurrence,
+    CooccurrenceFactors,
+    RecPCAError,
+    RecPCAReport,
+    cooccurrence_degree,
+    cooccurrence_factors,
     item_cooccurrence,
+    laplacian_form,
     normalized_adjacency,
     normalized_laplacian,
     rec_pca,
@@ -68,9 +75,9 @@ __all__ = [
     "resolve_embedding_source",
     "save_precomputed",
     "AMAZON_TEMPLATE",
-    "ML100K_TEMPLATE",
     "CacheInfo",
     "Cooccurrence",
+    "CooccurrenceFactors",
     "EmbeddingFileError",
     "Encoder",
     "EncoderNotAvailableError",
@@ -78,9 +85,16 @@ __all__ = [
     "Initializer",
     "InitInputs",
     "get_initializer",
+    "ML100K_TEMPLATE",
+    "NormalizeError",
+    "NormalizeReport",
     "PrecomputedReport",
+    "RecPCAError",
+    "RecPCAReport",
     "TextReport",
     "cached_item_embeddings",
+    "cooccurrence_degree",
+    "cooccurrence_factors",
     "dataset_item_embeddings",
     "encode_texts",
     "encoder_cache_id",
@@ -90,12 +104,14 @@ __all__ = [
     "item_embeddings",
     "item_popularity",
     "item_texts",
+    "laplacian_form",
     "llm_init_params",
     "load_encoder",
     "load_precomputed",
     "minilm_path",
     "mpnet_path",
     "normalize_items",
+    "normalize_table",
     "normalized_adjacency",
     "normalized_laplacian",
     "pca_project",
