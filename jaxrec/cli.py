@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); "
           f"selected on valid {config.valid_metric} = {result.valid_metrics.get(config.valid_metric, float('nan')):.4f}")
     print(format_metrics_table(result.test_metrics, title=f"test metrics ({config.model}, seed {config.seed})"))
-    print(f"run files: {out}/ (results.json, log.jsonl, run.json, ckpt/)")
+    files = "results.json, log.jsonl, run.json, " + ("init.json, " if (Path(out) / "init.json").is_file() else "")
+    print(f"run files: {out}/ ({files}ckpt/)")
+    print(f"recommendations: jaxrec recommend --run {out} --users {','.join(map(str, dataset.user_ids[:2]))} "
+          f"--k 10   (or --all --out recs.parquet; jaxrec export --run {out} --out FOLDER)")
     return 0
 
 

@@ -256,6 +256,8 @@ def test_load_run_refuses_another_dataset_and_bad_folders(mf_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ServeError, match="no run.json"):
         load_run(tmp_path / "empty")
+    with pytest.raises(ServeError, match="results.json: a file, not a folder"):
+        load_run(mf_run.path / "results.json")
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -252,8 +252,12 @@ def read_json(path: Path, what: str) -> dict:
 def run_identity(out_dir: str | Path) -> dict:
     """The ``run.json`` of a run folder; ``ServeError`` naming the folder when there is none."""
     path = Path(out_dir)
+    if path.is_file():
+        raise ServeError(f"run folder {path}: a file, not a folder; expected the folder given to "
+                         f"`jaxrec train --out` (e.g. {path.parent})")
     if not path.is_dir():
-        raise ServeError(f"run folder {path}: not found")
+        raise ServeError(f"run folder {path}: not found; expected the folder given to `jaxrec train --out` "
+                         "(default checkpoints/<dataset>-<model>-<init>-s<seed>)")
     ident = path / "run.json"
     if not ident.is_file():
         raise ServeError(f"run folder {path}: no run.json; expected a folder written by `jaxrec train --out` "
