@@ -17,7 +17,7 @@ default, ``--embeddings auto``):
   epoch kept; ``--early-stop`` lets patience stop them);
 - ``update, random new items``: the same with new item rows from the backbone's random init;
 - ``..., norm-matched`` (``--scales``): the same two with the new rows scaled to the mean norm
-  of the trained rows (``new_row_scale="trained"``): trained LightGCN rows are about 6x the
+  of the trained rows (``new_row_scale="trained"``): trained LightGCN rows are about 4x the
   norm of fresh LLM-init rows, so fresh rows start far behind in every dot product;
 - ``fold-in only``: an LLM update's starting parameters, evaluated without training;
 - ``scratch``: LLM init and training from scratch on all the data (the update's dataset),
