@@ -9,6 +9,10 @@ arguments, never closed over.
 - ``"graph"``: the symmetric-normalized bipartite graph of the training interactions
   (``jaxrec.graph.build_graph``; LightGCN section 3.1); the same for every stage.
 - ``"none"``: no context (MF).
+- ``"sequences"``: per-user histories int32 [U, max_seq_len] (item ids + 1, left-padded with 0;
+  ``jaxrec.data.sequences.histories``): for ``"train"`` and ``"valid"`` the training sequence,
+  for ``"test"`` the training sequence + the validation item (SASRec.pytorch ``evaluate``).
+  Needs a leave-one-out split by time (``split="loo_time"``).
 
 Serving (``jaxrec.serve``) embeds from one more stage, ``"serve"``: everything known about
 the users, i.e. the train, valid and test interactions together, since a deployed model
@@ -20,6 +24,13 @@ without one, and logs that it did.
 - ``"graph"`` serves from the graph of all known interactions (repeated pairs merged, as in
   training); the run's reported metrics were measured on the training graph.
 - ``"none"`` serves from no context.
+- ``"sequences"`` serves from histories of everything known: training sequence, then the
+  validation item, then the test item (``serve_histories``).
+
+A builder may carry ``context_fields`` (config fields its result depends on: the cache key of
+``PreparedData.contexts``), ``options`` (config keys only models over this kind read: another
+model changing one is refused by ``get_model``) and ``check(dataset, config)`` (raises
+``DataError`` before any compute when the dataset cannot give this context; ``check_run``).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxrec.data.sequences import histories, left_pad, user_sequences
 from jaxrec.graph import build_graph
 from jaxrec.registry import CONTEXTS
 
@@ -46,6 +58,24 @@ def graph_context(dataset, config=None) -> dict:
 @CONTEXTS.register("none")
 def no_context(dataset, config=None) -> dict:
     return dict.fromkeys(STAGES, None)
+
+
+@CONTEXTS.register("sequences")
+def sequence_context(dataset, config) -> dict:
+    seqs = user_sequences(dataset)
+    valid = histories(seqs, "valid", config.max_seq_len)
+    return {"train": valid, "valid": valid, "test": histories(seqs, "test", config.max_seq_len)}
+
+
+def _check_sequences(dataset, config) -> None:
+    """DataError unless ``dataset`` is a leave-one-out split by time with timestamps and at least
+    one user with 3 interactions (``jaxrec.data.sequences.user_sequences``)."""
+    user_sequences(dataset, log_report=False)
+
+
+sequence_context.context_fields = ("max_seq_len",)
+sequence_context.options = ("max_seq_len", "num_heads", "dropout_rate", "seq_norm", "dropout_rng")
+sequence_context.check = _check_sequences
 
 
 def serves(kind: str) -> Callable:
@@ -81,3 +111,15 @@ def serve_context(kind: str, dataset, config=None) -> Any:
     log.warning("context %r has no serve stage (jaxrec.models.contexts.serves); serving from its 'test' stage "
                 "(train + valid interactions known, not test)", kind)
     return builder(dataset, config)["test"]
+
+@serves("sequences")
+def serve_histories(dataset, config) -> np.ndarray:
+    """int32 [U, max_seq_len]: every user's training sequence, then the validation item, then the
+    test item (everything known when serving), item ids + 1, left-padded with 0."""
+    s = user_sequences(dataset, log_report=False)
+    has_v, has_t = s.valid_item >= 0, s.test_item >= 0
+    items = np.insert(s.items, s.indptr[1:][has_v], s.valid_item[has_v])
+    indptr = np.concatenate([[0], np.cumsum(s.lengths + has_v)]).astype(np.int64)
+    items = np.insert(items, indptr[1:][has_t], s.test_item[has_t])
+    indptr = np.concatenate([[0], np.cumsum(s.lengths + has_v + has_t)]).astype(np.int64)
+    return left_pad(indptr, items, config.max_seq_len, "serve histories")
