@@ -198,6 +198,19 @@ def check_run(model: Model, dataset: Dataset, config: Config) -> None:
                 + (f" (and {full.size - 1} more)" if full.size > 1 else "")
                 + f" has interacted with every one of the {n} items in training, so {config.model!r} cannot sample "
                 "a negative for them; drop such users or use a backbone without negatives (sgcl)")
+    _check_initializer(dataset, config)
+
+
+def _check_initializer(dataset: Dataset, config: Config) -> None:
+    """The LLM initializer's own check of the config against the training data (e.g. Rec-PCA
+    needs a co-occurrence graph with an edge), before embeddings are loaded."""
+    from jaxrec.init.strategies import InitInputs, get_initializer  # noqa: PLC0415
+
+    initializer = get_initializer(config.init)
+    if initializer.check is not None:
+        tr = dataset.train
+        initializer.check(InitInputs(config=config, train_user=tr.user, train_item=tr.item,
+                                     num_users=int(dataset.num_users), num_items=int(dataset.num_items)))
 
 
 def run_identity(model: Model, config: Config, dataset: Dataset) -> dict:
