@@ -179,9 +179,19 @@ def build_cells(base, backbones, variants: Sequence[Variant], seeds_of: dict[str
     return cells
 
 
+#: Config fields that change the initial parameters but not the model's loss function.
+INIT_FIELDS = ("seed", "init", "init_norm", "recpca_lambda", "embeddings", "encoder", "variance_fraction",
+               "init_scale", "random_with_replacement")
+
+
 def barrier_measures(curvature_iters: int):
     """``on_result`` callback: the measures of ``jaxrec.analysis.barrier`` on the cell's
-    starting parameters, against the backbone's random init of the same seed."""
+    starting parameters, against the backbone's random init of the same seed.
+
+    Cells whose configs differ only in ``INIT_FIELDS`` share one model object for the
+    curvature, so its Hessian-vector product compiles once (the loss is a static jit argument).
+    """
+    models: dict[str, Any] = {}
 
     def measure(ctx: grid.CellContext) -> dict:
         import jax
@@ -203,7 +213,9 @@ def barrier_measures(curvature_iters: int):
         }
         if curvature_iters > 0:
             key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2)  # one batch per seed, shared by the variants
-            h = loss_curvature(model, ctx.init_params, ctx.prepared, cfg, key, max_iters=curvature_iters)
+            loss_model = models.setdefault(
+                repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in INIT_FIELDS)), model)
+            h = loss_curvature(loss_model, ctx.init_params, ctx.prepared, cfg, key, max_iters=curvature_iters)
             out.update(hessian_top=h.eigenvalue, hessian_min_ritz=h.smallest, hessian_converged=h.converged,
                        hessian_hvps=h.hvps, hessian_residual=h.residual)
         log.info("at init: item norm / random %.3f (cv %.3f), anisotropy %.3f, roughness %.3f, Hessian top %s",

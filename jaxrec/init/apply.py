@@ -158,7 +158,7 @@ def llm_init_params(
         )
     n = emb.shape[1]
     if k > n:
-        raise ConfigError(f"embedding_size={k}: the backbone's embedding size K exceeds the encoder's N={n} dims "
+        raise ConfigError(f"embedding_size={k}: the backbone's embedding size K={k} exceeds the encoder's N={n} dims "
                           f"that init {strategy!r} reduces; use embedding_size <= {n}")
     if initializer.needs_key and key is None:
         raise ValueError(f"init {strategy!r}: a jax.random key is required")

@@ -129,13 +129,15 @@ def normalize_table(table, mode: str = "unit", rows: int | None = None, k: int |
     docstring). For ``typical``: ``reference`` [rows', K'] is the backbone's own random-init
     table whose RMS row norm is the target (measured), or else ``rows``/``k`` give the
     backbone table's shape whose expected xavier RMS norm is the target (default:
-    ``table``'s shape). Rows of norm <= ``eps`` count as zero and stay zero.
+    ``table``'s shape); ``none`` reads neither. Rows of norm <= ``eps`` count as zero and stay zero.
     Raises ``NormalizeError`` (a ValueError) naming ``mode``, ``table``, ``rows``, ``k`` or
-    ``reference`` (not 2-D, not finite, RMS norm 0, or given together with ``rows``/``k``).
+    ``reference`` (not 2-D, not finite, or given together with ``rows``/``k``), and a target
+    norm that is not > 0 (a ``typical`` reference of zeros).
     """
     if mode not in INIT_NORMS:
         raise NormalizeError(f"mode={mode!r}: expected one of {', '.join(INIT_NORMS.names())}")
-    if reference is not None:
+    normalization = INIT_NORMS.get(mode, "mode")
+    if reference is not None and normalization.target is not None:  # "none" never reads it
         if rows is not None or k is not None:
             raise NormalizeError("reference: give either the backbone's random-init table or its shape rows/k, not both")
         reference = np.asarray(reference, np.float64)
@@ -143,8 +145,6 @@ def normalize_table(table, mode: str = "unit", rows: int | None = None, k: int |
             raise NormalizeError(f"reference: expected the backbone's table [rows, K], got shape {reference.shape}")
         if not np.all(np.isfinite(reference)):
             raise NormalizeError("reference: expected finite values (the backbone's random-init table)")
-        if not rms_row_norm(reference) > 0:
-            raise NormalizeError("reference: the backbone's random-init table is all zeros; its typical row norm is 0")
     table = jnp.asarray(table)
     if table.ndim != 2:
         raise NormalizeError(f"table: expected [rows, K], got shape {table.shape}")
@@ -154,7 +154,6 @@ def normalize_table(table, mode: str = "unit", rows: int | None = None, k: int |
     n_rows, dim = table.shape
     rows = n_rows if rows is None else _positive_int(rows, "rows")
     k = dim if k is None else _positive_int(k, "k")
-    normalization = INIT_NORMS.get(mode, "mode")
     target = source = None
     if normalization.target is not None:
         target, source = normalization.target(rows, k, reference)
