@@ -50,6 +50,7 @@ log = logging.getLogger("experiments")
 EXPERIMENT = "tf_llmer"
 DEFAULT_VARIANTS = "none,variance,variance+unit,variance+typical,pca,recpca@0.5,recpca@1,recpca@1+typical"
 DEFAULT_MIN_EPOCHS = "sgl=40"
+DEFAULT_PROBE = "0,0.5,0.9,0.95,0.98,1,1.02,1.05,1.1,1.5"
 #: Numbers measured at init per cell (``barrier_measures``), aggregated over seeds like the metrics.
 EXTRAS = ("item_norm_ratio", "item_norm_cv", "user_norm_ratio", "item_anisotropy", "item_roughness",
           "hessian_top", "hessian_min_ritz", "initial_loss")
@@ -160,7 +161,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"per-backbone config min_epochs, no early stop before (default {DEFAULT_MIN_EPOCHS})")
     g.add_argument("--curvature-iters", type=int, default=60,
                    help="Lanczos Hessian-vector products for the curvature at init (default 60; 0: skip)")
+    g.add_argument("--lambda-probe", default=DEFAULT_PROBE,
+                   help="Rec-PCA lambdas whose item tables are compared with PCA's on the first split, without "
+                        f"training (default {DEFAULT_PROBE}; 'none': skip)")
     return p
+
+
+def recpca_probe(dataset, emb, k: int, lambdas: Sequence[float]) -> list[dict]:
+    """What Rec-PCA's lambda does to the item table [I, k] on ``dataset``'s training
+    interactions, no training: per lambda the subspace overlap with PCA's (mean squared
+    cosine of the principal angles, ``||W_pca^T W||_F^2 / k``: 1 = the same span), the top-k
+    eigenvalues of X^T (I - lambda L) X that are <= 0, the variance kept
+    (``||X_c W||^2 / ||X_c W_pca||^2``) and the table's roughness on the co-occurrence graph."""
+    from jaxrec.analysis import graph_roughness
+    from jaxrec.init import pca_project, rec_pca
+
+    tr = dataset.train
+    pca_table, w0 = (np.asarray(a, np.float64) for a in pca_project(emb, k))
+    pca_var = float(np.sum(pca_table ** 2))
+    rows = []
+    for lam in lambdas:
+        table, w, rep = rec_pca(emb, tr.user, tr.item, k, lam, return_report=True)
+        table, w = np.asarray(table, np.float64), np.asarray(w, np.float64)
+        vals = np.asarray(rep.eigenvalues)
+        rows.append({"lambda": float(lam), "overlap_with_pca": float(np.sum((w0.T @ w) ** 2) / k),
+                     "nonpositive_eigenvalues": int(np.sum(vals <= 1e-7 * max(abs(vals[0]), 1e-30))),
+                     "top_eigenvalue": float(vals[0]), "variance_kept": float(np.sum(table ** 2)) / pca_var,
+                     "roughness": graph_roughness(table, tr.user, tr.item)})
+    return rows
+
+
+def probe_text(rows, title: str) -> str:
+    headers = ["lambda", "overlap with PCA", "eigenvalues <= 0", "top eigenvalue", "variance kept", "roughness"]
+    body = [[f"{r['lambda']:g}", f"{r['overlap_with_pca']:.4f}", str(r["nonpositive_eigenvalues"]),
+             f"{r['top_eigenvalue']:.4g}", f"{r['variance_kept']:.3f}", f"{r['roughness']:.3f}"] for r in rows]
+    return report.format_table(headers, body, title=title)
 
 
 def build_cells(base, backbones, variants: Sequence[Variant], seeds_of: dict[str, list[int]],
@@ -370,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         MODELS.check(b, "--min-epochs")
     if args.curvature_iters < 0:
         raise ConfigError(f"--curvature-iters {args.curvature_iters}: expected an integer >= 0")
+    probe: list[float] = []
+    if str(args.lambda_probe).strip().lower() != "none":
+        try:
+            probe = cli.parse_list(args.lambda_probe, float)
+        except ValueError:
+            raise ConfigError(f"--lambda-probe {args.lambda_probe!r}: expected comma-separated numbers") from None
+        bad = [x for x in probe if not (math.isfinite(x) and x >= 0)]
+        if bad:
+            raise ConfigError(f"--lambda-probe: {bad}: expected finite numbers >= 0")
     base = cli.base_config(args)
     llm = [v for v in variants if v.init != "none"]
     source = cli.resolve_text_source(args, base) if llm else EmbeddingSource(description="(no LLM init rows)")
@@ -381,8 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     datasets = grid.DatasetCache(args.split_seed)
     meta = {"backbones": backbones, "variants": [v.name for v in variants], "seeds": seeds_of,
             "min_epochs": min_epochs, "split_seed": args.split_seed, "curvature_iters": args.curvature_iters}
+    probe_rows: list[dict] = []
     if llm:
-        meta["text_embeddings"] = grid.prepare_text_embeddings(datasets.first(base, all_seeds), source)
+        first = datasets.first(base, all_seeds)
+        meta["text_embeddings"] = grid.prepare_text_embeddings(first, source)
+        if probe:
+            from jaxrec.init import item_embeddings
+
+            emb = np.asarray(item_embeddings(first, base.replace(**source.config_fields())), np.float32)
+            probe_rows = recpca_probe(first, emb, base.embedding_size, probe)
+            meta["recpca_probe"] = {"split_seed": args.split_seed if args.split_seed is not None else all_seeds[0],
+                                    "k": base.embedding_size, "rows": probe_rows}
     records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta,
                              on_result=barrier_measures(args.curvature_iters))
     rows = summarize(records, variants)
@@ -400,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
                      "anisotropy ||mean unit item row||, roughness tr(T'LT)/tr(T'T) on the item co-occurrence "
                      "graph, Hessian eigenvalues of the training loss on one fixed batch per seed "
                      f"({args.curvature_iters} Lanczos steps), mean training loss of epoch 0")
-    text = "\n\n".join([metrics_text(rows, title), barrier_text(rows, barrier_title), verdict_text(verdict)])
+    parts = [metrics_text(rows, title), barrier_text(rows, barrier_title), verdict_text(verdict)]
+    if probe_rows:
+        parts.append(probe_text(probe_rows, (
+            f"Rec-PCA vs lambda without training (K={base.embedding_size}, the first split's training interactions): "
+            "overlap = mean squared cosine of the principal angles to PCA's span; eigenvalues <= 0 among the top K of "
+            "X'(I - lambda L)X; variance kept relative to PCA's; roughness tr(T'LT)/tr(T'T) (PCA: lambda 0)")))
+    text = "\n\n".join(parts)
     cell_table = report.cell_rows(records)
     for row, rec in zip(cell_table, records):
         row["variant"] = rec["key"]["variant"]

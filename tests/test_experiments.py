@@ -404,7 +404,7 @@ def test_tf_llmer_end_to_end(tiny, fast, tmp_path, capsys):
     out = tmp_path / "tf"
     argv = ["--dataset", str(tiny["dataset"]), "--backbones", "lightgcn,sgcl", "--seeds", "1,2",
             "--seeds-for", "sgcl=1", "--variants", "none,variance+typical,recpca@0.5+unit",
-            "--curvature-iters", "6", "--out", str(out), *fast]
+            "--curvature-iters", "6", "--lambda-probe", "0,1.5", "--out", str(out), *fast]
     assert tf_llmer.main(argv) == 0
     text = capsys.readouterr().out
     assert [r.split("  ")[0].strip() for r in _table_lines(text)] == [
@@ -444,6 +444,10 @@ def test_tf_llmer_end_to_end(tiny, fast, tmp_path, capsys):
     assert float(row["ndcg@10_gain"]) == pytest.approx(gain, rel=1e-3, abs=1e-3)
     hess = [by[("lightgcn", rec_v, s)]["extra"]["hessian_top"] for s in (1, 2)]
     assert float(row["hessian_top_mean"]) == pytest.approx(np.mean(hess), rel=1e-4)
+    probe = res["meta"]["recpca_probe"]["rows"]  # lambda 0 is PCA: the same span, all of its variance
+    assert [p["lambda"] for p in probe] == [0.0, 1.5] and "Rec-PCA vs lambda without training" in text
+    assert probe[0]["overlap_with_pca"] == pytest.approx(1.0, abs=1e-5)
+    assert probe[0]["variance_kept"] == pytest.approx(1.0, abs=1e-5) and probe[1]["variance_kept"] < 1
     verdict = {v["backbone"]: v for v in res["meta"]["verdicts"]}
     reach = [v for v in ("variance+typical", rec_v)
              if float(table[("sgcl", v)]["ndcg@10_mean"]) >= float(table[("sgcl", "none")]["ndcg@10_mean"])]
@@ -482,3 +486,5 @@ def test_tf_llmer_option_errors(tiny, tmp_path):
         tf_llmer.main(base + ["--min-epochs", "nope=3"])
     with pytest.raises(ConfigError, match="--min-epochs 'sgl=-1'"):
         tf_llmer.main(base + ["--min-epochs", "sgl=-1"])
+    with pytest.raises(ConfigError, match="--lambda-probe: \\[-1.0\\]"):
+        tf_llmer.main(base + ["--lambda-probe", "0,-1"])
