@@ -149,10 +149,7 @@ def _min_epochs(text: str) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common_args(p, backbones="lightgcn,sgl,sgcl", seeds="2020,2021,2022")
-    g = p.add_argument_group(EXPERIMENT)
+    p, g = cli.experiment_parser(EXPERIMENT, __doc__, backbones="lightgcn,sgl,sgcl", seeds="2020,2021,2022")
     g.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help=f"initialization rows <init>[@<recpca lambda>][+<init_norm>] (default {DEFAULT_VARIANTS})")
     g.add_argument("--seeds-for", action="append", default=[], metavar="BACKBONE=SEEDS",

@@ -8,15 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import explicit_cooccurrence, explicit_laplacian, write_tiny_dataset
 
 from jaxrec.analysis import (
+    anisotropy,
     effective_rank,
+    fixed_batch,
+    graph_roughness,
     hessian_top_eigenvalue,
     hvp,
     information_abundance,
+    loss_curvature,
     norm_statistics,
     row_norms,
     singular_values,
+    table_norms,
     xavier_mean_row_norm,
 )
 from jaxrec.init.normalize import typical_row_norm
@@ -202,8 +208,6 @@ def test_curvature_bad_input():
 
 
 # ============================================ the barrier at init (jaxrec.analysis.barrier)
-from helpers import explicit_cooccurrence, explicit_laplacian, write_tiny_dataset  # noqa: E402
-from jaxrec.analysis import anisotropy, fixed_batch, graph_roughness, loss_curvature, table_norms  # noqa: E402
 
 
 def test_norm_anisotropy_hand_cases():

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from jaxrec.analysis import norm_statistics
-from jaxrec.init import initial_item_table, rec_pca
-from jaxrec.init.normalize import NormalizeError, normalize_table, typical_row_norm
+from jaxrec.config import Config, ConfigError
+from jaxrec.init import initial_item_table, llm_init_params, rec_pca
+from jaxrec.init.normalize import (
+    NormalizeError,
+    normalize_table,
+    rms_row_norm,
+    typical_row_norm,
+)
+from jaxrec.models import TableSpec, xavier_uniform_table
+from jaxrec.registry import INIT_NORMS
 
 
 def table_with_zero_row():
@@ -83,11 +91,6 @@ def test_normalize_table_bad_input(args, match):
 
 
 # ---------------------------------------------------------------- init_norm in LLM init
-from jaxrec.config import Config, ConfigError  # noqa: E402
-from jaxrec.init import llm_init_params  # noqa: E402
-from jaxrec.init.normalize import rms_row_norm  # noqa: E402
-from jaxrec.models import TableSpec, xavier_uniform_table  # noqa: E402
-from jaxrec.registry import INIT_NORMS  # noqa: E402
 
 EMB = np.random.default_rng(5).standard_normal((7, 6)).astype(np.float32) * np.arange(1, 8, dtype=np.float32)[:, None]
 USER = np.array([0, 0, 1, 1, 1, 2, 3, 3, 3], np.int32)  # user 4 has no training item

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+from helpers import explicit_cooccurrence, explicit_laplacian, write_tiny_dataset
 
-from helpers import explicit_cooccurrence, explicit_laplacian
-from jaxrec.init import pca_project
+from jaxrec import Config, get_model, initial_params, load_dataset
+from jaxrec.config import ConfigError
+from jaxrec.init import llm_init_params, pca_project
 from jaxrec.init.recpca import (
     RecPCAError,
     cooccurrence_degree,
@@ -15,6 +18,7 @@ from jaxrec.init.recpca import (
     laplacian_form,
     rec_pca,
 )
+from jaxrec.train import check_run
 
 
 def power_law_data(seed=0, num_users=40, num_items=30):
@@ -137,13 +141,6 @@ def test_recpca_graph_without_edges():
 
 
 # --------------------------------------------------------------- the recpca initializer
-import jax  # noqa: E402
-
-from helpers import write_tiny_dataset  # noqa: E402
-from jaxrec import Config, get_model, initial_params, load_dataset  # noqa: E402
-from jaxrec.config import ConfigError  # noqa: E402
-from jaxrec.init import llm_init_params  # noqa: E402
-from jaxrec.train import check_run  # noqa: E402
 
 
 def _align_signs(a, b):
@@ -163,7 +160,7 @@ def _toy(k=3, num_users=40, num_items=30):
 
 def test_recpca_initializer_lambda_zero_is_pca():
     params, x, user, item = _toy()
-    pca, rep_pca = llm_init_params(params, x, user, item, 40, Config(init="pca"))
+    pca, _ = llm_init_params(params, x, user, item, 40, Config(init="pca"))
     rec, rep = llm_init_params(params, x, user, item, 40, Config(init="recpca", recpca_lambda=0.0))
     np.testing.assert_allclose(_align_signs(rec["item_embedding"], pca["item_embedding"]), pca["item_embedding"],
                                atol=1e-5)
