@@ -157,15 +157,14 @@ def _recpca_check(inputs: InitInputs) -> None:
     if not np.any(users[1:] == users[:-1]):
         raise ConfigError(
             f"init='recpca', recpca_lambda={lam:g}: the item co-occurrence graph of the training data has no edges "
-            f"(none of its {np.unique(user).size:,} users has two distinct training items), so the penalty is zero "
+            f"(none of its {users.size:,} users has two distinct training items), so the penalty is zero "
             "and Rec-PCA would be plain PCA; use init='pca' (the same table) or recpca_lambda=0")
 
 
 def _recpca(emb, k, inputs: InitInputs):
     from jaxrec.init.recpca import rec_pca  # noqa: PLC0415
 
-    lam = _recpca_lambda(inputs)
-    _recpca_check(inputs)
+    lam = _recpca_lambda(inputs)  # the graph was checked by ``check`` (rec_pca raises RecPCAError too)
     user, item = inputs.interactions("recpca")
     table, w, rep = rec_pca(emb, user, item, k, lam, num_items=inputs.num_items or None, return_report=True)
     vals = np.asarray(rep.eigenvalues, np.float64)
