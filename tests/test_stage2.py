@@ -472,3 +472,70 @@ def test_stage2_smollm2_soft_prompt(smollm2, shared_data):
     res = evaluate_lm(ctx, project(proj, ctx.settings, ctx.user_rep, ctx.item_emb), ex.users[:1], ex.history[:1],
                       cands, batch_size=1, max_new_tokens=24)
     assert res.scores.shape == (1, 20) and np.isfinite(res.scores).all() and isinstance(res.generated[0], str)
+
+
+# ------------------------------------------------------------------------------ filter-then-rerank
+def test_stage2_rerank_recommender_top_k(tiny_run):
+    """The recommender's top-K equals a brute-force argsort with the user's earlier items masked;
+    the LM re-orders exactly those K by its scores (those of evaluate_lm on the same list), and
+    the metrics count an absent target as a miss in both orderings."""
+    import jaxrec
+    from jaxrec.align.rerank import model_top, recommender_top, rerank
+    from jaxrec.data import exclusion_pairs
+    from jaxrec.train import prepare
+
+    config, ds, _ = tiny_run
+    prepared = prepare(ds)
+    ctx = prepared.contexts(stage2_fit.CONTEXT, config)["test"]
+    rng = np.random.default_rng(4)
+    ue, ie = rng.normal(size=(ds.num_users, 3)).astype(np.float32), rng.normal(size=(ds.num_items, 3)).astype(np.float32)
+    ex = stage_examples(ds, "test", 3)
+    k = 5
+    top = recommender_top(ue, ie, ex.users, ds, "test", k=k)
+    s = ue.astype(np.float64) @ ie.T.astype(np.float64)
+    ex_u, ex_i = exclusion_pairs(ds, "test")
+    s[ex_u, ex_i] = -np.inf
+    np.testing.assert_array_equal(top, np.argsort(-s[ex.users], axis=1, kind="stable")[:, :k])
+    # any jaxrec model's embed: here MF's fresh tables
+    mf_cfg = Config.for_model("mf", dataset=config.dataset, data_cache=False)
+    mf = jaxrec.get_model(mf_cfg)
+    mf_params = mf.init(jax.random.PRNGKey(0), ds.num_users, ds.num_items)
+    mf_ctx = prepared.contexts(mf.context, mf_cfg)["test"]
+    mue, mie = mf.embed(mf_params, mf_ctx)
+    np.testing.assert_array_equal(model_top(mf, mf_params, mf_ctx, ds, ex.users, "test", k),
+                                  recommender_top(np.asarray(mue), np.asarray(mie), ex.users, ds, "test", k))
+    # targets: listed at varied positions for 2 users in 3, absent (an earlier item) for the rest
+    m = len(ex)
+    absent = np.arange(m) % 3 == 2
+    target = np.where(absent, [h[-1] for h in ex.history], top[np.arange(m), np.arange(m) % k]).astype(np.int32)
+    proj = init_params(jax.random.PRNGKey(2), ctx.settings)
+    tokens = project(proj, ctx.settings, ctx.user_rep, ctx.item_emb)
+    res = rerank(ctx, tokens, ex.users, ex.history, top, target, order="recommender", batch_size=8)
+    direct = evaluate_lm(ctx, tokens, ex.users, ex.history, top, batch_size=8, generate=False)
+    np.testing.assert_allclose(res.scores, direct.scores, rtol=1e-6)
+    np.testing.assert_array_equal(res.found, ~absent)
+    np.testing.assert_array_equal(res.recommender_ranks(), np.where(absent, k, np.arange(m) % k))
+    for score, sc in (("sum", res.scores), ("mean", res.scores / res.lengths)):
+        want = np.full(m, k)
+        for r in np.flatnonzero(~absent):
+            own = sc[r, r % k]
+            want[r] = sum(1 for c in range(k) if c != r % k and not own > sc[r, c])
+        np.testing.assert_array_equal(res.lm_ranks(score), want)
+        order = res.lm_order(score)
+        assert sorted(order[0].tolist()) == sorted(top[0].tolist()) and sc[0][list(top[0]).index(order[0, 0])] == sc[0].max()
+        got = res.metrics(score)
+        assert got[f"lm/hit@1_{score}"] == np.mean(want == 0)
+        assert got[f"lm/ndcg@5_{score}"] == pytest.approx(np.mean((want < 5) / np.log2(want + 2)))
+    got = res.metrics("sum")
+    assert got["recall@5"] == pytest.approx(np.mean(~absent)) and got["users"] == m
+    assert got["recommender/hit@1"] == pytest.approx(np.mean((np.arange(m) % k == 0) & ~absent))
+    assert got["lm/hit@1"] == got["lm/hit@1_sum"]
+    # shown shuffled: another prompt per user, the same K items ranked
+    shuffled = rerank(ctx, tokens, ex.users[:4], ex.history[:4], top[:4], target[:4], seed=1, batch_size=4)
+    assert not np.allclose(shuffled.scores, res.scores[:4]) and shuffled.lm_order().shape == (4, k)
+    with pytest.raises(Stage2Error, match="stage='train': expected 'valid' or 'test'"):
+        recommender_top(ue, ie, ex.users, ds, "train", k=k)
+    with pytest.raises(Stage2Error, match="fewer than k=20 items"):
+        recommender_top(ue, ie, ex.users, ds, "test", k=20)
+    with pytest.raises(Stage2Error, match="order='best': expected one of"):
+        rerank(ctx, tokens, ex.users, ex.history, top, target, order="best")
