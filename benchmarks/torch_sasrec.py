@@ -123,14 +123,14 @@ def from_jaxrec(params: dict, num_items: int, hidden: int, num_blocks: int, num_
     """A ``TorchSASRec`` holding exactly the weights of a ``jaxrec.models.sasrec`` parameter dict.
 
     Layouts: flax Linear kernels are [in, out] (torch weights [out, in]); the attention's
-    query/key/value kernels [d, heads, head_dim] stack into ``in_proj_weight`` [3d, d] (head
-    h = rows h*head_dim..), the output kernel [heads, head_dim, d] is ``out_proj.weight``
-    transposed; a 1x1 ``Conv1d.weight`` is [out, in, 1].
+    query/key/value kernels [d, d] (head h = columns h*head_dim..) stack transposed into
+    ``in_proj_weight`` [3d, d] (head h = rows h*head_dim..), the output kernel [d, d] is
+    ``out_proj.weight`` transposed; a 1x1 ``Conv1d.weight`` is [out, in, 1].
     """
     model = TorchSASRec(num_items, hidden, num_blocks, num_heads, dropout, max_len, norm)
     d = hidden
-    model.item_emb.weight.copy_(_t(params["item_embedding"]["embedding"]))
-    model.pos_emb.weight.copy_(_t(params["position_embedding"]["embedding"]))
+    model.item_emb.weight.copy_(_t(params["item_embedding"]))
+    model.pos_emb.weight.copy_(_t(params["position_embedding"]))
     for b in range(num_blocks):
         blk = params[f"block_{b}"]
         att = blk["attention"]

@@ -25,6 +25,11 @@ from typing import Any, Iterable, Mapping
 
 from jaxrec import registry as R
 
+#: ``seq_norm`` values: LayerNorm placement in a SASRec block (``jaxrec.models.sasrec``).
+SEQ_NORMS = ("reference", "prenorm")
+#: ``dropout_rng`` values: where dropout masks come from (``jaxrec.models.dropout``).
+DROPOUT_RNGS = ("hash", "threefry")
+
 
 #: ``lm_dtype`` / ``prompt_domain`` / ``lm_score`` values (A-LLMRec stage 2, ``jaxrec.align``).
 LM_DTYPES = ("float32", "bfloat16")
@@ -81,6 +86,22 @@ class Config:
     # bucket: the batch's distinct ids found on the host, padded to a multiple of 64 (fast);
     # table: found inside the step, padded to min(batch, table rows) (the form before 0.2)
     contrast_unique: str = "bucket"
+    # --- sequential (SASRec, A-LLMRec) ---------------------------------------
+    # Sequence-only keys (a graph backbone refuses changes to them): max_seq_len, num_heads,
+    # dropout_rate, seq_norm, dropout_rng. Their defaults are SASRec's (DESIGN.md 6).
+    max_seq_len: int = 50  # longest history kept (the most recent items; also the learned positions)
+    num_heads: int = 1  # attention heads (embedding_size must be a multiple)
+    dropout_rate: float = 0.5  # embeddings, attention weights, feed-forward
+    seq_norm: str = "reference"  # reference: LayerNorm on the queries only (A-LLMRec) | prenorm
+    dropout_rng: str = "hash"  # dropout masks: hash (keyed counter hash, fast on CPU) | threefry
+    # Candidate evaluation (evaluation="candidates", A-LLMRec): the held-out item + this many
+    # never-interacted items, drawn once per (split, stage, seed) and stored in candidates_dir
+    # (None: $JAXREC_CACHE/candidates); full ranking at full_view_topk reported beside as full_*.
+    candidate_negatives: int = 19
+    candidates_dir: str | None = None
+    full_view_topk: tuple[int, ...] = (10, 20)  # () = no full-ranking view
+    adam_b1: float = 0.9  # Adam's beta1 / beta2 (make_optimizer; SASRec: 0.98)
+    adam_b2: float = 0.999
     # --- LLMInit ---------------------------------------------------------------
     init: str = "none"  # none | random | uniform | variance | full | pca (jaxrec.registry.INITIALIZERS)
     encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)
@@ -416,9 +437,33 @@ def _validate(c: Config) -> None:
         bad("metrics", f"a non-empty subset of {list(metrics)}")
     for m in c.metrics:
         R.METRICS.check(m, "metrics")
-    name, _, k = c.valid_metric.partition("@")
-    if name not in metrics or not k.isdigit() or int(k) not in c.topk:
-        bad("valid_metric", f"<metric>@<k> with metric in {list(metrics)} and k in topk={list(c.topk)}")
+    # --- sequential (SASRec, A-LLMRec) ---
+    if c.max_seq_len < 1:
+        bad("max_seq_len", "an integer >= 1 (the longest history a sequence model reads)")
+    if c.num_heads < 1:
+        bad("num_heads", "an integer >= 1")
+    if not (0.0 <= c.dropout_rate < 1.0):
+        bad("dropout_rate", "a rate in [0, 1)")
+    if c.seq_norm not in SEQ_NORMS:
+        bad("seq_norm", f"one of {list(SEQ_NORMS)}")
+    if c.dropout_rng not in DROPOUT_RNGS:
+        bad("dropout_rng", f"one of {list(DROPOUT_RNGS)}")
+    if c.candidate_negatives < 1:
+        bad("candidate_negatives", "an integer >= 1 (sampled items beside the held-out one)")
+    if any(k < 1 for k in c.full_view_topk):
+        bad("full_view_topk", "integers >= 1, or () for no full-ranking view")
+    for name in ("adam_b1", "adam_b2"):
+        if not (0.0 <= getattr(c, name) < 1.0):
+            bad(name, "a number in [0, 1)")
+    # valid_metric must be one of the metrics the evaluation protocol reports: a protocol with
+    # its own names (candidates: mrr without @k, full_* keys) checks them itself.
+    check_metrics = getattr(R.EVALUATIONS.get(c.evaluation, "evaluation"), "check_config", None)
+    if check_metrics is not None:
+        check_metrics(c)
+    else:
+        name, _, k = c.valid_metric.partition("@")
+        if name not in metrics or not k.isdigit() or int(k) not in c.topk:
+            bad("valid_metric", f"<metric>@<k> with metric in {list(metrics)} and k in topk={list(c.topk)}")
     if c.split == "ratio":
         if (len(c.split_ratios) != 3 or any(not (r >= 0 and math.isfinite(r)) for r in c.split_ratios)
                 or sum(c.split_ratios) <= 0):

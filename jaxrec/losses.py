@@ -21,6 +21,22 @@ def bpr_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.Array:
     return -jnp.mean(jax.nn.log_sigmoid(pos_scores - neg_scores))
 
 
+def sampled_bce(pos_logits: jax.Array, neg_logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Binary cross-entropy of positive (label 1) and sampled negative (label 0) logits at the
+    positions where ``mask`` is 1, each averaged over those positions -> ``(bce_pos, bce_neg)``.
+
+    ``bce_pos = sum(mask * softplus(-pos)) / sum(mask)``, ``bce_neg`` likewise with
+    ``softplus(neg)``; the loss of SASRec's reference ``main.py`` (A-LLMRec
+    ``pre_train/sasrec/main.py``: two ``BCEWithLogitsLoss`` over ``pos != 0``) is their sum.
+    Any shapes, all equal; a mask without ones gives 0 (not NaN).
+    """
+    chex.assert_equal_shape([pos_logits, neg_logits, mask])
+    mask = mask.astype(pos_logits.dtype)
+    count = jnp.maximum(mask.sum(), 1.0)
+    return (jnp.sum(jax.nn.softplus(-pos_logits) * mask) / count,
+            jnp.sum(jax.nn.softplus(neg_logits) * mask) / count)
+
+
 def l2_reg(*embeddings: jax.Array, require_pow: bool = False) -> jax.Array:
     """L2 on the ego embeddings of a batch, divided by the batch size (RecBole's EmbLoss).
 

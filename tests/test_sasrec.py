@@ -65,8 +65,8 @@ def np_block(x, p, heads, norm):
 
 
 def np_forward(params, seq, s):
-    table = np.asarray(params["item_embedding"]["embedding"], np.float64)
-    pos = np.asarray(params["position_embedding"]["embedding"], np.float64)
+    table = np.asarray(params["item_embedding"], np.float64)
+    pos = np.asarray(params["position_embedding"], np.float64)
     keep = (seq != 0)[..., None]
     x = (table[seq] * np.sqrt(s.hidden) + pos[: seq.shape[1]]) * keep
     for b in range(s.num_blocks):
@@ -80,8 +80,7 @@ def test_sasrec_block_matches_numpy(norm):
     s = SASRecSettings(num_items=11, hidden=8, num_blocks=1, num_heads=2, max_len=6, norm=norm)
     params = perturbed(init_params(jax.random.key(0), s))
     x = np.random.default_rng(0).normal(size=(3, 6, 8))
-    causal = jnp.tril(jnp.ones((6, 6), bool))[None, None]
-    got = as_module(params, s).block_0(jnp.asarray(x, jnp.float32), causal, False, None)
+    got = as_module(params, s).block_0(jnp.asarray(x, jnp.float32), False, None)
     np.testing.assert_allclose(np.asarray(got), np_block(x, params["block_0"], 2, norm), rtol=1e-5, atol=1e-5)
 
 
@@ -109,7 +108,7 @@ def test_sasrec_is_causal():
 
 def test_sasrec_padding_is_inert():
     params = perturbed(init_params(jax.random.key(0), S))
-    assert float(jnp.abs(init_params(jax.random.key(0), S)["item_embedding"]["embedding"][0]).max()) == 0.0
+    assert float(jnp.abs(init_params(jax.random.key(0), S)["item_embedding"][0]).max()) == 0.0
     base = np.asarray(sequence_output(params, SEQ, S))
     # padding outputs: LayerNorm of a zero row = the final LayerNorm's bias
     pad = SEQ == 0
@@ -117,16 +116,16 @@ def test_sasrec_padding_is_inert():
                                atol=1e-6)
     # the padding row of the item table and the position rows under padding never reach an output
     p2 = jax.tree.map(lambda x: x, params)
-    p2["item_embedding"]["embedding"] = params["item_embedding"]["embedding"].at[0].set(5.0)
+    p2["item_embedding"] = params["item_embedding"].at[0].set(5.0)
     np.testing.assert_allclose(np.asarray(sequence_output(p2, SEQ[[0, 2]], S)), base[[0, 2]], atol=1e-6)
     p3 = jax.tree.map(lambda x: x, params)
-    p3["position_embedding"]["embedding"] = params["position_embedding"]["embedding"].at[:2].set(-4.0)
+    p3["position_embedding"] = params["position_embedding"].at[:2].set(-4.0)
     np.testing.assert_allclose(np.asarray(sequence_output(p3, SEQ[[0, 2]], S)), base[[0, 2]], atol=1e-6)
 
 
 def np_bce(params, batch, s):
     out = np_forward(params, batch["seq"], s)
-    table = np.asarray(params["item_embedding"]["embedding"], np.float64)
+    table = np.asarray(params["item_embedding"], np.float64)
     pl = (out * table[batch["pos"]]).sum(-1)
     nl = (out * table[batch["neg"]]).sum(-1)
     m = batch["pos"] != 0
@@ -190,3 +189,30 @@ def test_sasrec_bad_settings_and_inputs():
         sequence_output(params, np.zeros((1, 7), np.int32), S)
     with pytest.raises(SASRecError, match="shape"):
         sequence_output(params, SEQ, SASRecSettings(**{**S.__dict__, "num_items": 12}))
+
+
+def test_sasrec_hash_dropout_masks():
+    from flax import nnx
+
+    from jaxrec.models.dropout import HashDropout, dropout_mask, hash_bits
+
+    key = jax.random.key(3)
+    mask = np.asarray(dropout_mask(key, 0.3, (200, 500)))
+    assert abs(mask.mean() - 0.7) < 4 * np.sqrt(0.21 / mask.size)  # kept with probability 1 - rate
+    np.testing.assert_array_equal(mask, np.asarray(dropout_mask(key, 0.3, (200, 500))))  # a function of the key
+    other = np.asarray(dropout_mask(jax.random.key(4), 0.3, (200, 500)))
+    assert abs((mask == other).mean() - (0.7 ** 2 + 0.3 ** 2)) < 0.01  # independent across keys
+    m = mask.astype(float) - mask.mean()
+    assert abs((m[:, 1:] * m[:, :-1]).mean() / m.var()) < 0.02  # and across neighbouring elements
+    assert abs((m[1:] * m[:-1]).mean() / m.var()) < 0.02
+    bits = np.asarray(hash_bits(key, (4096,)))[:, None] >> np.arange(32, dtype=np.uint32) & 1
+    np.testing.assert_allclose(bits.mean(axis=0), 0.5, atol=4 * 0.5 / 64)  # every bit balanced
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(200, 500)), jnp.float32)
+    drop = HashDropout(0.3)
+    out = np.asarray(drop(x, rngs=nnx.Rngs(dropout=key)))
+    want = np.where(np.asarray(dropout_mask(nnx.Rngs(dropout=key).dropout(), 0.3, x.shape)), np.asarray(x) / 0.7, 0)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(drop(x, deterministic=True)), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(HashDropout(0.0)(x, rngs=nnx.Rngs(dropout=key))), np.asarray(x))
+    with pytest.raises(ValueError, match="rate"):
+        HashDropout(1.0)

@@ -73,6 +73,13 @@ def test_sasrec_window_negatives_and_batches():
     a = list(window_batches(np.random.default_rng(5), w, 16))
     b = list(window_batches(np.random.default_rng(5), w, 16))
     assert all((x["neg"] == y["neg"]).all() and (x["user"] == y["user"]).all() for x, y in zip(a, b))
+    padded = list(window_batches(np.random.default_rng(5), w, 16, pad=True))  # every batch 16 rows
+    assert [len(x["user"]) for x in padded] == [16] * len(a) and len(a[-1]["user"]) < 16
+    tail, full = padded[-1], a[-1]
+    k = len(full["user"])
+    assert all((tail[c][:k] == full[c]).all() for c in full)  # the same rows first, then padding rows
+    assert (tail["user"][k:] == -1).all() and all((tail[c][k:] == 0).all() for c in ("seq", "pos", "neg"))
+    assert all(v.dtype == np.int32 for v in tail.values())
     negs = sample_window_negatives(np.random.default_rng(1), w)
     used = np.bincount(negs[negs > 0], minlength=n_items + 1)[1:]
     assert (used > 0).sum() > 0.8 * n_items  # spread over the item range, not a few ids

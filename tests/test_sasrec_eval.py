@@ -46,8 +46,10 @@ def test_sasrec_candidate_ranks_and_metrics_by_hand():
     assert m["ndcg@4"] == pytest.approx((1 + 1 / math.log2(3) + 1 / 2 + 2 / math.log2(5)) / 5)
     assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 4) / 5)
     assert set(metrics_from_ranks([0], 20)) == {"hit@1", "hit@5", "ndcg@5", "mrr"}
-    with pytest.raises(ValueError, match="recall"):
-        candidate_metrics(scores, ["recall@1"])
+    rp = candidate_metrics(scores, ["recall@2", "precision@2"])  # one relevant item: recall = hit, precision = hit/k
+    assert rp == pytest.approx({"recall@2": 2 / 5, "precision@2": 1 / 5})
+    with pytest.raises(ValueError, match="map@1"):
+        candidate_metrics(scores, ["map@1"])
     with pytest.raises(ValueError, match=r"\[1, 4\]"):
         candidate_metrics(scores, ["hit@5"])
 
@@ -184,3 +186,48 @@ def test_sasrec_run_scenario_harness(tmp_path):
     assert len(np.unique(trained_on[-1].train.user)) == 5 and set(fs.metrics) == {"all", "unseen"}
     na = run_scenario(CrossDomain(target=ds), ds, train, score, seed=1)
     assert not na.applicable and na.metrics == {} and len(trained_on) == 2  # never trained
+
+
+# ------------------------------------------------------------------------------ the protocol
+def test_sasrec_candidates_protocol_against_numpy(tmp_path):
+    from jaxrec.data.fingerprint import dataset_fingerprint
+    from jaxrec.eval.protocols import make_evaluator
+    from jaxrec.train import SingleDevice, prepare
+
+    ds = many_users(n_users=50, n_items=70)
+    config = Config(evaluation="candidates", candidates_dir=str(tmp_path), seed=5, topk=(1, 5),
+                    metrics=("hit", "ndcg", "mrr", "recall"), valid_metric="mrr", full_view_topk=(10,))
+    rng = np.random.default_rng(0)
+    ue = rng.normal(size=(ds.num_users, 6)).astype(np.float32)
+    ie = rng.normal(size=(ds.num_items, 6)).astype(np.float32)
+    got = make_evaluator(prepare(ds), config, SingleDevice())((ue, ie), "test")
+    # the lists were stored beside the split, keyed by its fingerprint, stage and seed
+    path = candidate_file(tmp_path, dataset_fingerprint(ds), "test", 5)
+    cands = load_candidates(path, ds)
+    stamp = path.stat().st_mtime_ns
+    scores = np.einsum("md,mcd->mc", ue[cands.users].astype(np.float64), ie[cands.items].astype(np.float64))
+    r = (scores[:, 1:] >= scores[:, :1]).sum(axis=1)  # pessimistic rank of the target (column 0)
+    want = {"hit@1": np.mean(r < 1), "hit@5": np.mean(r < 5), "ndcg@1": np.mean(r < 1),
+            "ndcg@5": np.mean((r < 5) / np.log2(r + 2)), "mrr": np.mean(1 / (r + 1)),
+            "recall@1": np.mean(r < 1), "recall@5": np.mean(r < 5)}
+    # full ranking of the test item among all items but the user's training and validation items
+    seen = {}
+    for part in (ds.train, ds.valid):
+        for u, i in zip(part.user.tolist(), part.item.tolist()):
+            seen.setdefault(u, set()).add(i)
+    full = []
+    for u, i in zip(ds.test.user.tolist(), ds.test.item.tolist()):
+        s = ue[u].astype(np.float64) @ ie.astype(np.float64).T
+        others = [j for j in range(ds.num_items) if j != i and j not in seen.get(u, set())]
+        full.append(int((s[others] > s[i]).sum()))
+    full = np.array(full)
+    want["full_recall@10"] = np.mean(full < 10)
+    want["full_ndcg@10"] = np.mean((full < 10) / np.log2(full + 2))
+    assert got == pytest.approx(want, abs=1e-9)
+    # a second evaluator (another model, another run) reads the stored lists instead of drawing new ones
+    again = make_evaluator(prepare(ds), config, SingleDevice())((ue.copy(), ie.copy()), "test")
+    assert again == got and path.stat().st_mtime_ns == stamp
+    make_evaluator(prepare(ds), config, SingleDevice())((ue, ie), "valid")
+    valid = load_candidates(candidate_file(tmp_path, dataset_fingerprint(ds), "valid", 5), ds)
+    assert valid.items[:, 0].tolist() == [dict(zip(ds.valid.user.tolist(), ds.valid.item.tolist()))[u]
+                                          for u in valid.users.tolist()]

@@ -39,7 +39,7 @@ def test_sasrec_torch_forward_parity(norm):
         ref = model.log2feats(torch.from_numpy(seq).long()).numpy()
     np.testing.assert_allclose(np.asarray(sequence_output(params, seq, s)), ref, rtol=1e-5, atol=2e-5)
     cand = np.random.default_rng(1).integers(0, 30, size=(5, 4))
-    table = np.asarray(params["item_embedding"]["embedding"])
+    table = np.asarray(params["item_embedding"])
     np.testing.assert_allclose(ts.score(model, seq, cand), np.einsum("bd,bcd->bc", ref[:, -1], table[cand + 1]),
                                rtol=1e-5, atol=2e-5)
 

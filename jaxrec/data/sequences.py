@@ -143,13 +143,14 @@ def _held_out_time(dataset: Dataset, stage: str) -> np.ndarray:
     return ts
 
 
-def user_sequences(dataset: Dataset) -> Sequences:
+def user_sequences(dataset: Dataset, log_report: bool = True) -> Sequences:
     """Order every user's training interactions by time (ties: file order) and check the split.
 
     Requires timestamps and a leave-one-out split by time: at most one validation and one
     test interaction per user, not earlier than the user's training interactions and the
     validation one. Raises DataError naming the source and the first offending user
-    otherwise, or when no user has 3 interactions (nothing to evaluate).
+    otherwise, or when no user has 3 interactions (nothing to evaluate). The report is logged
+    (WARNING when users are left unevaluated or timestamps tie) unless ``log_report`` is False.
     """
     parts = {"train": dataset.train, "valid": dataset.valid, "test": dataset.test}
     for name, part in parts.items():
@@ -186,7 +187,7 @@ def user_sequences(dataset: Dataset) -> Sequences:
         num_users=dataset.num_users, evaluable_users=int(has_t.sum()),
         short_users=int(((total > 0) & ~has_t).sum()), window_users=int((counts >= 2).sum()),
         tied_timestamps=ties)
-    if rep.short_users or ties:
+    if log_report and (rep.short_users or ties):
         log.warning("%s", rep)
     return Sequences(indptr, items, valid, test, dataset.user_ids, dataset.num_items, rep)
 
@@ -285,11 +286,14 @@ def sample_window_negatives(rng: np.random.Generator, windows: SequenceWindows, 
 
 
 def window_batches(rng: np.random.Generator, windows: SequenceWindows, batch_size: int = 128,
-                   shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                   shuffle: bool = True, pad: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of batches ``{"user": int32 [B], "seq", "pos", "neg": int32 [B, L]}`` (0 = padding).
 
     Every window once per epoch in a ``rng`` permutation (as SASRec.pytorch's sampler with
-    shuffled user ids), negatives drawn fresh for the epoch; the last batch may be smaller.
+    shuffled user ids), negatives drawn fresh for the epoch; the last batch may be smaller,
+    unless ``pad``: then it is completed to ``batch_size`` rows with padding rows (``user``
+    -1, ``seq``/``pos``/``neg`` all 0), which carry no loss (no position has ``pos != 0``), so
+    every batch has one shape (one compilation of a jitted step).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -297,8 +301,13 @@ def window_batches(rng: np.random.Generator, windows: SequenceWindows, batch_siz
     neg = sample_window_negatives(rng, windows, order)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        yield {"user": windows.user[rows], "seq": windows.seq[rows], "pos": windows.pos[rows],
-               "neg": neg[start:start + batch_size]}
+        batch = {"user": windows.user[rows], "seq": windows.seq[rows], "pos": windows.pos[rows],
+                 "neg": neg[start:start + batch_size]}
+        short = batch_size - len(rows)
+        if pad and short:
+            batch = {k: np.concatenate([v, np.full((short, *v.shape[1:]), -1 if k == "user" else PAD, v.dtype)])
+                     for k, v in batch.items()}
+        yield batch
 
 
 __all__ = ["SequenceReport", "Sequences", "SequenceWindows", "user_sequences", "held_out_items", "histories",

@@ -15,9 +15,12 @@ target, or a NaN score, counts as ranked above it; the reference ``utils.py`` ra
 - ``hit@k``  = 1 if r < k (``hit@1`` is the paper's Hit@1, the reference's ``rank < 1``)
 - ``ndcg@k`` = 1 / log2(r + 2) if r < k else 0 (one relevant item: IDCG = 1)
 - ``mrr``    = 1 / (r + 1) over the whole list (RecBole's MRR with k = C)
+- ``recall@k`` = ``hit@k`` and ``precision@k`` = ``hit@k / k`` (RecBole's definitions with one
+  relevant item)
 
 each averaged over users (RecBole names). Full ranking over all items stays the second
-view: ``jaxrec.eval.evaluate``.
+view: ``jaxrec.eval.evaluate``; the ``"candidates"`` protocol of ``jaxrec.eval.protocols``
+reports both.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from jaxrec.data.sequences import held_out_items
 
 DEFAULT_METRICS = ("hit@1", "hit@5", "ndcg@5", "mrr")
 NUM_NEGATIVES = 19
-_NAME = re.compile(r"^(hit|ndcg)@(\d+)$|^mrr$")
+_NAME = re.compile(r"^(hit|ndcg|recall|precision)@(\d+)$|^mrr$")
+#: Metric names (``config.metrics``) the candidate protocol computes.
+CANDIDATE_METRICS = ("hit", "ndcg", "mrr", "recall", "precision")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,13 +90,9 @@ def _targets(dataset: Dataset, stage: str) -> tuple[np.ndarray, np.ndarray]:
     return users, item[users]
 
 
-def sample_candidates(dataset: Dataset, stage: str, seed: int, num_negatives: int = NUM_NEGATIVES) -> CandidateSet:
-    """Draw the candidate lists of ``stage`` with ``np.random.default_rng(seed)``.
-
-    Negatives: ``num_negatives`` distinct items, none the user interacted with in train, valid
-    or test, uniform over the remaining ones. Raises DataError naming the user's original id
-    when a user has fewer than ``num_negatives`` items left, before drawing anything.
-    """
+def _free_items(dataset: Dataset, stage: str, num_negatives: int):
+    """(users, targets, index of every interaction, free items per user) after checking that
+    every user of ``stage`` has ``num_negatives`` never-interacted items (DataError otherwise)."""
     if num_negatives < 1:
         raise ValueError(f"num_negatives: expected >= 1, got {num_negatives}")
     users, target = _targets(dataset, stage)
@@ -104,7 +105,25 @@ def sample_candidates(dataset: Dataset, stage: str, seed: int, num_negatives: in
         u = users[short]
         raise DataError(f"{dataset.source}: user {dataset.user_ids[u[0]]!r} ({int(short.sum())} such users) has "
                         f"interacted with {int(index.counts[u[0]])} of {dataset.num_items} items; candidate "
-                        f"sampling needs {num_negatives} items the user never interacted with")
+                        f"sampling needs {num_negatives} items the user never interacted with "
+                        f"(candidate_negatives={num_negatives})")
+    return users, target, index, free
+
+
+def check_candidates(dataset: Dataset, stage: str, num_negatives: int = NUM_NEGATIVES) -> None:
+    """DataError (naming the user) unless candidate lists of ``stage`` can be drawn: a
+    leave-one-out ``stage`` with held-out items, each user with ``num_negatives`` items left."""
+    _free_items(dataset, stage, num_negatives)
+
+
+def sample_candidates(dataset: Dataset, stage: str, seed: int, num_negatives: int = NUM_NEGATIVES) -> CandidateSet:
+    """Draw the candidate lists of ``stage`` with ``np.random.default_rng(seed)``.
+
+    Negatives: ``num_negatives`` distinct items, none the user interacted with in train, valid
+    or test, uniform over the remaining ones. Raises DataError naming the user's original id
+    when a user has fewer than ``num_negatives`` items left, before drawing anything.
+    """
+    users, target, index, free = _free_items(dataset, stage, num_negatives)
     rng = np.random.default_rng(seed)
     # Floyd's algorithm: distinct ranks among the user's non-interacted items, uniform subsets
     ranks = np.empty((users.size, num_negatives), dtype=np.int64)
@@ -178,7 +197,8 @@ def _check_metrics(metrics: Sequence[str], num_candidates: int) -> tuple[str, ..
     for m in metrics:
         match = _NAME.match(m)
         if not match:
-            raise ValueError(f"metrics: unknown candidate metric {m!r}; expected hit@k, ndcg@k or mrr")
+            raise ValueError(f"metrics: unknown candidate metric {m!r}; expected hit@k, ndcg@k, recall@k, "
+                             f"precision@k or mrr")
         if match.group(2) is not None and not 1 <= int(match.group(2)) <= num_candidates:
             raise ValueError(f"metrics: {m!r}: k must lie in [1, {num_candidates}] (the number of candidates)")
     return metrics
@@ -205,7 +225,8 @@ def metrics_from_ranks(ranks, num_candidates: int, metrics: Sequence[str] = DEFA
             continue
         kind, k = m.split("@")
         hit = r < int(k)
-        out[m] = float(np.mean(hit if kind == "hit" else hit / np.log2(r + 2.0)))
+        per_user = {"hit": hit, "recall": hit, "precision": hit / int(k)}.get(kind)
+        out[m] = float(np.mean(per_user if per_user is not None else hit / np.log2(r + 2.0)))
     return out
 
 
@@ -239,6 +260,7 @@ def evaluate_candidates(user_emb, item_emb, cands: CandidateSet,
     return candidate_metrics(dot_scores(user_emb, item_emb, cands), metrics)
 
 
-__all__ = ["CandidateSet", "DEFAULT_METRICS", "NUM_NEGATIVES", "sample_candidates", "candidate_file",
+__all__ = ["CandidateSet", "DEFAULT_METRICS", "NUM_NEGATIVES", "CANDIDATE_METRICS", "check_candidates",
+           "sample_candidates", "candidate_file",
            "save_candidates", "load_candidates", "candidates_for", "candidate_ranks", "metrics_from_ranks",
            "candidate_metrics", "dot_scores", "evaluate_candidates"]

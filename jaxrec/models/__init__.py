@@ -11,12 +11,14 @@ import dataclasses
 from typing import Callable
 
 from jaxrec.config import Config
-from jaxrec.models.base import Encoder, Model, Params, TableSpec, dot_scores, init_tables, xavier_uniform_table
+from jaxrec.models.base import (Encoder, Model, Params, SequenceEncoder, TableSpec, dot_scores, init_tables,
+                                require_defaults, xavier_uniform_table)
 from jaxrec.models.lightgcn import lightgcn_encoder, make_lightgcn
 from jaxrec.models.mf import make_mf, mf_encoder
+from jaxrec.models.sasrec import SASREC_DEFAULTS, make_sasrec, sasrec_encoder
 from jaxrec.models.sgcl import make_sgcl
 from jaxrec.models.sgl import make_sgl
-from jaxrec.registry import MODELS
+from jaxrec.registry import CONTEXTS, MODELS
 
 
 def register_model(name: str, builder: Callable[[Config], Model], *, defaults: dict | None = None,
@@ -36,10 +38,20 @@ def register_model(name: str, builder: Callable[[Config], Model], *, defaults: d
 
 
 def get_model(config: Config) -> Model:
-    """The backbone ``config.model`` with ``config``'s hyperparameters."""
+    """The backbone ``config.model`` with ``config``'s hyperparameters.
+
+    Raises ``ConfigError`` naming the key when ``config`` changes an option that only models over
+    another context kind read (a context builder's ``options``: e.g. ``max_seq_len`` or
+    ``dropout_rate`` for a graph backbone), or when the builder refuses a value.
+    """
     model = MODELS.get(config.model, "model")(config)
     if not isinstance(model, Model):
         raise TypeError(f"model builder {config.model!r} returned {type(model).__name__}, expected jaxrec.models.Model")
+    for kind in CONTEXTS.names():
+        options = getattr(CONTEXTS.get(kind), "options", ())
+        if kind != model.context and options:
+            require_defaults(config, options, f"model={config.model!r} (context {model.context!r}) does not read it; "
+                                              f"it is an option of backbones over {kind!r} ({', '.join(options)})")
     return model
 
 
@@ -47,6 +59,7 @@ register_model("mf", make_mf)
 register_model("lightgcn", make_lightgcn)
 register_model("sgl", make_sgl)
 register_model("sgcl", make_sgcl)
+register_model("sasrec", make_sasrec, defaults=SASREC_DEFAULTS)
 
 # The built-in context kinds register with the models.
 from jaxrec.models import contexts  # noqa: E402,F401
@@ -54,6 +67,6 @@ from jaxrec.models import contexts  # noqa: E402,F401
 # A-LLMRec stage 2 (projectors into a frozen LM): backbone, context, batch kind, term, evaluation.
 from jaxrec.align import stage2_fit  # noqa: E402,F401
 
-__all__ = ["Model", "Encoder", "TableSpec", "Params", "get_model", "register_model", "init_tables",
-           "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
-           "make_lightgcn", "make_mf", "make_sgl", "make_sgcl"]
+__all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "Params", "get_model", "register_model",
+           "init_tables", "require_defaults", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
+           "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec"]

@@ -85,6 +85,31 @@ class Encoder:
 
 
 @dataclasses.dataclass(frozen=True)
+class SequenceEncoder(Encoder):
+    """An encoder over item sequences (SASRec): ``embed`` reads the per-stage histories context
+    (int32 [U, L], item ids + 1, 0 = padding); ``forward(params, seq [B, L], key, train) -> [B, L, d]``
+    gives the output at every position (what the sequence objectives score against the item
+    table; ``key`` draws dropout when ``train``). No user table; the item table has a padding
+    row 0 (``TableSpec("item_embedding", offset=1)``).
+    """
+
+    forward: Callable[..., jax.Array] | None = None
+    user_table: TableSpec | None = None
+    item_table: TableSpec | None = TableSpec("item_embedding", offset=1)
+
+
+def require_defaults(config: Any, keys: Any, why: str) -> None:
+    """``ConfigError`` naming the first of ``keys`` whose value in ``config`` differs from the
+    ``Config`` default: ``"<key>=<value>: <why>; leave it at its default <default>"``."""
+    from jaxrec.config import Config, ConfigError  # noqa: PLC0415
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for key in keys:
+        if getattr(config, key) != defaults[key]:
+            raise ConfigError(f"{key}={getattr(config, key)!r}: {why}; leave it at its default {defaults[key]!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Model:
     """A backbone: ``encoder`` + ``objective`` over a ``context`` kind (module docstring)."""
 

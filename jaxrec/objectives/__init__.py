@@ -14,7 +14,7 @@ views are not drawn either) and report 0. So SGCL is the LightGCN encoder with
 
 Terms are registered by name in ``jaxrec.registry.OBJECTIVES`` as builders ``(Config) -> Term``:
 ``bpr`` and ``reg`` (``jaxrec.objectives.ranking``), ``ssl`` and ``sgcl``
-(``jaxrec.objectives.contrast``). ``term(name, config)`` builds one.
+(``jaxrec.objectives.contrast``), ``bce_seq`` (``jaxrec.objectives.sequential``). ``term(name, config)`` builds one.
 """
 
 from __future__ import annotations
@@ -184,4 +184,4 @@ def term(name: str, config: Any) -> Term:
 
 
 # Built-in terms register on import.
-from jaxrec.objectives import contrast, ranking  # noqa: E402,F401
+from jaxrec.objectives import contrast, ranking, sequential  # noqa: E402,F401

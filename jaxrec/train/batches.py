@@ -11,7 +11,17 @@ arrays), each passed through the model objective's ``prepare_batch`` hook:
 
 - ``pairs``: shuffled training pairs with one uniformly sampled negative each (never a
   training positive of the user): ``user``, ``pos``, ``neg`` int32 [B];
-- ``positives``: the same pairs without negatives: ``user``, ``pos``.
+- ``positives``: the same pairs without negatives: ``user``, ``pos``;
+- ``sequences``: SASRec's training windows (``jaxrec.data.sequences.training_windows`` at
+  ``config.max_seq_len``: input ``seq`` = a user's training items but the last, ``pos`` =
+  the next item at each position, ``neg`` = one sampled item per non-padding position that
+  is never one of the user's training items): ``user`` int32 [B], ``seq``, ``pos``, ``neg``
+  int32 [B, L] (item ids + 1, 0 = padding), every window once per epoch in a shuffled
+  order, the last batch completed with padding rows so that every batch has ``batch_size``
+  rows (one compiled step).
+
+A factory may carry ``check(dataset, config)``: raises ``DataError`` before any compute when
+the dataset cannot give this batch kind (``jaxrec.train.check_run``).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 
 from jaxrec.data import PositiveIndex, exclusion_pairs, sample_negatives, truth
+from jaxrec.data.sequences import training_windows, user_sequences, window_batches
 from jaxrec.registry import BATCH_KINDS, CONTEXTS
 
 Batch = dict[str, Any]
@@ -139,6 +150,21 @@ def _pairs(negatives: bool):
 
 BATCH_KINDS.register("pairs", _pairs(negatives=True))
 BATCH_KINDS.register("positives", _pairs(negatives=False))
+
+
+def _windows(dataset: Any, config: Any):
+    return training_windows(user_sequences(dataset, log_report=False), config.max_seq_len)
+
+
+@BATCH_KINDS.register("sequences")
+def sequence_batches(prepared: PreparedData, config: Any, model: Any) -> BatchSource:
+    windows = prepared._once(("windows", config.max_seq_len), lambda: _windows(prepared.dataset, config))
+    size = config.batch_size
+    return BatchSource(lambda rng: window_batches(rng, windows, size, pad=True), model.objective.prepare_batch,
+                       prepared.sizes)
+
+
+sequence_batches.check = _windows  # DataError: no user with 2 training items, or one with every item
 
 
 def batch_source(model: Any, prepared: PreparedData, config: Any) -> BatchSource:

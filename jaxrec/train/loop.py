@@ -33,6 +33,7 @@ from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.eval.protocols import make_evaluator
 from jaxrec.models import Model, Params
 from jaxrec.models.base import abstract_context
+from jaxrec.registry import BATCH_KINDS, CONTEXTS, EVALUATIONS
 from jaxrec.train.batches import PreparedData, batch_source, prepare
 from jaxrec.train.partition import Partitioner, make_partitioner
 from jaxrec.train.runfolder import open_run
@@ -61,8 +62,9 @@ class RunResult:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """The default optimizer: Adam at ``config.learning_rate`` (LightGCN/RecBole's)."""
-    return optax.adam(config.learning_rate)
+    """The default optimizer: Adam at ``config.learning_rate`` with betas ``config.adam_b1`` /
+    ``adam_b2`` (0.9 / 0.999 as LightGCN/RecBole's; SASRec's protocol sets 0.98)."""
+    return optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
 
 
 def fit(
@@ -200,6 +202,12 @@ def check_run(model: Model, dataset: Dataset, config: Config) -> None:
                 + (f" (and {full.size - 1} more)" if full.size > 1 else "")
                 + f" has interacted with every one of the {n} items in training, so {config.model!r} cannot sample "
                 "a negative for them; drop such users or use a backbone without negatives (sgcl)")
+    # The checks the model's context, batch kind and evaluation protocol declare (``check``).
+    for component in (CONTEXTS.get(model.context), BATCH_KINDS.get(model.batch_kind),
+                      EVALUATIONS.get(config.evaluation, "evaluation")):
+        check = getattr(component, "check", None)
+        if check is not None:
+            check(dataset, config)
 
 
 def run_identity(model: Model, config: Config, dataset: Dataset) -> dict:
