@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from helpers import write_tiny_dataset  # noqa: E402
-from lm_helpers import save_hf, tiny_llama, train_bpe  # noqa: E402
+from lm_helpers import save_hf, smollm2_or_skip, tiny_llama, train_bpe  # noqa: E402
 from jaxrec import Config  # noqa: E402
 from jaxrec.align import stage2_fit  # noqa: E402
 from jaxrec.align.prompt import (CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, DOMAINS, PromptBuilder,  # noqa: E402
@@ -427,13 +427,7 @@ def test_stage2_bad_inputs(tiny_run, prepared_lm, tmp_path):
 # ------------------------------------------------------------------------------ soft tokens in the real LM
 @pytest.fixture(scope="module")
 def smollm2():
-    from jaxrec.lm import LMError, load_gguf, smollm2_path
-
-    try:
-        path = smollm2_path()
-    except LMError as e:
-        pytest.skip(f"SmolLM2 GGUF unavailable: {e}")
-    lm = load_gguf(path)
+    lm = smollm2_or_skip()
     return prepare_lm(lm.model, lm.params, lm.tokenizer)
 
 
@@ -539,3 +533,37 @@ def test_stage2_rerank_recommender_top_k(tiny_run):
         recommender_top(ue, ie, ex.users, ds, "test", k=20)
     with pytest.raises(Stage2Error, match="order='best': expected one of"):
         rerank(ctx, tokens, ex.users, ex.history, top, target, order="best")
+
+
+# ------------------------------------------------------------------------------ the experiment driver
+@pytest.mark.slow
+def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
+    """experiments.allmrec_stage2 end to end on tiny data and the tiny LM: SASRec, the fallback
+    inputs, stage 2 under fit, SASRec on the same users and candidates, filter-then-rerank."""
+    from experiments import allmrec_stage2
+
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=12, items=40, per_user=7)  # 33 unseen items >= 19 negatives
+    out = tmp_path / "exp"
+    assert allmrec_stage2.main(["--dataset", str(folder), "--lm", str(tiny_lm[2]), "--sasrec-epochs", "2",
+                                "--train-users", "6", "--valid-users", "3", "--eval-users", "5", "--rerank-k", "5",
+                                "--set", "prompt_history=3", "--set", "lm_max_new_tokens=3", "--set", "batch_size=3",
+                                "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["inputs"]["kind"] == "sasrec" and "stage 1 not landed" in res["inputs"]["source"]
+    assert res["sasrec"]["overall"]["users"] == 5 == res["stage2_sum"]["overall"]["users"]
+    # SASRec's row: its own candidate scores on those users' stored lists, by hand
+    from jaxrec.align.stage2_inputs import load_inputs
+
+    c2 = Config.for_model("allmrec_stage2", dataset=str(folder), seed=2020, eval_users=5, prompt_history=3)
+    ds = load_dataset(str(folder), c2)
+    inputs = load_inputs(out / "stage2_inputs.npz", ds)
+    ex, items, _ = stage2_fit.evaluation_lists(ds, "test", c2)
+    assert [str(u) for u in ex.user_ids] == res["users"]
+    s = np.einsum("md,mcd->mc", inputs.user_rep["test"][ex.users], inputs.item_emb[items])
+    assert res["sasrec"]["overall"]["hit@1"] == pytest.approx(np.mean((s[:, 1:] < s[:, :1]).all(1)))
+    saved = json.loads((out / "stage2" / "results.json").read_text())
+    assert saved["test"]["hit@1"] == res["stage2_sum"]["overall"]["hit@1"]
+    assert set(res["rerank"]["overall"]) >= {"recall@5", "recommender/hit@1", "lm/hit@1", "lm/ndcg@5_mean"}
+    table = (out / "table.txt").read_text()
+    assert "SASRec fallback item table (stage 1 not landed)" in table and "A-LLMRec stage 1" in table

@@ -218,6 +218,17 @@ class PromptBuilder:
                               f"or a model with a longer context)")
 
     # ------------------------------------------------------------------ batches
+    def _prompts(self, what: str, users, histories, candidates, user_names, size):
+        """(candidates int32 [B, C], B, batch size S, user names, B (ids, slot) prompt encodings)."""
+        candidates = np.asarray(candidates, np.int32)
+        b = len(users)
+        size = b if size is None else size
+        if not 0 < b <= size:
+            raise PromptError(f"{what}: {b} rows for a batch of {size}; expected 1..{size}")
+        names = user_names if user_names is not None else users
+        return candidates, b, size, names, [self._encode_prompt(names[k], histories[k], candidates[k])
+                                             for k in range(b)]
+
     def training_batch(self, users: Sequence[int], histories: Sequence[Sequence[int]], candidates,
                        targets: Sequence[int], *, user_names=None, size: int | None = None) -> dict[str, np.ndarray]:
         """Teacher-forcing rows: the prompt then the target ``"title"`` + eos, right-padded.
@@ -229,15 +240,10 @@ class PromptBuilder:
         ``target_pos`` / ``target_ids`` / ``target_mask`` [S, Tt] (positions in the row of the
         target tokens, the tokens, 1 for real ones).
         """
-        candidates = np.asarray(candidates, np.int32)
-        b = len(users)
-        size = b if size is None else size
-        if not 0 < b <= size:
-            raise PromptError(f"training_batch: {b} rows for a batch of {size}; expected 1..{size}")
-        names = user_names if user_names is not None else users
+        candidates, b, size, names, prompts = self._prompts("training_batch", users, histories, candidates,
+                                                            user_names, size)
         rows = []
-        for k in range(b):
-            ids, slot = self._encode_prompt(names[k], histories[k], candidates[k])
+        for k, (ids, slot) in enumerate(prompts):
             tgt = self.target_ids(targets[k])
             self._check_fits(names[k], len(ids), len(tgt), "target tokens")
             rows.append((ids, slot, tgt))
@@ -270,17 +276,10 @@ class PromptBuilder:
         longest candidate title). ``size`` pads with copies of row 0 (``valid`` 0 marks them).
         Returns ``user`` [S], ``valid`` [S], ``ids`` / ``mask`` / ``slot`` [S, T], ``soft_items``.
         """
-        candidates = np.asarray(candidates, np.int32)
-        b = len(users)
-        size = b if size is None else size
-        if not 0 < b <= size:
-            raise PromptError(f"inference_batch: {b} rows for a batch of {size}; expected 1..{size}")
-        names = user_names if user_names is not None else users
-        rows = []
-        for k in range(b):
-            ids, slot = self._encode_prompt(names[k], histories[k], candidates[k])
+        candidates, b, size, names, rows = self._prompts("inference_batch", users, histories, candidates,
+                                                         user_names, size)
+        for k, (ids, _) in enumerate(rows):
             self._check_fits(names[k], len(ids), reserve, "more tokens to generate or score")
-            rows.append((ids, slot))
         cap = None if self.max_positions is None else self.max_positions - reserve
         width = _bucket(max(len(r[0]) for r in rows), self.bucket, cap)
         out = {"user": np.zeros(size, np.int32), "valid": np.zeros(size, np.int32),
