@@ -469,12 +469,12 @@ def test_stage2_smollm2_soft_prompt(smollm2, shared_data):
 
 
 # ------------------------------------------------------------------------------ filter-then-rerank
-def test_stage2_rerank_recommender_top_k(tiny_run):
+def test_stage2_rerank_recommender_top_k(tiny_run, tmp_path):
     """The recommender's top-K equals a brute-force argsort with the user's earlier items masked;
     the LM re-orders exactly those K by its scores (those of evaluate_lm on the same list), and
     the metrics count an absent target as a miss in both orderings."""
     import jaxrec
-    from jaxrec.align.rerank import model_top, recommender_top, rerank
+    from jaxrec.align.rerank import model_top, recommender_top, rerank, run_top
     from jaxrec.data import exclusion_pairs
     from jaxrec.train import prepare
 
@@ -498,6 +498,10 @@ def test_stage2_rerank_recommender_top_k(tiny_run):
     mue, mie = mf.embed(mf_params, mf_ctx)
     np.testing.assert_array_equal(model_top(mf, mf_params, mf_ctx, ds, ex.users, "test", k),
                                   recommender_top(np.asarray(mue), np.asarray(mie), ex.users, ds, "test", k))
+    # a trained run folder (jaxrec.serve.load_run): its best parameters over the test context
+    mf_run = jaxrec.fit(mf, ds, mf_cfg.replace(epochs=1), out_dir=tmp_path / "mf", prepared=prepared)
+    np.testing.assert_array_equal(run_top(tmp_path / "mf", ex.users, "test", k),
+                                  model_top(mf, mf_run.params, mf_ctx, ds, ex.users, "test", k))
     # targets: listed at varied positions for 2 users in 3, absent (an earlier item) for the rest
     m = len(ex)
     absent = np.arange(m) % 3 == 2

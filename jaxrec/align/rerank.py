@@ -10,8 +10,8 @@ missing from the list: such a user counts as a miss in every metric of both orde
 
 - ``recommender_top``: top-``K`` lists of dot-product scores (``jaxrec.eval.ranking.topk_full_ranking``)
   of any recommender's (user [U, d], item [I, d]) embeddings; ``model_top`` gets them from a
-  ``jaxrec`` model's ``embed(params, context)`` (a ``jaxrec.fit`` result, or a run folder's
-  ``jaxrec.serve.Run``: ``run_top``).
+  ``jaxrec`` model's ``embed(params, context)`` (a ``jaxrec.fit`` result); ``run_top`` from a
+  run folder (``jaxrec.serve.load_run``).
 - ``rerank``: the LM's log-likelihood of each listed item's target text (``"title"`` + eos)
   given the A-LLMRec prompt whose candidate set is the list (``jaxrec.align.stage2.evaluate_lm``,
   ranking view (b)), shown in a seeded random order (``order="shuffled"``, as the reference
@@ -24,6 +24,7 @@ missing from the list: such a user counts as a miss in every metric of both orde
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,17 +62,21 @@ def model_top(model, params, context, dataset, users, stage: str = "test", k: in
 
 
 def run_top(run: Any, users, stage: str = "test", k: int = DEFAULT_K) -> np.ndarray:
-    """``model_top`` of a trained run: a ``jaxrec.serve.Run`` (or anything with ``model``,
-    ``params``, ``context``, ``dataset``) or a run folder path, opened with
-    ``jaxrec.serve.load_run`` (Stage2Error when this checkout has no ``jaxrec.serve``)."""
-    if not hasattr(run, "model"):
+    """``model_top`` of a trained run folder (a path, opened with ``jaxrec.serve.load_run``, or a
+    loaded ``jaxrec.serve.Run``): its model and best parameters over the ``stage`` context of its
+    dataset (a sequence model's users are then represented by their ``stage`` histories, not by
+    the serve context's full ones). Stage2Error when this checkout has no ``jaxrec.serve``."""
+    if isinstance(run, (str, Path)):
         try:
             from jaxrec.serve import load_run
         except ImportError:
             raise Stage2Error(f"run {str(run)!r}: reading a run folder needs jaxrec.serve (load_run), which this "
-                              f"checkout lacks; pass a loaded run or the model's embeddings (recommender_top)") from None
+                              f"checkout lacks; pass the model's embeddings to recommender_top") from None
         run = load_run(run)
-    return model_top(run.model, run.params, run.context, run.dataset, users, stage, k)
+    from jaxrec.train import prepare
+
+    context = prepare(run.dataset).contexts(run.model.context, run.config)[stage]
+    return model_top(run.model, run.params, context, run.dataset, users, stage, k)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
