@@ -90,6 +90,16 @@ def add_common_args(parser: argparse.ArgumentParser, backbones: str = "lightgcn"
     return parser
 
 
+def experiment_parser(experiment: str, doc: str, backbones: str = "lightgcn",
+                      seeds: str = "2020") -> tuple[argparse.ArgumentParser, Any]:
+    """The parser of ``python -m experiments.<experiment>`` (description: ``doc``'s first
+    paragraph) with the common options, and an argument group for the experiment's own."""
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{experiment}", description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, backbones=backbones, seeds=seeds)
+    return p, p.add_argument_group(experiment)
+
+
 _STANDALONE = False
 
 

@@ -36,7 +36,8 @@ METRIC_LABELS = {"recall@10": "R@10", "ndcg@10": "N@10"}
 BACKBONE_LABELS = {"mf": "MF", "lightgcn": "LightGCN", "sgl": "SGL", "sgcl": "SGCL"}
 
 
-INIT_LABELS = {"none": "", "random": "Rand", "uniform": "Uni", "variance": "Var", "full": "Full", "pca": "PCA"}
+INIT_LABELS = {"none": "", "random": "Rand", "uniform": "Uni", "variance": "Var", "full": "Full", "pca": "PCA",
+               "recpca": "Rec-PCA"}
 
 
 PAPER_TABLE1: dict[str, dict[str, dict[str, tuple[float, float]]]] = {

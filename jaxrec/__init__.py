@@ -7,6 +7,8 @@ The pieces compose as plain function calls::
     model = jaxrec.get_model(config)
     params = jaxrec.initial_params(model, dataset, config)
     result = jaxrec.fit(model, dataset, config, out_dir="checkpoints/run", params=params)
+    run = jaxrec.load_run("checkpoints/run")              # a trained run: config, dataset, best params
+    recs = jaxrec.recommend(run, ["196", "186"], k=10)    # original ids in and out (jaxrec.serve)
 """
 
 __version__ = "0.1.0"
@@ -19,6 +21,7 @@ from jaxrec.models import Encoder, Model, TableSpec, get_model, register_model  
 from jaxrec.objectives import Term, term, weighted_sum  # noqa: E402
 from jaxrec.pipeline import initial_params, train_run  # noqa: E402
 from jaxrec.train import RunResult, TrainState, fit, make_partitioner, prepare  # noqa: E402
+from jaxrec.serve import load_run, recommend, score  # noqa: E402
 
 __all__ = [
     "registry", "Config", "ConfigError", "build_config", "load_config_file",
@@ -28,4 +31,5 @@ __all__ = [
     "Term", "term", "weighted_sum",
     "initial_params", "train_run",
     "RunResult", "TrainState", "fit", "make_partitioner", "prepare",
+    "load_run", "recommend", "score",
 ]

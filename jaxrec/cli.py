@@ -4,7 +4,8 @@ Every option maps onto a ``Config`` field; precedence is defaults < ``--config``
 explicit options < ``--set key=value``, and the config is validated once, after every layer.
 ``--plugin MODULE`` (or a ``.py`` path; repeatable) is imported first, so the components it
 registers (``jaxrec.register_model`` ...) are valid names. The command is a thin shell over
-``jaxrec.pipeline.train_run``.
+``jaxrec.pipeline.train_run``. ``jaxrec recommend | export | update`` serve and update a
+trained run (``jaxrec.serve.cli``).
 
 Multi-host: ``--coordinator-address host:port --num-processes N --process-id I`` (or the
 config keys, or ``$JAXREC_COORDINATOR`` / ``$JAXREC_NUM_PROCESSES`` / ``$JAXREC_PROCESS_ID``)
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="clear an existing run in the run folder")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    from jaxrec.serve.cli import add_parsers  # recommend, export, update
+
+    add_parsers(sub)
     return parser
 
 
@@ -103,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrec.data import DataError
     from jaxrec.train import CheckpointMismatchError, TrainingDivergedError
 
+    if args.command != "train":
+        from jaxrec.serve.cli import run_command
+
+        try:
+            return run_command(args)
+        except TrainingDivergedError as e:
+            print(f"jaxrec: error: {e}", file=sys.stderr)
+            return 1
     try:
         config = config_from_args(args)
         from jaxrec import distributed
@@ -127,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); "
           f"selected on valid {config.valid_metric} = {result.valid_metrics.get(config.valid_metric, float('nan')):.4f}")
     print(format_metrics_table(result.test_metrics, title=f"test metrics ({config.model}, seed {config.seed})"))
-    print(f"run files: {out}/ (results.json, log.jsonl, run.json, ckpt/)")
+    files = "results.json, log.jsonl, run.json, " + ("init.json, " if (Path(out) / "init.json").is_file() else "")
+    print(f"run files: {out}/ ({files}ckpt/)")
+    print(f"recommendations: jaxrec recommend --run {out} --users {','.join(map(str, dataset.user_ids[:2]))} "
+          f"--k 10   (or --all --out recs.parquet; jaxrec export --run {out} --out FOLDER)")
     return 0
 
 

@@ -103,7 +103,7 @@ class Config:
     adam_b1: float = 0.9  # Adam's beta1 / beta2 (make_optimizer; SASRec: 0.98)
     adam_b2: float = 0.999
     # --- LLMInit ---------------------------------------------------------------
-    init: str = "none"  # none | random | uniform | variance | full | pca (jaxrec.registry.INITIALIZERS)
+    init: str = "none"  # none | random | uniform | variance | full | pca | recpca (jaxrec.registry.INITIALIZERS)
     encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)
     embeddings: str | None = None  # precomputed .npy (item id list beside it)
     variance_fraction: float = 0.2  # share of most popular items used for variance
@@ -125,6 +125,9 @@ class Config:
     train_users: int = 0  # stage 2 trains on a seeded sample of this many users (0: every user)
     eval_users: int = 0  # stage 2 evaluates (test) a seeded sample of this many users (0: every user)
     valid_users: int = 0  # ... and validates on this many (0: as eval_users)
+    # --- TF-LLMER ----------------------------------------------------------------
+    init_norm: str = "none"  # none | unit | typical: item rows after selection (jaxrec.registry.INIT_NORMS)
+    recpca_lambda: float = 0.5  # Rec-PCA's Laplacian penalty (init recpca); 0 = plain PCA
     # --- checkpoints ------------------------------------------------------------
     checkpoint_every: int = 1  # epochs between "latest" checkpoints
     # --- sharding ---------------------------------------------------------------
@@ -415,7 +418,7 @@ def _validate(c: Config) -> None:
     _check_types(c)
     # Names: each registry is the one list of what a field may hold.
     for reg in (R.MODELS, R.SPLITS, R.INITIALIZERS, R.KERNELS, R.AUGMENTATIONS, R.CONTRASTS,
-                R.CONTRAST_UNIQUE, R.INIT_SCALES, R.SHARDINGS, R.ROW_COMMS, R.EVALUATIONS):
+                R.CONTRAST_UNIQUE, R.INIT_SCALES, R.INIT_NORMS, R.SHARDINGS, R.ROW_COMMS, R.EVALUATIONS):
         reg.check(getattr(c, reg.field), reg.field)
     for name in ("epochs", "batch_size", "embedding_size", "eval_every", "eval_chunk", "checkpoint_every"):
         if getattr(c, name) < 1:
@@ -503,6 +506,15 @@ def _validate(c: Config) -> None:
     for name in ("train_users", "eval_users", "valid_users"):
         if getattr(c, name) < 0:
             bad(name, "an integer >= 0 (0: every user)")
+    if not math.isfinite(c.recpca_lambda) or c.recpca_lambda < 0:
+        bad("recpca_lambda", "a finite number >= 0 (Rec-PCA's Laplacian penalty weight; 0 is plain PCA)")
+    if c.init_norm != "none":
+        if R.INITIALIZERS.get(c.init, "init").build is None:
+            raise ConfigError(f"init_norm={c.init_norm!r}: it normalizes LLM-initialized item rows, but init={c.init!r} "
+                              "writes none; choose an LLM initializer (init=...) or init_norm='none'")
+        if c.init_scale in ("match_random", "standardize"):
+            raise ConfigError(f"init_norm={c.init_norm!r} with init_scale={c.init_scale!r}: both set the item rows' "
+                              "norms and the rescaling would undo the normalization; use one of them")
     # --- sharding ---
     if not c.mesh_axes or len(set(c.mesh_axes)) != len(c.mesh_axes) or not all(
         isinstance(a, str) and a.isidentifier() for a in c.mesh_axes

@@ -35,10 +35,20 @@ def initial_params(model: Model, dataset: Dataset, config: Config, key: jax.Arra
     ``key`` overrides ``PRNGKey(config.seed)``; ``embeddings`` (float [I, N]) overrides the
     item text embeddings that ``jaxrec.init.item_embeddings(dataset, config)`` resolves.
     """
+    return llm_initial_params(model, dataset, config, key, embeddings)[0]
+
+
+def llm_initial_params(model: Model, dataset: Dataset, config: Config, key: jax.Array | None = None,
+                       embeddings: np.ndarray | None = None) -> tuple[Params | None, dict]:
+    """``initial_params`` and the record of what LLM initialization did (``init.json``:
+    strategy, selected dims, scaling parameters, embedding source; see
+    ``jaxrec.serve.initrecord``), which ``train_run`` stores in the run folder so that an
+    update initializes new items the same way. ``{"strategy": "none"}`` without LLM init."""
     from jaxrec import init as llminit
+    from jaxrec.serve.initrecord import init_record
 
     if llminit.get_initializer(config.init).build is None:
-        return None
+        return None, init_record(llminit.InitReport(config.init, None, None, None, None, None, 0), None, config)
     keys = run_keys(config.seed) if key is None else run_keys_from(key)
     base = model.init(keys.init, dataset.num_users, dataset.num_items)
     emb = llminit.item_embeddings(dataset, config) if embeddings is None else embeddings
@@ -47,7 +57,7 @@ def initial_params(model: Model, dataset: Dataset, config: Config, key: jax.Arra
         tables=model.tables,
     )
     log.info("LLMInit: %s", report)
-    return params
+    return params, init_record(report, emb, config, model.tables)
 
 
 def train_run(
@@ -59,13 +69,18 @@ def train_run(
     dataset: Dataset | None = None,
 ) -> tuple[RunResult, Dataset]:
     """Load ``config.dataset``, check the config against it, build ``config.model``, initialize
-    and train it (what ``jaxrec train`` does)."""
+    and train it (what ``jaxrec train`` does). The run folder also gets ``init.json``, the
+    record of the initialization (``llm_initial_params``)."""
     dataset = dataset if dataset is not None else load_dataset(config.dataset, config)
     model = get_model(config)
     check_run(model, dataset, config)
-    params = initial_params(model, dataset, config)
+    params, record = llm_initial_params(model, dataset, config)
     result = fit(model, dataset, config, out_dir=out_dir, params=params, resume=resume, overwrite=overwrite,
                  progress=progress)
+    if result.out_dir is not None and jax.process_index() == 0:
+        from jaxrec.serve.initrecord import save_init_record
+
+        save_init_record(result.out_dir, record)
     return result, dataset
 
 

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 __all__ = [
     "Registry", "MODELS", "INITIALIZERS", "KERNELS", "OBJECTIVES", "AUGMENTATIONS", "METRICS",
-    "INIT_SCALES", "SHARDINGS", "ROW_COMMS", "CONTRASTS", "SPLITS", "BATCH_KINDS", "CONTEXTS",
+    "INIT_SCALES", "INIT_NORMS", "SHARDINGS", "ROW_COMMS", "CONTRASTS", "SPLITS", "BATCH_KINDS", "CONTEXTS",
     "EVALUATIONS", "CONTRAST_UNIQUE", "all_registries",
 ]
 
@@ -147,6 +147,9 @@ AUGMENTATIONS: Registry[Callable[..., Any]] = Registry("augmentation", "ssl_aug"
 METRICS: Registry[Callable[..., Any]] = Registry("metric", "metrics", "jaxrec.eval.metrics")
 #: How LLM tables are rescaled (``init_scale``).
 INIT_SCALES: Registry[Any] = Registry("init scale", "init_scale", "jaxrec.init.scaling")
+#: How LLM-initialized item rows are normalized (``init_norm``, TF-LLMER): name ->
+#: ``jaxrec.init.normalize.Normalization``.
+INIT_NORMS: Registry[Any] = Registry("item normalization", "init_norm", "jaxrec.init.normalize")
 #: Where a run lives: name -> partitioner factory ``(Config, devices) -> Partitioner``.
 SHARDINGS: Registry[Callable[..., Any]] = Registry("sharding strategy", "sharding", "jaxrec.train.partition")
 #: Row-sharded propagation communication schemes.

@@ -8,15 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import explicit_cooccurrence, explicit_laplacian, write_tiny_dataset
 
 from jaxrec.analysis import (
+    anisotropy,
     effective_rank,
+    fixed_batch,
+    graph_roughness,
     hessian_top_eigenvalue,
     hvp,
     information_abundance,
+    loss_curvature,
     norm_statistics,
     row_norms,
     singular_values,
+    table_norms,
     xavier_mean_row_norm,
 )
 from jaxrec.init.normalize import typical_row_norm
@@ -199,3 +205,87 @@ def test_curvature_bad_input():
         hessian_top_eigenvalue(loss, params, one, key=None)
     with pytest.raises(ValueError, match="params: expected a non-empty pytree of floating"):
         hessian_top_eigenvalue(loss, {"a": jnp.arange(3)}, one, key=jax.random.key(0))
+
+
+# ============================================ the barrier at init (jaxrec.analysis.barrier)
+
+
+def test_norm_anisotropy_hand_cases():
+    assert anisotropy(np.array([[2.0, 0.0], [0.0, 5.0]])) == pytest.approx(math.sqrt(0.5))  # ||(1/2, 1/2)||
+    assert anisotropy(np.array([[1.0, 1.0], [3.0, 3.0], [0.0, 0.0]])) == pytest.approx(1.0)  # zero row ignored
+    assert anisotropy(np.array([[1.0, 0.0], [-4.0, 0.0]])) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="every row is zero"):
+        anisotropy(np.zeros((3, 2)))
+
+
+def test_norm_table_norms_per_declared_table():
+    from jaxrec.models import Encoder, Model, TableSpec
+
+    rng = np.random.default_rng(0)
+    params = {"user_embedding": rng.standard_normal((4, 3)), "item_embedding": rng.standard_normal((6, 3)),
+              "pos": np.ones((2, 3))}
+    ref = {"user_embedding": np.full((4, 3), 0.5), "item_embedding": np.full((6, 3), 0.25)}
+    both = Model("m", Encoder("m", None, None), None)
+    out = table_norms(both, params, ref)
+    assert set(out) == {"user", "item"}
+    assert out["item"].mean == pytest.approx(np.linalg.norm(params["item_embedding"], axis=1).mean())
+    assert out["item"].mean_ratio == pytest.approx(out["item"].mean / (0.25 * math.sqrt(3)))
+    seq = Model("s", Encoder("s", None, None, user_table=None, item_table=TableSpec("item_embedding", 2)), None)
+    out = table_norms(seq, params)
+    assert set(out) == {"item"} and out["item"].rows == 4 and out["item"].mean_ratio is None  # padding rows skipped
+    with pytest.raises(ValueError, match="reference: no 'user_embedding'"):
+        table_norms(both, params, {"item_embedding": ref["item_embedding"]})
+
+
+def test_norm_graph_roughness_matches_dense_laplacian():
+    rng = np.random.default_rng(1)
+    user = rng.integers(0, 12, 60).astype(np.int32)
+    item = rng.integers(0, 9, 60).astype(np.int32)
+    t = rng.standard_normal((9, 4))
+    tc = t - t.mean(0)
+    lap = explicit_laplacian(explicit_cooccurrence(user, item, 9))
+    assert graph_roughness(t, user, item) == pytest.approx(np.trace(tc.T @ lap @ tc) / np.sum(tc * tc), rel=1e-5)
+    # a table constant within each connected group of co-consumed items is perfectly smooth
+    user2, item2 = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 0, 2, 3])
+    smooth = np.array([[1.0], [1.0], [-1.0], [-1.0]])  # both components are regular: L 1 = 0 on each
+    assert graph_roughness(smooth, user2, item2) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="constant"):
+        graph_roughness(np.ones((4, 2)), user2, item2)
+
+
+@pytest.fixture(scope="module")
+def tiny_mf(tmp_path_factory):
+    from jaxrec import Config, get_model, load_dataset
+    from jaxrec.train import prepare
+
+    folder = write_tiny_dataset(tmp_path_factory.mktemp("curv"), name="tiny", seed=1, users=20, items=12, per_user=5)
+    cfg = Config.for_model("mf", dataset=str(folder), embedding_size=3, batch_size=16, topk=(5,),
+                           valid_metric="ndcg@5", reg_weight=1e-2)
+    ds = load_dataset(str(folder), cfg)
+    return cfg, ds, get_model(cfg), prepare(ds)
+
+
+def test_curvature_of_model_loss_on_fixed_batch_matches_dense_hessian(tiny_mf):
+    cfg, ds, model, prepared = tiny_mf
+    params = model.init(jax.random.key(0), ds.num_users, ds.num_items)
+    key = jax.random.key(5)
+    context, views, batch, loss_key = fixed_batch(model, prepared, cfg, key)
+    assert batch["user"].shape == (16,) and set(batch) >= {"user", "pos", "neg"}
+    again = fixed_batch(model, prepared, cfg, key)[2]
+    assert all(np.array_equal(batch[k], again[k]) for k in batch)  # same key, same batch
+    # dense reference: jax.hessian of the loss on the flat parameter vector, numpy eigvalsh
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(params)
+    hessian = jax.jit(jax.hessian(lambda v: model.loss(unravel(v), context, views, batch, loss_key)[0]))
+    dense = np.asarray(hessian(flat), np.float64)
+    ev = np.linalg.eigvalsh(0.5 * (dense + dense.T))
+    h = loss_curvature(model, params, prepared, cfg, key, max_iters=flat.size, tol=1e-5)
+    assert h.converged and h.eigenvalue == pytest.approx(ev[-1], rel=1e-3)
+    assert ev[0] - 1e-6 <= h.smallest <= ev[-1]
+    # a larger table scale changes the curvature: the measure sees the initialization
+    big = jax.tree.map(lambda x: 30 * x, params)
+    dense_big = np.asarray(hessian(ravel_pytree(big)[0]), np.float64)
+    h_big = loss_curvature(model, big, prepared, cfg, key, max_iters=flat.size, tol=1e-5)
+    assert h_big.eigenvalue == pytest.approx(np.linalg.eigvalsh(0.5 * (dense_big + dense_big.T))[-1], rel=1e-3)
+    assert abs(h_big.eigenvalue - h.eigenvalue) > 1e-3 * abs(h.eigenvalue)

@@ -74,6 +74,9 @@ def test_train_prints_table_and_writes_results(tiny, tmp_path, capsys):
     assert str(out) in text
     assert results["config"]["epochs"] == 3 and results["seed"] == 2020
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
+    hint = re.search(r"^recommendations: jaxrec (recommend .*?)\s{3}", text, re.M).group(1).split()
+    assert main(hint + ["--no-progress"]) == 0  # the printed next step runs as printed
+    assert capsys.readouterr().out.splitlines()[0].split()[:4] == ["user", "rank", "item", "score"]
 
 
 def test_format_metrics_table_orders_by_metric_then_k():

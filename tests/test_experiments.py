@@ -8,12 +8,14 @@ import csv
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experiments import cli, cold_start, embedding_collapse, encoder_choice, grid, llminit_table, report
+from experiments import (cli, cold_start, embedding_collapse, encoder_choice, grid, llminit_table, long_short_update,
+                         report, tf_llmer)
 from jaxrec.analysis import collapse
 from jaxrec.init import EmbeddingSource, save_precomputed
 from helpers import write_tiny_dataset
@@ -240,6 +242,43 @@ def test_cold_start_end_to_end(tiny, fast, tmp_path, capsys):
     assert all(c["dataset"]["num_train"] == 360 for c in full)
 
 
+@pytest.mark.slow  # six training runs (parent, two updates, scratch): about a minute on a busy machine
+def test_long_short_update_end_to_end(tiny, fast, tmp_path, capsys):
+    out = tmp_path / "lsu"
+    assert long_short_update.main(["--dataset", str(tiny["dataset"]), "--seeds", "1", "--update-epochs", "1",
+                                   "--scales", "init", "--out", str(out), *fast]) == 0
+    text = capsys.readouterr().out
+    labels = [re.split(r"\s{2,}", r.strip())[1] for r in _table_lines(text)]
+    assert labels == ["parent (old data)", "update, LLM new items", "update, random new items",
+                                       "fold-in only (LLM new items, no training)", "retrain from scratch"]
+    res = json.loads((out / "results.json").read_text())
+    cells = {c["key"]["method"]: c for c in res["cells"]}
+    cut = cells["parent"]["data"]
+    assert cut["old_interactions"] + cut["new_interactions"] == 480 and cut["held_out_items"] == 4
+    merged = {json.dumps(c["dataset"], sort_keys=True) for m, c in cells.items() if m != "parent"}
+    assert len(merged) == 1  # one test set for every compared run
+    assert json.loads(merged.pop())["num_train"] + 2 * 60 == 480  # all the data, loo_time
+    assert cells["parent"]["dataset"]["num_train"] < cells["scratch"]["dataset"]["num_train"]
+    for m in ("update-llm", "update-random"):
+        assert cells[m]["update"]["test_seen_by_parent"] == 0
+        assert cells[m]["update"]["carry"]["new_items_init"] == m.split("-")[1]
+        assert cells[m]["config"]["min_epochs"] == 1 and cells[m]["stopped_epoch"] == 0
+    groups = cut["groups"]
+    assert groups["new_item"] + groups["fresh"] + groups["old"] == groups["all"] == 60
+    assert _is_png(out / "long_short_update.png") and (out / "long_short_update.csv").is_file()
+
+
+def test_long_short_cut_holds_out_items_and_the_latest_interactions():
+    item = np.array(["a", "a", "b", "c", "d", "c", "b", "e", "f", "g"])
+    t = np.array([5, 1, 2, 9, 3, 9, 7, 0, 4, 8])
+    is_new, held = long_short_update.cut_new_data(item, t, seed=3, new_items=0.2, new_time=0.3)
+    assert held.size == 1  # floor(0.2 * 7 items)
+    latest = {9, 3, 5}  # timestamps 8, 9, 9 (ties by position)
+    assert set(np.flatnonzero(is_new)) == latest | set(np.flatnonzero(item == held[0]))
+    is_new, held = long_short_update.cut_new_data(item, t, seed=3, new_items=0.0, new_time=0.0)
+    assert not is_new.any() and held.size == 0
+
+
 # ------------------------------------------------------------------------- aggregation
 def _rec(init, seed, r10, n10):
     return {"key": {"backbone": "lightgcn", "init": init, "seed": seed}, "seed": seed,
@@ -396,3 +435,95 @@ def test_common_option_errors(tiny, tmp_path):
         llminit_table.main(["--dataset", str(tiny["dataset"]), "--inits", "none,bogus", "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match="epochs"):
         llminit_table.main(["--dataset", str(tiny["dataset"]), "--set", "epochs=0", "--out", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------ TF-LLMER
+@pytest.mark.slow  # 9 tiny runs + curvature; 20 to 45 s on the shared 2 cores
+def test_tf_llmer_end_to_end(tiny, fast, tmp_path, capsys):
+    out = tmp_path / "tf"
+    argv = ["--dataset", str(tiny["dataset"]), "--backbones", "lightgcn,sgcl", "--seeds", "1,2",
+            "--seeds-for", "sgcl=1", "--variants", "none,variance+typical,recpca@0.5+unit",
+            "--curvature-iters", "6", "--lambda-probe", "0,1.5", "--out", str(out), *fast]
+    assert tf_llmer.main(argv) == 0
+    text = capsys.readouterr().out
+    assert [r.split("  ")[0].strip() for r in _table_lines(text)] == [
+        "LightGCN", "LightGCN + Var + typical", "LightGCN + Rec-PCA λ=0.5 + unit",
+        "SGCL", "SGCL + Var + typical", "SGCL + Rec-PCA λ=0.5 + unit"]
+    assert "Hessian top" in text and "Does an LLM-based init reach random init" in text
+    assert "SGCL (1 seed(s))" in text and "n/a (one seed)" in text
+    for name in ("tf_llmer.csv", "cells.csv", "results.json", "table.txt"):
+        assert (out / name).is_file(), name
+    assert _is_png(out / "tf_llmer.png") and _is_png(out / "tf_llmer_curves.png")
+    res = json.loads((out / "results.json").read_text())
+    cells = res["cells"]
+    assert res["complete"] and len(cells) == 3 * 2 + 3  # lightgcn 2 seeds, sgcl 1
+    by = {(c["key"]["backbone"], c["key"]["variant"], c["key"]["seed"]): c for c in cells}
+    rec = by[("lightgcn", "recpca@0.5+unit", 1)]["config"]
+    assert (rec["init"], rec["recpca_lambda"], rec["init_norm"]) == ("recpca", 0.5, "unit")
+    assert by[("lightgcn", "none", 1)]["config"]["init"] == "none"
+    assert by[("sgcl", "recpca@0.5+unit", 1)]["config"]["min_epochs"] == 0
+    for c in cells:  # measured at init: the normalized rows have their target norm
+        extra = c["extra"]
+        assert extra["hessian_top"] > 0 and extra["hessian_hvps"] >= 2
+        if c["key"]["variant"] == "none":
+            assert extra["item_norm_ratio"] == pytest.approx(1.0) and extra["user_norm_ratio"] == pytest.approx(1.0)
+        if c["key"]["variant"] == "variance+typical":
+            assert extra["item_norm_ratio"] == pytest.approx(1.0, rel=0.05) and extra["item_norm_cv"] < 1e-5
+        if c["key"]["variant"] == "recpca@0.5+unit":
+            assert extra["item_norm_mean"] == pytest.approx(1.0, rel=1e-5)
+        assert extra["initial_loss"] == pytest.approx(c["curve"]["loss"][0])
+    # the summary follows from the cells
+    table = {(r["backbone"], r["variant"]): r for r in _csv(out / "tf_llmer.csv")}
+    rec_v = "recpca@0.5+unit"
+    vals = {v: [by[("lightgcn", v, s)]["test"]["ndcg@10"] for s in (1, 2)] for v in ("none", rec_v)}
+    row = table[("lightgcn", rec_v)]
+    assert float(row["ndcg@10_mean"]) == pytest.approx(np.mean(vals[rec_v]), rel=1e-4)
+    assert float(row["ndcg@10_std"]) == pytest.approx(np.std(vals[rec_v], ddof=1), rel=1e-3, abs=1e-6)
+    gain = 100 * (np.mean(vals[rec_v]) - np.mean(vals["none"])) / np.mean(vals["none"])
+    assert float(row["ndcg@10_gain"]) == pytest.approx(gain, rel=1e-3, abs=1e-3)
+    hess = [by[("lightgcn", rec_v, s)]["extra"]["hessian_top"] for s in (1, 2)]
+    assert float(row["hessian_top_mean"]) == pytest.approx(np.mean(hess), rel=1e-4)
+    probe = res["meta"]["recpca_probe"]["rows"]  # lambda 0 is PCA: the same span, all of its variance
+    assert [p["lambda"] for p in probe] == [0.0, 1.5] and "Rec-PCA vs lambda without training" in text
+    assert probe[0]["overlap_with_pca"] == pytest.approx(1.0, abs=1e-5)
+    assert probe[0]["variance_kept"] == pytest.approx(1.0, abs=1e-5) and probe[1]["variance_kept"] < 1
+    verdict = {v["backbone"]: v for v in res["meta"]["verdicts"]}
+    reach = [v for v in ("variance+typical", rec_v)
+             if float(table[("sgcl", v)]["ndcg@10_mean"]) >= float(table[("sgcl", "none")]["ndcg@10_mean"])]
+    assert verdict["sgcl"]["at_or_above_random"] == reach and verdict["sgcl"]["beyond_seed_spread"] is None
+    # --resume reuses every cell, its measures included
+    assert tf_llmer.main(argv + ["--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["extra"] for c in again] == [c["extra"] for c in cells]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("pca@1", "a lambda \\(@\\) applies to recpca only"), ("none+unit", "no LLM rows to normalize"),
+    ("recpca@-1", "expected a finite number >= 0"), ("recpca@x", "is not a number"),
+    ("variance+l2", "unknown normalization 'l2'"), ("bogus", "unknown initializer 'bogus'"),
+    ("pca,pca", "variants repeat"),
+])
+def test_tf_llmer_variant_errors(spec, match):
+    from jaxrec.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        tf_llmer.parse_variants(spec)
+    v = tf_llmer.parse_variant("recpca@1.0+typical")
+    assert (v.init, v.lam, v.norm, v.name) == ("recpca", 1.0, "typical", "recpca@1+typical")
+    assert v.config_fields() == {"init": "recpca", "init_norm": "typical", "recpca_lambda": 1.0}
+
+
+def test_tf_llmer_option_errors(tiny, tmp_path):
+    from jaxrec.config import ConfigError
+
+    base = ["--dataset", str(tiny["dataset"]), "--backbones", "lightgcn", "--out", str(tmp_path)]
+    with pytest.raises(ConfigError, match="--seeds-for: \\['sgl'\\] not among --backbones"):
+        tf_llmer.main(base + ["--seeds-for", "sgl=1"])
+    with pytest.raises(ConfigError, match="--seeds-for 'lightgcn': expected BACKBONE=VALUE"):
+        tf_llmer.main(base + ["--seeds-for", "lightgcn"])
+    with pytest.raises(ConfigError, match="--min-epochs='nope': unknown backbone"):
+        tf_llmer.main(base + ["--min-epochs", "nope=3"])
+    with pytest.raises(ConfigError, match="--min-epochs 'sgl=-1'"):
+        tf_llmer.main(base + ["--min-epochs", "sgl=-1"])
+    with pytest.raises(ConfigError, match="--lambda-probe: \\[-1.0\\]"):
+        tf_llmer.main(base + ["--lambda-probe", "0,-1"])

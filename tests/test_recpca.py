@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+from helpers import explicit_cooccurrence, explicit_laplacian, write_tiny_dataset
 
-from helpers import explicit_cooccurrence, explicit_laplacian
-from jaxrec.init import pca_project
+from jaxrec import Config, get_model, initial_params, load_dataset
+from jaxrec.config import ConfigError
+from jaxrec.init import llm_init_params, pca_project
 from jaxrec.init.recpca import (
     RecPCAError,
     cooccurrence_degree,
@@ -15,6 +18,7 @@ from jaxrec.init.recpca import (
     laplacian_form,
     rec_pca,
 )
+from jaxrec.train import check_run
 
 
 def power_law_data(seed=0, num_users=40, num_items=30):
@@ -134,3 +138,124 @@ def test_recpca_graph_without_edges():
     rec_pca(x, user, item, 2, 0.0)  # lam = 0 needs no graph: no error
     assert item_cooccurrence(user, item, 5).rows.size == 0
     assert not np.any(cooccurrence_degree(user, item, 5))
+
+
+# --------------------------------------------------------------- the recpca initializer
+
+
+def _align_signs(a, b):
+    """Columns of ``a`` flipped to agree in sign with ``b`` (eigenvectors are defined up to sign)."""
+    s = np.sign(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64), axis=0))
+    return np.asarray(a) * np.where(s == 0, 1, s)
+
+
+def _toy(k=3, num_users=40, num_items=30):
+    user, item, _ = power_law_data(1, num_users, num_items)
+    x = np.random.default_rng(2).standard_normal((num_items, 8)).astype(np.float32)
+    keys = jax.random.split(jax.random.key(0))
+    params = {"user_embedding": jax.random.uniform(keys[0], (num_users, k), minval=-0.1, maxval=0.1),
+              "item_embedding": jax.random.uniform(keys[1], (num_items, k), minval=-0.1, maxval=0.1)}
+    return params, x, user, item
+
+
+def test_recpca_initializer_lambda_zero_is_pca():
+    params, x, user, item = _toy()
+    pca, _ = llm_init_params(params, x, user, item, 40, Config(init="pca"))
+    rec, rep = llm_init_params(params, x, user, item, 40, Config(init="recpca", recpca_lambda=0.0))
+    np.testing.assert_allclose(_align_signs(rec["item_embedding"], pca["item_embedding"]), pca["item_embedding"],
+                               atol=1e-5)
+    np.testing.assert_allclose(_align_signs(rec["user_embedding"], pca["user_embedding"]), pca["user_embedding"],
+                               atol=1e-5)
+    assert rep.strategy == "recpca" and rep.details["recpca_lambda"] == 0.0 and "Rec-PCA lambda 0" in str(rep)
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.3])
+def test_recpca_initializer_matches_dense_reference_and_records_the_map(lam):
+    params, x, user, item = _toy()
+    new, rep = llm_init_params(params, x, user, item, 40, Config(init="recpca", recpca_lambda=lam))
+    # dense numpy reference: top-3 eigenvectors of Xc^T (I - lam L) Xc, L from python loops
+    xc = x.astype(np.float64) - x.mean(0)
+    lap = explicit_laplacian(explicit_cooccurrence(user, item, 30))
+    vals, vecs = np.linalg.eigh(xc.T @ (np.eye(30) - lam * lap) @ xc)
+    ref = xc @ vecs[:, ::-1][:, :3]
+    np.testing.assert_allclose(_align_signs(new["item_embedding"], ref), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rep.details["eigenvalues"], vals[::-1][:3], rtol=1e-4, atol=1e-4)
+    assert rep.details["nonpositive_eigenvalues"] == int(np.sum(vals[::-1][:3] <= 1e-7 * abs(vals[-1])))
+    assert rep.details["isolated_items"] == int(np.sum(explicit_cooccurrence(user, item, 30).sum(1) == 0))
+    # the recorded linear map reproduces the table (how new items can be mapped later)
+    assert rep.center.shape == (8,) and rep.projection.shape == (8, 3)
+    np.testing.assert_allclose((x - rep.center) @ rep.projection, new["item_embedding"], atol=1e-5)
+
+
+def test_recpca_config_errors_name_the_key():
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="recpca_lambda=.*finite number >= 0"):
+            Config(init="recpca", recpca_lambda=bad)
+    params, x, user, item = _toy(k=9)  # K = 9 > N = 8
+    with pytest.raises(ConfigError, match="embedding_size=9.*N=8"):
+        llm_init_params(params, x, user, item, 40, Config(init="recpca"))
+    # every user has one distinct item: no co-occurrence edge
+    params, x, _, _ = _toy(num_users=30)
+    single_user, single_item = np.arange(30, dtype=np.int32), np.arange(30, dtype=np.int32)
+    with pytest.raises(ConfigError, match="recpca_lambda=0.5: the item co-occurrence graph.*no edges.*init='pca'"):
+        llm_init_params(params, x, single_user, single_item, 30, Config(init="recpca", recpca_lambda=0.5))
+    new, _ = llm_init_params(params, x, single_user, single_item, 30, Config(init="recpca", recpca_lambda=0.0))
+    assert np.isfinite(np.asarray(new["item_embedding"])).all()  # lambda 0 needs no graph
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recpca_data")
+    return write_tiny_dataset(root, name="tiny", seed=3)
+
+
+@pytest.mark.parametrize("backbone", ["mf", "lightgcn", "sgl", "sgcl"])
+def test_recpca_every_backbone_from_training_interactions_only(tiny_data, backbone):
+    cfg = Config.for_model(backbone, dataset=str(tiny_data), init="recpca", recpca_lambda=0.8, init_norm="unit",
+                           embedding_size=6, topk=(10,), valid_metric="ndcg@10")
+    ds = load_dataset(str(tiny_data), cfg)
+    emb = np.random.default_rng(4).standard_normal((ds.num_items, 12)).astype(np.float32)
+    model = get_model(cfg)
+    params = initial_params(model, ds, cfg, embeddings=emb)
+    table, _ = rec_pca(emb, ds.train.user, ds.train.item, 6, 0.8)  # the training interactions only
+    expected = np.asarray(table) / np.linalg.norm(np.asarray(table), axis=1, keepdims=True)
+    got = np.asarray(model.tables["item"].rows(params))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    every = np.concatenate([ds.train.user, ds.valid.user, ds.test.user])
+    every_item = np.concatenate([ds.train.item, ds.valid.item, ds.test.item])
+    leaked = np.asarray(rec_pca(emb, every, every_item, 6, 0.8)[0])
+    assert np.abs(np.abs(leaked) - np.abs(np.asarray(table))).max() > 1e-3  # held-out pairs would change it
+
+
+def test_recpca_check_run_rejects_a_graph_without_edges(tiny_data):
+    import dataclasses
+
+    cfg = Config(dataset=str(tiny_data), init="recpca", topk=(10,), valid_metric="ndcg@10")
+    ds = load_dataset(str(tiny_data), cfg)
+    first = np.unique(ds.train.user, return_index=True)[1]  # one training item per user
+    train = dataclasses.replace(ds.train, user=ds.train.user[first], item=ds.train.item[first],
+                                rating=None, timestamp=None)
+    one_each = dataclasses.replace(ds, train=train)
+    with pytest.raises(ConfigError, match="recpca_lambda=0.5.*no edges"):
+        check_run(get_model(cfg), one_each, cfg)  # before any embedding is loaded
+    check_run(get_model(cfg), ds, cfg)
+
+
+def test_recpca_cli_train_with_lambda_and_unit_norm(tiny_data, tmp_path, capsys):
+    import json
+
+    from jaxrec import cli
+    from jaxrec.init import save_precomputed
+
+    ids = [ln.split("\t")[0] for ln in (tiny_data / "tiny.item").read_text().splitlines()[1:] if ln.strip()]
+    emb = save_precomputed(tmp_path / "emb.npy", np.random.default_rng(0).standard_normal((len(ids), 16)), ids)
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", str(tiny_data), "--model", "lightgcn", "--init", "recpca",
+            "--set", "recpca_lambda=0.5", "--set", "init_norm=unit", "--embeddings", str(emb), "--epochs", "2",
+            "--embedding-size", "8", "--topk", "5,10", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["init"] == "recpca" and res["config"]["recpca_lambda"] == 0.5
+    assert res["config"]["init_norm"] == "unit" and "ndcg@10" in res["test"]
+    assert cli.main(argv[:7] + ["--set", "recpca_lambda=-1", "--embeddings", str(emb)]) == 2
+    assert "recpca_lambda=-1.0: expected a finite number >= 0" in capsys.readouterr().err

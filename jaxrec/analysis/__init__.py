@@ -3,15 +3,25 @@
 - ``collapse``: ``singular_values``, ``effective_rank``, ``information_abundance``;
 - ``norms``: ``norm_statistics`` (norm spread at init, ratio to the random-init norm);
 - ``curvature``: ``hessian_top_eigenvalue`` (Lanczos / power iteration on jitted
-  Hessian-vector products), ``hvp``.
+  Hessian-vector products), ``hvp``;
+- ``barrier``: the measures of an initialization's optimization barrier at init:
+  ``table_norms`` (per model table, vs the random init), ``anisotropy``,
+  ``graph_roughness`` (vs the co-occurrence graph), ``loss_curvature`` (the model's
+  training loss on a fixed batch).
 """
 
+from jaxrec.analysis.barrier import anisotropy, fixed_batch, graph_roughness, loss_curvature, table_norms
 from jaxrec.analysis.collapse import effective_rank, information_abundance, singular_values
 from jaxrec.analysis.curvature import HessianEigen, hessian_top_eigenvalue, hvp
 from jaxrec.analysis.norms import NormStats, norm_statistics, row_norms, xavier_mean_row_norm
 
 __all__ = [
     "HessianEigen",
+    "anisotropy",
+    "fixed_batch",
+    "graph_roughness",
+    "loss_curvature",
+    "table_norms",
     "NormStats",
     "effective_rank",
     "hessian_top_eigenvalue",

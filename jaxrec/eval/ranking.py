@@ -135,7 +135,8 @@ def plan_chunks(
 
 @partial(jax.jit, static_argnames=("k",))
 def _chunk_topk(user_emb, item_emb, users, ex_rows, ex_cols, *, k: int):
-    """Top-k item ids for one chunk of users; excluded pairs are -inf, shown as -1."""
+    """Top-k item ids int32 [C, k] and their scores [C, k] for one chunk of users; excluded
+    pairs score -inf and show as item -1."""
     u = jnp.take(user_emb, users, axis=0)  # [C, d]
     scores = jax.lax.dot_general(
         u,
@@ -145,7 +146,7 @@ def _chunk_topk(user_emb, item_emb, users, ex_rows, ex_cols, *, k: int):
     )  # [C, I]
     scores = scores.at[ex_rows, ex_cols].set(-jnp.inf, mode="drop")
     values, idx = jax.lax.top_k(scores, k)
-    return jnp.where(values == -jnp.inf, -1, idx).astype(jnp.int32)
+    return jnp.where(values == -jnp.inf, -1, idx).astype(jnp.int32), values
 
 
 # ------------------------------------------------------------------------ public API
@@ -192,7 +193,8 @@ def topk_full_ranking(
     exclude_items=None,
     k: int = 50,
     chunk_size: int = 1024,
-) -> np.ndarray:
+    return_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Top-k items per user by dot-product score over all items.
 
     Args:
@@ -205,37 +207,47 @@ def topk_full_ranking(
       k: items per user, ``1 <= k <= I``.
       chunk_size: at most this many users are scored at once (memory ~ chunk_size * I
         floats).
+      return_scores: also return the scores of the returned items.
 
     Returns:
       int32 [M, k], best first. Ties go to the lower item id. A user with fewer than k
       non-excluded items gets -1 in the remaining slots (excluded items never appear).
+      With ``return_scores``: ``(items, scores)``, scores [M, k] in the embeddings' float
+      dtype (-inf in the slots of item -1).
     """
     user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size = check_topk_args(
         user_emb, item_emb, users, exclude_users, exclude_items, k, chunk_size
     )
     num = users.shape[0]
     out = np.empty((num, k), dtype=np.int32)
+    if return_scores:
+        out = (out, np.empty((num, k), dtype=np.dtype(item_emb.dtype)))
     if num == 0:
         return out
     size, users_padded, ex_rows, ex_cols = plan_chunks(
         users, exclude_users, exclude_items, chunk_size
     )
 
-    return fill_chunks(
-        out, size, users_padded.shape[0],
-        lambda c: _chunk_topk(user_emb, item_emb, users_padded[c], ex_rows[c], ex_cols[c], k=k),
-    )
+    def compute(c: int):
+        idx, values = _chunk_topk(user_emb, item_emb, users_padded[c], ex_rows[c], ex_cols[c], k=k)
+        return (idx, values) if return_scores else idx
+
+    return fill_chunks(out, size, users_padded.shape[0], compute)
 
 
-def fill_chunks(out: np.ndarray, size: int, num_chunks: int, compute) -> np.ndarray:
+def fill_chunks(out, size: int, num_chunks: int, compute):
     """``out[c*size : (c+1)*size] = compute(c)[:rows]`` for each chunk c; returns ``out``.
 
+    ``out`` may be a tuple of arrays, ``compute(c)`` then a tuple of as many results.
     Chunk c+1 is dispatched before chunk c is fetched, so host copies overlap compute.
     """
-    def store(c: int, res: jax.Array) -> None:
+    outs = out if isinstance(out, tuple) else (out,)
+
+    def store(c: int, res) -> None:
         start = c * size
-        stop = min(start + size, out.shape[0])
-        out[start:stop] = np.asarray(res)[: stop - start]
+        stop = min(start + size, outs[0].shape[0])
+        for o, r in zip(outs, res if isinstance(res, tuple) else (res,)):
+            o[start:stop] = np.asarray(r)[: stop - start]
 
     pending = None
     for c in range(num_chunks):

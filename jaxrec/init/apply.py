@@ -4,15 +4,27 @@
 key) -> (params, InitReport)``:
 
 1. item table [I, K] from ``item_emb_full`` by ``config.init`` (uniform | random |
-   variance | pca | full), K = ``params["item_embedding"].shape[1]``; popularity for
-   ``variance`` = training interactions per item;
-2. user table [U, K] = mean of each user's training items' rows (zero for users without);
-3. both tables rescaled by ``config.init_scale`` (each against the xavier std of its own
+   variance | pca | full | recpca, or any registered initializer), K = the item table's
+   width; popularity for ``variance`` = training interactions per item; ``recpca`` uses the
+   training interactions' co-occurrence graph and ``config.recpca_lambda``;
+2. item rows normalized by ``config.init_norm`` (TF-LLMER, DESIGN 2.3: ``none`` | ``unit``
+   | ``typical``; ``jaxrec.init.normalize.normalize_table``); ``typical``'s target is the RMS
+   row norm of the backbone's own random-init item table (the entity rows of
+   ``params``'s item table as given);
+3. user table [U, K] = mean of each user's training items' (normalized) rows (zero for
+   users without), as in LLMInit;
+4. both tables rescaled by ``config.init_scale`` (each against the xavier std of its own
    shape; ``none`` by default; ``minmax`` instead maps the full [I, N] table to [0, 1]
    before step 1, as the LLMInit reference code does through RecBole's normalize_all);
-4. shapes checked against ``params["user_embedding"]`` / ``params["item_embedding"]`` and a
-   new dict returned with those two replaced (cast to their dtype). Works for any backbone
-   whose params hold these two keys. ``config.init == "none"`` returns ``params`` unchanged.
+5. shapes checked against the model's tables (``Model.tables``, default
+   ``params["user_embedding"]`` / ``params["item_embedding"]``) and a new dict returned with
+   them replaced (cast to their dtype; padding rows kept). ``config.init == "none"`` returns
+   ``params`` unchanged.
+
+``InitReport`` keeps everything the initializer did, so new items can be initialized the
+same way later: strategy, K, N, selected dims, or the linear map (``center`` [N],
+``projection`` [N, K]) of ``pca``/``recpca``, the initializer's ``details`` (Rec-PCA: lambda,
+eigenvalues, graph counts), the normalization mode and target norm, the rescaling.
 
 ``jaxrec.init.embeddings.item_embeddings(dataset, config)`` gets ``item_emb_full``.
 """
@@ -27,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.init.normalize import normalize_table
 from jaxrec.init.pooling import user_table_from_items
 from jaxrec.init.scaling import minmax_full, rescale
 
@@ -46,13 +59,23 @@ class InitReport:
     users_without_items: int
     item_scale: dict | None = None
     user_scale: dict | None = None
+    init_norm: str = "none"  # normalization mode of the item rows (config.init_norm)
+    norm_target: float | None = None  # the row norm they got (None: unchanged)
+    norm: dict | None = None  # NormalizeReport as a dict (norms before/after, target source)
+    details: dict | None = None  # what the initializer recorded (Rec-PCA: recpca_lambda, eigenvalues, ...)
+    center: Any = dataclasses.field(default=None, repr=False)  # [N] float32: table = (emb - center) @ projection
+    projection: Any = dataclasses.field(default=None, repr=False)  # [N, K] float32 (pca, recpca)
 
     def __str__(self) -> str:
         if self.strategy == "none":
             return "LLM init: none (backbone's own random init)"
-        s = f"LLM init: {self.strategy}, K={self.k} of N={self.n}; mean row norm items {self.item_norm_mean:.4g}"
         # a model without a user table (e.g. SASRec: users are their histories) has no user norm
-        s += ", no user table" if self.user_norm_mean is None else f", users {self.user_norm_mean:.4g}"
+        user = "no user table" if self.user_norm_mean is None else f"users {self.user_norm_mean:.4g}"
+        s = f"LLM init: {self.strategy}, K={self.k} of N={self.n}; mean row norm items {self.item_norm_mean:.4g}, {user}"
+        if self.details and "recpca_lambda" in self.details:
+            s += f"; Rec-PCA lambda {self.details['recpca_lambda']:g}"
+        if self.init_norm != "none":
+            s += f"; item rows normalized ({self.init_norm}, norm {self.norm_target:.4g})"
         if self.users_without_items:
             s += f"; {self.users_without_items} users without training items got zero rows"
         if self.item_scale and self.item_scale["mode"] != "none":
@@ -85,13 +108,20 @@ def llm_init_params(
     """Write the LLMInit tables into ``params`` (see module doc); returns ``(new params, report)``.
 
     ``config`` needs ``init`` (a registered initializer, ``jaxrec.registry.INITIALIZERS``),
-    ``variance_fraction``, ``init_scale``, ``random_with_replacement``; ``key`` is required by
-    initializers that draw randomness (``random``). ``tables``: the model's embedding tables
-    by side (``Model.tables``: ``{"user": TableSpec, "item": TableSpec}``; default the
-    ``user_embedding`` / ``item_embedding`` entries without padding rows). A model without a
-    user table (a sequence model) gets only its item rows written; padding rows are kept.
-    Raises ``ValueError`` naming the mismatching shape or missing table.
+    ``variance_fraction``, ``init_scale``, ``random_with_replacement``, and reads
+    ``init_norm`` and ``recpca_lambda`` when present (defaults ``none`` and 0.5); ``key`` is
+    required by initializers that draw randomness (``random``). ``tables``: the model's
+    embedding tables by side (``Model.tables``: ``{"user": TableSpec, "item": TableSpec}``;
+    default the ``user_embedding`` / ``item_embedding`` entries without padding rows). A
+    model without a user table (a sequence model) gets only its item rows written; padding
+    rows are kept. ``params`` must be the backbone's own random init: ``init_norm="typical"``
+    measures its item rows' RMS norm.
+    Raises ``ValueError`` naming the mismatching shape or missing table; ``ConfigError`` (a
+    ValueError) naming ``embedding_size`` when K exceeds the encoder's N, and the
+    initializer's own (``recpca``: ``recpca_lambda``, a co-occurrence graph without edges),
+    before any compute.
     """
+    from jaxrec.config import ConfigError  # noqa: PLC0415
     from jaxrec.init.strategies import InitInputs, get_initializer  # noqa: PLC0415
     from jaxrec.models.base import TableSpec  # noqa: PLC0415
 
@@ -126,19 +156,24 @@ def llm_init_params(
         )
     n = emb.shape[1]
     if k > n:
-        raise ValueError(f"embedding size K={k} exceeds the encoder's N={n} dims; use K <= N")
+        raise ConfigError(f"embedding_size={k}: the backbone's embedding size K={k} exceeds the encoder's N={n} dims "
+                          f"that init {strategy!r} reduces; use embedding_size <= {n}")
     if initializer.needs_key and key is None:
         raise ValueError(f"init {strategy!r}: a jax.random key is required")
+    norm_mode = getattr(config, "init_norm", "none")
     mode = getattr(config, "init_scale", "none")
-    full_scale = None
-    if mode == "minmax":
-        emb, full_scale = minmax_full(emb)
     train_user, train_item = np.asarray(train_user), np.asarray(train_item)
     inputs = InitInputs(config=config, key=key, train_user=train_user, train_item=train_item,
                         num_users=int(num_users), num_items=int(num_items))
+    if initializer.check is not None:
+        initializer.check(inputs)
+    full_scale = None
+    if mode == "minmax":
+        emb, full_scale = minmax_full(emb)
     item_table, idx = initializer.build(jnp.asarray(emb, jnp.float32), int(k), inputs)
     if item_table.shape != (num_items, k):
         raise ValueError(f"init {strategy!r} built an item table of shape {item_table.shape}; expected {(num_items, k)}")
+    item_table, norm_report = normalize_table(item_table, norm_mode, reference=np.asarray(item_spec.rows(params)))
     new = dict(params)
     empty, user_scale, user_norm = 0, None, None
     if user_spec is not None:  # users pool the items' rows before either table is rescaled
@@ -161,6 +196,12 @@ def llm_init_params(
         users_without_items=int(empty),
         item_scale=item_scale,
         user_scale=user_scale,
+        init_norm=norm_mode,
+        norm_target=norm_report.target_norm,
+        norm=dataclasses.asdict(norm_report),
+        details=dict(inputs.details) or None,
+        center=None if inputs.center is None else np.asarray(inputs.center, np.float32),
+        projection=None if inputs.projection is None else np.asarray(inputs.projection, np.float32),
     )
     log.info("%s", report)
     return new, report

@@ -14,6 +14,19 @@ arguments, never closed over.
   for ``"test"`` the training sequence + the validation item (SASRec.pytorch ``evaluate``).
   Needs a leave-one-out split by time (``split="loo_time"``).
 
+Serving (``jaxrec.serve``) embeds from one more stage, ``"serve"``: everything known about
+the users, i.e. the train, valid and test interactions together, since a deployed model
+recommends after all of them. A kind declares it with ``@serves(kind)`` on a builder
+``(dataset, config) -> ctx``; it is built only when a run is served, never during training.
+``serve_context`` falls back to the kind's ``"test"`` stage (train + valid known) for a kind
+without one, and logs that it did.
+
+- ``"graph"`` serves from the graph of all known interactions (repeated pairs merged, as in
+  training); the run's reported metrics were measured on the training graph.
+- ``"none"`` serves from no context.
+- ``"sequences"`` serves from histories of everything known: training sequence, then the
+  validation item, then the test item (``serve_histories``).
+
 A builder may carry ``context_fields`` (config fields its result depends on: the cache key of
 ``PreparedData.contexts``), ``options`` (config keys only models over this kind read: another
 model changing one is refused by ``get_model``) and ``check(dataset, config)`` (raises
@@ -22,11 +35,17 @@ model changing one is refused by ``get_model``) and ``check(dataset, config)`` (
 
 from __future__ import annotations
 
-from jaxrec.data.sequences import histories, user_sequences
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxrec.data.sequences import histories, left_pad, user_sequences
 from jaxrec.graph import build_graph
 from jaxrec.registry import CONTEXTS
 
 STAGES = ("train", "valid", "test")
+log = logging.getLogger("jaxrec.models")
 
 
 @CONTEXTS.register("graph")
@@ -57,3 +76,50 @@ def _check_sequences(dataset, config) -> None:
 sequence_context.context_fields = ("max_seq_len",)
 sequence_context.options = ("max_seq_len", "num_heads", "dropout_rate", "seq_norm", "dropout_rng")
 sequence_context.check = _check_sequences
+
+
+def serves(kind: str) -> Callable:
+    """Decorator: ``builder(dataset, config) -> context`` is how context ``kind`` serves
+    (the ``"serve"`` stage: everything known; module docstring)."""
+
+    def register(builder: Callable) -> Callable:
+        CONTEXTS.get(kind).serve = builder
+        return builder
+
+    return register
+
+
+@serves("graph")
+def graph_serve_context(dataset, config=None):
+    parts = (dataset.train, dataset.valid, dataset.test)
+    user = np.concatenate([p.user for p in parts])
+    item = np.concatenate([p.item for p in parts])
+    return build_graph(user, item, dataset.num_users, dataset.num_items)
+
+
+@serves("none")
+def no_serve_context(dataset, config=None):
+    return None
+
+
+def serve_context(kind: str, dataset, config=None) -> Any:
+    """The ``"serve"`` context of kind ``kind`` (its ``@serves`` builder), else its ``"test"`` stage."""
+    builder = CONTEXTS.get(kind)
+    serve = getattr(builder, "serve", None)
+    if serve is not None:
+        return serve(dataset, config)
+    log.warning("context %r has no serve stage (jaxrec.models.contexts.serves); serving from its 'test' stage "
+                "(train + valid interactions known, not test)", kind)
+    return builder(dataset, config)["test"]
+
+@serves("sequences")
+def serve_histories(dataset, config) -> np.ndarray:
+    """int32 [U, max_seq_len]: every user's training sequence, then the validation item, then the
+    test item (everything known when serving), item ids + 1, left-padded with 0."""
+    s = user_sequences(dataset, log_report=False)
+    has_v, has_t = s.valid_item >= 0, s.test_item >= 0
+    items = np.insert(s.items, s.indptr[1:][has_v], s.valid_item[has_v])
+    indptr = np.concatenate([[0], np.cumsum(s.lengths + has_v)]).astype(np.int64)
+    items = np.insert(items, indptr[1:][has_t], s.test_item[has_t])
+    indptr = np.concatenate([[0], np.cumsum(s.lengths + has_v + has_t)]).astype(np.int64)
+    return left_pad(indptr, items, config.max_seq_len, "serve histories")

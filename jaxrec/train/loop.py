@@ -208,6 +208,19 @@ def check_run(model: Model, dataset: Dataset, config: Config) -> None:
         check = getattr(component, "check", None)
         if check is not None:
             check(dataset, config)
+    _check_initializer(dataset, config)
+
+
+def _check_initializer(dataset: Dataset, config: Config) -> None:
+    """The LLM initializer's own check of the config against the training data (e.g. Rec-PCA
+    needs a co-occurrence graph with an edge), before embeddings are loaded."""
+    from jaxrec.init.strategies import InitInputs, get_initializer  # noqa: PLC0415
+
+    initializer = get_initializer(config.init)
+    if initializer.check is not None:
+        tr = dataset.train
+        initializer.check(InitInputs(config=config, train_user=tr.user, train_item=tr.item,
+                                     num_users=int(dataset.num_users), num_items=int(dataset.num_items)))
 
 
 def run_identity(model: Model, config: Config, dataset: Dataset) -> dict:

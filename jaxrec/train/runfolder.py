@@ -114,7 +114,8 @@ class RunFolder(NullRunFolder):
         return found
 
     def clear(self) -> None:
-        for name in ("ckpt", "log.jsonl", "results.json", "run.json"):
+        # init.json: the initialization record (jaxrec.pipeline.train_run); update.json: jaxrec.serve.update's
+        for name in ("ckpt", "log.jsonl", "results.json", "run.json", "init.json", "update.json"):
             p = self.path / name
             if p.is_dir():
                 shutil.rmtree(p)
