@@ -177,6 +177,7 @@ def test_stage2_item_titles_and_examples(tmp_path):
 
 
 # ------------------------------------------------------------------------------ loss
+@pytest.mark.slow
 def test_stage2_loss_matches_transformers_labels_loss(tiny_lm, prepared_lm):
     """The teacher-forcing loss equals transformers' causal-LM loss with labels -100 on the
     prompt, computed on inputs_embeds whose placeholder rows hold the projected vectors."""
@@ -289,6 +290,7 @@ def _direct_greedy(model, params, embeds, mask, steps, eos, penalty):
     return out
 
 
+@pytest.mark.slow
 def test_stage2_evaluate_lm_matches_direct_forwards(prepared_lm):
     model, params, tok = prepared_lm
     rng = np.random.default_rng(2)
@@ -491,7 +493,7 @@ def test_stage2_rerank_recommender_top_k(tiny_run, tmp_path):
     s[ex_u, ex_i] = -np.inf
     np.testing.assert_array_equal(top, np.argsort(-s[ex.users], axis=1, kind="stable")[:, :k])
     # any jaxrec model's embed: here MF's fresh tables
-    mf_cfg = Config.for_model("mf", dataset=config.dataset, data_cache=False)
+    mf_cfg = Config.for_model("mf", dataset=config.dataset, data_cache=False, topk=(5, 10), split=config.split)
     mf = jaxrec.get_model(mf_cfg)
     mf_params = mf.init(jax.random.PRNGKey(0), ds.num_users, ds.num_items)
     mf_ctx = prepared.contexts(mf.context, mf_cfg)["test"]
