@@ -31,6 +31,12 @@ SEQ_NORMS = ("reference", "prenorm")
 DROPOUT_RNGS = ("hash", "threefry")
 
 
+#: ``lm_dtype`` / ``prompt_domain`` / ``lm_score`` values (A-LLMRec stage 2, ``jaxrec.align``).
+LM_DTYPES = ("float32", "bfloat16")
+PROMPT_DOMAINS = ("auto", "movie", "game", "item")
+LM_SCORES = ("sum", "mean")
+
+
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field."""
 
@@ -103,6 +109,22 @@ class Config:
     variance_fraction: float = 0.2  # share of most popular items used for variance
     init_scale: str = "none"  # none | match_random | standardize | minmax (LLMInit code)
     random_with_replacement: bool = False
+    # --- A-LLMRec stage 2 (jaxrec.align.stage2: projectors into a frozen LM) ------
+    lm: str = "smollm2"  # smollm2 | a .gguf file | a Hugging Face safetensors folder
+    lm_dtype: str = "float32"  # float32 | bfloat16 (the frozen LM's weights)
+    stage1_run: str | None = None  # stage-1 run folder: joint item embeddings + user representations
+    sasrec_run: str | None = None  # SASRec run folder (stage 2 without stage1_run: SASRec's own item table)
+    prompt_domain: str = "auto"  # movie | game | item | auto (from the dataset name): the prompt's words
+    prompt_history: int = 10  # history titles per prompt (the most recent)
+    prompt_candidates: int = 20  # candidate titles per prompt (the target + prompt_candidates - 1 others)
+    lm_score: str = "sum"  # candidates ranked by the sum | mean (per token) log-likelihood of their title
+    lm_generate: bool = True  # test evaluation also decodes greedily (the paper's Hit@1)
+    lm_max_new_tokens: int = 48  # generated tokens at most
+    lm_repetition_penalty: float = 1.5  # the reference's generate(repetition_penalty=1.5)
+    lm_batch_size: int = 8  # prompts per LM call when evaluating
+    train_users: int = 0  # stage 2 trains on a seeded sample of this many users (0: every user)
+    eval_users: int = 0  # stage 2 evaluates (test) a seeded sample of this many users (0: every user)
+    valid_users: int = 0  # ... and validates on this many (0: as eval_users)
     # --- TF-LLMER ----------------------------------------------------------------
     init_norm: str = "none"  # none | unit | typical: item rows after selection (jaxrec.registry.INIT_NORMS)
     recpca_lambda: float = 0.5  # Rec-PCA's Laplacian penalty (init recpca); 0 = plain PCA
@@ -465,6 +487,25 @@ def _validate(c: Config) -> None:
         bad("batch_size", "at least 2 for in-batch contrastive losses")
     if not 0 < c.variance_fraction <= 1:
         bad("variance_fraction", "a number in (0, 1]")
+    # --- A-LLMRec stage 2 ---
+    if c.lm_dtype not in LM_DTYPES:
+        bad("lm_dtype", f"one of {list(LM_DTYPES)}")
+    if c.prompt_domain not in PROMPT_DOMAINS:
+        bad("prompt_domain", f"one of {list(PROMPT_DOMAINS)}")
+    if c.prompt_history < 1:
+        bad("prompt_history", "an integer >= 1")
+    if c.prompt_candidates < 2:
+        bad("prompt_candidates", "an integer >= 2 (the target and at least one other item)")
+    if c.lm_score not in LM_SCORES:
+        bad("lm_score", f"one of {list(LM_SCORES)}")
+    for name in ("lm_max_new_tokens", "lm_batch_size"):
+        if getattr(c, name) < 1:
+            bad(name, "an integer >= 1")
+    if not c.lm_repetition_penalty > 0:
+        bad("lm_repetition_penalty", "a number > 0 (1 = no penalty)")
+    for name in ("train_users", "eval_users", "valid_users"):
+        if getattr(c, name) < 0:
+            bad(name, "an integer >= 0 (0: every user)")
     if not math.isfinite(c.recpca_lambda) or c.recpca_lambda < 0:
         bad("recpca_lambda", "a finite number >= 0 (Rec-PCA's Laplacian penalty weight; 0 is plain PCA)")
     if c.init_norm != "none":

@@ -191,3 +191,16 @@ def write_llama_gguf(path: Path, model, tokens, merges, *, qtype: str = "F32", e
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def smollm2_or_skip():
+    """``jaxrec.lm.LoadedLM`` of SmolLM2-135M-Instruct (GGUF), or skip the test when it is absent."""
+    import pytest
+
+    from jaxrec.lm import LMError, load_gguf, smollm2_path
+
+    try:
+        path = smollm2_path()
+    except LMError as e:
+        pytest.skip(f"SmolLM2 GGUF unavailable: {e}")
+    return load_gguf(path)

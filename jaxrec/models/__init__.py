@@ -64,6 +64,9 @@ register_model("sasrec", make_sasrec, defaults=SASREC_DEFAULTS)
 # The built-in context kinds register with the models.
 from jaxrec.models import contexts  # noqa: E402,F401
 
+# A-LLMRec stage 2 (projectors into a frozen LM): backbone, context, batch kind, term, evaluation.
+from jaxrec.align import stage2_fit  # noqa: E402,F401
+
 __all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "Params", "get_model", "register_model",
            "init_tables", "require_defaults", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
            "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec"]

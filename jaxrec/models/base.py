@@ -62,6 +62,10 @@ class Encoder:
       user_table / item_table: the tables LLM initialization writes (None: no such table, e.g.
         a sequence model computes users from their histories).
       propagates: False when ``embed`` returns the tables themselves (MF).
+      init_reads_context: True when the parameter shapes depend on the context (A-LLMRec
+        stage 2: the projectors' widths are those of the stage-1 arrays and of the frozen LM):
+        ``init(key, num_users, num_items, context_shapes)`` then gets the training context
+        with ``jax.ShapeDtypeStruct`` leaves (shapes only: init never closes over its arrays).
     """
 
     name: str
@@ -70,6 +74,7 @@ class Encoder:
     user_table: TableSpec | None = TableSpec("user_embedding")
     item_table: TableSpec | None = TableSpec("item_embedding")
     propagates: bool = True
+    init_reads_context: bool = False
 
     def table(self, params: Params, side: str) -> jax.Array:
         """The full params table (padding rows included) of ``side`` ("user" or "item")."""
@@ -114,8 +119,15 @@ class Model:
     context: str = "graph"
 
     # -- the pure functions the loop calls ----------------------------------------------
-    def init(self, key: jax.Array, num_users: int, num_items: int) -> Params:
-        return self.encoder.init(key, num_users, num_items)
+    def init(self, key: jax.Array, num_users: int, num_items: int, context_shapes: Any = None) -> Params:
+        """Fresh parameters; ``context_shapes`` (``abstract_context``) reaches encoders that declare
+        ``init_reads_context`` (ValueError when such an encoder gets none)."""
+        if not self.encoder.init_reads_context:
+            return self.encoder.init(key, num_users, num_items)
+        if context_shapes is None:
+            raise ValueError(f"model {self.name!r}: its parameter shapes come from the context; pass "
+                             f"context_shapes=abstract_context(context) to init")
+        return self.encoder.init(key, num_users, num_items, context_shapes)
 
     def embed(self, params: Params, context: Any) -> tuple[jax.Array, jax.Array]:
         return self.encoder.embed(params, context)
@@ -140,6 +152,11 @@ class Model:
         """The embedding tables LLM initialization may write, by side."""
         return {side: spec for side, spec in (("user", self.encoder.user_table), ("item", self.encoder.item_table))
                 if spec is not None}
+
+
+def abstract_context(context: Any) -> Any:
+    """``context`` with every array leaf replaced by its ``jax.ShapeDtypeStruct`` (static fields kept)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), context)
 
 
 def xavier_uniform_table(key: jax.Array, rows: int, dim: int) -> jax.Array:

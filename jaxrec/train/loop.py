@@ -32,6 +32,7 @@ from jaxrec.data import DataError, Dataset
 from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.eval.protocols import make_evaluator
 from jaxrec.models import Model, Params
+from jaxrec.models.base import abstract_context
 from jaxrec.registry import BATCH_KINDS, CONTEXTS, EVALUATIONS
 from jaxrec.train.batches import PreparedData, batch_source, prepare
 from jaxrec.train.partition import Partitioner, make_partitioner
@@ -110,7 +111,8 @@ def fit(
     contexts = _placed_contexts(data.contexts(model.context, config), part)
     optimizer = optimizer or make_optimizer(config)
     if params is None:
-        params = part.init(model.init, keys.init, dataset.num_users, dataset.num_items)
+        shapes = abstract_context(contexts["train"]) if model.encoder.init_reads_context else None
+        params = part.init(model.init, keys.init, dataset.num_users, dataset.num_items, shapes)
     state = init_state(params, optimizer, keys.train, part)
     run = open_run(out_dir, run_identity(model, config, dataset), resume=resume, overwrite=overwrite,
                    primary=part.is_primary)

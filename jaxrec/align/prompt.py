@@ -1,0 +1,317 @@
+"""A-LLMRec's stage-2 prompt: text with placeholder tokens, tokenized into fixed-shape arrays.
+
+The prompt (ghdtjr/A-LLMRec ``models/a_llmrec_model.py``, ``pre_train_phase2`` / ``generate``;
+DESIGN.md 6), for the movie domain::
+
+    [UserRep] is a user representation.This user has watched "t1"[HistoryEmb],"t2"[HistoryEmb],...
+    in the previous. Recommend one next movie for this user to watch next from the following movie
+    title set, "c1"[CandidateEmb],"c2"[CandidateEmb],.... The recommendation is
+
+(one line; the reference writes no space after "representation." and joins the titles with
+"," alone, both kept). The target is the quoted title followed by the end-of-sequence token
+(``text_output = '"title"' + eos``). History = the user's last ``history`` (10) items, oldest
+first; candidates = the ``C`` (20) titles in the order shown. Other domains swap the words
+(``DOMAINS``: game/played/play, item/bought/buy).
+
+Placeholders: ``[UserRep]``, ``[HistoryEmb]``, ``[CandidateEmb]`` are added special tokens
+(``Tokenizer.add_special_tokens``); their positions receive soft tokens (the projected user
+representation, then the projected joint embedding of the title just before each
+placeholder), so their rows of the embedding table are never read. The reference prepends
+the user vector before the whole tokenized prompt (before OPT's BOS); here it sits at the
+``[UserRep]`` placeholder, which is the same position for a tokenizer without a BOS token
+(SmolLM2) and right after BOS otherwise.
+
+Soft slots: every token position gets ``slot`` (-1: a real token; 0: the user vector; ``1 + j``:
+history item j; ``1 + history + c``: the c-th candidate shown) and each row gets
+``soft_items`` [history + C] (dense item ids; -1 where a user has fewer than ``history`` items).
+
+Arrays are padded to widths rounded up to ``bucket`` (32) tokens so that jitted consumers
+compile once per bucket, not once per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Sequence
+
+import numpy as np
+
+from jaxrec.lm import LMError, Tokenizer
+
+log = logging.getLogger("jaxrec.align")
+
+USER_TOKEN = "[UserRep]"
+HISTORY_TOKEN = "[HistoryEmb]"
+CANDIDATE_TOKEN = "[CandidateEmb]"
+SPECIAL_TOKENS = (USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN)
+MISSING_TITLE = "No Title"  # the reference's fallback (find_item_text: text_name_dict[t].get(i, 'No Title'))
+
+
+class PromptError(ValueError):
+    """A prompt cannot be built: a tokenizer without the placeholder tokens, a title that
+    breaks the prompt, or a prompt longer than the model's context. The message names them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptDomain:
+    """The dataset's words: ``past`` ("watched"), ``noun`` ("movie"), ``verb`` ("watch")."""
+
+    past: str
+    noun: str
+    verb: str
+
+
+#: The reference's three wordings (Movies_and_TV; Video_Games; Luxury_Beauty / Toys_and_Games).
+DOMAINS: dict[str, PromptDomain] = {
+    "movie": PromptDomain("watched", "movie", "watch"),
+    "game": PromptDomain("played", "game", "play"),
+    "item": PromptDomain("bought", "item", "buy"),
+}
+_DATASET_DOMAINS = ((r"^ml-|movie|film|netflix", "movie"), (r"video[ _-]?games?", "game"))
+
+
+def domain_for(name: str) -> str:
+    """``domain`` "auto" resolved from a dataset name: MovieLens / Movies -> "movie", Video Games ->
+    "game", everything else (Toys_and_Games included) "item" (the reference's Beauty/Toys wording)."""
+    low = name.lower()
+    for pattern, domain in _DATASET_DOMAINS:
+        if re.search(pattern, low):
+            return domain
+    return "item"
+
+
+def get_domain(domain: str, dataset_name: str = "") -> PromptDomain:
+    """The ``PromptDomain`` of ``domain`` ("auto" | a key of ``DOMAINS``); PromptError otherwise."""
+    key = domain_for(dataset_name) if domain == "auto" else domain
+    if key not in DOMAINS:
+        raise PromptError(f"prompt domain {domain!r}: expected 'auto' or one of {', '.join(DOMAINS)}")
+    return DOMAINS[key]
+
+
+def prompt_text(domain: PromptDomain, history_titles: Sequence[str], candidate_titles: Sequence[str]) -> str:
+    """The reference prompt (module docstring) for these titles, ending with "The recommendation is "."""
+    d = domain
+    history = ",".join(f'"{t}"{HISTORY_TOKEN}' for t in history_titles)
+    candidates = ",".join(f'"{t}"{CANDIDATE_TOKEN}' for t in candidate_titles)
+    return (f"{USER_TOKEN} is a user representation.This user has {d.past} {history} in the previous. "
+            f"Recommend one next {d.noun} for this user to {d.verb} next from the following {d.noun} title set, "
+            f"{candidates}. The recommendation is ")
+
+
+def target_text(title: str) -> str:
+    """The answer the LM is trained to produce (before the end-of-sequence token): ``"title"``."""
+    return f'"{title}"'
+
+
+def item_titles(item_features: dict, num_items: int, field: str = "auto",
+                source: str = "dataset") -> tuple[list[str], int]:
+    """(titles [I] of str, number of items given ``MISSING_TITLE``) from a dataset's item features.
+
+    ``field`` "auto" takes ``movie_title`` (MovieLens atomic files), else ``title`` (Amazon).
+    Token lists are joined by one space; empty titles get the reference's "No Title" and are
+    counted (and logged). Raises PromptError naming ``source`` and the fields it has when the
+    field is absent or its length is not ``num_items``.
+    """
+    fields = list(item_features or {})
+    name = field
+    if field == "auto":
+        name = next((f for f in ("movie_title", "title") if f in fields), None)
+    if name is None or name not in fields:
+        raise PromptError(f"{source}: no item title field ({'movie_title or title' if field == 'auto' else field!r}); "
+                          f"the item features are {fields or 'none'}; expected item titles for the prompt")
+    values = item_features[name]
+    if len(values) != num_items:
+        raise PromptError(f"{source}: item feature {name!r} has {len(values)} values; expected one per item "
+                          f"({num_items})")
+    titles, missing = [], 0
+    for v in values:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            v = " ".join(str(x) for x in v if str(x).strip())
+        text = "" if v is None or (isinstance(v, float) and v != v) else " ".join(str(v).split())
+        if not text:
+            missing += 1
+            text = MISSING_TITLE
+        titles.append(text)
+    if missing:
+        log.warning("%s: %d of %d items have no title; they read %r in prompts (as the reference)", source, missing,
+                    num_items, MISSING_TITLE)
+    return titles, missing
+
+
+def _bucket(n: int, bucket: int, cap: int | None) -> int:
+    width = -(-n // bucket) * bucket
+    return min(width, cap) if cap is not None else width
+
+
+class PromptBuilder:
+    """Builds tokenized prompts and targets for users (host-side numpy; see the module doc).
+
+    Args:
+      tokenizer: a ``jaxrec.lm.Tokenizer`` that has the three placeholder tokens and an
+        end-of-sequence token (PromptError naming its source otherwise).
+      titles: [I] item titles by dense item id.
+      domain: the dataset's wording.
+      max_positions: the LM's context length (prompts that do not fit are refused).
+      history: history items per prompt (10); bucket: padding granularity in tokens.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, titles: Sequence[str], domain: PromptDomain, *,
+                 max_positions: int | None = None, history: int = 10, bucket: int = 32):
+        try:
+            self.ids = {t: tokenizer.token_id(t) for t in SPECIAL_TOKENS}
+            self.eos_id = tokenizer.require("eos")
+        except LMError as e:
+            raise PromptError(f"{e}; the stage-2 prompt needs {', '.join(SPECIAL_TOKENS)} and an eos token "
+                              f"(jaxrec.align.stage2.prepare_lm adds them)") from None
+        if history < 1 or bucket < 1:
+            raise PromptError(f"PromptBuilder: history={history}, bucket={bucket}; expected both >= 1")
+        self.tokenizer = tokenizer
+        self.titles = list(titles)
+        self.domain = domain
+        self.max_positions = max_positions
+        self.history = int(history)
+        self.bucket = int(bucket)
+        self._targets: dict[int, list[int]] = {}
+
+    @property
+    def num_items(self) -> int:
+        return len(self.titles)
+
+    # ------------------------------------------------------------------ pieces
+    def text(self, history: Sequence[int], candidates: Sequence[int]) -> str:
+        """Prompt text of dense item ids ``history`` (oldest first) and ``candidates`` (as shown)."""
+        return prompt_text(self.domain, [self.titles[i] for i in history], [self.titles[i] for i in candidates])
+
+    def target_ids(self, item: int) -> list[int]:
+        """Token ids of ``"title"`` + eos for dense item ``item`` (cached)."""
+        item = int(item)
+        if item not in self._targets:
+            self._targets[item] = self.tokenizer.encode(target_text(self.titles[item]), add_bos=False) + [self.eos_id]
+        return self._targets[item]
+
+    def _encode_prompt(self, user_name, history: Sequence[int], candidates: Sequence[int]):
+        ids = np.asarray(self.tokenizer.encode(self.text(history, candidates)), np.int32)
+        slot = np.full(ids.shape, -1, np.int32)
+        for token, base, want in ((USER_TOKEN, 0, 1), (HISTORY_TOKEN, 1, len(history)),
+                                  (CANDIDATE_TOKEN, 1 + self.history, len(candidates))):
+            at = np.flatnonzero(ids == self.ids[token])
+            if at.size != want:
+                raise PromptError(f"user {user_name!r}: the prompt holds {at.size} {token} tokens; expected {want} "
+                                  f"(a title containing '{token}'? history {[int(i) for i in history]}, "
+                                  f"candidates {[int(i) for i in candidates]})")
+            slot[at] = base + np.arange(want, dtype=np.int32)
+        return ids, slot
+
+    def _soft_items(self, history: Sequence[int], candidates: Sequence[int]) -> np.ndarray:
+        row = np.full(self.history + len(candidates), -1, np.int32)
+        row[:len(history)] = history
+        row[self.history:] = candidates
+        return row
+
+    def _check_fits(self, user_name, length: int, reserve: int, what: str) -> None:
+        if self.max_positions is not None and length + reserve > self.max_positions:
+            raise PromptError(f"user {user_name!r}: the prompt has {length} tokens + {reserve} {what}, beyond the "
+                              f"model's context of {self.max_positions} positions; expected at most "
+                              f"{self.max_positions - reserve} prompt tokens (fewer history items or candidates, "
+                              f"or a model with a longer context)")
+
+    # ------------------------------------------------------------------ batches
+    def _prompts(self, what: str, users, histories, candidates, user_names, size):
+        """(candidates int32 [B, C], B, batch size S, user names, B (ids, slot) prompt encodings)."""
+        candidates = np.asarray(candidates, np.int32)
+        b = len(users)
+        size = b if size is None else size
+        if not 0 < b <= size:
+            raise PromptError(f"{what}: {b} rows for a batch of {size}; expected 1..{size}")
+        names = user_names if user_names is not None else users
+        return candidates, b, size, names, [self._encode_prompt(names[k], histories[k], candidates[k])
+                                             for k in range(b)]
+
+    def training_batch(self, users: Sequence[int], histories: Sequence[Sequence[int]], candidates,
+                       targets: Sequence[int], *, user_names=None, size: int | None = None) -> dict[str, np.ndarray]:
+        """Teacher-forcing rows: the prompt then the target ``"title"`` + eos, right-padded.
+
+        users [B] dense ids; histories: B lists of dense item ids (oldest first, at most
+        ``history``); candidates int [B, C] as shown; targets [B]. ``size`` pads the batch to
+        that many rows with copies of row 0 that carry no loss (fixed shapes; nothing dropped).
+        Returns ``user`` [S], ``ids`` / ``mask`` / ``slot`` [S, T], ``soft_items`` [S, history + C],
+        ``target_pos`` / ``target_ids`` / ``target_mask`` [S, Tt] (positions in the row of the
+        target tokens, the tokens, 1 for real ones).
+        """
+        candidates, b, size, names, prompts = self._prompts("training_batch", users, histories, candidates,
+                                                            user_names, size)
+        rows = []
+        for k, (ids, slot) in enumerate(prompts):
+            tgt = self.target_ids(targets[k])
+            self._check_fits(names[k], len(ids), len(tgt), "target tokens")
+            rows.append((ids, slot, tgt))
+        width = _bucket(max(len(r[0]) + len(r[2]) for r in rows), self.bucket, self.max_positions)
+        twidth = max(len(r[2]) for r in rows)
+        out = {"user": np.zeros(size, np.int32), "ids": np.zeros((size, width), np.int32),
+               "mask": np.zeros((size, width), np.int32), "slot": np.full((size, width), -1, np.int32),
+               "soft_items": np.full((size, self.history + candidates.shape[1]), -1, np.int32),
+               "target_pos": np.ones((size, twidth), np.int32), "target_ids": np.zeros((size, twidth), np.int32),
+               "target_mask": np.zeros((size, twidth), np.int32)}
+        for k in range(size):
+            src = k if k < b else 0
+            ids, slot, tgt = rows[src]
+            n, m = len(ids), len(tgt)
+            out["user"][k] = users[src]
+            out["ids"][k, :n + m] = np.concatenate([ids, tgt])
+            out["mask"][k, :n + m] = 1
+            out["slot"][k, :n] = slot
+            out["soft_items"][k] = self._soft_items(histories[src], candidates[src])
+            out["target_pos"][k, :m] = n + np.arange(m)
+            out["target_ids"][k, :m] = tgt
+            out["target_mask"][k, :m] = 1 if k < b else 0
+        return out
+
+    def inference_batch(self, users: Sequence[int], histories: Sequence[Sequence[int]], candidates, *,
+                        user_names=None, reserve: int = 0, size: int | None = None) -> dict[str, np.ndarray]:
+        """Left-padded prompts for generation and candidate scoring.
+
+        ``reserve``: tokens that must still fit after the prompt (generated tokens, or the
+        longest candidate title). ``size`` pads with copies of row 0 (``valid`` 0 marks them).
+        Returns ``user`` [S], ``valid`` [S], ``ids`` / ``mask`` / ``slot`` [S, T], ``soft_items``.
+        """
+        candidates, b, size, names, rows = self._prompts("inference_batch", users, histories, candidates,
+                                                         user_names, size)
+        for k, (ids, _) in enumerate(rows):
+            self._check_fits(names[k], len(ids), reserve, "more tokens to generate or score")
+        cap = None if self.max_positions is None else self.max_positions - reserve
+        width = _bucket(max(len(r[0]) for r in rows), self.bucket, cap)
+        out = {"user": np.zeros(size, np.int32), "valid": np.zeros(size, np.int32),
+               "ids": np.zeros((size, width), np.int32), "mask": np.zeros((size, width), np.int32),
+               "slot": np.full((size, width), -1, np.int32),
+               "soft_items": np.full((size, self.history + candidates.shape[1]), -1, np.int32)}
+        for k in range(size):
+            src = k if k < b else 0
+            ids, slot = rows[src]
+            n = len(ids)
+            out["user"][k], out["valid"][k] = users[src], int(k < b)
+            out["ids"][k, width - n:] = ids
+            out["mask"][k, width - n:] = 1
+            out["slot"][k, width - n:] = slot
+            out["soft_items"][k] = self._soft_items(histories[src], candidates[src])
+        return out
+
+    def continuations(self, items, bucket: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Target tokens of candidate items int [B, C] -> (ids int32 [B, C, Tc], mask int32 [B, C, Tc]),
+        right-padded to a multiple of ``bucket``: what ``sequence_logprob`` scores."""
+        items = np.asarray(items)
+        toks = [[self.target_ids(i) for i in row] for row in items]
+        width = _bucket(max(len(t) for row in toks for t in row), bucket, None)
+        ids = np.zeros((*items.shape, width), np.int32)
+        mask = np.zeros((*items.shape, width), np.int32)
+        for b, row in enumerate(toks):
+            for c, t in enumerate(row):
+                ids[b, c, :len(t)] = t
+                mask[b, c, :len(t)] = 1
+        return ids, mask
+
+
+__all__ = ["USER_TOKEN", "HISTORY_TOKEN", "CANDIDATE_TOKEN", "SPECIAL_TOKENS", "MISSING_TITLE", "PromptError",
+           "PromptDomain", "DOMAINS", "domain_for", "get_domain", "prompt_text", "target_text", "item_titles",
+           "PromptBuilder"]

@@ -1,0 +1,432 @@
+"""A-LLMRec stage 2: projectors from the alignment network into a frozen LM's token space.
+
+Reference: ghdtjr/A-LLMRec ``models/a_llmrec_model.py`` (``log_emb_proj``, ``item_emb_proj``,
+``pre_train_phase2``, ``generate``), ``models/llm4rec.py`` (``replace_hist_candi_token``, the
+loss), ``eval.py`` (Hit@1); DESIGN.md 2.2 and 6.
+
+Projectors (Flax NNX behind pure functions; the only trained parameters):
+
+- user: ``Linear(d, E) -> LayerNorm(E) -> LeakyReLU(0.01) -> Linear(E, E)``
+- item: ``Linear(k, E) -> LayerNorm(E) -> GELU (exact erf) -> Linear(E, E)``
+
+with E the LM's token-embedding width (``LMConfig.embed_dim``; the reference's
+``hidden_size``, equal for OPT-6.7B), both Linear weights xavier-normal
+(``nn.init.xavier_normal_``: N(0, 2 / (fan_in + fan_out))), biases as torch's default
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LayerNorm eps 1e-5 (torch's default).
+
+Soft prompt (``soft_embeds``): the token embeddings of the tokenized prompt
+(``jaxrec.align.prompt``) with every placeholder position replaced by its soft token: the
+projected user representation at ``[UserRep]``, the projected joint embedding of each
+history / candidate item at its ``[HistoryEmb]`` / ``[CandidateEmb]``.
+
+Loss (``next_title_loss``): next-token cross-entropy on the target tokens only (the quoted
+title and eos; teacher forcing), averaged over the target tokens of the batch (transformers'
+``labels`` with -100 on the prompt, as ``llm4rec.forward``). Logits are computed at the
+target positions only. The LM and the stage-1 arrays are inputs, never differentiated.
+
+Evaluation (``evaluate_lm``), two ways over the same prompts:
+
+(a) generation, as the paper: greedy decoding with repetition penalty 1.5 from the soft
+    prompt alone (the reference passes ``inputs_embeds`` only, so the penalty sees the
+    generated tokens only). ``hit@1_generate``: the answer, normalized (``normalize_title``),
+    equals the target's normalized title, where the answer is the text between the first and
+    the last double quote when there are two, else the whole text up to the first newline.
+    ``hit@1_generate_substring``: the reference's rule (``eval.py``): the lower-cased target
+    title is a substring of the lower-cased text between the first and last quote.
+    ``generate_on_list``: the share of answers that name one of the 20 candidates.
+(b) ranking: every candidate scored by the LM's log-likelihood of its target text
+    (``"title"`` + eos) given the prompt (``jaxrec.lm.sequence_logprob``: the prompt runs once,
+    its KV cache is shared by the candidates). ``score="sum"`` (the default: the log-probability
+    of generating exactly that answer, what greedy decoding approximates) or ``"mean"`` (per
+    token; favours long titles whose later tokens are nearly copied from the prompt); both are
+    always reported (``hit@1_sum``, ``hit@1_mean``, ...). Metrics as ``jaxrec.eval.candidates``
+    (pessimistic ties): ``hit@1``, ``hit@5``, ``ndcg@5``, ``mrr`` — a full ordering that
+    generation cannot give.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from jaxrec.align.prompt import SPECIAL_TOKENS, PromptBuilder
+from jaxrec.eval.candidates import DEFAULT_METRICS, candidate_ranks, metrics_from_ranks
+from jaxrec.lm import LanguageModel, LMError, greedy_generate, load_gguf, load_hf, resize_vocab, sequence_logprob, \
+    smollm2_path
+
+log = logging.getLogger("jaxrec.align")
+
+Params = dict
+LN_EPS = 1e-5
+LEAKY_SLOPE = 0.01
+SCORES = ("sum", "mean")
+
+
+class Stage2Error(ValueError):
+    """Stage-2 input that cannot be used (settings, shapes, stage-1 outputs of another dataset,
+    an LM without a tokenizer); the message names the argument or file and what was expected."""
+
+
+# ----------------------------------------------------------------------------- projectors
+@dataclasses.dataclass(frozen=True)
+class Stage2Settings:
+    """Projector sizes: ``user_dim`` d (the recommender's user representation), ``item_dim`` k
+    (the joint item embedding, 128 in A-LLMRec), ``lm_dim`` E (the LM's token-embedding width)."""
+
+    user_dim: int
+    item_dim: int
+    lm_dim: int
+
+    def __post_init__(self):
+        for name in ("user_dim", "item_dim", "lm_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise Stage2Error(f"Stage2Settings.{name}: expected an integer >= 1, got {v!r}")
+
+
+def _xavier_normal(key, shape, dtype=jnp.float32):
+    """torch ``xavier_normal_`` of a Linear weight (shape here [in, out]): N(0, 2 / (in + out))."""
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / (shape[0] + shape[1]))
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    bound = 1.0 / math.sqrt(n_in)  # torch nn.Linear's default bias init
+    return nnx.Linear(n_in, n_out, kernel_init=_xavier_normal, rngs=rngs,
+                      bias_init=lambda k, s, dt=jnp.float32: jax.random.uniform(k, s, dt, -bound, bound))
+
+
+class Projector(nnx.Module):
+    """``Linear(n_in, E) -> LayerNorm(E) -> activation -> Linear(E, E)`` (module docstring)."""
+
+    def __init__(self, n_in: int, width: int, activation: str, rngs: nnx.Rngs):
+        self.fc1 = _linear(n_in, width, rngs)
+        self.norm = nnx.LayerNorm(width, epsilon=LN_EPS, use_fast_variance=False, rngs=rngs)
+        self.fc2 = _linear(width, width, rngs)
+        self.activation = activation
+
+    def __call__(self, x):
+        h = self.norm(self.fc1(x))
+        h = jax.nn.leaky_relu(h, LEAKY_SLOPE) if self.activation == "leaky_relu" else jax.nn.gelu(h, approximate=False)
+        return self.fc2(h)
+
+
+class Projectors(nnx.Module):
+    """``user`` (LeakyReLU) and ``item`` (GELU) projectors."""
+
+    def __init__(self, s: Stage2Settings, rngs: nnx.Rngs):
+        self.user = Projector(s.user_dim, s.lm_dim, "leaky_relu", rngs)
+        self.item = Projector(s.item_dim, s.lm_dim, "gelu", rngs)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract(settings: Stage2Settings):
+    return nnx.split(nnx.eval_shape(lambda: Projectors(settings, rngs=nnx.Rngs(0))))
+
+
+def init_params(key: jax.Array, settings: Stage2Settings) -> Params:
+    """Fresh projector parameters (module docstring): ``{"user": {...}, "item": {...}}``, each
+    ``fc1/{kernel [n_in, E], bias [E]}``, ``norm/{scale, bias} [E]``, ``fc2/{kernel [E, E], bias}``."""
+    return nnx.to_pure_dict(nnx.split(Projectors(settings, rngs=nnx.Rngs(params=key)))[1])
+
+
+def as_module(params: Params, settings: Stage2Settings) -> Projectors:
+    """The NNX module holding ``params``; Stage2Error when a shape does not fit ``settings``."""
+    graphdef, abstract = _abstract(settings)
+    want = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(abstract))
+    got = dict((jax.tree_util.keystr(p), jnp.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params))
+    for path, leaf in want:
+        name = jax.tree_util.keystr(path)
+        if got.get(name) != tuple(leaf.shape):
+            raise Stage2Error(f"projector params{name}: shape {got.get(name)}; expected {tuple(leaf.shape)} for {settings}")
+    state = jax.tree.map(lambda x: x, abstract)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def project(params: Params, settings: Stage2Settings, user_rep=None, item_emb=None):
+    """(user tokens [..., E] of ``user_rep`` [..., d], item tokens [..., E] of ``item_emb`` [..., k]);
+    either input may be None (its output is then None). Pure; jit-compatible."""
+    module = as_module(params, settings)
+    return (None if user_rep is None else module.user(jnp.asarray(user_rep)),
+            None if item_emb is None else module.item(jnp.asarray(item_emb)))
+
+
+# ----------------------------------------------------------------------------- the frozen LM
+def load_lm(spec: str, dtype: str = "float32"):
+    """``jaxrec.lm.LoadedLM`` of ``spec``: "smollm2" (SmolLM2-135M-Instruct, ``smollm2_path``), a
+    ``.gguf`` file, or a Hugging Face safetensors folder. LMError naming the path otherwise."""
+    path = smollm2_path() if spec == "smollm2" else Path(spec)
+    if path.is_dir():
+        return load_hf(path, dtype=dtype)
+    if path.suffix == ".gguf" and path.is_file():
+        return load_gguf(path, dtype=dtype)
+    raise LMError(f"lm={spec!r}: not 'smollm2', an existing .gguf file or a Hugging Face model folder")
+
+
+def prepare_lm(model: LanguageModel, params: Params, tokenizer):
+    """(model, params, tokenizer) with the placeholder tokens added (``SPECIAL_TOKENS``) and the
+    vocabulary grown to hold them (``resize_vocab``; their rows are never read). Idempotent."""
+    if tokenizer is None:
+        raise Stage2Error(f"{model.config.source}: the language model came without a tokenizer; expected one "
+                          f"(a GGUF with tokenizer metadata, or tokenizer.json in the folder)")
+    tokenizer.require("eos")
+    tokenizer = tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    if tokenizer.vocab_size > model.config.vocab_size:
+        model, params = resize_vocab(model, params, tokenizer.vocab_size)
+    return model, params, tokenizer
+
+
+# ----------------------------------------------------------------------------- soft prompts
+def soft_embeds(lm: LanguageModel, lm_params: Params, ids, slot, user_vec, item_vecs) -> jax.Array:
+    """[B, T, E]: ``embed_tokens(ids)`` with position t replaced by ``user_vec[b]`` where
+    ``slot[b, t] == 0`` and by ``item_vecs[b, slot - 1]`` where ``slot[b, t] >= 1``.
+
+    ids, slot: int [B, T] (``PromptBuilder`` arrays); user_vec [B, E]; item_vecs [B, S, E].
+    """
+    tok = lm.embed_tokens(lm_params, ids)
+    soft = jnp.concatenate([user_vec[:, None], item_vecs], axis=1).astype(tok.dtype)  # [B, 1 + S, E]
+    slot = jnp.asarray(slot)
+    picked = jnp.take_along_axis(soft, jnp.maximum(slot, 0)[..., None], axis=1)
+    return jnp.where((slot >= 0)[..., None], picked, tok)
+
+
+@struct.dataclass
+class Stage2Context:
+    """What stage 2 reads besides its parameters (a pytree: a jit argument, never closed over).
+
+    lm_params: the frozen LM's params (placeholder rows included); user_rep float32 [U, d]:
+    the recommender's user representations for one stage (``Stage2Inputs.user_rep[stage]``);
+    item_emb float32 [I, k]: the joint item embeddings; static: ``lm`` (LanguageModel),
+    ``settings`` (projector sizes), ``prompts`` (the host-side ``PromptBuilder``, compared by
+    identity).
+    """
+
+    lm_params: Any
+    user_rep: jax.Array
+    item_emb: jax.Array
+    lm: LanguageModel = struct.field(pytree_node=False)
+    settings: Stage2Settings = struct.field(pytree_node=False)
+    prompts: PromptBuilder = struct.field(pytree_node=False)
+
+
+def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder) -> Stage2Context:
+    """A ``Stage2Context`` after checking shapes (Stage2Error naming the array)."""
+    user_rep, item_emb = jnp.asarray(user_rep, jnp.float32), jnp.asarray(item_emb, jnp.float32)
+    if user_rep.ndim != 2 or item_emb.ndim != 2:
+        raise Stage2Error(f"user_rep {user_rep.shape}, item_emb {item_emb.shape}: expected [U, d] and [I, k]")
+    if item_emb.shape[0] != prompts.num_items:
+        raise Stage2Error(f"item_emb has {item_emb.shape[0]} rows; the prompt builder has {prompts.num_items} titles; "
+                          f"expected one per item")
+    settings = Stage2Settings(int(user_rep.shape[1]), int(item_emb.shape[1]), int(lm.config.embed_dim))
+    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts)
+
+
+def batch_vectors(params: Params, ctx: Stage2Context, user, soft_items):
+    """(user_vec [B, E], item_vecs [B, S, E]): the projected user representation of ``user`` [B]
+    and joint embeddings of ``soft_items`` [B, S] (-1 slots get item 0's; they are never placed)."""
+    return project(params, ctx.settings, ctx.user_rep[jnp.asarray(user)],
+                   ctx.item_emb[jnp.maximum(jnp.asarray(soft_items), 0)])
+
+
+def next_title_loss(params: Params, ctx: Stage2Context, batch) -> tuple[jax.Array, dict]:
+    """Teacher-forcing cross-entropy of the target tokens (module docstring) -> (loss [], aux).
+
+    batch: ``PromptBuilder.training_batch`` arrays. aux: ``target_tokens`` (count),
+    ``target_accuracy`` (share of target tokens that are the argmax).
+    """
+    user_vec, item_vecs = batch_vectors(params, ctx, batch["user"], batch["soft_items"])
+    embeds = soft_embeds(ctx.lm, ctx.lm_params, batch["ids"], batch["slot"], user_vec, item_vecs)
+    hidden, _ = ctx.lm.forward_hidden(ctx.lm_params, inputs_embeds=embeds, attention_mask=batch["mask"])
+    at = jnp.asarray(batch["target_pos"]) - 1  # the position whose output predicts each target token
+    h = jnp.take_along_axis(hidden, at[..., None], axis=1)  # [B, Tt, E]
+    logp = jax.nn.log_softmax(ctx.lm.logits(ctx.lm_params, h))
+    tgt = jnp.asarray(batch["target_ids"])
+    nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    mask = jnp.asarray(batch["target_mask"]).astype(nll.dtype)
+    count = jnp.maximum(mask.sum(), 1.0)
+    correct = (jnp.argmax(logp, axis=-1) == tgt).astype(nll.dtype)
+    return jnp.sum(nll * mask) / count, {"target_tokens": mask.sum(), "target_accuracy": jnp.sum(correct * mask) / count}
+
+
+# ----------------------------------------------------------------------------- inference
+@functools.partial(jax.jit, static_argnames=("lm",))
+def _prompt_embeds(lm, lm_params, ids, slot, user_vec, item_vecs):
+    return soft_embeds(lm, lm_params, ids, slot, user_vec, item_vecs)
+
+
+def prompt_embeds(ctx: Stage2Context, tokens: tuple, batch) -> jax.Array:
+    """[B, T, E] soft prompts of an inference batch from projected tables ``tokens`` =
+    (user tokens [U, E], item tokens [I, E]) (``Model.embed`` output, or ``project``)."""
+    user_tok, item_tok = tokens
+    user_vec = jnp.asarray(user_tok)[jnp.asarray(batch["user"])]
+    item_vecs = jnp.asarray(item_tok)[jnp.maximum(jnp.asarray(batch["soft_items"]), 0)]
+    return _prompt_embeds(ctx.lm, ctx.lm_params, batch["ids"], batch["slot"], user_vec, item_vecs)
+
+
+_QUOTED = re.compile(r'"(.*)"', re.S)
+
+
+def answer_text(generated: str) -> str:
+    """The answer inside generated text: between the first and last double quote when there are
+    two, else the first line."""
+    m = _QUOTED.search(generated)
+    return m.group(1) if m else generated.strip().split("\n", 1)[0]
+
+
+def normalize_title(text: str) -> str:
+    """Lower case, quotes and surrounding punctuation stripped, whitespace collapsed."""
+    text = " ".join(text.lower().replace('"', " ").split())
+    return text.strip(" .,;:!?'")
+
+
+def reference_hit(generated: str, target_title: str) -> bool:
+    """A-LLMRec ``eval.py``: the lower-cased target title is a substring of the lower-cased text
+    between the generated text's first and last double quote (empty when there are fewer than two)."""
+    low = generated.lower()
+    start, end = low.find('"'), low.rfind('"')
+    inside = low[start + 1:end] if start != -1 and end > start else ""
+    return target_title.lower() in inside
+
+
+def match_candidate(generated: str, titles: Sequence[str]) -> int:
+    """Index of the candidate whose normalized title equals the normalized answer
+    (``answer_text``), or -1 (the first one when several candidates share a title)."""
+    answer = normalize_title(answer_text(generated))
+    for c, t in enumerate(titles):
+        if normalize_title(t) == answer:
+            return c
+    return -1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LMEvaluation:
+    """Per-user results of ``evaluate_lm`` (rows follow ``users``; candidate columns follow the
+    given candidate lists, target in column 0).
+
+    users int32 [M]; scores float32 [M, C] (sum log-likelihood); lengths int32 [M, C] (target
+    tokens per candidate); generated: M strings or None; choice int32 [M]: the candidate column
+    a generation names (-1: none; None without generation); substring_hit bool [M] or None.
+    """
+
+    users: np.ndarray
+    scores: np.ndarray
+    lengths: np.ndarray
+    generated: list | None
+    choice: np.ndarray | None
+    substring_hit: np.ndarray | None
+    seconds: dict
+
+    def ranks(self, score: str = "sum") -> np.ndarray:
+        """int64 [M] 0-based target ranks by ``score`` ("sum" or "mean" log-likelihood)."""
+        if score not in SCORES:
+            raise Stage2Error(f"score={score!r}: expected one of {SCORES}")
+        s = self.scores if score == "sum" else self.scores / np.maximum(self.lengths, 1)
+        return candidate_ranks(s)
+
+    def metrics(self, score: str = "sum", rows=None, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+        """Ranking metrics by ``score`` (and ``_sum`` / ``_mean`` variants), and generation ones
+        when generated: ``hit@1_generate``, ``hit@1_generate_substring``, ``generate_on_list``.
+        ``rows``: a bool mask or indices of users to average over (default all)."""
+        sel = np.arange(len(self.users)) if rows is None else np.asarray(rows)
+        if sel.dtype == bool:
+            sel = np.flatnonzero(sel)
+        if sel.size == 0:
+            return {}
+        c = self.scores.shape[1]
+        out = {}
+        for s in SCORES:
+            m = metrics_from_ranks(self.ranks(s)[sel], c, metrics)
+            out.update({f"{k}_{s}": v for k, v in m.items()})
+            if s == score:
+                out.update(m)
+        if self.choice is not None:
+            out["hit@1_generate"] = float(np.mean(self.choice[sel] == 0))
+            out["hit@1_generate_substring"] = float(np.mean(self.substring_hit[sel]))
+            out["generate_on_list"] = float(np.mean(self.choice[sel] >= 0))
+        return out
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield np.arange(start, min(start + size, n))
+
+
+def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Sequence[int]], candidates, *,
+                shown=None, user_names=None, batch_size: int = 8, generate: bool = True, max_new_tokens: int = 48,
+                repetition_penalty: float = 1.5, progress: bool = False) -> LMEvaluation:
+    """Score (and optionally generate for) every user's candidate list through the frozen LM.
+
+    Args:
+      ctx: the stage's ``Stage2Context`` (LM, prompt builder).
+      tokens: (user tokens [U, E], item tokens [I, E]) = the projected tables.
+      users: int [M] dense user ids; histories: M lists of dense item ids (oldest first).
+      candidates: int [M, C] dense item ids, target in column 0 (a ``CandidateSet.items``).
+      shown: int [M, C] column permutation: the order the candidates appear in the prompt
+        (default: as given). Scores are always returned in ``candidates``' column order.
+      batch_size: prompts per LM call (the last batch is padded; padded rows are discarded).
+      generate: also decode greedily (paper protocol (a)); max_new_tokens, repetition_penalty.
+    Returns an ``LMEvaluation``.
+    """
+    users = np.asarray(users, np.int32)
+    cands = np.asarray(candidates, np.int32)
+    m = len(users)
+    if cands.shape[0] != m or len(histories) != m:
+        raise Stage2Error(f"users {users.shape}, histories {len(histories)}, candidates {cands.shape}: expected "
+                          f"one row each")
+    shown = np.tile(np.arange(cands.shape[1]), (m, 1)) if shown is None else np.asarray(shown)
+    names = user_names if user_names is not None else users
+    pb = ctx.prompts
+    cont_ids, cont_mask = pb.continuations(cands)
+    reserve = max(cont_ids.shape[-1], max_new_tokens if generate else 0)
+    scores = np.zeros(cands.shape, np.float32)
+    generated: list | None = [] if generate else None
+    times = {"score": 0.0, "generate": 0.0}
+    eos = pb.eos_id
+    rows_iter = list(_batches(m, batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows_iter = tqdm(rows_iter, desc="LM evaluation", unit="batch")
+    for rows in rows_iter:
+        shown_items = np.take_along_axis(cands[rows], shown[rows], axis=1)
+        batch = pb.inference_batch(users[rows], [histories[r] for r in rows], shown_items,
+                                   user_names=[names[r] for r in rows], reserve=reserve, size=batch_size)
+        embeds = prompt_embeds(ctx, tokens, batch)
+        pad = batch_size - len(rows)
+        t0 = time.perf_counter()
+        ci = np.concatenate([cont_ids[rows], np.repeat(cont_ids[rows[:1]], pad, 0)])
+        cm = np.concatenate([cont_mask[rows], np.repeat(cont_mask[rows[:1]], pad, 0)])
+        lp = sequence_logprob(ctx.lm, ctx.lm_params, prefix_embeds=embeds, prefix_mask=batch["mask"],
+                              continuation_ids=ci, continuation_mask=cm)
+        scores[rows] = np.asarray(lp)[:len(rows)]
+        times["score"] += time.perf_counter() - t0
+        if generate:
+            t0 = time.perf_counter()
+            out = np.asarray(greedy_generate(ctx.lm, ctx.lm_params, None, batch["mask"], inputs_embeds=embeds,
+                                             max_new_tokens=max_new_tokens, eos_id=eos, pad_id=eos,
+                                             repetition_penalty=repetition_penalty))
+            generated += [pb.tokenizer.decode(r).strip() for r in out[:len(rows)]]
+            times["generate"] += time.perf_counter() - t0
+    choice = substring = None
+    if generate:
+        titles = [[pb.titles[i] for i in row] for row in cands]
+        choice = np.array([match_candidate(g, t) for g, t in zip(generated, titles)], np.int32)
+        substring = np.array([reference_hit(g, t[0]) for g, t in zip(generated, titles)], bool)
+    return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times)
+
+
+__all__ = ["Stage2Error", "Stage2Settings", "Projector", "Projectors", "init_params", "as_module", "project",
+           "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
+           "next_title_loss", "prompt_embeds", "answer_text", "normalize_title", "reference_hit", "match_candidate",
+           "LMEvaluation", "evaluate_lm", "SCORES"]

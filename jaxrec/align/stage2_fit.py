@@ -1,0 +1,247 @@
+"""A-LLMRec stage 2 under ``jaxrec.fit``: a registered backbone like every other.
+
+``Config.for_model("allmrec_stage2", lm=..., stage1_run=...)`` + ``jaxrec.fit`` (or
+``jaxrec train --model allmrec_stage2``) trains the projectors with checkpoints, resume, early
+stopping and ``results.json``. The pieces, each registered in its registry:
+
+- backbone ``"allmrec_stage2"``: encoder = the projectors (``init`` reads the projector sizes
+  from the context's shapes: ``Encoder.init_reads_context``; ``embed(params, ctx)`` = the
+  projected user representations [U, E] and joint item embeddings [I, E], i.e. every user's
+  and item's soft token); objective = ``next_title``; context ``"allmrec_stage2"``.
+- context ``"allmrec_stage2"``: per stage a ``Stage2Context``: the frozen LM (``config.lm``,
+  placeholder tokens added), the stage's user representations and the joint item embeddings
+  (``resolve_inputs``: ``stage1_run`` / ``sasrec_run``), the prompt builder (item titles,
+  ``prompt_domain``, ``prompt_history``).
+- batch kind ``"prompts"``: every epoch, the training users (``train_users`` > 0: a sample
+  seeded by ``config.seed``) shuffled into batches of ``batch_size`` teacher-forcing rows:
+  history = the last ``prompt_history`` items of the training sequence without its last item,
+  target = that last item, candidates = the target + ``prompt_candidates - 1`` distinct items
+  outside the user's training items, drawn fresh each epoch, in random order (the reference
+  draws outside the user's history window; here outside all training items, which also
+  keeps the target from appearing twice). The last batch is padded with rows that carry no
+  loss (fixed shapes: one compilation per prompt-length bucket).
+- term ``"next_title"``: ``jaxrec.align.stage2.next_title_loss``.
+- evaluation ``"lm_candidates"``: the stored candidate lists of the stage
+  (``jaxrec.eval.candidates.candidates_for``, ``prompt_candidates - 1`` negatives; the same
+  lists as SASRec's and stage 1's) for the stage's users with a history (``eval_users`` /
+  ``valid_users`` > 0: a seeded sample, the same every epoch), candidates shown in a seeded
+  random order; metrics of ``evaluate_lm`` by ``lm_score`` (``hit@1``, ``hit@5``, ``ndcg@5``,
+  ``mrr``, their ``_sum`` / ``_mean`` variants) and, at test with ``lm_generate``, the
+  generation ones; the same per item group as ``cold_items/...`` and ``warm_items/...``
+  (``jaxrec.eval.scenarios.ColdWarmItems``: targets among the 35 % least / most trained items).
+
+Why a hook in the protocol: the projector sizes are those of the stage-1 arrays and of the
+LM, which the config cannot know; rather than special-casing stage 2 in the loop, an
+encoder may declare ``init_reads_context`` and ``fit`` passes it the context's shapes.
+Everything else (the LM as context, prompts as a batch kind, LM scoring as an evaluation
+protocol whose "embeddings" are the soft tokens) fits the protocol as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from jaxrec.align.prompt import PromptBuilder, get_domain, item_titles
+from jaxrec.align.stage2 import (evaluate_lm, init_params, load_lm, make_context, next_title_loss,
+                                 prepare_lm, project)
+from jaxrec.align.stage2_inputs import STAGES, StageExamples, resolve_inputs, stage_examples
+from jaxrec.config import Config, ConfigError
+from jaxrec.data import DataError
+from jaxrec.data.sequences import user_sequences
+from jaxrec.models import Encoder, Model, register_model
+from jaxrec.objectives import Term, weighted_sum
+from jaxrec.registry import BATCH_KINDS, CONTEXTS, EVALUATIONS, OBJECTIVES
+
+log = logging.getLogger("jaxrec.align")
+
+NAME = "allmrec_stage2"
+CONTEXT = "allmrec_stage2"
+GROUP_FRACTION = 0.35
+
+#: The reference's stage-2 settings (main.py: batch_size2 2, stage2_lr 1e-4; Adam) and the
+#: candidate protocol's metrics; ``epochs`` 10 (the reference trains 10 and keeps epoch 5:
+#: here early stopping on validation Hit@1 picks the epoch).
+DEFAULTS = dict(split="loo_time", evaluation="lm_candidates", epochs=10, batch_size=2, learning_rate=1e-4,
+                metrics=("hit", "ndcg", "mrr"), topk=(1, 5), valid_metric="hit@1", patience=3)
+
+
+# ----------------------------------------------------------------------------- context
+@CONTEXTS.register(CONTEXT)
+def stage2_contexts(dataset, config) -> dict:
+    """``{"train", "valid", "test"} -> Stage2Context`` (module docstring); the LM is loaded once."""
+    inputs = resolve_inputs(config, dataset)
+    titles, _ = item_titles(dataset.item_features, dataset.num_items, source=dataset.source)
+    loaded = load_lm(config.lm, config.lm_dtype)
+    lm, lm_params, tokenizer = prepare_lm(loaded.model, loaded.params, loaded.tokenizer)
+    prompts = PromptBuilder(tokenizer, titles, get_domain(config.prompt_domain, dataset.name),
+                            max_positions=lm.config.max_position_embeddings, history=config.prompt_history)
+    log.info("stage 2: %s LM %s (%d layers, width %d), %s inputs from %s (user d=%d, item k=%d)", lm.config.arch,
+             config.lm, lm.config.num_layers, lm.config.embed_dim, inputs.kind, inputs.source, inputs.user_dim,
+             inputs.item_dim)
+    return {s: make_context(lm, lm_params, inputs.user_rep[s], inputs.item_emb, prompts) for s in STAGES}
+
+
+stage2_contexts.context_fields = ("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain", "prompt_history")
+
+
+# ----------------------------------------------------------------------------- users and candidates
+def sample_rows(n: int, k: int, seed: int, salt: str) -> np.ndarray:
+    """Sorted rows of a seeded sample of ``k`` of ``n`` (all when ``k`` is 0 or >= n)."""
+    if k <= 0 or k >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, sum(map(ord, salt))])
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def training_examples(dataset, config) -> StageExamples:
+    """The users stage 2 trains on (module docstring); DataError when there are none."""
+    ex = stage_examples(user_sequences(dataset), "train", config.prompt_history)
+    if len(ex) == 0:
+        raise DataError(f"dataset {dataset.name}: no user has 2 training interactions; stage 2 needs a history item "
+                        f"and a target per training prompt")
+    rows = sample_rows(len(ex), config.train_users, config.seed, "train")
+    if len(rows) < len(ex):
+        log.info("stage 2 trains on %d of %d users (train_users=%d, seed %d)", len(rows), len(ex), config.train_users,
+                 config.seed)
+    return ex.take(rows)
+
+
+def training_candidates(rng: np.random.Generator, seen: list, targets, num: int, num_items: int) -> np.ndarray:
+    """int32 [B, num]: each row the target and ``num - 1`` distinct items outside ``seen[b]`` (the
+    user's training items, which include the target), uniform, in random order."""
+    out = np.empty((len(targets), num), np.int32)
+    for b, t in enumerate(targets):
+        free = np.setdiff1d(np.arange(num_items), seen[b], assume_unique=False)
+        if free.size < num - 1:
+            raise DataError(f"stage 2: a training user has interacted with {num_items - free.size} of {num_items} "
+                            f"items; {num - 1} others are needed as candidates (prompt_candidates={num})")
+        row = np.concatenate([[t], rng.choice(free, num - 1, replace=False)])
+        out[b] = rng.permutation(row)
+    return out
+
+
+def prompt_batches(prepared, config, model):
+    """Batch kind ``"prompts"`` (module docstring)."""
+    from jaxrec.train.batches import BatchSource
+
+    dataset = prepared.dataset
+    ctx = prepared.contexts(model.context, config)["train"]
+    ex = training_examples(dataset, config)
+    seqs = user_sequences(dataset)
+    seen = [seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in ex.users]
+    size = config.batch_size
+
+    def draw(rng: np.random.Generator):
+        order = rng.permutation(len(ex))
+        for start in range(0, len(order), size):
+            rows = order[start:start + size]
+            cands = training_candidates(rng, [seen[r] for r in rows], ex.target[rows], config.prompt_candidates,
+                                        dataset.num_items)
+            yield ctx.prompts.training_batch(ex.users[rows], [ex.history[r] for r in rows], cands, ex.target[rows],
+                                             user_names=ex.user_ids[rows], size=size)
+
+    return BatchSource(draw, None, prepared.sizes)
+
+
+BATCH_KINDS.register("prompts", prompt_batches)
+
+
+# ----------------------------------------------------------------------------- objective
+@OBJECTIVES.register("next_title")
+def next_title_term(config=None) -> Term:
+    """Teacher-forcing cross-entropy of the target title (``next_title_loss``), batch kind "prompts"."""
+    return Term("next_title", lambda x: next_title_loss(x.params, x.context, x.batch)[0], batch_kind="prompts")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def candidate_metric_names(config) -> tuple[str, ...]:
+    """``mrr`` and ``<m>@<k>`` for the other names of ``config.metrics`` at every k of ``config.topk``."""
+    return tuple(n for m in config.metrics for n in ([m] if m == "mrr" else [f"{m}@{k}" for k in config.topk]))
+
+
+def evaluation_lists(dataset, stage: str, config, folder=None):
+    """(examples, candidate items int32 [M, C] target first, shown order [M, C]) of the users
+    ``lm_candidates`` evaluates at ``stage`` (module docstring), in user order."""
+    from jaxrec.data.locate import cache_root
+    from jaxrec.eval.candidates import candidates_for
+
+    folder = folder or getattr(config, "candidates_dir", None) or cache_root() / "candidates"
+    cands = candidates_for(folder, dataset, stage, config.seed, config.prompt_candidates - 1)
+    ex = stage_examples(user_sequences(dataset), stage, config.prompt_history)
+    keep = np.isin(ex.users, cands.users)
+    ex = ex.take(np.flatnonzero(keep))
+    n = config.eval_users if stage == "test" or not config.valid_users else config.valid_users
+    ex = ex.take(sample_rows(len(ex), n, config.seed, stage))
+    items = cands.select(ex.users).items
+    rng = np.random.default_rng([config.seed, sum(map(ord, "shown-" + stage))])
+    shown = np.stack([rng.permutation(items.shape[1]) for _ in range(len(ex))]) if len(ex) else items
+    return ex, items, shown
+
+
+def item_groups(dataset, fraction: float = GROUP_FRACTION) -> dict[str, np.ndarray]:
+    """``{"cold_items", "warm_items"}`` -> sorted dense item ids (``ColdWarmItems.item_groups``)."""
+    from jaxrec.eval.scenarios import ColdWarmItems
+
+    cold, warm = ColdWarmItems(fraction).item_groups(dataset)
+    return {"cold_items": cold, "warm_items": warm}
+
+
+def lm_candidate_protocol(prepared, config, partitioner) -> Any:
+    """Evaluation ``"lm_candidates"`` (module docstring). The evaluator keeps the last
+    ``LMEvaluation`` of each stage in ``evaluate.results`` (per-user ranks and generations)."""
+    names = candidate_metric_names(config)
+    lists: dict[str, tuple] = {}
+    groups = item_groups(prepared.dataset)
+
+    def evaluate(embeddings, stage: str) -> dict[str, float]:
+        if stage not in lists:
+            lists[stage] = evaluation_lists(prepared.dataset, stage, config)
+        ex, items, shown = lists[stage]
+        if len(ex) == 0:
+            raise DataError(f"dataset {prepared.dataset.name}: no {stage} user with a history to evaluate")
+        ctx = prepared.contexts(CONTEXT, config)[stage]
+        res = evaluate_lm(ctx, embeddings, ex.users, ex.history, items, shown=shown, user_names=ex.user_ids,
+                          batch_size=config.lm_batch_size, generate=config.lm_generate and stage == "test",
+                          max_new_tokens=config.lm_max_new_tokens, repetition_penalty=config.lm_repetition_penalty)
+        evaluate.results[stage] = res
+        out = res.metrics(config.lm_score, metrics=names)
+        for g, members in groups.items():
+            sub = res.metrics(config.lm_score, rows=np.isin(ex.target, members), metrics=names)
+            out.update({f"{g}/{k}": v for k, v in sub.items()})
+            out[f"{g}/users"] = float(np.isin(ex.target, members).sum())
+        out["users"] = float(len(ex))
+        return out
+
+    evaluate.results = {}
+    return evaluate
+
+
+EVALUATIONS.register("lm_candidates", lm_candidate_protocol)
+
+
+# ----------------------------------------------------------------------------- backbone
+def _init(key, num_users, num_items, context_shapes):
+    return init_params(key, context_shapes.settings)
+
+
+def _embed(params, ctx):
+    return project(params, ctx.settings, ctx.user_rep, ctx.item_emb)
+
+
+def make_stage2(config: Config) -> Model:
+    """The ``allmrec_stage2`` backbone (module docstring)."""
+    if config.evaluation != "lm_candidates":
+        raise ConfigError(f"evaluation={config.evaluation!r}: model {NAME!r} is evaluated through the LM; expected "
+                          f"'lm_candidates'")
+    encoder = Encoder(NAME, _init, _embed, user_table=None, item_table=None, init_reads_context=True)
+    return Model(NAME, encoder, weighted_sum(next_title_term(config)), context=CONTEXT)
+
+
+register_model(NAME, make_stage2, defaults=DEFAULTS)
+
+__all__ = ["NAME", "CONTEXT", "DEFAULTS", "stage2_contexts", "sample_rows", "training_examples",
+           "training_candidates", "prompt_batches", "next_title_term", "candidate_metric_names", "evaluation_lists",
+           "item_groups", "lm_candidate_protocol", "make_stage2"]
