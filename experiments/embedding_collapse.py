@@ -21,12 +21,18 @@ Writes ``embedding_collapse.csv``, ``cells.csv``, ``metrics_vs_k.png``, ``collap
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from experiments import common as C
+from experiments import cli, grid, plots, report
+from jaxrec.analysis import collapse
+from jaxrec.config import ConfigError
+from jaxrec.init import EmbeddingSource
+
+log = logging.getLogger("experiments")
 
 EXPERIMENT = "embedding_collapse"
 DEFAULT_DIMS = "32,64,128,256,512,768"
@@ -36,7 +42,7 @@ EXTRAS = ("erank_item", "erank_item_final", "erank_item_init", "abundance_item")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, backbones="lightgcn", seeds="2020")
+    cli.add_common_args(p, backbones="lightgcn", seeds="2020")
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--dims", default=DEFAULT_DIMS, help=f"embedding sizes K (default {DEFAULT_DIMS})")
     g.add_argument("--select", default="variance", choices=("variance", "uniform", "random", "pca"),
@@ -51,45 +57,45 @@ def llm_init_for(dim: int, n: int, select: str) -> str | None:
     return "full" if dim == n else None
 
 
-def build_cells(base, backbones, dims, seeds, n: int, select: str, source: C.TextSource):
+def build_cells(base, backbones, dims, seeds, n: int, select: str, source: EmbeddingSource):
     cells, skipped = [], []
     for seed in seeds:
         for backbone in backbones:
             for dim in dims:
                 cfg = base.replace(model=backbone, embedding_size=dim, seed=seed)
-                cells.append(C.Cell({"backbone": backbone, "dim": dim, "method": "random", "init": "none",
+                cells.append(grid.Cell({"backbone": backbone, "dim": dim, "method": "random", "init": "none",
                                      "seed": seed}, cfg.replace(init="none", embeddings=None, encoder=None)))
                 init = llm_init_for(dim, n, select)
                 if init is None:
                     if seed == seeds[0]:
                         skipped.append(dim)
                     continue
-                cells.append(C.Cell({"backbone": backbone, "dim": dim, "method": "llm", "init": init, "seed": seed},
+                cells.append(grid.Cell({"backbone": backbone, "dim": dim, "method": "llm", "init": init, "seed": seed},
                                     cfg.replace(init=init, **source.config_fields())))
     return cells, sorted(set(skipped))
 
 
-def collapse_measures(ctx: C.CellContext) -> dict:
+def collapse_measures(ctx: grid.CellContext) -> dict:
     import jax
 
     learned = np.asarray(ctx.result.params["item_embedding"])
     _, final = jax.jit(ctx.model.embed)(ctx.result.params, ctx.prepared.graph)
-    sv = C.singular_values(learned)
-    sv_final = C.singular_values(np.asarray(final))
-    sv_init = C.singular_values(np.asarray(ctx.init_params["item_embedding"]))
+    sv = collapse.singular_values(learned)
+    sv_final = collapse.singular_values(np.asarray(final))
+    sv_init = collapse.singular_values(np.asarray(ctx.init_params["item_embedding"]))
     return {
-        "erank_item": C.effective_rank(sv),
-        "erank_item_final": C.effective_rank(sv_final),
-        "erank_item_init": C.effective_rank(sv_init),
-        "abundance_item": C.information_abundance(sv),
+        "erank_item": collapse.effective_rank(sv),
+        "erank_item_final": collapse.effective_rank(sv_final),
+        "erank_item_init": collapse.effective_rank(sv_init),
+        "abundance_item": collapse.information_abundance(sv),
         "singular_values_item": [float(x) for x in sv],
         "singular_values_item_init": [float(x) for x in sv_init],
     }
 
 
 def summarize(records):
-    rows = C.aggregate(records, by=("backbone", "dim", "method", "init"), extras=EXTRAS)
-    C.add_gains(rows, lambda r: {"backbone": r["backbone"], "dim": r["dim"], "method": "random"})
+    rows = report.aggregate(records, by=("backbone", "dim", "method", "init"), extras=EXTRAS)
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "dim": r["dim"], "method": "random"})
     for r in rows:
         r["erank_item_ratio"] = r["erank_item_mean"] / r["dim"]
     return rows
@@ -97,12 +103,12 @@ def summarize(records):
 
 def table_text(rows, title: str) -> str:
     headers = ["backbone", "K", "init", "R@10", "N@10", "gain N@10", "eff. rank", "eff. rank / K", "init eff. rank"]
-    body = [[C.backbone_label(r["backbone"]), str(r["dim"]), r["init"] if r["method"] == "llm" else "none (random)",
-             C.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
-             C.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
-             C.fmt_gain(r["ndcg@10_gain"]), C.fmt_mean_std(r["erank_item_mean"], r["erank_item_std"], 1),
-             C.fmt(r["erank_item_ratio"], 3), C.fmt(r["erank_item_init_mean"], 1)] for r in rows]
-    return C.format_table(headers, body, title=title, align_left=3)
+    body = [[report.backbone_label(r["backbone"]), str(r["dim"]), r["init"] if r["method"] == "llm" else "none (random)",
+             report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
+             report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
+             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_mean_std(r["erank_item_mean"], r["erank_item_std"], 1),
+             report.fmt(r["erank_item_ratio"], 3), report.fmt(r["erank_item_init_mean"], 1)] for r in rows]
+    return report.format_table(headers, body, title=title, align_left=3)
 
 
 def _series(rows):
@@ -114,15 +120,15 @@ def _series(rows):
 
 def _label(backbone: str, method: str, several: bool) -> str:
     lab = "random init" if method == "random" else "LLM init"
-    return f"{C.backbone_label(backbone)}, {lab}" if several else lab
+    return f"{report.backbone_label(backbone)}, {lab}" if several else lab
 
 
 def plot_metrics(rows, path: Path, title: str) -> Path:
-    plt = C.pyplot()
+    plt = plots.pyplot()
     series = _series(rows)
     several = len({b for b, _ in series}) > 1
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.3))
-    for ax, m in zip(axes, C.METRICS):
+    for ax, m in zip(axes, report.METRICS):
         for (backbone, method), rs in series.items():
             x = [r["dim"] for r in rs]
             y = [r[f"{m}_mean"] for r in rs]
@@ -133,15 +139,15 @@ def plot_metrics(rows, path: Path, title: str) -> Path:
         ax.set_xticks(sorted({r["dim"] for r in rows}))
         ax.set_xticklabels([str(d) for d in sorted({r["dim"] for r in rows})], fontsize=8)
         ax.set_xlabel("embedding size K")
-        ax.set_ylabel(C.METRIC_LABELS[m] + " (test)")
+        ax.set_ylabel(report.METRIC_LABELS[m] + " (test)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return C.save_figure(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def plot_collapse(rows, records, path: Path, title: str) -> Path:
-    plt = C.pyplot()
+    plt = plots.pyplot()
     series = _series(rows)
     several = len({b for b, _ in series}) > 1
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -187,55 +193,55 @@ def plot_collapse(rows, records, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     fig.suptitle(title, fontsize=10)
-    return C.save_figure(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    seeds, backbones = C.start(args)
+    seeds, backbones = cli.start(args)
     try:
-        dims = sorted(set(C.parse_list(args.dims, int)))
+        dims = sorted(set(cli.parse_list(args.dims, int)))
     except ValueError:
-        raise C.ConfigError(f"--dims {args.dims!r}: expected comma-separated integers") from None
+        raise ConfigError(f"--dims {args.dims!r}: expected comma-separated integers") from None
     if not dims or min(dims) < 1:
-        raise C.ConfigError(f"--dims {args.dims!r}: expected integers >= 1")
-    base = C.base_config(args)
-    source = C.resolve_text_source(args, base)
-    datasets = C.DatasetCache(args.split_seed)
-    text = C.prepare_text_embeddings(datasets.first(base, seeds), source)
+        raise ConfigError(f"--dims {args.dims!r}: expected integers >= 1")
+    base = cli.base_config(args)
+    source = cli.resolve_text_source(args, base)
+    datasets = grid.DatasetCache(args.split_seed)
+    text = grid.prepare_text_embeddings(datasets.first(base, seeds), source)
     n = int(text["dim"])
     cells, skipped = build_cells(base, backbones, dims, seeds, n, args.select, source)
     if skipped:
-        C.log.warning("no LLM init for K=%s > N=%d encoder dims (random init only)", skipped, n)
-    out = args.out or C.default_out_dir(EXPERIMENT, C.run_name(args, "+".join(backbones),
+        log.warning("no LLM init for K=%s > N=%d encoder dims (random init only)", skipped, n)
+    out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones),
                                                                  "K" + "_".join(map(str, dims))))
     out.mkdir(parents=True, exist_ok=True)
-    command = C.command_line(f"experiments.{EXPERIMENT}", argv)
+    command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     meta = {"backbones": backbones, "dims": dims, "seeds": seeds, "select": args.select, "encoder_dims": n,
             "skipped_llm_dims": skipped, "text_embeddings": text, "split_seed": args.split_seed,
             "collapse_table": "params['item_embedding'] after training (best epoch), not centered"}
-    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta, on_result=collapse_measures)
+    records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta, on_result=collapse_measures)
     rows = summarize(records)
-    C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
-    name = C.dataset_label(base.dataset)
+    report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
+    name = cli.dataset_label(base.dataset)
     llm_desc = f"{args.select} for K<{n}, full at K={n}"
     title = (f"LLMInit Figure 1: {name}, test metrics and effective rank of the learned item table vs K; "
              f"mean ± std over seeds {','.join(map(str, seeds))}\nLLM init: {llm_desc} "
              f"({source.description}); gain = LLM vs random init at the same K"
              + (f"; no LLM init for K={skipped} > N" if skipped else ""))
     table = table_text(rows, title)
-    files = [C.write_csv(out / f"{EXPERIMENT}.csv", rows,
+    files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["backbone", "dim", "method", "init", "n", "seeds", "recall@10_mean", "recall@10_std",
                           "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain",
                           *[f"{e}_{s}" for e in EXTRAS for s in ("mean", "std")], "erank_item_ratio"]),
-             C.write_csv(out / "cells.csv", [dict(row, **{e: rec["extra"][e] for e in EXTRAS})
-                                             for row, rec in zip(C.cell_rows(records), records)]),
+             report.write_csv(out / "cells.csv", [dict(row, **{e: rec["extra"][e] for e in EXTRAS})
+                                             for row, rec in zip(report.cell_rows(records), records)]),
              plot_metrics(rows, out / "metrics_vs_k.png", f"{name}: test metrics vs embedding size ({llm_desc})"),
              plot_collapse(rows, records, out / "collapse.png", f"{name}: collapse of the learned item embeddings"),
              out / "results.json"]
-    C.finish(out, table, files + [out / "table.txt"])
+    report.finish(out, table, files + [out / "table.txt"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(C.main_wrapper(main))
+    sys.exit(cli.main_wrapper(main))

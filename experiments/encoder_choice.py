@@ -20,6 +20,7 @@ Writes ``encoder_choice.csv``, ``encoding_cost.csv``, ``cells.csv``, ``encoder_c
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import time
@@ -27,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import common as C
+from experiments import cli, grid, plots, report
+from jaxrec.config import ConfigError
+from jaxrec.init import find_reference_embeddings, save_precomputed
+
+log = logging.getLogger("experiments")
 
 EXPERIMENT = "encoder_choice"
 DEFAULT_INITS = "uniform,random,variance"
@@ -36,7 +41,7 @@ DEFAULT_INITS = "uniform,random,variance"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, backbones="lightgcn", seeds="2020", text_source=False)
+    cli.add_common_args(p, backbones="lightgcn", seeds="2020", text_source=False)
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--encoders", default="minilm,mpnet",
                    help="encoders: minilm, mpnet, a sentence-transformers folder, or NAME=PATH.npy for precomputed "
@@ -67,7 +72,7 @@ def encode_dataset(dataset, encoder: str, batch_size: int) -> tuple[np.ndarray, 
     cost = {"encoder": encoder, "model": enc.name, "source": "encoded by jaxrec", "dim": int(emb.shape[1]),
             "items": stats["items"], "load_seconds": load_s, "encode_seconds": stats["seconds"],
             "items_per_s": stats["items_per_s"], "template": template, "empty_texts": report.num_empty}
-    C.log.info("encoder %s: %d items in %.1f s = %.1f items/s (model load %.1f s), N=%d", encoder, cost["items"],
+    log.info("encoder %s: %d items in %.1f s = %.1f items/s (model load %.1f s), N=%d", encoder, cost["items"],
                cost["encode_seconds"], cost["items_per_s"], load_s, cost["dim"])
     return emb, cost
 
@@ -87,7 +92,7 @@ def item_embeddings_for(encoder: str, dataset, reference: Path | None, out: Path
         emb = load_precomputed(given, dataset_item_ids=dataset.train.item_ids)
         cost = {"encoder": name, "model": name, "source": f"precomputed {given}", "dim": int(emb.shape[1]),
                 "items": None, "load_seconds": None, "encode_seconds": None, "items_per_s": None}
-        path = C.save_embeddings(out / "embeddings" / f"{encoder_slug(name)}.npy", emb, dataset.train.item_ids)
+        path = save_precomputed(out / "embeddings" / f"{encoder_slug(name)}.npy", emb, dataset.train.item_ids)
         cost["embeddings"] = str(path.resolve())
         return path, cost
     is_mpnet = encoder.lower() in ("mpnet", "all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")
@@ -96,7 +101,7 @@ def item_embeddings_for(encoder: str, dataset, reference: Path | None, out: Path
     except EncoderNotAvailableError as e:
         if not (is_mpnet and reference is not None):
             raise
-        C.log.warning("%s; using the reference embeddings %s instead", e, reference)
+        log.warning("%s; using the reference embeddings %s instead", e, reference)
         emb = load_precomputed(reference, dataset_item_ids=dataset.train.item_ids)
         cost = {"encoder": encoder, "model": "all-mpnet-base-v2", "source": f"reference {reference}",
                 "dim": int(emb.shape[1]), "items": None, "load_seconds": None, "encode_seconds": None,
@@ -107,36 +112,36 @@ def item_embeddings_for(encoder: str, dataset, reference: Path | None, out: Path
             cos = cosine_rows(emb, ref)
             cost.update(reference=str(reference), cosine_to_reference_mean=float(cos.mean()),
                         cosine_to_reference_min=float(cos.min()))
-            C.log.info("mpnet vs reference %s: cosine mean %.6f, min %.6f", reference, cos.mean(), cos.min())
-    path = C.save_embeddings(out / "embeddings" / f"{encoder_slug(encoder)}.npy", emb, dataset.train.item_ids)
+            log.info("mpnet vs reference %s: cosine mean %.6f, min %.6f", reference, cos.mean(), cos.min())
+    path = save_precomputed(out / "embeddings" / f"{encoder_slug(encoder)}.npy", emb, dataset.train.item_ids)
     cost["embeddings"] = str(path.resolve())
     return path, cost
 
 
-def build_cells(base, backbones, encoders, inits, seeds, paths: dict[str, Path]) -> list[C.Cell]:
+def build_cells(base, backbones, encoders, inits, seeds, paths: dict[str, Path]) -> list[grid.Cell]:
     cells = []
     for seed in seeds:
         for backbone in backbones:
             cfg = base.replace(model=backbone, seed=seed)
-            cells.append(C.Cell({"backbone": backbone, "encoder": "-", "init": "none", "seed": seed},
+            cells.append(grid.Cell({"backbone": backbone, "encoder": "-", "init": "none", "seed": seed},
                                 cfg.replace(init="none", embeddings=None, encoder=None)))
             for enc in encoders:
                 for init in inits:
-                    cells.append(C.Cell({"backbone": backbone, "encoder": enc, "init": init, "seed": seed},
+                    cells.append(grid.Cell({"backbone": backbone, "encoder": enc, "init": init, "seed": seed},
                                         cfg.replace(init=init, embeddings=str(paths[enc].resolve()), encoder=None)))
     return cells
 
 
 def summarize(records):
-    rows = C.aggregate(records, by=("backbone", "encoder", "init"))
-    C.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
+    rows = report.aggregate(records, by=("backbone", "encoder", "init"))
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
     return rows
 
 
 def table_text(rows, encoders, inits, costs, title: str, paper_beauty: bool) -> str:
     headers = ["backbone", "encoder", "N"]
     for init in inits:
-        lab = C.INIT_LABELS.get(init, init)
+        lab = report.INIT_LABELS.get(init, init)
         headers += [f"{lab} R@10", f"{lab} N@10"]
     headers += ["best gain N@10"]
     if paper_beauty:
@@ -145,13 +150,13 @@ def table_text(rows, encoders, inits, costs, title: str, paper_beauty: bool) -> 
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         base = next((r for r in rows if r["backbone"] == backbone and r["init"] == "none"), None)
         if base is not None:
-            line = [C.backbone_label(backbone), "none (random init)", "-"]
+            line = [report.backbone_label(backbone), "none (random init)", "-"]
             for _ in inits:
-                line += [C.fmt_mean_std(base["recall@10_mean"], base["recall@10_std"]),
-                         C.fmt_mean_std(base["ndcg@10_mean"], base["ndcg@10_std"])]
+                line += [report.fmt_mean_std(base["recall@10_mean"], base["recall@10_std"]),
+                         report.fmt_mean_std(base["ndcg@10_mean"], base["ndcg@10_std"])]
             body.append(line + ["-"] + (["-"] if paper_beauty else []))
         for enc in encoders:
-            line = [C.backbone_label(backbone), enc, str(costs[enc]["dim"])]
+            line = [report.backbone_label(backbone), enc, str(costs[enc]["dim"])]
             gains = []
             for init in inits:
                 r = next((r for r in rows if r["backbone"] == backbone and r["encoder"] == enc and r["init"] == init),
@@ -159,93 +164,93 @@ def table_text(rows, encoders, inits, costs, title: str, paper_beauty: bool) -> 
                 if r is None:
                     line += ["-", "-"]
                     continue
-                line += [C.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
-                         C.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"])]
+                line += [report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
+                         report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"])]
                 gains.append(r["ndcg@10_gain"])
             finite = [g for g in gains if g == g]
-            line.append(C.fmt_gain(max(finite)) if finite else "-")
+            line.append(report.fmt_gain(max(finite)) if finite else "-")
             if paper_beauty:
                 key = "mpnet" if "mpnet" in enc.lower() else enc.lower()
-                line.append(C.fmt(C.PAPER_TABLE4_VAR_R10.get(key)) if backbone == "lightgcn" else "-")
+                line.append(report.fmt(report.PAPER_TABLE4_VAR_R10.get(key)) if backbone == "lightgcn" else "-")
             body.append(line)
-    main = C.format_table(headers, body, title=title, align_left=2)
+    main = report.format_table(headers, body, title=title, align_left=2)
     cost_rows = [[enc, costs[enc]["source"], str(costs[enc]["dim"]), str(costs[enc].get("items") or "-"),
-                  C.fmt(costs[enc].get("load_seconds"), 1), C.fmt(costs[enc].get("encode_seconds"), 1),
-                  C.fmt(costs[enc].get("items_per_s"), 1), C.fmt(costs[enc].get("cosine_to_reference_mean"), 6)]
+                  report.fmt(costs[enc].get("load_seconds"), 1), report.fmt(costs[enc].get("encode_seconds"), 1),
+                  report.fmt(costs[enc].get("items_per_s"), 1), report.fmt(costs[enc].get("cosine_to_reference_mean"), 6)]
                  for enc in encoders]
-    cost = C.format_table(["encoder", "source", "N", "items", "load s", "encode s", "items/s", "cos vs reference"],
+    cost = report.format_table(["encoder", "source", "N", "items", "load s", "encode s", "items/s", "cos vs reference"],
                           cost_rows, title="encoding cost (this machine, CPU)", align_left=2)
     return main + "\n\n" + cost
 
 
 def plot(rows, encoders, inits, path: Path, title: str) -> Path:
-    plt = C.pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
     backbone = rows[0]["backbone"]
     base = next((r for r in rows if r["backbone"] == backbone and r["init"] == "none"), None)
-    for ax, m in zip(axes, C.METRICS):
-        series = C.metric_series([r for r in rows if r["backbone"] == backbone], encoders, lambda r: r["encoder"],
-                                 lambda r: r["init"], lambda init: C.INIT_LABELS.get(init, init), m, series=inits)
+    for ax, m in zip(axes, report.METRICS):
+        series = plots.metric_series([r for r in rows if r["backbone"] == backbone], encoders, lambda r: r["encoder"],
+                                 lambda r: r["init"], lambda init: report.INIT_LABELS.get(init, init), m, series=inits)
         if base is not None:
             series["none (random)"] = ([base[f"{m}_mean"]] * len(encoders), [float("nan")] * len(encoders))
-        C.grouped_bars(ax, encoders, series, C.METRIC_LABELS[m] + " (test)",
-                       title=f"{C.backbone_label(backbone)}")
+        plots.grouped_bars(ax, encoders, series, report.METRIC_LABELS[m] + " (test)",
+                       title=f"{report.backbone_label(backbone)}")
     fig.suptitle(title, fontsize=10)
-    return C.save_figure(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    seeds, backbones = C.start(args)
-    specs = C.parse_list(args.encoders)
+    seeds, backbones = cli.start(args)
+    specs = cli.parse_list(args.encoders)
     encoders = [spec.partition("=")[0] for spec in specs]
     if not encoders or len(set(encoders)) != len(encoders):
-        raise C.ConfigError(f"--encoders {args.encoders!r}: expected distinct encoder names")
-    inits = C.check_inits(C.parse_list(args.inits), ("uniform", "random", "variance", "pca"))
-    base = C.base_config(args)
+        raise ConfigError(f"--encoders {args.encoders!r}: expected distinct encoder names")
+    inits = cli.check_inits(cli.parse_list(args.inits), ("uniform", "random", "variance", "pca"))
+    base = cli.base_config(args)
     if str(args.reference).lower() == "auto":
-        reference = C.find_reference_embeddings(base.dataset, base.data_dirs)
+        reference = find_reference_embeddings(base.dataset, base.data_dirs)
     elif str(args.reference).lower() == "none":
         reference = None
     else:
         reference = Path(args.reference)
         if not reference.is_file():
-            raise C.ConfigError(f"--reference {reference}: file not found")
-    out = args.out or C.default_out_dir(EXPERIMENT, C.run_name(args, "+".join(backbones), "+".join(
+            raise ConfigError(f"--reference {reference}: file not found")
+    out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones), "+".join(
         encoder_slug(e) for e in encoders)))
     out.mkdir(parents=True, exist_ok=True)
-    datasets = C.DatasetCache(args.split_seed)
+    datasets = grid.DatasetCache(args.split_seed)
     first = datasets.first(base, seeds)
     paths, costs = {}, {}
     for enc, spec in zip(encoders, specs):
         paths[enc], costs[enc] = item_embeddings_for(spec, first, reference, out, args.batch_size)
     for enc in encoders:
         if costs[enc]["dim"] < base.embedding_size:
-            raise C.ConfigError(f"encoder {enc}: N={costs[enc]['dim']} dims < embedding_size={base.embedding_size}")
-    command = C.command_line(f"experiments.{EXPERIMENT}", argv)
+            raise ConfigError(f"encoder {enc}: N={costs[enc]['dim']} dims < embedding_size={base.embedding_size}")
+    command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     cells = build_cells(base, backbones, encoders, inits, seeds, paths)
     meta = {"backbones": backbones, "encoders": encoders, "encoder_specs": specs, "inits": inits, "seeds": seeds,
             "encoding": costs,
             "reference": str(reference) if reference else None, "split_seed": args.split_seed}
-    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
+    records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
     rows = summarize(records)
-    C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
-    name = C.dataset_label(base.dataset)
+    report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
+    name = cli.dataset_label(base.dataset)
     title = (f"LLMInit Table 4 layout: {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
              f"{','.join(map(str, seeds))}; best gain = best strategy's N@10 vs random init")
-    text = table_text(rows, encoders, inits, costs, title, C.paper_dataset(base.dataset) == "beauty")
-    files = [C.write_csv(out / f"{EXPERIMENT}.csv", rows,
+    text = table_text(rows, encoders, inits, costs, title, report.paper_dataset(base.dataset) == "beauty")
+    files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["backbone", "encoder", "init", "n", "seeds", "recall@10_mean", "recall@10_std",
                           "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain"]),
-             C.write_csv(out / "encoding_cost.csv", [costs[e] for e in encoders],
+             report.write_csv(out / "encoding_cost.csv", [costs[e] for e in encoders],
                          ["encoder", "model", "source", "dim", "items", "load_seconds", "encode_seconds",
                           "items_per_s", "cosine_to_reference_mean", "cosine_to_reference_min", "embeddings"]),
-             C.write_csv(out / "cells.csv", C.cell_rows(records)),
+             report.write_csv(out / "cells.csv", report.cell_rows(records)),
              plot(rows, encoders, inits, out / f"{EXPERIMENT}.png", f"{name}: encoder x selection strategy"),
              out / "results.json"]
-    C.finish(out, text, files + [out / "table.txt"])
+    report.finish(out, text, files + [out / "table.txt"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(C.main_wrapper(main))
+    sys.exit(cli.main_wrapper(main))

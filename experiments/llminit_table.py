@@ -23,7 +23,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments import common as C
+from experiments import cli, grid, plots, report
+from jaxrec.config import ConfigError
+from jaxrec.init import EmbeddingSource
 
 EXPERIMENT = "llminit_table"
 DEFAULT_INITS = "none,random,uniform,variance"
@@ -32,7 +34,7 @@ DEFAULT_INITS = "none,random,uniform,variance"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, backbones="lightgcn", seeds="2020")
+    cli.add_common_args(p, backbones="lightgcn", seeds="2020")
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--inits", default=DEFAULT_INITS,
                    help=f"initializations, rows per backbone (default {DEFAULT_INITS}; also full, pca)")
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_cells(base, backbones, inits, scales, seeds, source: C.TextSource) -> list[C.Cell]:
+def build_cells(base, backbones, inits, scales, seeds, source: EmbeddingSource) -> list[grid.Cell]:
     cells = []
     for seed in seeds:
         for backbone in backbones:
@@ -51,21 +53,21 @@ def build_cells(base, backbones, inits, scales, seeds, source: C.TextSource) -> 
                 for scale in (["none"] if init == "none" else scales):
                     fields = source.config_fields() if init != "none" else {"embeddings": None, "encoder": None}
                     config = base.replace(model=backbone, init=init, init_scale=scale, seed=seed, **fields)
-                    cells.append(C.Cell({"backbone": backbone, "init": init, "scale": scale, "seed": seed}, config))
+                    cells.append(grid.Cell({"backbone": backbone, "init": init, "scale": scale, "seed": seed}, config))
     return cells
 
 
 def summarize(records, paper_key: str | None) -> list[dict]:
-    rows = C.aggregate(records, by=("backbone", "init", "scale"))
-    C.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
+    rows = report.aggregate(records, by=("backbone", "init", "scale"))
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
     for r in rows:
-        r["model"] = C.row_label(r["backbone"], r["init"], r["scale"])
+        r["model"] = report.row_label(r["backbone"], r["init"], r["scale"])
         if paper_key is not None:
-            paper = C.PAPER_TABLE1.get(r["backbone"], {}).get(r["init"], {}).get(paper_key)
+            paper = report.PAPER_TABLE1.get(r["backbone"], {}).get(r["init"], {}).get(paper_key)
             paper = paper if r["scale"] == "none" else None
             r["paper_recall@10"], r["paper_ndcg@10"] = paper if paper else (None, None)
-            base = C.PAPER_TABLE1.get(r["backbone"], {}).get("none", {}).get(paper_key)
-            r["paper_ndcg@10_gain"] = (C.relative_gain(paper[1], base[1]) if paper and base and r["init"] != "none"
+            base = report.PAPER_TABLE1.get(r["backbone"], {}).get("none", {}).get(paper_key)
+            r["paper_ndcg@10_gain"] = (report.relative_gain(paper[1], base[1]) if paper and base and r["init"] != "none"
                                        else None)
     return rows
 
@@ -76,68 +78,68 @@ def table_text(rows, title: str, paper_key: str | None) -> str:
         headers += [f"paper R@10 ({paper_key})", "paper N@10", "paper gain N@10"]
     body = []
     for r in rows:
-        line = [r["model"], C.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
-                C.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
-                C.fmt_gain(r["recall@10_gain"]), C.fmt_gain(r["ndcg@10_gain"])]
+        line = [r["model"], report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
+                report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
+                report.fmt_gain(r["recall@10_gain"]), report.fmt_gain(r["ndcg@10_gain"])]
         if paper_key:
-            line += [C.fmt(r.get("paper_recall@10")), C.fmt(r.get("paper_ndcg@10")),
-                     C.fmt_gain(r.get("paper_ndcg@10_gain"))]
+            line += [report.fmt(r.get("paper_recall@10")), report.fmt(r.get("paper_ndcg@10")),
+                     report.fmt_gain(r.get("paper_ndcg@10_gain"))]
         body.append(line)
-    return C.format_table(headers, body, title=title)
+    return report.format_table(headers, body, title=title)
 
 
 def plot(rows, path: Path, title: str) -> Path:
-    plt = C.pyplot()
+    plt = plots.pyplot()
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
-    for ax, m in zip(axes, C.METRICS):
-        series = C.metric_series(rows, backbones, lambda r: r["backbone"], lambda r: (r["init"], r["scale"]),
-                                 lambda key: C.init_label(*key) or "none (random)", m)
-        C.grouped_bars(ax, [C.backbone_label(b) for b in backbones], series, C.METRIC_LABELS[m] + " (test)")
+    for ax, m in zip(axes, report.METRICS):
+        series = plots.metric_series(rows, backbones, lambda r: r["backbone"], lambda r: (r["init"], r["scale"]),
+                                 lambda key: report.init_label(*key) or "none (random)", m)
+        plots.grouped_bars(ax, [report.backbone_label(b) for b in backbones], series, report.METRIC_LABELS[m] + " (test)")
     fig.suptitle(title, fontsize=10)
-    return C.save_figure(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    seeds, backbones = C.start(args)
-    inits = C.check_inits(C.parse_list(args.inits))
-    scales = C.parse_list(args.scales) if args.scales else [args.init_scale or "none"]
+    seeds, backbones = cli.start(args)
+    inits = cli.check_inits(cli.parse_list(args.inits))
+    scales = cli.parse_list(args.scales) if args.scales else [args.init_scale or "none"]
     for s in scales:
         if s not in ("none", "match_random", "standardize", "minmax"):
-            raise C.ConfigError(f"--scales: unknown {s!r}; expected none, match_random, standardize, minmax")
-    base = C.base_config(args)
+            raise ConfigError(f"--scales: unknown {s!r}; expected none, match_random, standardize, minmax")
+    base = cli.base_config(args)
     llm = [i for i in inits if i != "none"]
-    source = C.resolve_text_source(args, base) if llm else C.TextSource(description="(no LLM init rows)")
-    out = args.out or C.default_out_dir(EXPERIMENT, C.run_name(args, "+".join(backbones),
+    source = cli.resolve_text_source(args, base) if llm else EmbeddingSource(description="(no LLM init rows)")
+    out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones),
                                                                  "" if scales == ["none"] else "+".join(scales)))
     out.mkdir(parents=True, exist_ok=True)
-    command = C.command_line(f"experiments.{EXPERIMENT}", argv)
+    command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     cells = build_cells(base, backbones, inits, scales, seeds, source)
-    datasets = C.DatasetCache(args.split_seed)
+    datasets = grid.DatasetCache(args.split_seed)
     meta = {"backbones": backbones, "inits": inits, "scales": scales, "seeds": seeds, "split_seed": args.split_seed}
     if llm:
-        meta["text_embeddings"] = C.prepare_text_embeddings(datasets.first(base, seeds), source)
-    records = C.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
-    paper_key = C.paper_dataset(base.dataset)
+        meta["text_embeddings"] = grid.prepare_text_embeddings(datasets.first(base, seeds), source)
+    records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
+    paper_key = report.paper_dataset(base.dataset)
     rows = summarize(records, paper_key)
-    C.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
-    name = C.dataset_label(base.dataset)
+    report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
+    name = cli.dataset_label(base.dataset)
     dim = meta.get("text_embeddings", {}).get("dim")
     title = (f"LLMInit Table 1 layout: {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
              f"{','.join(map(str, seeds))}; gain = mean vs the backbone's own init"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else ""))
     text = table_text(rows, title, paper_key)
-    files = [C.write_csv(out / f"{EXPERIMENT}.csv", rows,
+    files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["model", "backbone", "init", "scale", "n", "seeds", "recall@10_mean", "recall@10_std",
                           "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain"]
                          + (["paper_recall@10", "paper_ndcg@10", "paper_ndcg@10_gain"] if paper_key else [])),
-             C.write_csv(out / "cells.csv", C.cell_rows(records)),
+             report.write_csv(out / "cells.csv", report.cell_rows(records)),
              plot(rows, out / f"{EXPERIMENT}.png", f"{name}: test metrics by initialization (K={base.embedding_size})"),
              out / "results.json"]
-    C.finish(out, text, files + [out / "table.txt"])
+    report.finish(out, text, files + [out / "table.txt"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(C.main_wrapper(main))
+    sys.exit(cli.main_wrapper(main))

@@ -24,7 +24,14 @@ import sys
 import typing
 from pathlib import Path
 
-from jaxrec.config import Config, ConfigError, build_config, coerce_mapping, import_plugins, parse_value
+from jaxrec.config import (
+    Config,
+    ConfigError,
+    build_config,
+    coerce_mapping,
+    import_plugins,
+    parse_value,
+)
 
 # Options with their own flags (besides --set); the rest are reachable via --set.
 _FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate", "embedding_size",

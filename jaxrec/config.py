@@ -49,6 +49,8 @@ class Config:
     dedup: bool = False  # drop repeated (user, item) pairs, keeping the earliest
     kcore: int = 0  # iterative k-core on users and items (Amazon: 5); 0 = off
     data_dirs: tuple[str, ...] = ()  # extra folders searched for datasets
+    missing: str = "error"  # empty id / missing or non-finite rating or timestamp: error | drop (reported)
+    data_cache: bool = True  # cache parsed datasets under $JAXREC_CACHE/datasets
     # --- model ----------------------------------------------------------------
     embedding_size: int = 128
     num_layers: int = 2
@@ -446,6 +448,8 @@ def _validate(c: Config) -> None:
             bad("split_ratios", "three non-negative numbers (train, valid, test)")
     if c.kcore < 0:
         bad("kcore", "an integer >= 0")
+    if c.missing not in ("error", "drop"):
+        bad("missing", "error or drop")
     if not 0 <= c.ssl_ratio < 1:
         bad("ssl_ratio", "a number in [0, 1)")
     if not c.ssl_tau > 0:

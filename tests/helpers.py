@@ -1,4 +1,4 @@
-"""Small synthetic datasets written as RecBole atomic files, for training/CLI tests."""
+"""Small synthetic datasets written as RecBole atomic files, for training/CLI tests; dense references."""
 
 from __future__ import annotations
 
@@ -48,3 +48,24 @@ def write_tiny_dataset(folder: Path, name: str = "tiny", seed: int = 0, **kw) ->
         {"item_id": "token", "movie_title": "token_seq", "release_year": "token", "class": "token_seq"},
     )
     return ds
+
+
+def explicit_cooccurrence(user, item, num_items: int) -> np.ndarray:
+    """Dense [I, I] C_ij = distinct users with both i and j, zero diagonal (python sets; a reference)."""
+    users: dict[int, set[int]] = {}
+    for u, i in zip(user, item, strict=True):
+        users.setdefault(int(u), set()).add(int(i))
+    c = np.zeros((num_items, num_items))
+    for its in users.values():
+        for a in its:
+            for b in its:
+                if a != b:
+                    c[a, b] += 1
+    return c
+
+
+def explicit_laplacian(c: np.ndarray) -> np.ndarray:
+    """Dense I - D^-1/2 C D^-1/2 with L_ii = 0 for isolated items (d_i = 0)."""
+    d = c.sum(1)
+    inv = np.array([1 / np.sqrt(x) if x > 0 else 0.0 for x in d])
+    return np.diag((d > 0).astype(float)) - inv[:, None] * c * inv[None, :]

@@ -80,3 +80,22 @@ def test_format_metrics_table_orders_by_metric_then_k():
     text = format_metrics_table({"ndcg@20": 0.2, "recall@10": 0.3, "ndcg@10": 0.1})
     rows = [line.split()[0] for line in text.splitlines()[2:]]
     assert rows == ["recall@10", "ndcg@10", "ndcg@20"]
+
+
+def test_flags_then_set_are_validated_once_together(tiny):
+    args = build_parser().parse_args(["train", "--topk", "5", "--set", "valid_metric=ndcg@5"])
+    c = config_from_args(args)
+    assert c.topk == (5,) and c.valid_metric == "ndcg@5"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "topk=10,20,50"], "topk=[10, 20, 50]: k=50 exceeds the 40 items"),
+    (["--set", "split=ratio", "--set", "split_ratios=0.75,0,0.25", "--set", "topk=5,10"], "leaves no valid interactions"),
+    (["--set", "split=ratio", "--set", "split_ratios=0,0.5,0.5", "--set", "topk=5,10"], "leaves no training interactions"),
+])
+def test_config_against_data_fails_before_training(tiny, tmp_path, capsys, extra, message):
+    out = tmp_path / "r"
+    code = main(["train", "--dataset", str(tiny), "--out", str(out), "--no-progress"] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("jaxrec: error: ")
+    assert not out.exists()  # nothing was written: no folder to poison

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import cold_start, common, embedding_collapse, encoder_choice, llminit_table
+from experiments import cli, cold_start, embedding_collapse, encoder_choice, grid, llminit_table, report
+from jaxrec.analysis import collapse
+from jaxrec.init import EmbeddingSource, save_precomputed
 from helpers import write_tiny_dataset
 
 N_DIMS = 24  # dims of the tiny random "text" embeddings
@@ -23,7 +25,7 @@ def _write_embeddings(path: Path, item_ids, dim: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(len(item_ids), dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return common.save_embeddings(path, emb, item_ids)
+    return save_precomputed(path, emb, item_ids)
 
 
 def _item_ids(folder: Path, name: str) -> list[str]:
@@ -166,7 +168,7 @@ def test_embedding_collapse_end_to_end(tiny, fast, tmp_path, capsys):
         sv = cell["extra"]["singular_values_item"]
         assert len(sv) == min(k, 40) and sv == sorted(sv, reverse=True)
         assert 1.0 <= cell["extra"]["erank_item"] <= k + 1e-6
-        assert cell["extra"]["erank_item"] == pytest.approx(common.effective_rank(np.asarray(sv)))
+        assert cell["extra"]["erank_item"] == pytest.approx(collapse.effective_rank(np.asarray(sv)))
 
 
 def test_encoder_choice_end_to_end_precomputed(tiny, fast, tmp_path, capsys):
@@ -192,7 +194,7 @@ def test_encoder_choice_end_to_end_precomputed(tiny, fast, tmp_path, capsys):
 def test_embedding_collapse_cells_skip_llm_above_n():
     from jaxrec.config import Config
 
-    src = common.TextSource(embeddings="e.npy")
+    src = EmbeddingSource(embeddings="e.npy")
     cells, skipped = embedding_collapse.build_cells(Config(), ["lightgcn"], [32, 768, 1024], [1, 2], 768,
                                                     "variance", src)
     keys = [(c.key["dim"], c.key["init"], c.key["seed"]) for c in cells]
@@ -245,18 +247,18 @@ def _rec(init, seed, r10, n10):
 
 
 def test_mean_std_and_gain_hand_computed():
-    m, s = common.mean_std([1.0, 2.0, 3.0, 4.0])
+    m, s = report.mean_std([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and s == pytest.approx(math.sqrt(5 / 3))  # sample std (ddof 1)
-    m, s = common.mean_std([0.0432])
+    m, s = report.mean_std([0.0432])
     assert m == 0.0432 and math.isnan(s)  # one seed: no spread
-    assert common.relative_gain(0.0485, 0.0432) == pytest.approx(12.268518518518519)
-    assert common.relative_gain(0.09, 0.1) == pytest.approx(-10.0)
-    assert math.isnan(common.relative_gain(0.1, 0.0))
+    assert report.relative_gain(0.0485, 0.0432) == pytest.approx(12.268518518518519)
+    assert report.relative_gain(0.09, 0.1) == pytest.approx(-10.0)
+    assert math.isnan(report.relative_gain(0.1, 0.0))
 
     records = [_rec("none", 1, 0.10, 0.04), _rec("none", 2, 0.20, 0.05), _rec("none", 3, 0.30, 0.06),
                _rec("variance", 1, 0.20, 0.05), _rec("variance", 2, 0.30, 0.07), _rec("variance", 3, 0.40, 0.06)]
-    rows = common.aggregate(records, by=("backbone", "init"))
-    rows = common.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
+    rows = report.aggregate(records, by=("backbone", "init"))
+    rows = report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
     none, var = rows
     assert (none["init"], none["n"], none["seeds"]) == ("none", 3, [1, 2, 3])
     assert none["recall@10_mean"] == pytest.approx(0.2) and none["recall@10_std"] == pytest.approx(0.1)
@@ -265,9 +267,9 @@ def test_mean_std_and_gain_hand_computed():
     assert var["recall@10_gain"] == pytest.approx(50.0)  # (0.3 - 0.2) / 0.2
     assert var["ndcg@10_gain"] == pytest.approx(20.0)  # (0.06 - 0.05) / 0.05
     assert math.isnan(none["recall@10_gain"])
-    assert common.fmt_mean_std(0.2, 0.1) == "0.2000 ± 0.1000"
-    assert common.fmt_mean_std(0.2, float("nan")) == "0.2000"
-    assert common.fmt_gain(12.2685) == "+12.3%" and common.fmt_gain(float("nan")) == "-"
+    assert report.fmt_mean_std(0.2, 0.1) == "0.2000 ± 0.1000"
+    assert report.fmt_mean_std(0.2, float("nan")) == "0.2000"
+    assert report.fmt_gain(12.2685) == "+12.3%" and report.fmt_gain(float("nan")) == "-"
 
 
 def test_llminit_summary_paper_numbers():
@@ -284,17 +286,17 @@ def test_llminit_summary_paper_numbers():
                                       ("amazon_tools", "tools"), ("/data/Office_Products", "office"),
                                       ("ml-100k", None)])
 def test_paper_dataset_matching(name, key):
-    assert common.paper_dataset(name) == key
+    assert report.paper_dataset(name) == key
 
 
 def test_collapse_measures_hand_computed():
-    assert common.effective_rank(np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(3.0)
-    assert common.effective_rank(np.array([5.0, 0.0])) == pytest.approx(1.0)
+    assert collapse.effective_rank(np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(3.0)
+    assert collapse.effective_rank(np.array([5.0, 0.0])) == pytest.approx(1.0)
     p = np.array([3.0, 1.0]) / 4
-    assert common.effective_rank(np.array([3.0, 1.0])) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
-    assert common.information_abundance(np.array([4.0, 2.0, 2.0])) == pytest.approx(2.0)
+    assert collapse.effective_rank(np.array([3.0, 1.0])) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert collapse.information_abundance(np.array([4.0, 2.0, 2.0])) == pytest.approx(2.0)
     table = np.diag([2.0, 2.0, 0.0])
-    assert common.effective_rank(common.singular_values(table)) == pytest.approx(2.0)
+    assert collapse.effective_rank(collapse.singular_values(table)) == pytest.approx(2.0)
     assert embedding_collapse.llm_init_for(128, 768, "variance") == "variance"
     assert embedding_collapse.llm_init_for(768, 768, "variance") == "full"
     assert embedding_collapse.llm_init_for(1024, 768, "variance") is None
@@ -367,7 +369,7 @@ def test_cold_start_ranking_masks_removed_items(tiny):
     prepared = {}
     for cond in ("full", "cold", "cold-unmasked"):
         extra = {} if cond == "full" else {"keep_fraction": 0.5, "mask_removed": cond == "cold"}
-        ds, info = data.get(common.Cell({"condition": cond}, config, {"condition": cond, **extra}))
+        ds, info = data.get(grid.Cell({"condition": cond}, config, {"condition": cond, **extra}))
         prepared[cond] = (ds, data.prepared(ds))
         assert ("reduction" in info) == (cond != "full")
     (fd, fp), (cd, cp), (ud, up) = prepared["full"], prepared["cold"], prepared["cold-unmasked"]
@@ -387,7 +389,7 @@ def test_common_option_errors(tiny, tmp_path):
     from jaxrec.config import ConfigError
 
     with pytest.raises(ConfigError, match="--seeds"):
-        common.parse_seeds("1,x")
+        cli.parse_seeds("1,x")
     with pytest.raises(ConfigError, match="--backbones"):
         llminit_table.main(["--dataset", str(tiny["dataset"]), "--backbones", "nope", "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match="--inits"):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import explicit_cooccurrence, explicit_laplacian
 from jaxrec.config import Config, ConfigError
 from jaxrec.init import (
     AMAZON_TEMPLATE,
@@ -692,26 +693,6 @@ def test_mpnet_reproduces_reference_embeddings():
 # ================================================================== rec-pca
 UI_USER = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 0], np.int32)
 UI_ITEM = np.array([0, 1, 2, 1, 3, 0, 3, 4, 2, 4, 1], np.int32)  # (0, 1) repeated; item 5 isolated
-
-
-def explicit_cooccurrence(user, item, num_items):
-    users = {}
-    for u, i in zip(user, item, strict=True):
-        users.setdefault(u, set()).add(i)
-    c = np.zeros((num_items, num_items))
-    for its in users.values():
-        for a in its:
-            for b in its:
-                if a != b:
-                    c[a, b] += 1
-    return c
-
-
-def explicit_laplacian(c):
-    d = c.sum(1)
-    inv = np.array([1 / np.sqrt(x) if x > 0 else 0.0 for x in d])
-    lap = np.diag((d > 0).astype(float)) - inv[:, None] * c * inv[None, :]
-    return lap
 
 
 def test_cooccurrence_and_laplacian_match_explicit():

@@ -429,3 +429,41 @@ def test_shard_two_processes_train_to_single_process_params(tiny, tmp_path):
     for name in ("user_embedding", "item_embedding"):
         np.testing.assert_allclose(got[name], np.asarray(ref.params[name]), atol=1e-4)
     assert json.loads(str(got["metrics"])) == ref.test_metrics
+
+
+def test_shard_cli_two_processes_match_one_process(tiny, tmp_path):
+    """``jaxrec train`` as 2 localhost processes (2 CPU devices each) writes, from process 0 only,
+    the same results as one process with 4 devices."""
+    folder, _, _ = tiny
+    args = ["-m", "jaxrec", "train", "--dataset", str(folder), "--model", "lightgcn", "--epochs", "2",
+            "--no-progress", "--set", "batch_size=64", "--set", "embedding_size=8", "--set", "learning_rate=0.01",
+            "--set", "topk=5,10", "--set", "patience=100", "--set", "sharding=feature"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=str(REPO), PJRT_NPROC="8")
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env={**env, "JAXREC_LOCAL_DEVICES": "4"}, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "two"), "--coordinator-address",
+                               f"localhost:{port}", "--num-processes", "2", "--process-id", str(pid)],
+                              env={**env, "JAXREC_LOCAL_DEVICES": "2"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=300))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("two-process CLI run timed out")
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "test metrics" in outs[0][0] and "test metrics" not in outs[1][0]  # only process 0 prints (and writes)
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert a["best_epoch"] == b["best_epoch"]
+    for k, v in a["test"].items():
+        assert b["test"][k] == pytest.approx(v, abs=1e-4), k
+    assert b["config"]["num_processes"] == 2  # recorded; not part of the run's identity
+    with RunCheckpoints(tmp_path / "two" / "ckpt") as ck:
+        assert ck.latest_step() == 1

@@ -175,3 +175,56 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     cut = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert full["test"] == cut["test"] and full["best_epoch"] == cut["best_epoch"]
+
+
+def test_a_folder_without_a_complete_checkpoint_is_a_new_run(tiny, tmp_path):
+    """A run that died before its first save leaves empty ckpt folders and a run.json: the same
+    command (or another config) then starts afresh instead of being refused."""
+    _, config, ds = tiny
+    model = get_model(config)
+    (tmp_path / "ckpt" / "latest").mkdir(parents=True)
+    (tmp_path / "ckpt" / "best").mkdir(parents=True)
+    (tmp_path / "run.json").write_text(json.dumps({"model": "mf", "config": {"learning_rate": 9.0}}))
+    (tmp_path / "log.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epo')
+    res = fit(model, ds, config.replace(epochs=2), out_dir=tmp_path)
+    assert [r["epoch"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())] == [0, 1]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["learning_rate"] == config.learning_rate
+    assert res.stopped_epoch == 1
+
+
+def test_diverging_run_stops_naming_epoch_and_last_good_checkpoint(tiny, tmp_path):
+    _, config, ds = tiny
+    model = get_model(config.replace(model="mf"))
+    steps_per_epoch = -(-len(ds.train) // config.batch_size)
+    # a learning rate that explodes after the first epoch's steps
+    explode = optax.adam(lambda count: jnp.where(count < steps_per_epoch, 1e-2, 1e38))
+    with pytest.raises(FloatingPointError, match=r"epoch 1: .*not finite|epoch 1: training loss is") as err:
+        fit(model, ds, config.replace(model="mf", epochs=5), out_dir=tmp_path, optimizer=explode)
+    assert "ckpt/latest/0 (epoch 0" in str(err.value)
+    with RunCheckpoints(tmp_path / "ckpt") as ck:  # nothing non-finite was saved
+        assert ck.latest_step() == 0 and ck.latest_step("best") == 0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0]
+
+
+def test_run_folders_of_jaxrec_0_1_are_read(tiny, tmp_path):
+    """A format-1 run.json (no "format", fewer config keys) resumes; a key whose default changed
+    since is asked for explicitly, with a message that says which."""
+    _, config, ds = tiny
+    model = get_model(config)
+    fit(model, ds, config.replace(epochs=2), out_dir=tmp_path)
+    identity = json.loads((tmp_path / "run.json").read_text())
+    del identity["format"]
+    for key in ("contrast_unique", "plugins", "evaluation"):
+        del identity["config"][key]
+    (tmp_path / "run.json").write_text(json.dumps(identity))
+    res = fit(model, ds, config.replace(epochs=3), out_dir=tmp_path, resume=True)
+    assert res.stopped_epoch == 2
+    sgl = config.replace(model="sgl", epochs=2)
+    fit(get_model(sgl), ds, sgl, out_dir=tmp_path / "sgl")
+    identity = json.loads((tmp_path / "sgl" / "run.json").read_text())
+    del identity["format"], identity["config"]["contrast_unique"]
+    (tmp_path / "sgl" / "run.json").write_text(json.dumps(identity))
+    with pytest.raises(CheckpointMismatchError, match="config.contrast_unique: saved 'table', now 'bucket'"):
+        fit(get_model(sgl), ds, sgl.replace(epochs=3), out_dir=tmp_path / "sgl", resume=True)
+    fit(get_model(sgl), ds, sgl.replace(epochs=3, contrast_unique="table"), out_dir=tmp_path / "sgl", resume=True)

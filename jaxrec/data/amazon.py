@@ -7,138 +7,381 @@ plus ``categories`` (2014: list of lists) or ``category`` (2018: list); ``descri
 is a string (2014) or a list of strings (2018) -> columns item_id, title, brand,
 categories (flattened, de-duplicated, joined by ", "), description (one string).
 Lines are JSON; 2014 metadata lines are Python literals, read with ``ast.literal_eval``.
+
+Parsing: pyarrow's JSON reader with an explicit schema (other keys are skipped unparsed);
+when it fails (Python literals, other value types, a bad line), the exact line-by-line
+reader runs and names the bad line. Encodings as every reader (:mod:`jaxrec.data.textio`).
+
+Two preprocessing protocols (:func:`load_amazon`):
+
+- ``"kcore"`` (LLMInit; default config ``rating_threshold=4, dedup=True, kcore=5``):
+  ratings >= 4, repeated (user, item) pairs keep the earliest, iterative 5-core;
+- ``"allmrec"`` (A-LLMRec, ``pre_train/sasrec/data_preprocess.py`` of ghdtjr/A-LLMRec):
+  one counting pass keeps a review when its user and its item have >= 5 reviews (>= 4 for
+  Beauty and Toys, where reviews rated below 3 are not counted, but kept); no rating
+  filter, no iterative core; sequences in ``unixReviewTime`` order (stable: ties keep file
+  order, counted in the split report); item text ``Title: <title>, Description: <first
+  description element>`` (:func:`allmrec_item_text`).
 """
 
 from __future__ import annotations
 
 import ast
-import gzip
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.json as pj
 
 from ..config import Config
+from .atomic import fast_then_exact
+from .cells import check_cells, where_row
 from .errors import DataError, where
+from .textio import Encoding, arrow_input, decoded_lines, row_lines, sniff_encoding
 
 REVIEW_KEYS = ("reviewerID", "asin", "overall", "unixReviewTime")
+REVIEW_COLUMNS = {"reviewerID": "user_id", "asin": "item_id", "overall": "rating", "unixReviewTime": "timestamp"}
+REVIEW_SCHEMA = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()), ("overall", pa.float64()),
+                           ("unixReviewTime", pa.float64())])
+META_SCHEMA = pa.schema([("asin", pa.string()), ("title", pa.string()), ("brand", pa.string()),
+                         ("description", pa.list_(pa.string())), ("category", pa.list_(pa.string())),
+                         ("categories", pa.list_(pa.list_(pa.string())))])
+PROTOCOLS = ("kcore", "allmrec")
+NO_TITLE, NO_DESCRIPTION, EMPTY_DESCRIPTION = "No Title", "No Description", "Empty description"
+_BLOCK = 16 << 20
 
 
-def _open(path: Path):
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; expected an Amazon reviews/metadata file (.json or .json.gz)")
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")
+@dataclasses.dataclass(frozen=True)
+class JsonTable:
+    """A JSON-lines file as parsed: ``table`` (schema columns, nulls for absent keys),
+    ``lines`` the line of each row when the exact reader ran (else None: each non-blank
+    line is one record, checked when a message needs a line number)."""
+
+    path: Path
+    table: pa.Table
+    encoding: Encoding
+    lines: np.ndarray | None = None
+    exact: Callable[[], "JsonTable"] | None = None
+
+    def line_of(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.lines is not None:
+            return self.lines[rows]
+        got = row_lines(self.path, rows, skip_lines=0, blank="space", total_rows=self.table.num_rows)
+        if got is None and self.exact is not None:  # records do not sit one per line: the exact reader says where
+            return self.exact().line_of(rows)
+        return got
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+def iter_records(path: str | Path, enc: Encoding | None = None):
     """(line number, record dict) per non-blank line; JSON first, then a Python literal."""
     path = Path(path)
-    with _open(path) as f:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; expected an Amazon reviews/metadata file (.json or .json.gz)")
+    for no, line in decoded_lines(path, enc or sniff_encoding(path)):
+        line = line.strip()
+        if not line:
+            continue
         try:
-            for no, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    try:
-                        rec = ast.literal_eval(line)
-                    except (ValueError, SyntaxError, MemoryError, RecursionError):
-                        raise DataError(f"{where(path, no)}: expected one JSON object or Python dict "
-                                        f"literal per line, got {line[:60]!r}") from None
-                if not isinstance(rec, dict):
-                    raise DataError(f"{where(path, no)}: expected an object/dict, got {type(rec).__name__}")
-                yield no, rec
-        except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read ({e}); expected UTF-8 text, plain or gzip") from None
-
-
-def read_amazon_reviews(path: str | Path) -> dict:
-    """Reviews file -> user_id, item_id (str [n]), rating, timestamp (float64 [n])."""
-    path = Path(path)
-    users, items, ratings, times = [], [], [], []
-    for no, rec in iter_records(path):
-        for key in REVIEW_KEYS:
-            if key not in rec:
-                raise DataError(f"{where(path, no, key)}: missing; expected keys {', '.join(REVIEW_KEYS)}")
-        users.append(str(rec["reviewerID"]))
-        items.append(str(rec["asin"]))
-        for key, out in (("overall", ratings), ("unixReviewTime", times)):
+            rec = json.loads(line)
+        except json.JSONDecodeError:
             try:
-                out.append(float(rec[key]))
-            except (TypeError, ValueError):
-                raise DataError(f"{where(path, no, key)}: expected a number, got {rec[key]!r}") from None
-    if not users:
-        raise DataError(f"{path}: no reviews; expected one record per line")
-    return {"user_id": np.array(users, dtype=str), "item_id": np.array(items, dtype=str),
-            "rating": np.array(ratings, dtype=np.float64), "timestamp": np.array(times, dtype=np.float64)}
+                rec = ast.literal_eval(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                raise DataError(f"{where(path, no)}: expected one JSON object or Python dict "
+                                f"literal per line, got {line[:60]!r}") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{where(path, no)}: expected an object/dict, got {type(rec).__name__}")
+        yield no, rec
 
 
-def _text(v: Any, path: Path, no: int, key: str) -> str:
+def _read_json(path: str | Path, schema: pa.Schema, exact_row: Callable[[dict, Path, int], tuple],
+               reports: list | None, engine: str = "auto") -> JsonTable:
+    """pyarrow first (UTF-8, then the detected encoding), else the exact reader."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; expected an Amazon reviews/metadata file (.json or .json.gz)")
+
+    def fast(enc: Encoding) -> JsonTable:
+        stream = arrow_input(path, enc)
+        try:
+            table = pj.read_json(stream, read_options=pj.ReadOptions(block_size=_BLOCK),
+                                 parse_options=pj.ParseOptions(explicit_schema=schema,
+                                                               unexpected_field_behavior="ignore"))
+        finally:
+            stream.close()
+        table.validate(full=True)  # pyarrow's JSON reader does not check UTF-8: this does (ArrowInvalid)
+        return JsonTable(path, table, enc, exact=lambda: exact(enc))
+
+    def exact(enc: Encoding) -> JsonTable:
+        rows, lines = [], []
+        for no, rec in iter_records(path, enc):
+            rows.append(exact_row(rec, path, no))
+            lines.append(no)
+        cols = list(zip(*rows)) if rows else [() for _ in schema.names]
+        table = pa.table({f.name: pa.array(list(c), type=f.type) for f, c in zip(schema, cols)})
+        return JsonTable(path, table, enc, np.asarray(lines, dtype=np.int64))
+
+    return fast_then_exact(path, fast, exact, reports, engine)
+
+
+# -------------------------------------------------------------------------------- reviews
+def _review_row(rec: dict, path: Path, no: int) -> tuple:
+    out: list[Any] = []
+    for key in REVIEW_KEYS:
+        v = rec.get(key)
+        if key in ("reviewerID", "asin"):
+            out.append(None if v is None else str(v))
+            continue
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise DataError(f"{where(path, no, key)}: expected a number, got {v!r}") from None
+    return tuple(out)
+
+
+def read_amazon_reviews_table(path: str | Path, reports: list | None = None, engine: str = "auto") -> JsonTable:
+    """Reviews file -> :class:`JsonTable` with columns reviewerID, asin (string), overall,
+    unixReviewTime (float64); absent keys are nulls (checked by the caller)."""
+    return _read_json(path, REVIEW_SCHEMA, _review_row, reports, engine)
+
+
+def read_amazon_reviews(path: str | Path, engine: str = "auto", reports: list | None = None) -> dict:
+    """Reviews file -> user_id, item_id (str [n]), rating, timestamp (float64 [n]).
+
+    Raises DataError naming the line and key of a missing/empty id or a missing or
+    non-finite number, of a line that is not one JSON object (or Python dict literal), and
+    for a file without reviews.
+    """
+    t = read_amazon_reviews_table(path, reports, engine)
+    if t.table.num_rows == 0:
+        raise DataError(f"{t.path}: no reviews; expected one record per line")
+    check_cells(t.table.rename_columns([REVIEW_COLUMNS[c] for c in REVIEW_KEYS]), t.path, t.line_of, "error",
+                {v: k for k, v in REVIEW_COLUMNS.items()}, f" (keys {', '.join(REVIEW_KEYS)})")
+    col = lambda k: t.table.column(k).to_numpy(zero_copy_only=False)  # noqa: E731
+    return {"user_id": np.asarray(col("reviewerID"), dtype=str), "item_id": np.asarray(col("asin"), dtype=str),
+            "rating": col("overall").astype(np.float64), "timestamp": col("unixReviewTime").astype(np.float64)}
+
+
+# -------------------------------------------------------------------------------- metadata
+def _text(v: Any, path: Path, no: int, key: str) -> str | None:
     if v is None:
-        return ""
+        return None
     if isinstance(v, str):
-        return v.strip()
+        return v
     if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
         return " ".join(x.strip() for x in v if x.strip())
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
         return str(v)
     raise DataError(f"{where(path, no, key)}: expected a string or a list of strings, got {type(v).__name__}")
 
 
-def _categories(rec: dict, path: Path, no: int) -> str:
-    key = "categories" if "categories" in rec else "category"
-    v = rec.get(key) or []
-    flat: list[str] = []
+def _description(v: Any, path: Path, no: int) -> list[str] | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return [v]  # 2014: one string
+    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+        return list(v)
+    raise DataError(f"{where(path, no, 'description')}: expected a string (2014) or a list of strings (2018), "
+                    f"got {type(v).__name__}")
+
+
+def _category_lists(v: Any, key: str, path: Path, no: int) -> list | None:
+    if v is None:
+        return None
     if not isinstance(v, (list, tuple)):
         raise DataError(f"{where(path, no, key)}: expected a list (2018) or a list of lists (2014)")
+    out = []
     for x in v:
-        group = x if isinstance(x, (list, tuple)) else [x]
+        group = list(x) if isinstance(x, (list, tuple)) else [x]
         for c in group:
             if not isinstance(c, str):
                 raise DataError(f"{where(path, no, key)}: expected category names (strings), got {c!r}")
-            flat.append(c.strip())
-    return ", ".join(dict.fromkeys(c for c in flat if c))
+        out.append(group)
+    return out
 
 
-def read_amazon_meta(path: str | Path) -> dict:
+def _meta_row(rec: dict, path: Path, no: int) -> tuple:
+    if rec.get("asin") is None:
+        raise DataError(f"{where(path, no, 'asin')}: missing; expected every metadata record to have an asin")
+    cats = _category_lists(rec.get("category"), "category", path, no)
+    cats2014 = _category_lists(rec.get("categories"), "categories", path, no)
+    return (str(rec["asin"]), _text(rec.get("title"), path, no, "title"), _text(rec.get("brand"), path, no, "brand"),
+            _description(rec.get("description"), path, no), [c for g in cats for c in g] if cats else cats,
+            cats2014)
+
+
+def read_amazon_meta_table(path: str | Path, reports: list | None = None, engine: str = "auto") -> JsonTable:
+    """Metadata file -> :class:`JsonTable` with columns asin, title, brand (string),
+    description (list of strings; a 2014 string becomes a one-element list), category (list
+    of strings), categories (list of lists); absent keys are nulls. DataError for a
+    record without an asin."""
+    t = _read_json(path, META_SCHEMA, _meta_row, reports, engine)
+    asin = t.table.column("asin")
+    if asin.null_count:
+        row = int(np.flatnonzero(asin.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{where_row(t.path, t.line_of, row, 'asin')}: missing; expected every metadata "
+                        f"record to have an asin")
+    return t
+
+
+def _categories(cat, cats2014) -> str:
+    flat = list(cat or []) + [c for g in (cats2014 or []) for c in g]
+    return ", ".join(dict.fromkeys(c.strip() for c in flat if c.strip()))
+
+
+def read_amazon_meta(path: str | Path, engine: str = "auto", reports: list | None = None) -> dict:
     """Metadata file -> item_id (str [m]) and lists [m] of str title, brand, categories, description."""
-    path = Path(path)
-    cols: dict[str, list] = {k: [] for k in ("item_id", "title", "brand", "categories", "description")}
-    for no, rec in iter_records(path):
-        if "asin" not in rec:
-            raise DataError(f"{where(path, no, 'asin')}: missing; expected every metadata record to have an asin")
-        cols["item_id"].append(str(rec["asin"]))
-        for key in ("title", "brand", "description"):
-            cols[key].append(_text(rec.get(key), path, no, key))
-        cols["categories"].append(_categories(rec, path, no))
-    cols["item_id"] = np.array(cols["item_id"], dtype=str)
+    return _meta_columns(read_amazon_meta_table(path, reports, engine))
+
+
+def _meta_columns(t: JsonTable) -> dict:
+    tb = t.table
+    cols: dict[str, Any] = {"item_id": np.asarray(tb.column("asin").to_pylist(), dtype=str)}
+    cols["title"] = [(v or "").strip() for v in tb.column("title").to_pylist()]
+    cols["brand"] = [(v or "").strip() for v in tb.column("brand").to_pylist()]
+    cols["categories"] = [_categories(a, b) for a, b in zip(tb.column("category").to_pylist(),
+                                                            tb.column("categories").to_pylist())]
+    cols["description"] = [" ".join(x.strip() for x in (d or []) if x.strip())
+                           for d in tb.column("description").to_pylist()]
+    if len(cols["item_id"]) == 0:
+        cols["item_id"] = np.array([], dtype=str)
     return cols
 
 
-def load_amazon(reviews_path: str | Path, meta_path: str | Path | None = None, config: Config | None = None,
-                name: str | None = None, missing_meta: str = "drop"):
-    """Dataset from an Amazon reviews file (+ metadata). ``config=None`` uses the LLMInit
-    Amazon protocol ``Config(rating_threshold=4, kcore=5)``. Reviewed items without a
-    metadata row are dropped before filtering (``missing_meta="drop"``, reported), kept
-    with empty features (``"empty"``), or rejected (``"error"``)."""
-    from .dataset import dataset_from_interactions, interactions_from_columns
+def allmrec_item_text(title: str | None, description: list[str] | None, has_meta: bool = True) -> str:
+    """``"Title: <t>, Description: <d>"`` with A-LLMRec's fallbacks.
 
+    Source: ghdtjr/A-LLMRec ``pre_train/sasrec/data_preprocess.py`` (``name_dict``: the
+    first description element, ``'Empty description'`` for an empty list; an exception
+    inside its ``try`` leaves the item out of ``name_dict``) and ``models/a_llmrec_model.py``
+    ``find_item_text`` (``.get(i, 'No Title')``, ``.get(i, 'No Description')``). So: no
+    metadata record -> No Title / No Description; no ``description`` key -> the reference's
+    ``KeyError`` also skips the title -> No Title / No Description; a description but no
+    ``title`` -> the description and No Title. The ``Title: ..., Description: ...`` form is
+    the reference's ``pre_train/ctrl/model_ctrl.py`` template with a space after each colon.
+    """
+    t, d = NO_TITLE, NO_DESCRIPTION
+    if has_meta and description is not None:
+        d = description[0] if description else EMPTY_DESCRIPTION
+        if title is not None:
+            t = title
+    return f"Title: {t}, Description: {d}"
+
+
+def allmrec_threshold(name: str) -> tuple[int, float | None]:
+    """(threshold, count_min_rating) of A-LLMRec's counting pass for a dataset name:
+    (4, 3.0) when the name contains ``Beauty`` or ``Toys`` (as the reference tests
+    ``'Beauty' in fname``), else (5, None)."""
+    return (4, 3.0) if ("Beauty" in name or "Toys" in name) else (5, None)
+
+
+def _allmrec_features(meta: JsonTable) -> tuple[dict, int]:
+    """One row per asin, the LAST record of a repeated asin (the reference builds a dict),
+    with columns title, description (first element, as the reference keeps), text."""
+    tb = meta.table
+    asins = tb.column("asin").to_pylist()
+    last = {a: j for j, a in enumerate(asins)}
+    rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+    titles = tb.column("title").take(pa.array(rows)).to_pylist()
+    descs = tb.column("description").take(pa.array(rows)).to_pylist()
+    ids = np.asarray(list(last), dtype=str) if last else np.array([], dtype=str)
+    cols = {"item_id": ids,
+            "title": [t if t is not None else "" for t in titles],
+            "description": [(d[0] if d else "") if d is not None else "" for d in descs],
+            "text": [allmrec_item_text(t, d) for t, d in zip(titles, descs)]}
+    return cols, len(asins) - len(last)
+
+
+# -------------------------------------------------------------------------------- loading
+def load_amazon(reviews_path: str | Path, meta_path: str | Path | None = None, config: Config | None = None,
+                name: str | None = None, missing_meta: str | None = None, protocol: str = "kcore",
+                threshold: int | None = None, count_min_rating: float | None = None, cache: bool | None = None):
+    """Dataset from an Amazon reviews file (+ metadata).
+
+    protocol ``"kcore"`` (LLMInit): ``config=None`` means ``Config(rating_threshold=4,
+    dedup=True, kcore=5)``; reviewed items without a metadata row are dropped before
+    filtering (``missing_meta="drop"``, the default, reported), kept with empty features
+    (``"empty"``) or rejected (``"error"``).
+    protocol ``"allmrec"`` (A-LLMRec): ``config=None`` means ``Config(split="loo_time")``
+    (no rating filter, repeated pairs kept as the reference does, counted in a report); the
+    counting pass uses ``threshold`` / ``count_min_rating`` (default
+    :func:`allmrec_threshold` of the name); items without metadata stay (default
+    ``missing_meta="empty"``) with the reference's fallback text; item features title,
+    description, text (see :func:`allmrec_item_text`). ``config.kcore`` is ignored.
+    The parsed, filtered data is cached (``cache=None`` follows ``config.data_cache``).
+    """
+    from .cache import cached_prepare
+    from .dataset import _interactions, _options, prepare, split_prepared
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     reviews_path = Path(reviews_path)
-    config = config or Config(rating_threshold=4.0, kcore=5)
-    inter = interactions_from_columns(read_amazon_reviews(reviews_path), reviews_path)
-    meta = read_amazon_meta(meta_path) if meta_path is not None else None
+    if config is None:
+        config = Config(rating_threshold=4.0, dedup=True, kcore=5) if protocol == "kcore" else Config(split="loo_time")
+    if missing_meta is None:
+        missing_meta = "drop" if protocol == "kcore" else "empty"
     if name is None:
         name = reviews_path.name.split(".")[0]
         for prefix in ("reviews_", "review_"):
             name = name.removeprefix(prefix)
+    if protocol == "allmrec":
+        t_default, r_default = allmrec_threshold(name)
+        threshold = t_default if threshold is None else threshold
+        count_min_rating = r_default if count_min_rating is None else count_min_rating
+    files = [reviews_path] + ([Path(meta_path)] if meta_path is not None else [])
     source = str(reviews_path) + (f" + {meta_path}" if meta_path is not None else "")
-    return dataset_from_interactions(name, inter, config, item_features=meta, source=source,
-                                     item_source=str(meta_path), missing_features=missing_meta)
+
+    def build():
+        from . import filters
+
+        reports: list = []
+        t = read_amazon_reviews_table(reviews_path, reports)
+        if t.table.num_rows == 0:
+            raise DataError(f"{reviews_path}: no reviews; expected one record per line")
+        table = t.table.rename_columns([REVIEW_COLUMNS[c] for c in REVIEW_KEYS])
+        inter = _interactions(table, reviews_path, config.missing, reports, t.line_of,
+                              {v: k for k, v in REVIEW_COLUMNS.items()})
+        meta = None
+        if meta_path is not None:
+            mt = read_amazon_meta_table(meta_path, reports)
+            if protocol == "allmrec":
+                meta, repeated = _allmrec_features(mt)
+                if repeated:
+                    reports.append(filters.FilterReport(
+                        "meta_repeated_asin", 0, 0, 0,
+                        f"{repeated:,} metadata records repeat an asin of {meta_path}; the last one is used "
+                        f"(A-LLMRec's dict)"))
+            else:
+                meta = _meta_columns(mt)
+        count = None
+        if protocol == "allmrec":
+            count = lambda x: filters.count_filter(  # noqa: E731
+                x, threshold, count_min_rating,
+                f"allmrec_count(threshold={threshold}"
+                + (f", count_min_rating={count_min_rating})" if count_min_rating is not None else ")"))
+        prepared = prepare(inter, config, item_features=meta, item_source=str(meta_path),
+                           missing_features=missing_meta, reports=reports, count_filter=count)
+        if protocol == "allmrec" and meta is not None and missing_meta == "empty":
+            feats = prepared.item_features
+            feats["text"] = [x or allmrec_item_text(None, None, has_meta=False) for x in feats["text"]]
+        return prepared
+
+    options = _options(config, protocol=protocol, missing_meta=missing_meta, threshold=threshold,
+                       count_min_rating=count_min_rating, kcore=None if protocol == "allmrec" else config.kcore)
+    prepared, _ = cached_prepare(name, f"amazon-{protocol}", files, options, build,
+                                 enabled=config.data_cache if cache is None else cache)
+    return split_prepared(name, prepared, config, source=source)
 
 
-__all__ = ["read_amazon_reviews", "read_amazon_meta", "iter_records", "load_amazon"]
+__all__ = ["read_amazon_reviews", "read_amazon_meta", "read_amazon_reviews_table", "read_amazon_meta_table",
+           "iter_records", "load_amazon", "allmrec_item_text", "allmrec_threshold", "JsonTable"]

@@ -2,26 +2,37 @@
 
 ``load_dataset`` reads RecBole atomic files; ``dataset_from_interactions`` applies the same
 pipeline (filters -> split -> feature alignment) to ``Interactions`` built elsewhere.
-Pipeline order: rating_threshold (if ``config.rating_threshold`` is set), drop_duplicates
-(if ``config.dedup``), kcore (if ``config.kcore > 0``), then ``config.split`` with
-``np.random.default_rng(config.seed)``.
+Pipeline: cell checks (empty ids, missing or non-finite ratings / timestamps: DataError,
+or dropped and reported with ``config.missing="drop"``), missing features,
+rating_threshold (if ``config.rating_threshold`` is set), drop_duplicates (if
+``config.dedup``; else repeated (user, item) pairs are counted in a report), kcore (if
+``config.kcore > 0``) or a protocol's counting pass, then ``config.split`` with
+``np.random.default_rng(config.seed)``. Everything before the split is a
+:class:`~jaxrec.data.cache.Prepared` dataset, cached on disk by the loaders.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import Config
 from ..registry import SPLITS
 from . import filters
-from .atomic import read_atomic
+from .atomic import AtomicTable, read_atomic, read_atomic_table
+from .cache import Prepared, cached_prepare
+from .cells import check_cells
 from .errors import DataError, where
 from .filters import FilterReport
-from .interactions import Interactions, remap_ids
+from .interactions import Interactions, dense_ids
 from .locate import find_dataset, inter_file
 
 log = logging.getLogger("jaxrec.data")
@@ -80,49 +91,112 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------
-def load_dataset(name_or_path, config: Config | None = None) -> Dataset:
+def load_dataset(name_or_path, config: Config | None = None, cache: bool | None = None) -> Dataset:
     """Locate (see ``find_dataset``) and read ``<name>.inter`` (+ ``.item``/``.user`` if present),
-    then filter and split as ``config`` says (default ``Config()``)."""
+    then filter and split as ``config`` says (default ``Config()``).
+
+    The parsed and filtered data is cached (see :mod:`jaxrec.data.cache`) unless
+    ``cache=False`` or ``config.data_cache`` is False (``cache=None`` follows the config).
+    Raises DataError naming the file, line and field for bad input, before any compute.
+    """
     config = config or Config()
     folder = find_dataset(name_or_path, config.data_dirs)
     ipath = inter_file(folder)
     name = ipath.stem
-    cols, types = read_atomic(ipath, with_types=True)
-    inter = interactions_from_columns(cols, ipath)
-    tables = {}
-    for kind in ("item", "user"):
-        p = folder / f"{name}.{kind}"
-        if p.is_file():
-            tables[kind] = (read_atomic(p), str(p))
-    item, user = tables.get("item"), tables.get("user")
-    return dataset_from_interactions(
-        name, inter, config,
-        item_features=item[0] if item else None, user_features=user[0] if user else None,
-        source=str(folder), item_source=item[1] if item else "item_features",
-        user_source=user[1] if user else "user_features")
+    side = {kind: folder / f"{name}.{kind}" for kind in ("item", "user")}
+    side = {kind: p for kind, p in side.items() if p.is_file()}
+
+    def build() -> Prepared:
+        reports: list = []
+        t = read_atomic_table(ipath, reports=reports)
+        inter = interactions_from_table(t, missing=config.missing, reports=reports)
+        tables = {kind: read_atomic(p, reports=reports) for kind, p in side.items()}
+        return prepare(inter, config, item_features=tables.get("item"), user_features=tables.get("user"),
+                       item_source=str(side.get("item", "item_features")),
+                       user_source=str(side.get("user", "user_features")), reports=reports)
+
+    prepared, _ = cached_prepare(name, "atomic", [ipath, *side.values()], _options(config), build,
+                                 enabled=config.data_cache if cache is None else cache)
+    return split_prepared(name, prepared, config, source=str(folder))
 
 
-def interactions_from_columns(cols: Mapping[str, Any], path) -> Interactions:
-    """Interactions from ``{user_id, item_id[, rating][, timestamp]}`` columns read from ``path``."""
+def _options(config: Config, **extra) -> dict:
+    """The config fields (and loader arguments) that change a prepared dataset: its cache key."""
+    return {"rating_threshold": config.rating_threshold, "dedup": config.dedup, "kcore": config.kcore,
+            "missing": config.missing, **extra}
+
+
+def interactions_from_columns(cols: Mapping[str, Any], path, missing: str = "error",
+                              reports: list | None = None, line_of=None) -> Interactions:
+    """Interactions from ``{user_id, item_id[, rating][, timestamp]}`` columns read from ``path``.
+
+    Ids must be non-empty and ratings / timestamps finite. A row that is not:
+    ``missing="error"`` raises DataError naming the line (``line_of(rows) -> lines``, else
+    the 0-based row) and field; ``"drop"`` removes it and appends a FilterReport to
+    ``reports``.
+    """
     for need in ("user_id", "item_id"):
         if need not in cols:
             raise DataError(f"{path}: no {need!r} column (has {', '.join(cols)}); expected user_id:token "
                             f"and item_id:token")
-    extra = {}
+    arrays = {}
+    for name in ("user_id", "item_id"):
+        v = cols[name]
+        if isinstance(v, list) and v and isinstance(v[0], (list, np.ndarray)):
+            raise DataError(f"{where(path, field=name)}: expected type token (one id per row), got a sequence type")
+        a = np.asarray(v)
+        arrays[name] = pa.array(a if a.dtype.kind == "U" else a.astype(str), type=pa.string())
     for name in ("rating", "timestamp"):
         if name in cols:
             v = cols[name]
-            if isinstance(v, list):
+            if isinstance(v, list) and v and isinstance(v[0], (list, np.ndarray)):
                 raise DataError(f"{where(path, field=name)}: expected type float (one number per row), "
                                 f"got a sequence type")
             try:
-                extra[name] = np.asarray(v, dtype=np.float64)
-            except ValueError:
+                arrays[name] = pa.array(np.asarray(v, dtype=np.float64))
+            except (TypeError, ValueError):
                 raise DataError(f"{where(path, field=name)}: expected numbers") from None
+    return _interactions(pa.table(arrays), Path(str(path)), missing, reports, line_of)
+
+
+def interactions_from_table(t: AtomicTable, missing: str = "error", reports: list | None = None) -> Interactions:
+    """Interactions from a parsed ``.inter`` file (see :func:`interactions_from_columns`)."""
+    cols = t.table.column_names
+    for need in ("user_id", "item_id"):
+        if need not in cols:
+            raise DataError(f"{t.path}: no {need!r} column (has {', '.join(cols)}); expected user_id:token "
+                            f"and item_id:token")
     for name in ("user_id", "item_id"):
-        if isinstance(cols[name], list):
-            raise DataError(f"{where(path, field=name)}: expected type token (one id per row), got a sequence type")
-    return remap_ids(cols["user_id"], cols["item_id"], extra.get("rating"), extra.get("timestamp"))
+        if t.types[name] != "token":
+            raise DataError(f"{where(t.path, field=name)}: expected type token (one id per row), "
+                            f"got {t.types[name]}")
+    for name in ("rating", "timestamp"):
+        if name in cols and t.types[name] != "float":
+            raise DataError(f"{where(t.path, field=name)}: expected type float (one number per row), "
+                            f"got {t.types[name]}")
+    keep = [c for c in ("user_id", "item_id", "rating", "timestamp") if c in cols]
+    return _interactions(t.table.select(keep), t.path, missing, reports, t.line_of)
+
+
+def _interactions(table: pa.Table, path: Path, missing: str, reports: list | None, line_of,
+                  names: Mapping[str, str] | None = None) -> Interactions:
+    """Check cells (ids non-empty, numbers finite; see :func:`jaxrec.data.cells.check_cells`),
+    then factorize ids (vectorized). ``names``: column -> the file's field name, for messages."""
+    keep, detail = check_cells(table, path, line_of, missing, names)
+    users, items = table.column("user_id"), table.column("item_id")
+    if keep is not None:
+        users, items = pc.fill_null(users, ""), pc.fill_null(items, "")
+    with ThreadPoolExecutor(2) as pool:  # pyarrow hashes without the GIL: users and items at once
+        (user_ids, user), (item_ids, item) = pool.map(dense_ids, (users, items))
+    num = {k: pc.fill_null(table.column(k), math.nan).to_numpy() if table.num_rows else np.zeros(0)
+           for k in ("rating", "timestamp") if k in table.column_names}
+    inter = Interactions(user, item, num.get("rating"), num.get("timestamp"), user_ids, item_ids)
+    if keep is not None:
+        inter, rep = filters._finish(inter, keep, "missing_values", detail)
+        log.warning("%s", rep)
+        if reports is not None:
+            reports.append(rep)
+    return inter
 
 
 def dataset_from_interactions(name: str, inter: Interactions, config: Config | None = None,
@@ -138,12 +212,27 @@ def dataset_from_interactions(name: str, inter: Interactions, config: Config | N
     interactions by original id. Table ids without interactions are reported and ignored.
     Interaction ids without a row: ``missing_features="error"`` raises DataError naming
     ``item_source``; ``"drop"`` removes those items' interactions first (reported);
-    ``"empty"`` fills empty values.
+    ``"empty"`` fills empty values. Repeated (user, item) pairs are counted in a report
+    (``config.dedup`` keeps the earliest of each).
     """
     config = config or Config()
+    prepared = prepare(inter, config, item_features, user_features, item_source, user_source, missing_features)
+    return split_prepared(name, prepared, config, source or name)
+
+
+def prepare(inter: Interactions, config: Config, item_features: Mapping[str, Any] | None = None,
+            user_features: Mapping[str, Any] | None = None, item_source: str = "item_features",
+            user_source: str = "user_features", missing_features: str = "error",
+            reports: list | None = None, count_filter=None) -> Prepared:
+    """Every step of :func:`dataset_from_interactions` before the split (what the cache stores).
+
+    Order: missing features, rating_threshold, repeated pairs (dedup or a count report),
+    ``count_filter`` (a function ``inter -> (inter, FilterReport)``, e.g. A-LLMRec's
+    counting pass) or kcore, feature alignment.
+    """
     if missing_features not in MISSING:
         raise ValueError(f"missing_features: expected one of {MISSING}, got {missing_features!r}")
-    reports: list = []
+    reports = list(reports or [])
     if item_features is not None:
         missing = _match(item_features, "item_id", inter.item_ids, item_source, "item", reports)
         if missing.any():
@@ -165,15 +254,29 @@ def dataset_from_interactions(name: str, inter: Interactions, config: Config | N
     if config.dedup:
         inter, rep = filters.drop_duplicates(inter)
         reports.append(rep)
-    if config.kcore > 0:
+    else:
+        rep = filters.repeated_pairs(inter)
+        if rep is not None:
+            log.warning("%s", rep)
+            reports.append(rep)
+    if count_filter is not None:
+        inter, rep = count_filter(inter)
+        reports.append(rep)
+    elif config.kcore > 0:
         inter, rep = filters.kcore(inter, config.kcore)
         reports.append(rep)
-    rng = np.random.default_rng(config.seed)
-    train, valid, test, rep = SPLITS.get(config.split)(inter, config, rng)
-    reports.append(rep)
     items = _align(item_features, "item_id", inter.item_ids) if item_features is not None else {}
     users = _align(user_features, "user_id", inter.user_ids) if user_features is not None else {}
-    return Dataset(name, train, valid, test, items, users, reports, source or name)
+    return Prepared(inter, items, users, reports)
+
+
+def split_prepared(name: str, prepared: Prepared, config: Config, source: str = "") -> Dataset:
+    """Split a prepared dataset as ``config.split`` says, with ``np.random.default_rng(config.seed)``."""
+    inter = prepared.inter
+    rng = np.random.default_rng(config.seed)
+    train, valid, test, rep = SPLITS.get(config.split)(inter, config, rng)
+    return Dataset(name, train, valid, test, dict(prepared.item_features), dict(prepared.user_features),
+                   [*prepared.reports, rep], source or name)
 
 
 # --------------------------------------------------------------------------------------
@@ -261,10 +364,18 @@ def _check_stage(stage: str) -> None:
 
 def exclusion_pairs(dataset: Dataset, stage: str) -> tuple[np.ndarray, np.ndarray]:
     """(users int32 [E], items int32 [E]) unique pairs to mask in full ranking: the train
-    pairs for ``"valid"``, train + valid pairs for ``"test"``; sorted by (user, item)."""
+    pairs for ``"valid"``, train + valid pairs for ``"test"``, sorted by (user, item).
+
+    A pair that is also a held-out pair of ``stage`` is never masked: with repeated
+    (user, item) interactions the test item can also sit in train, and masking it would
+    remove the truth from its own ranking (a perfect model would score hit@1 < 1).
+    """
     _check_stage(stage)
     parts = [dataset.train] + ([dataset.valid] if stage == "test" else [])
     keys = np.unique(np.concatenate([p.keys() for p in parts]))
+    held = (dataset.valid if stage == "valid" else dataset.test).keys()
+    if held.size:
+        keys = keys[~np.isin(keys, held)]
     n = dataset.num_items
     return (keys // n).astype(np.int32), (keys % n).astype(np.int32)
 

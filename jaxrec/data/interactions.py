@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -115,17 +117,55 @@ def _dense(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if raw.dtype.kind in "iu" and (raw.size == 0 or raw.min() >= 0):
         uniq, inv = np.unique(raw, return_inverse=True)  # numeric order == the digit-string order below
         return uniq.astype(str), inv.reshape(-1).astype(np.int32)
-    table: dict[str, int] = {}  # factorize by hashing: much faster than sorting n strings
-    codes = np.fromiter((table.setdefault(x, len(table)) for x in map(str, raw.tolist())),
-                        dtype=np.int64, count=raw.size)
-    uniq = np.array(list(table), dtype=str)
-    if uniq.size and bool((np.char.str_len(uniq) > 0).all() and (np.char.strip(uniq, "0123456789") == "").all()):
-        order = np.lexsort((uniq, np.char.str_len(uniq)))  # "2" < "10"; "01" and "1" stay distinct
+    return dense_ids(pa.array(raw if raw.dtype.kind == "U" else raw.astype(str), type=pa.string()))
+
+
+def dense_ids(col) -> tuple[np.ndarray, np.ndarray]:
+    """Factorize a pyarrow string column (Array or ChunkedArray, no nulls) into
+    (sorted unique ids as str [m], dense id of each row int32 [n]).
+
+    Hashing in pyarrow (``dictionary_encode``), then only the m unique ids are sorted:
+    by code point, or, when every id is a string of ASCII digits, by (length, string),
+    i.e. numerically (``"2" < "10"``; ``"01"`` and ``"1"`` stay distinct).
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if len(col) == 0:
+        return np.array([], dtype=str), np.zeros(0, dtype=np.int32)
+    enc = pc.dictionary_encode(col)
+    uniq = enc.dictionary
+    if pc.all(pc.match_substring_regex(uniq, r"^[0-9]+$")).as_py():
+        order = pc.sort_indices(pa.table({"n": pc.binary_length(uniq), "s": uniq}),
+                                sort_keys=[("n", "ascending"), ("s", "ascending")])
     else:
-        order = np.argsort(uniq, kind="stable")
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    return uniq[order], rank[codes].astype(np.int32)
+        order = pc.array_sort_indices(uniq)
+    order = order.to_numpy()
+    rank = np.empty(order.size, dtype=np.int32)
+    rank[order] = np.arange(order.size, dtype=np.int32)
+    ids = np.asarray(uniq.take(pa.array(order)).to_numpy(zero_copy_only=False), dtype=str)
+    return ids, rank[enc.indices.to_numpy()]
+
+
+def stable_argsort_int(keys: np.ndarray, upper: int | None = None) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative integer keys below ``upper``
+    (default ``keys.max() + 1``), int64 [n].
+
+    When ``upper * n < 2**63`` the pairs (key, position) are packed into one int64 and
+    sorted by value (numpy's SIMD sort: about 6x faster than a stable argsort at 1e7 rows
+    here); the positions are read back from the low bits. Otherwise the plain argsort.
+    """
+    keys = np.asarray(keys)
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if upper is None:
+        upper = int(keys.max()) + 1
+    shift = max(1, (n - 1).bit_length())
+    if (max(1, upper - 1).bit_length() + shift) > 62:
+        return np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    packed = (keys.astype(np.int64) << shift) | np.arange(n, dtype=np.int64)
+    packed.sort()
+    return packed & ((1 << shift) - 1)
 
 
 def compact(inter: Interactions) -> Interactions:

@@ -1,8 +1,10 @@
 """Per-user splits into train / valid / test (all three share the input's id maps).
 
-Users are grouped with one ``np.lexsort``; the order inside a user's group is either time
-(timestamp, ties by input position) or a seeded random permutation. Each split keeps its
-interactions in input order.
+The order inside a user's group is either time (timestamp, NaN last, ties by input
+position: a stable order; ties are counted in the report) or a seeded random permutation.
+``leave_one_out`` needs only each user's last two interactions in that order: it finds
+them in O(n) with ``np.maximum.at`` (no sort); ``ratio_split`` groups users with stable
+argsorts. Each split keeps its interactions in input order.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from ..registry import SPLITS
 from .errors import DataError
-from .interactions import Interactions
+from .interactions import Interactions, stable_argsort_int
 
 log = logging.getLogger("jaxrec.data")
 ORDERS = ("random", "time")
@@ -30,10 +32,14 @@ class SplitReport:
     num_test: int
     unsplit_users: int  # users whose interactions all stayed in train
     detail: str = ""
+    time_ties: int = 0  # order="time": interactions with the same timestamp as the user's previous one
 
     def __str__(self) -> str:
         s = (f"{self.name}: train {self.num_train:,}, valid {self.num_valid:,}, test {self.num_test:,} "
              f"interactions; {self.unsplit_users:,} users kept only in train")
+        if self.time_ties:
+            s += (f"; {self.time_ties:,} interactions share their user's previous timestamp "
+                  f"(ties keep file order)")
         return s + (f" ({self.detail})" if self.detail else "")
 
 
@@ -47,7 +53,8 @@ def _rng(rng) -> np.random.Generator:
 
 def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(perm [n], pos [n], count [n]): ``perm`` sorts by (user, order); for the interaction
-    at sorted place j, ``pos[j]`` is its place within its user and ``count[j]`` the user's size."""
+    at sorted place j, ``pos[j]`` is its place within its user and ``count[j]`` the user's size.
+    The time order is stable: equal timestamps keep the input (file) order."""
     if order not in ORDERS:
         raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
     n = len(inter)
@@ -56,14 +63,58 @@ def _group(inter: Interactions, order: str, rng) -> tuple[np.ndarray, np.ndarray
         if inter.timestamp is None:
             raise DataError("split order='time': the interactions have no timestamp column; "
                             "expected timestamps, or order='random'")
-        perm = np.lexsort((idx, inter.timestamp, inter.user))
+        first = np.argsort(inter.timestamp, kind="stable")  # == lexsort((idx, timestamp, user)), 2 sorts
     else:
-        perm = np.lexsort((_rng(rng).permutation(n), inter.user))
+        first = _inverse(_rng(rng).permutation(n))  # == lexsort((permutation, user)), 1 sort
+    perm = first[stable_argsort_int(inter.user[first], inter.num_users)]
     counts = np.bincount(inter.user, minlength=inter.num_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     us = inter.user[perm]
     pos = idx - starts[us]
     return perm, pos, counts[us]
+
+
+def _inverse(p: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(p)
+    inv[p] = np.arange(p.size, dtype=p.dtype)
+    return inv
+
+
+def time_ties(inter: Interactions) -> int:
+    """Interactions whose timestamp equals an earlier one of the same user (n minus the
+    number of distinct (user, timestamp) pairs; NaN timestamps not counted): in a time order
+    these keep the file order, not a time order. One integer sort of (user, time rank)."""
+    if inter.timestamp is None or len(inter) < 2:
+        return 0
+    ok = ~np.isnan(inter.timestamp)
+    ts, user = inter.timestamp[ok], inter.user[ok].astype(np.int64)
+    if ts.size < 2:
+        return 0
+    lo, hi = float(ts.min()), float(ts.max())
+    if np.isfinite(hi - lo) and (ts == np.floor(ts)).all() and (hi - lo + 1) * inter.num_users < 2.0 ** 62:
+        span, rank = int(hi - lo) + 1, (ts - lo).astype(np.int64)  # whole seconds: the offset is the rank
+    else:
+        values = np.unique(ts)
+        span, rank = values.size, np.searchsorted(values, ts)
+    keys = np.sort(user * span + rank)
+    return int(np.count_nonzero(keys[1:] == keys[:-1]))
+
+
+def _last_per_user(user: np.ndarray, keys: list[np.ndarray], active: np.ndarray, num_users: int) -> np.ndarray:
+    """For each user, the row (among ``active``, bool [n]) that is last in the lexicographic
+    order of ``keys`` (most significant first; the last key must be unique per user); -1 if
+    none. O(n) with ``np.maximum.at``: the group's maximum of each key in turn, keeping the
+    rows that reach it (the first pass runs on whole arrays, later ones on the few left)."""
+    best = np.full(num_users, -np.inf)
+    np.maximum.at(best, user, np.where(active, keys[0], -np.inf))
+    cand = np.flatnonzero(active & (keys[0] == best[user]))
+    for k in keys[1:]:
+        best = np.full(num_users, -np.inf)
+        np.maximum.at(best, user[cand], k[cand])
+        cand = cand[k[cand] == best[user[cand]]]
+    out = np.full(num_users, -1, dtype=np.int64)
+    out[user[cand]] = cand
+    return out
 
 
 def _take3(inter, perm, part):
@@ -80,13 +131,30 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
     evaluated); they are counted in the report and named in a warning.
     Returns ``(train, valid, test, SplitReport)``.
     """
-    perm, pos, count = _group(inter, order, rng)
-    from_end = count - 1 - pos
-    ok = count >= 3
-    part = np.zeros(len(inter), dtype=np.int8)
-    part[ok & (from_end == 1)] = 1
-    part[ok & (from_end == 0)] = 2
-    train, valid, test = _take3(inter, perm, part)
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
+    n = len(inter)
+    if order == "time":
+        if inter.timestamp is None:
+            raise DataError("split order='time': the interactions have no timestamp column; "
+                            "expected timestamps, or order='random'")
+        idx = np.arange(n, dtype=np.float64)  # exact below 2**53
+        ts = inter.timestamp
+        late = np.isnan(ts)  # NaN sorts after every number (as np.sort / np.lexsort do)
+        keys = ([late.astype(np.float64), np.where(late, 0.0, ts)] if late.any() else [ts]) + [idx]
+    else:
+        keys = [_rng(rng).permutation(n).astype(np.float64)]  # the draw the sorted version used
+    counts = np.bincount(inter.user, minlength=inter.num_users)
+    active = (counts >= 3)[inter.user]
+    test_row = _last_per_user(inter.user, keys, active, inter.num_users)
+    test_row = test_row[test_row >= 0]
+    is_test = np.zeros(n, dtype=bool)
+    is_test[test_row] = True
+    active[test_row] = False
+    valid_row = _last_per_user(inter.user, keys, active, inter.num_users)
+    is_valid = np.zeros(n, dtype=bool)
+    is_valid[valid_row[valid_row >= 0]] = True
+    train, valid, test = (inter.take(~(is_test | is_valid)), inter.take(is_valid), inter.take(is_test))
     counts = np.bincount(inter.user, minlength=inter.num_users)
     short = np.flatnonzero((counts > 0) & (counts < 3))
     if len(valid) == 0:
@@ -99,7 +167,8 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
         detail = f"users with < 3 interactions, not evaluated: {ex}{', ...' if len(short) > 10 else ''}"
         log.warning("leave_one_out: %d users have fewer than 3 interactions and stay in train only "
                     "(they cannot be evaluated): %s", len(short), ex + (", ..." if len(short) > 10 else ""))
-    rep = SplitReport(f"leave_one_out(order={order})", len(train), len(valid), len(test), len(short), detail)
+    rep = SplitReport(f"leave_one_out(order={order})", len(train), len(valid), len(test), len(short), detail,
+                      time_ties(inter) if order == "time" else 0)
     return train, valid, test, rep
 
 
@@ -132,7 +201,8 @@ def ratio_split(inter: Interactions, ratios=(0.8, 0.1, 0.1), order: str = "rando
     train, valid, test = _take3(inter, perm, part)
     no_eval = int(((cnt[:, 1] == 0) & (cnt[:, 2] == 0)).sum())
     rep = SplitReport(f"ratio_split(ratios={tuple(float(x) for x in ratios)}, order={order})",
-                      len(train), len(valid), len(test), no_eval)
+                      len(train), len(valid), len(test), no_eval, "",
+                      time_ties(inter) if order == "time" else 0)
     return train, valid, test, rep
 
 
@@ -141,4 +211,4 @@ SPLITS.register("loo_random", lambda inter, config, rng: leave_one_out(inter, "r
 SPLITS.register("loo_time", lambda inter, config, rng: leave_one_out(inter, "time", rng))
 SPLITS.register("ratio", lambda inter, config, rng: ratio_split(inter, config.split_ratios, "random", rng))
 
-__all__ = ["SplitReport", "leave_one_out", "ratio_split"]
+__all__ = ["SplitReport", "leave_one_out", "ratio_split", "time_ties"]

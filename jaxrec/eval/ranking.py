@@ -9,6 +9,7 @@ Arrays are passed as jit arguments (never closed over), so nothing is constant-f
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from typing import Sequence
@@ -287,9 +288,29 @@ def prepare_evaluation(users, exclude, truth, ks, metrics):
     else:
         if not (isinstance(exclude, (tuple, list)) and len(exclude) == 2):
             raise ValueError("exclude: expected a (users, items) pair of arrays or None")
-        ex_users, ex_items = exclude
+        ex_users, ex_items = _unmask_truth(exclude, truth_users, indptr, truth_items)
 
     return ks, metrics, truth_users, indptr, truth_items, ex_users, ex_items
+
+
+def _unmask_truth(exclude, truth_users, indptr, truth_items):
+    """Exclusion pairs minus the truth pairs: an item is never masked out of the ranking it
+    is the truth of (with repeated interactions a held-out pair can also be a training
+    pair). Dropped pairs are counted in a warning."""
+    ex_users, ex_items = (np.asarray(a) for a in exclude)
+    if ex_users.shape != ex_items.shape or ex_users.ndim != 1 or ex_users.size == 0 or truth_items.size == 0:
+        return ex_users, ex_items  # shapes are checked (and reported) by check_topk_args
+    counts = np.diff(np.asarray(indptr, dtype=np.int64))
+    t_users = np.repeat(truth_users, counts)
+    base = int(max(ex_items.max(initial=0), truth_items.max(initial=0))) + 1
+    ex_keys = ex_users.astype(np.int64) * base + ex_items.astype(np.int64)
+    clash = np.isin(ex_keys, t_users * base + truth_items.astype(np.int64))
+    if clash.any():
+        logging.getLogger("jaxrec.eval").warning(
+            "evaluate: %d excluded (user, item) pairs are also truth pairs (repeated interactions); "
+            "they stay in the ranking", int(clash.sum()))
+        ex_users, ex_items = ex_users[~clash], ex_items[~clash]
+    return ex_users, ex_items
 
 
 def evaluate(

@@ -5,7 +5,8 @@ or a precomputed file (``precomputed``) -> item embeddings [I, N] -> K dims
 (``selection``) -> item table [I, K]; user table = mean of training items (``pooling``);
 optional rescaling (``scaling``); written into a backbone's params (``apply``).
 ``embeddings`` ties text, encoder, cache and precomputed files to a dataset.
-TF-LLMER: ``normalize`` and ``recpca``.
+TF-LLMER: ``normalize`` (``normalize_table``) and ``recpca`` (``rec_pca``, exact at 10^7
+interactions without building the co-occurrence matrix).
 
 The encoder modules import sentence-transformers lazily: ``import jaxrec.init`` stays light.
 """
@@ -22,18 +23,27 @@ from jaxrec.init.encoders import (
     minilm_path,
     mpnet_path,
 )
-from jaxrec.init.normalize import normalize_items, typical_row_norm
+from jaxrec.init.normalize import NormalizeError, NormalizeReport, normalize_items, normalize_table, typical_row_norm
 from jaxrec.init.pooling import user_table_from_items
-from jaxrec.init.precomputed import EmbeddingFileError, PrecomputedReport, load_precomputed
+from jaxrec.init.precomputed import (
+    EmbeddingFileError,
+    PrecomputedReport,
+    load_precomputed,
+)
 from jaxrec.init.recpca import (
     Cooccurrence,
+    CooccurrenceFactors,
+    RecPCAError,
+    RecPCAReport,
+    cooccurrence_degree,
+    cooccurrence_factors,
     item_cooccurrence,
+    laplacian_form,
     normalized_adjacency,
     normalized_laplacian,
     rec_pca,
 )
 from jaxrec.init.scaling import rescale, xavier_std
-from jaxrec.init.strategies import Initializer, InitInputs, get_initializer
 from jaxrec.init.selection import (
     initial_item_table,
     item_popularity,
@@ -41,6 +51,14 @@ from jaxrec.init.selection import (
     select_dims,
     top_eigenvectors,
 )
+from jaxrec.init.sources import (
+    REFERENCE_EMBEDDINGS,
+    EmbeddingSource,
+    find_reference_embeddings,
+    resolve_embedding_source,
+    save_precomputed,
+)
+from jaxrec.init.strategies import Initializer, InitInputs, get_initializer
 from jaxrec.init.text import (
     AMAZON_TEMPLATE,
     ML100K_TEMPLATE,
@@ -51,10 +69,15 @@ from jaxrec.init.text import (
 )
 
 __all__ = [
+    "REFERENCE_EMBEDDINGS",
+    "EmbeddingSource",
+    "find_reference_embeddings",
+    "resolve_embedding_source",
+    "save_precomputed",
     "AMAZON_TEMPLATE",
-    "ML100K_TEMPLATE",
     "CacheInfo",
     "Cooccurrence",
+    "CooccurrenceFactors",
     "EmbeddingFileError",
     "Encoder",
     "EncoderNotAvailableError",
@@ -62,9 +85,16 @@ __all__ = [
     "Initializer",
     "InitInputs",
     "get_initializer",
+    "ML100K_TEMPLATE",
+    "NormalizeError",
+    "NormalizeReport",
     "PrecomputedReport",
+    "RecPCAError",
+    "RecPCAReport",
     "TextReport",
     "cached_item_embeddings",
+    "cooccurrence_degree",
+    "cooccurrence_factors",
     "dataset_item_embeddings",
     "encode_texts",
     "encoder_cache_id",
@@ -74,12 +104,14 @@ __all__ = [
     "item_embeddings",
     "item_popularity",
     "item_texts",
+    "laplacian_form",
     "llm_init_params",
     "load_encoder",
     "load_precomputed",
     "minilm_path",
     "mpnet_path",
     "normalize_items",
+    "normalize_table",
     "normalized_adjacency",
     "normalized_laplacian",
     "pca_project",

@@ -11,12 +11,18 @@
   of every file), a manifest is written, and the folder is renamed into
   ``$JAXREC_CACHE/encoders/all-mpnet-base-v2`` (default ``~/.cache/jaxrec``); 768 dims;
 - an existing local folder: loaded directly;
+- any of the above plus ``-jax`` (``"minilm-jax"``, ``"mpnet-jax"``, ``"<folder>-jax"``) or
+  ``-jax-bf16``: the same folder run by ``jaxrec.text`` (Flax BERT/MPNet, float32 or bf16
+  params) instead of torch; its cache id is the torch one plus that suffix, since its outputs
+  differ by float rounding (an existing folder whose own name ends in ``-jax`` stays a torch
+  folder);
 - any other name: a Hugging Face hub name, tried only when not offline
   (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``/``JAXREC_OFFLINE``); otherwise a clear error.
 
 Local folders are loaded with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1`` set while
 loading. ``encode_texts(encoder, texts) -> float32 [n, N]`` batches through the model with
-a progress bar and logs items/s.
+a progress bar and logs items/s (a JAX encoder gets the whole list: it sorts by length and
+batches itself).
 """
 
 from __future__ import annotations
@@ -77,13 +83,15 @@ _ALIASES = {
     "sentence-transformers/all-mpnet-base-v2": "mpnet",
 }
 _CANONICAL_ID = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
+#: name suffix -> params dtype of the JAX encoder (jaxrec.text)
+JAX_SUFFIXES = {"-jax-bf16": "bfloat16", "-jax": "float32"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Encoder:
     """A loaded sentence-transformers model plus what identifies it (for cache keys)."""
 
-    model: Any  # sentence_transformers.SentenceTransformer
+    model: Any  # sentence_transformers.SentenceTransformer, or jaxrec.text.SentenceEncoder (-jax)
     name: str  # canonical id: "all-MiniLM-L6-v2", "all-mpnet-base-v2", a hub name or a folder path
     source: str  # folder it was loaded from (or the hub name)
     dim: int  # output dimension N
@@ -341,13 +349,52 @@ def _dim(model: Any) -> int:
     return int(dim)
 
 
+def split_jax_suffix(name_or_path: str | Path) -> tuple[str, str | None]:
+    """``"minilm-jax"`` -> ``("minilm", "float32")``, ``"x-jax-bf16"`` -> ``("x", "bfloat16")``;
+    an existing folder or a name without the suffix -> ``(name, None)`` (torch)."""
+    key = str(name_or_path).strip()
+    if Path(key).expanduser().is_dir():
+        return key, None
+    for suffix, dtype in JAX_SUFFIXES.items():
+        if key.lower().endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)], dtype
+    return key, None
+
+
+def _load_jax(base: str, dtype: str, cache_dir: str | Path | None, name: str) -> Encoder:
+    alias = _ALIASES.get(base.lower())
+    if alias == "minilm":
+        folder = minilm_path()
+    elif alias == "mpnet":
+        folder = mpnet_path(cache_dir)
+    elif Path(base).expanduser().is_dir():
+        folder = Path(base).expanduser().resolve()
+    else:
+        raise EncoderNotAvailableError(
+            f"encoder {name!r}: the JAX encoder runs a local sentence-transformers folder; {base!r} is neither "
+            "'minilm', 'mpnet' nor an existing folder"
+        )
+    from jaxrec.text import SentenceModelError, load_sentence_encoder
+
+    try:
+        model = load_sentence_encoder(folder, dtype=dtype, name=name)
+    except SentenceModelError as e:
+        raise EncoderNotAvailableError(f"encoder {name!r}: {e}") from e
+    return Encoder(model, name, str(folder), model.dim)
+
+
 def load_encoder(name_or_path: str, device: str | None = None, cache_dir: str | Path | None = None) -> Encoder:
     """Load a text encoder by short name (minilm, mpnet), local folder, or (online only) hub name.
 
-    ``cache_dir`` overrides where mpnet is assembled (default ``$JAXREC_CACHE/encoders``).
-    Raises ``EncoderNotAvailableError`` saying how to obtain a missing encoder.
+    A ``-jax``/``-jax-bf16`` suffix loads the same folder into ``jaxrec.text`` (``device`` is
+    then ignored: JAX uses its default device). ``cache_dir`` overrides where mpnet is
+    assembled (default ``$JAXREC_CACHE/encoders``). Raises ``EncoderNotAvailableError``
+    saying how to obtain a missing encoder (or which file of a folder is not as expected).
     """
     key = str(name_or_path).strip()
+    base, jax_dtype = split_jax_suffix(key)
+    if jax_dtype is not None:
+        return _load_jax(base, jax_dtype, cache_dir, encoder_cache_id(key))
     alias = _ALIASES.get(key.lower())
     if alias == "minilm":
         return _load_local(minilm_path(), _CANONICAL_ID["minilm"], device)
@@ -386,8 +433,13 @@ def folder_fingerprint(path: str | Path) -> str:
 
 
 def encoder_cache_id(name_or_path: str | Path) -> str:
-    """Stable id of an encoder *before* loading it: canonical name, ``<folder>#<fingerprint>``, or hub name."""
+    """Stable id of an encoder *before* loading it: canonical name, ``<folder>#<fingerprint>``, or hub name
+    (plus ``-jax``/``-jax-bf16`` for the JAX encoder)."""
     key = str(name_or_path).strip()
+    base, jax_dtype = split_jax_suffix(key)
+    if jax_dtype is not None:
+        suffix = next(s for s, d in JAX_SUFFIXES.items() if d == jax_dtype)
+        return encoder_cache_id(base) + suffix
     alias = _ALIASES.get(key.lower())
     if alias:
         return _CANONICAL_ID[alias]
@@ -420,6 +472,11 @@ def encode_texts(
         raise ValueError(f"batch_size={batch_size}: expected >= 1")
     texts = list(texts)
     model = getattr(encoder, "model", encoder)
+    if getattr(model, "batches_itself", False) and texts:  # jaxrec.text: sorts by length, own progress bar
+        t0 = time.perf_counter()
+        emb = np.asarray(model.encode(texts, batch_size=batch_size, show_progress_bar=progress), np.float32)
+        _log_rate(encoder, len(texts), time.perf_counter() - t0, stats)
+        return emb
     out: list[np.ndarray] = []
     bar = None
     if progress:
@@ -442,8 +499,12 @@ def encode_texts(
         dim = getattr(encoder, "dim", 0)
         return np.zeros((0, dim), np.float32)
     emb = np.concatenate(out, axis=0)
-    rate = len(texts) / seconds if seconds > 0 else float("inf")
-    log.info("encoded %d items with %s in %.1f s (%.1f items/s)", len(texts), encoder_id(encoder), seconds, rate)
-    if stats is not None:
-        stats.update(items=len(texts), seconds=seconds, items_per_s=rate)
+    _log_rate(encoder, len(texts), seconds, stats)
     return emb
+
+
+def _log_rate(encoder: Any, items: int, seconds: float, stats: dict | None) -> None:
+    rate = items / seconds if seconds > 0 else float("inf")
+    log.info("encoded %d items with %s in %.1f s (%.1f items/s)", items, encoder_id(encoder), seconds, rate)
+    if stats is not None:
+        stats.update(items=items, seconds=seconds, items_per_s=rate)

@@ -74,8 +74,7 @@ class PreparedData:
 
     @functools.cached_property
     def positives(self) -> PositiveIndex:
-        tr = self.dataset.train
-        return PositiveIndex.build(tr.user, tr.item, self.dataset.num_items)
+        return PositiveIndex.from_interactions(self.dataset.train)  # errors name the original user ids
 
     def exclude(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """(users, items) masked when ranking for ``stage`` (``jaxrec.data.exclusion_pairs``)."""

@@ -54,6 +54,10 @@ class Partitioner:
     def place(self, tree: Any) -> Any:
         return tree
 
+    def place_replicated(self, tree: Any) -> Any:
+        """Small pytrees every device holds whole (RNG keys, scalars)."""
+        return tree
+
     def place_context(self, context: Any) -> Any:
         return context
 

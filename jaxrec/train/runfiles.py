@@ -18,9 +18,9 @@ from typing import Any, Iterable
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk"})
 # How a run is launched, not what it computes: never part of its identity.
 LAUNCH_FIELDS = frozenset({"coordinator_address", "num_processes", "process_id"})
-# Config keys added after run.json format 1 whose default changed behaviour: a format-1 folder
-# ran as these values say (so resuming it asks for them explicitly).
-FORMAT1_BEHAVIOUR = {"contrast_unique": "table"}
+# Config keys added after run.json format 1 whose default changed the behaviour of some backbones:
+# a format-1 folder of those backbones ran as these values say (so resuming it asks for them).
+FORMAT1_BEHAVIOUR = {"contrast_unique": ("table", ("sgl", "sgcl"))}
 
 
 class CheckpointMismatchError(ValueError):
@@ -113,7 +113,7 @@ def _differences(saved: dict, now: dict, ignore: Iterable[str]) -> list[tuple[st
             out.append((section, saved.get(section), now.get(section)))
     defaults = Config().to_dict()
     if "format" not in saved:  # written by jaxrec 0.1: what its runs did where a key is missing
-        defaults.update(FORMAT1_BEHAVIOUR)
+        defaults.update({k: v for k, (v, models) in FORMAT1_BEHAVIOUR.items() if saved.get("model") in models})
     sc, nc = saved.get("config", {}), now.get("config", {})
     for k in sorted(set(sc) | set(nc)):
         if k in ignore:

@@ -8,10 +8,10 @@ seed). ``RunFolder.open`` decides what an existing folder means:
 - a complete ``latest`` checkpoint and ``resume``: continue from it (``restore``);
 - a complete checkpoint without ``resume``: refused (``FileExistsError``: resume or overwrite);
 - no complete checkpoint (a run that failed or was killed before its first save): treated as
-  new, its leftovers cleared;
-- ``run.json`` of another model, config or dataset: refused (``CheckpointMismatchError``
-  naming the differing fields; a config key the saved file lacks counts as its default, so
-  folders written before a key was added still resume).
+  new, its leftovers cleared (there is nothing to continue or protect);
+- checkpoints of another model, config or dataset (``run.json``): refused
+  (``CheckpointMismatchError`` naming the differing fields; a config key the saved file lacks
+  counts as its default, so folders written before a key was added still resume).
 
 In a multi-process run every process opens the folder and saves checkpoints (Orbax writes
 each process's shards); only process 0 (``primary``) writes ``run.json``, the log and
@@ -24,6 +24,9 @@ import logging
 import shutil
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 from jaxrec.train.checkpoint import RunCheckpoints
 from jaxrec.train.runfiles import JsonlLog, check_identity, write_json_atomic
@@ -76,13 +79,16 @@ class RunFolder(NullRunFolder):
         if overwrite and run.path.exists() and primary:
             run.clear()
         complete = run.has_checkpoint()
-        if complete and not resume:
-            check_identity(run.path / "run.json", identity, resuming=False)
-            raise FileExistsError(
-                f"{run.path} already holds checkpoints of this run; resume it (--resume) or start afresh (--overwrite)"
-            )
-        check_identity(run.path / "run.json", identity, resuming=resume and complete)
-        if not complete and (run.path / "ckpt").exists() and primary:
+        if complete:
+            check_identity(run.path / "run.json", identity, resuming=resume)
+            if not resume:
+                raise FileExistsError(
+                    f"{run.path} already holds checkpoints of this run; resume it (--resume) or start afresh "
+                    "(--overwrite)"
+                )
+        elif primary and any((run.path / name).exists() for name in ("ckpt", "run.json", "log.jsonl")):
+            # Nothing complete to protect or continue: a run that failed or was killed before
+            # its first checkpoint. Its leftovers go; this run starts afresh.
             log.info("%s holds no complete checkpoint (a run that stopped before its first save): starting afresh",
                      run.path)
             run.clear()
@@ -96,12 +102,16 @@ class RunFolder(NullRunFolder):
         return run
 
     def has_checkpoint(self) -> bool:
-        """Whether ``ckpt/latest`` holds a complete (finalized) checkpoint."""
+        """Whether ``ckpt/latest`` holds a complete checkpoint: a step folder Orbax has finalized
+        (renamed from its temporary name). Decided by process 0 and shared with every process,
+        so all of them take the same path through ``open``."""
         root = self.path / "ckpt" / "latest"
-        if not root.is_dir():
-            return False
-        with RunCheckpoints(self.path / "ckpt") as ck:
-            return ck.latest_step() is not None
+        found = root.is_dir() and any(p.is_dir() and p.name.isdigit() for p in root.iterdir())
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
+        return found
 
     def clear(self) -> None:
         for name in ("ckpt", "log.jsonl", "results.json", "run.json"):

@@ -94,7 +94,8 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, train_key: 
     the step donates) and placed, the optimizer initialized in the same placement."""
     params = partitioner.place(copy_tree(params))
     opt_state = partitioner.place(optimizer.init(params))
-    return TrainState(params=params, opt_state=opt_state, key=train_key, best_params=copy_tree(params))
+    return TrainState(params=params, opt_state=opt_state, key=partitioner.place_replicated(train_key),
+                      best_params=copy_tree(params))
 
 
 __all__ = ["TrainState", "RunKeys", "run_keys", "run_keys_from", "init_state", "copy_tree"]

@@ -1,0 +1,272 @@
+"""Experiment reports: aggregation over seeds, relative gains, tables, CSV and results.json.
+
+``aggregate`` groups cell records and takes the mean and sample std of each metric;
+``add_gains`` adds the relative improvement over a base row; the ``fmt*`` helpers and
+``format_table`` / ``markdown_table`` print; ``write_results`` / ``write_csv`` write the run
+folder (default ``checkpoints/<experiment>/<run-name>/``). The papers' published numbers to
+stand beside (DESIGN.md section 3) live here too.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from jaxrec.config import Config
+
+
+def dataset_label(name: str) -> str:
+    return Path(str(name)).name
+
+
+METRICS = ("recall@10", "ndcg@10")
+
+
+METRIC_LABELS = {"recall@10": "R@10", "ndcg@10": "N@10"}
+
+
+BACKBONE_LABELS = {"mf": "MF", "lightgcn": "LightGCN", "sgl": "SGL", "sgcl": "SGCL"}
+
+
+INIT_LABELS = {"none": "", "random": "Rand", "uniform": "Uni", "variance": "Var", "full": "Full", "pca": "PCA"}
+
+
+PAPER_TABLE1: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+    "lightgcn": {
+        "none": {"beauty": (.0910, .0432), "toys": (.0775, .0360), "tools": (.0574, .0283), "office": (.0745, .0365)},
+        "random": {"beauty": (.0960, .0467), "toys": (.0805, .0387), "tools": (.0612, .0313), "office": (.0773, .0387)},
+        "uniform": {"beauty": (.1006, .0469), "toys": (.0806, .0388), "tools": (.0633, .0319), "office": (.0791, .0395)},
+        "variance": {"beauty": (.1019, .0485), "toys": (.0808, .0389), "tools": (.0633, .0317), "office": (.0816, .0414)},
+    },
+    "sgcl": {
+        "none": {"beauty": (.1027, .0499), "toys": (.0828, .0382), "tools": (.0585, .0294), "office": (.0647, .0298)},
+        "variance": {"beauty": (.1104, .0522), "toys": (.0941, .0421), "tools": (.0646, .0327), "office": (.0776, .0366)},
+    },
+}
+
+
+PAPER_TABLE4_VAR_R10 = {"mpnet": .1019, "gte-qwen": .0932, "gpt-s": .098, "gpt-l": .096, "stella": .0935}
+
+
+PAPER_DATASETS = ("beauty", "toys", "tools", "office")
+
+
+def paper_dataset(name: str) -> str | None:
+    """Which of LLMInit's four Amazon datasets ``name`` is (case-insensitive), else None."""
+    low = dataset_label(name).lower()
+    for key in PAPER_DATASETS:
+        if key in low:
+            return key
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation with ddof=1); the std of one value is NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
+
+
+def relative_gain(value: float, base: float) -> float:
+    """Improvement of ``value`` over ``base`` in percent: ``100 * (value - base) / base``."""
+    if base is None or value is None or not math.isfinite(base) or base == 0:
+        return float("nan")
+    return 100.0 * (value - base) / base
+
+
+def metric_value(record: dict, metric: str, split: str = "test") -> float:
+    return float(record[split][metric])
+
+
+def aggregate(records: Sequence[dict], by: Sequence[str], metrics: Sequence[str] = METRICS,
+              split: str = "test", extras: Sequence[str] = ()) -> list[dict]:
+    """Group records by ``key[by...]`` (first-seen order) -> rows with ``<metric>_mean``,
+    ``<metric>_std`` (sample std over seeds), ``n`` and ``seeds``; ``extras`` are numbers
+    from each record's ``extra`` dict, aggregated the same way."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r["key"].get(b) for b in by), []).append(r)
+    rows = []
+    for gkey, recs in groups.items():
+        row: dict[str, Any] = dict(zip(by, gkey))
+        row["n"] = len(recs)
+        row["seeds"] = [r["key"].get("seed", r.get("seed")) for r in recs]
+        for m in metrics:
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std([metric_value(r, m, split) for r in recs])
+        for e in extras:
+            row[f"{e}_mean"], row[f"{e}_std"] = mean_std([float(r["extra"][e]) for r in recs])
+        rows.append(row)
+    return rows
+
+
+def add_gains(rows: list[dict], base_of: Callable[[dict], dict | None], metrics: Sequence[str] = METRICS,
+              base_label: Callable[[dict], str] | None = None) -> list[dict]:
+    """Add ``<metric>_gain`` (% over the mean of the row ``base_of(row)`` returns matching
+    fields of; NaN where there is none) to every row, in place; returns ``rows``."""
+    for row in rows:
+        match = base_of(row)
+        base = None
+        if match is not None:
+            for cand in rows:
+                if all(cand.get(k) == v for k, v in match.items()):
+                    base = cand
+                    break
+        for m in metrics:
+            has_base = base is not None and base is not row
+            row[f"{m}_gain"] = relative_gain(row[f"{m}_mean"], base[f"{m}_mean"]) if has_base else float("nan")
+    return rows
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def fmt_mean_std(mean: float, std: float, digits: int = 4) -> str:
+    if std is None or not math.isfinite(std):
+        return fmt(mean, digits)
+    return f"{fmt(mean, digits)} ± {fmt(std, digits)}"
+
+
+def fmt_gain(g: float | None) -> str:
+    if g is None or not math.isfinite(g):
+        return "-"
+    return f"{g:+.1f}%"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None,
+                 align_left: int = 1) -> str:
+    """Fixed-width text table; the first ``align_left`` columns left-aligned, the rest right."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i < align_left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [title] if title else []
+    out += [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def backbone_label(name: str) -> str:
+    return BACKBONE_LABELS.get(name, name)
+
+
+def init_label(init: str, scale: str = "none") -> str:
+    s = INIT_LABELS.get(init, init)
+    if scale and scale != "none" and init != "none":
+        s += f" [{scale}]"
+    return s
+
+
+def row_label(backbone: str, init: str, scale: str = "none") -> str:
+    lab = init_label(init, scale)
+    return backbone_label(backbone) + (f" + {lab}" if lab else "")
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars/arrays -> Python, tuples -> lists."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_csv_value(r.get(c)) for c in columns])
+    return path
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return " ".join(map(str, v))
+    return "" if v is None else v
+
+
+def cell_rows(records: Sequence[dict],
+              metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")) -> list[dict]:
+    """One flat CSV row per cell (per seed): key fields, metrics, epochs, seconds."""
+    rows = []
+    for r in records:
+        row = dict(r["key"])
+        row.update({m: r["test"].get(m) for m in metrics})
+        row.update({f"valid_{m}": r["valid"].get(m) for m in metrics[:2]})
+        row.update(best_epoch=r["best_epoch"], stopped_epoch=r["stopped_epoch"], seconds=round(r["seconds"], 1),
+                   split_seed=r.get("data", {}).get("split_seed"))
+        rows.append(row)
+    return rows
+
+
+def write_results(out_dir: Path, experiment: str, command: str, base: Config, records: Sequence[dict],
+                  summary: Sequence[dict] | None = None, meta: dict | None = None, complete: bool = True) -> Path:
+    """``results.json``: the command, the base config, every cell (config, seed, metrics), the summary."""
+    import jax
+
+    from jaxrec import __version__
+
+    return write_json(Path(out_dir) / "results.json", {
+        "experiment": experiment,
+        "command": command,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "complete": complete,
+        "base_config": base.to_dict(),
+        "meta": meta or {},
+        "summary": list(summary or []),
+        "cells": list(records),
+        "versions": {"jax": jax.__version__, "jaxrec": __version__, "python": sys.version.split()[0]},
+    })
+
+
+def finish(out_dir: Path, printed: str, files: Sequence[Path]) -> None:
+    """Write the printed table to ``table.txt``, print it and where the files are."""
+    (Path(out_dir) / "table.txt").write_text(printed + "\n")
+    print(printed)
+    print(f"\nwrote {', '.join(str(Path(f).name) for f in files)} in {out_dir}/")
