@@ -47,8 +47,9 @@ def get_model(config: Config) -> Model:
     model = MODELS.get(config.model, "model")(config)
     if not isinstance(model, Model):
         raise TypeError(f"model builder {config.model!r} returned {type(model).__name__}, expected jaxrec.models.Model")
+    own = set(getattr(CONTEXTS.get(model.context), "options", ()))
     for kind in CONTEXTS.names():
-        options = getattr(CONTEXTS.get(kind), "options", ())
+        options = tuple(o for o in getattr(CONTEXTS.get(kind), "options", ()) if o not in own)
         if kind != model.context and options:
             require_defaults(config, options, f"model={config.model!r} (context {model.context!r}) does not read it; "
                                               f"it is an option of backbones over {kind!r} ({', '.join(options)})")
@@ -63,6 +64,9 @@ register_model("sasrec", make_sasrec, defaults=SASREC_DEFAULTS)
 
 # The built-in context kinds register with the models.
 from jaxrec.models import contexts  # noqa: E402,F401
+
+# A-LLMRec stage 1 (backbone "allmrec_stage1", its context kind and loss terms).
+from jaxrec.align import stage1 as _stage1  # noqa: E402,F401
 
 __all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "Params", "get_model", "register_model",
            "init_tables", "require_defaults", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
