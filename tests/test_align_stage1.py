@@ -20,7 +20,7 @@ from jaxrec.models import sasrec as sr
 from jaxrec.train import fit
 
 SASREC_TINY = dict(embedding_size=8, num_heads=2, num_layers=1, max_seq_len=6, batch_size=32, learning_rate=0.01,
-                   epochs=2)
+                   epochs=1, full_view_topk=())
 TEXT_DIM = 12
 
 
@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
     (root / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
     config = Config.for_model("allmrec_stage1", dataset=str(folder), candidates_dir=cands, max_seq_len=6,
                               sasrec_run=str(root / "sasrec"), embeddings=str(npy), joint_dim=16, epochs=2,
-                              batch_size=8, learning_rate=1e-2)
+                              batch_size=8, learning_rate=1e-2, full_view_topk=())
     return root, config, ds, emb
 
 
