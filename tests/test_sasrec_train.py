@@ -47,11 +47,13 @@ def test_sasrec_defaults_are_the_reference_protocol():
     assert model.tables == {"item": model.encoder.item_table} and model.encoder.item_table.offset == 1
 
 
-def test_sasrec_llm_init_writes_item_rows_only(tiny):
+def test_sasrec_llm_init_writes_item_rows_only(tiny, caplog):
     _, config, ds, npy, emb = tiny
     c = config.replace(init="uniform", embeddings=str(npy))
     model = get_model(c)
-    params = initial_params(model, ds, c)
+    with caplog.at_level("INFO", logger="jaxrec.init"):
+        params = initial_params(model, ds, c)
+    assert "LLM init: uniform, K=8 of N=16" in caplog.text and "no user table" in caplog.text  # report prints
     base = model.init(run_keys(c.seed).init, ds.num_users, ds.num_items)
     table = np.asarray(params["item_embedding"])
     assert table.shape == (ds.num_items + 1, 8)

@@ -50,10 +50,9 @@ class InitReport:
     def __str__(self) -> str:
         if self.strategy == "none":
             return "LLM init: none (backbone's own random init)"
-        s = (
-            f"LLM init: {self.strategy}, K={self.k} of N={self.n}; mean row norm items "
-            f"{self.item_norm_mean:.4g}, users {self.user_norm_mean:.4g}"
-        )
+        s = f"LLM init: {self.strategy}, K={self.k} of N={self.n}; mean row norm items {self.item_norm_mean:.4g}"
+        # a model without a user table (e.g. SASRec: users are their histories) has no user norm
+        s += ", no user table" if self.user_norm_mean is None else f", users {self.user_norm_mean:.4g}"
         if self.users_without_items:
             s += f"; {self.users_without_items} users without training items got zero rows"
         if self.item_scale and self.item_scale["mode"] != "none":

@@ -1,0 +1,91 @@
+"""experiments.allmrec_table on a tiny dataset with cold users: files, cells, and the harness
+numbers checked against fit's own candidate evaluation and hand counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import allmrec_table as T
+from helpers import clustered_interactions
+from jaxrec.config import Config
+from jaxrec.data import load_dataset, write_atomic
+from jaxrec.eval.scenarios import ColdWarmItems, FewShot
+
+TINY = ["embedding_size=8", "num_heads=2", "num_layers=1", "max_seq_len=6", "batch_size=32", "learning_rate=0.01"]
+
+
+def write_dataset(folder: Path) -> Path:
+    """40 users with 8 interactions each and 5 users with exactly 3 (the cold users)."""
+    rows = clustered_interactions(0, users=40, items=30)
+    rng = np.random.default_rng(1)
+    rows += [(100 + u, int(i), 3.0, float(10_000 * (100 + u) + t))
+             for u in range(5) for t, i in enumerate(rng.choice(30, 3, replace=False))]
+    ds = folder / "tinyseq"
+    ds.mkdir(parents=True)
+    write_atomic(ds / "tinyseq.inter",
+                 {"user_id": np.array([f"u{r[0]}" for r in rows]), "item_id": np.array([f"i{r[1]}" for r in rows]),
+                  "rating": np.array([r[2] for r in rows]), "timestamp": np.array([r[3] for r in rows])},
+                 {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"})
+    return ds
+
+
+@pytest.mark.slow
+def test_sasrec_allmrec_table_end_to_end(tmp_path, capsys):
+    folder = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    common = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "2", "--compile-cache", str(tmp_path / "cc"),
+              "--set", f"candidates_dir={tmp_path / 'cands'}"] + [a for s in TINY for a in ("--set", s)]
+    assert T.main(common + ["--few-shot", "8", "--out", str(out)]) == 0
+    for name in ("allmrec_table.csv", "cells.csv", "allmrec_table.png", "table.txt", "results.json"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    cells = {c["key"]["setting"]: c for c in res["cells"]}
+    assert set(cells) == {"standard", "cold_users", "few_shot_8"}
+    ds = load_dataset(str(folder), Config.for_model("sasrec"))
+    # overall: the harness (embeddings of the test histories, stored lists) equals fit's own test evaluation
+    std = cells["standard"]
+    for m in T.TABLE_METRICS:
+        assert std["extra"]["groups"]["all"][m] == pytest.approx(std["test"][m], abs=1e-9)
+    cold, warm = (ColdWarmItems(0.35).apply(ds).groups[g] for g in ("cold_items", "warm_items"))
+    counts = std["extra"]["counts"]
+    assert (counts["all"], counts["cold_items"], counts["warm_items"]) == (45, len(cold), len(warm))
+    # cold users: the 5 users with 3 interactions, kept out of training (1 training interaction each)
+    cu = cells["cold_users"]
+    assert cu["extra"]["counts"] == {"cold_users": 5}
+    assert cu["data"]["train_interactions"] == len(ds.train) - 5
+    # few-shot: trained on 8 seeded users' training interactions, evaluated on every test user
+    chosen = FewShot(8, 2020).chosen_users(ds)
+    fs = cells["few_shot_8"]
+    assert fs["data"]["train_interactions"] == int(np.isin(ds.train.user, chosen).sum())
+    assert fs["extra"]["counts"] == {"all": 45, "unseen": 37}
+    # the summary rows are the cells' numbers (one seed: no std)
+    rows = {r["column"]: r for r in res["summary"]}
+    assert rows["cold users"]["hit@1_mean"] == cu["extra"]["groups"]["cold_users"]["hit@1"]
+    assert rows["few-shot K=8"]["hit@1_mean"] == fs["extra"]["groups"]["all"]["hit@1"]
+    text = (out / "table.txt").read_text()
+    assert "cold users" in text and "cross-domain: not applicable" in text and "few-shot K=8" in text
+    assert res["summary"][0]["paper_hit@1"] is None  # tinyseq is not one of the paper's datasets
+    capsys.readouterr()
+
+    # a setting the dataset cannot give is reported, not trained
+    na = tmp_path / "na"
+    assert T.main(common + ["--few-shot", "100", "--scenarios", "few_shot_100", "--out", str(na)]) == 0
+    res = json.loads((na / "results.json").read_text())
+    assert res["cells"] == [] and "has only" in res["meta"]["not_applicable"]["few_shot_100"]["2020"]
+    assert "n/a" in (na / "table.txt").read_text()
+
+
+def test_sasrec_allmrec_paper_datasets_and_bad_options(tmp_path, capsys):
+    assert T.paper_dataset("amazon-beauty") == "beauty" and T.paper_dataset("Movies_and_TV") == "movies_tv"
+    assert T.paper_dataset("Video_Games") == "video_games" and T.paper_dataset("ml-100k") is None
+    assert T.PAPER["sasrec"]["beauty"]["cold items"] == .1190
+    from experiments.cli import main_wrapper
+
+    assert main_wrapper(T.main, ["--methods", "gru4rec", "--out", str(tmp_path)]) == 2
+    assert "--methods" in capsys.readouterr().err
+    assert main_wrapper(T.main, ["--scenarios", "warm_users", "--out", str(tmp_path)]) == 2
+    assert "--scenarios" in capsys.readouterr().err
