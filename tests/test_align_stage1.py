@@ -272,3 +272,33 @@ def test_align_stage1_bad_input(tiny, trained, tmp_path, caplog):
         texts, _, n_empty = s1.item_texts_with_fallback(blank)
     assert n_empty == 1 and texts[3] == s1.FALLBACK_TEXT and texts[4] != s1.FALLBACK_TEXT
     assert "1 of 30 items have no text" in caplog.text
+
+
+# --------------------------------------------------------------------------- experiment rows
+@pytest.mark.slow
+def test_stage1_allmrec_table_rows_end_to_end(tmp_path):
+    from experiments import allmrec_table as T  # noqa: PLC0415
+    from test_experiments_allmrec import TINY, write_dataset  # noqa: PLC0415
+
+    folder = write_dataset(tmp_path / "data")
+    ds = load_dataset(str(folder), Config.for_model("sasrec"))
+    npy = tmp_path / "text.npy"
+    np.save(npy, np.random.default_rng(0).normal(size=(ds.num_items, TEXT_DIM)).astype(np.float32))
+    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    out = tmp_path / "run"
+    argv = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "2", "--methods", "stage1,sasrec",
+            "--scenarios", "standard,cold_users", "--out", str(out), "--set", f"candidates_dir={tmp_path / 'cands'}",
+            "--set", f"embeddings={npy}", "--set", "full_view_topk="] + [a for s in TINY for a in ("--set", s)]
+    with pytest.raises(ConfigError, match="add sasrec"):
+        T.main(argv[:7] + ["stage1"] + argv[8:])
+    assert T.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    cells = {(c["key"]["method"], c["key"]["setting"]): c for c in res["cells"]}
+    assert set(cells) == {(m, s) for m in ("sasrec", "stage1") for s in ("standard", "cold_users")}
+    for s in ("standard", "cold_users"):  # each stage-1 cell aligned the SASRec run of its own setting
+        assert cells[("stage1", s)]["config"]["sasrec_run"] == cells[("sasrec", s)]["run_dir"]
+    std = cells[("stage1", "standard")]
+    for m in T.TABLE_METRICS:  # the harness's scores equal fit's own candidate evaluation
+        assert std["extra"]["groups"]["all"][m] == pytest.approx(std["test"][m], abs=1e-9)
+    assert cells[("stage1", "cold_users")]["extra"]["counts"] == {"cold_users": 5}
+    assert "A-LLMRec stage 1" in (out / "table.txt").read_text()

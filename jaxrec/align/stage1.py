@@ -421,6 +421,19 @@ def stage1_context(dataset, config) -> dict:
     return {"train": valid, "valid": valid, "test": {**base, "histories": histories(seqs, "test", config.max_seq_len)}}
 
 
+def evaluation_context(context: dict, eval_dataset, config) -> dict:
+    """A stage-1 context (of the training data) scoring the users of ``eval_dataset`` (e.g. a
+    cold-user scenario's dataset, whose users were kept out of training): its ``test``
+    histories, the same frozen SASRec, text and warm items. Raises Stage1Error when the item
+    spaces differ."""
+    n = len(context["warm"])
+    if eval_dataset.num_items != n:
+        raise Stage1Error(f"eval_dataset {eval_dataset.name!r}: {eval_dataset.num_items} items; the stage-1 context "
+                          f"has {n} (the same item id space is needed)")
+    return {**context, "histories": histories(user_sequences(eval_dataset, log_report=False), "test",
+                                              config.max_seq_len)}
+
+
 def _check_stage1(dataset, config) -> None:
     """Before any compute: the SASRec run matches the dataset and ``max_seq_len``; the dataset
     gives sequences (``DataError`` / ``ConfigError`` / ``Stage1Error`` naming the key)."""
@@ -666,6 +679,6 @@ def load_stage1_run(path, dataset, **overrides) -> Stage1Run:
 
 __all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun", "init_params", "as_module",
            "item_latents", "text_latents", "decode_items", "joint_item_embeddings", "stage1_losses",
-           "load_sasrec_run", "load_stage1_run", "stage1_context", "make_stage1", "stage1_encoder",
+           "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context", "make_stage1", "stage1_encoder",
            "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "encoder_folder",
            "STAGE1_DEFAULTS", "STAGE1_KEYS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]
