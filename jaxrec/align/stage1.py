@@ -310,7 +310,7 @@ def item_texts_with_fallback(dataset) -> tuple[list[str], str, int]:
         raise DataError(f"dataset {dataset.name!r}: no item features to build item texts from; set "
                         "config.embeddings (precomputed text embeddings) with text_finetune=False")
     template = template_for(dataset.name, dataset.item_features)
-    texts, report = item_texts(dataset.item_features, template)
+    texts, _ = item_texts(dataset.item_features, template)
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
         log.warning("stage 1: %d of %d items have no text; they get %r (e.g. items %s)", len(empty), len(texts),
