@@ -434,6 +434,32 @@ def evaluation_context(context: dict, eval_dataset, config) -> dict:
                                               config.max_seq_len)}
 
 
+def cross_domain_embeddings(params: Params, sasrec_params: Params, settings, target_text, target_histories,
+                            chunk_size: int = 1024) -> tuple[jax.Array, jax.Array]:
+    """(user_emb [U_t, d], item_emb [I_t, d]) of a target domain the stage-1 model never saw.
+
+    Target items have no SASRec rows, only text: each is represented by its decoded text latent
+    ``f_I^dec(q_i)``, ``q_i = f_T^enc(Q_i)`` (the SBERT path of the joint embedding); a target
+    user is the frozen source SASRec run over their target history with that decoded table in
+    place of its item table (positions, blocks and norms as trained). Scores ``u . f_I^dec(q_i)``
+    as the stage-1 recommender. (A choice of ours: the reference code has no cross-domain path.)
+
+    target_text: float32 [I_t, N] (the same encoder as the stage-1 run); target_histories: int
+    [U_t, L] (target item ids + 1, 0 = padding, L <= the SASRec run's max_len). Raises
+    Stage1Error naming a mismatched input.
+    """
+    _, n, _ = _dims(params)
+    target_text = jnp.asarray(target_text)
+    if target_text.ndim != 2 or target_text.shape[1] != n:
+        raise Stage1Error(f"target_text: shape {target_text.shape}; expected [I_t, {n}] (the text autoencoder's "
+                          "input size: the encoder this stage-1 model was trained with)")
+    items = decode_items(params, text_latents(params, target_text))
+    table = jnp.concatenate([jnp.zeros((1, items.shape[1]), items.dtype), items])
+    target = dataclasses.replace(settings, num_items=int(items.shape[0]))
+    user, _ = _sasrec.embed({**sasrec_params, "item_embedding": table}, target_histories, target, chunk_size)
+    return user, items
+
+
 def _check_stage1(dataset, config) -> None:
     """Before any compute: the SASRec run matches the dataset and ``max_seq_len``; the dataset
     gives sequences (``DataError`` / ``ConfigError`` / ``Stage1Error`` naming the key)."""
@@ -626,6 +652,18 @@ class Stage1Run:
         items = ctx["sasrec"]["item_embedding"][1:]
         return np.asarray(joint_item_embeddings(self.params, items, text, ctx["warm"]))
 
+    def cross_domain(self, target_dataset, target_text) -> tuple[np.ndarray, np.ndarray]:
+        """(user_emb [U_t, d], item_emb [I_t, d]) on ``target_dataset`` (its test histories)
+        from its items' text embeddings ``target_text`` [I_t, N] (``cross_domain_embeddings``)."""
+        target_text = np.asarray(target_text)
+        if target_text.shape[0] != target_dataset.num_items:
+            raise Stage1Error(f"target_text: {target_text.shape[0]} rows; expected one per item of "
+                              f"{target_dataset.name!r} ({target_dataset.num_items})")
+        hist = histories(user_sequences(target_dataset, log_report=False), "test", self.sasrec.settings.max_len)
+        user, items = cross_domain_embeddings(self.params, self.contexts["test"]["sasrec"], self.sasrec.settings,
+                                              target_text, hist)
+        return np.asarray(user), np.asarray(items)
+
     def user_representations(self, stage: str = "test") -> np.ndarray:
         """float32 [U, d]: SASRec's output at the last position of each user's ``stage`` history
         (valid: the training sequence; test: + the validation item)."""
@@ -679,6 +717,7 @@ def load_stage1_run(path, dataset, **overrides) -> Stage1Run:
 
 __all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun", "init_params", "as_module",
            "item_latents", "text_latents", "decode_items", "joint_item_embeddings", "stage1_losses",
-           "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context", "make_stage1", "stage1_encoder",
+           "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context",
+           "cross_domain_embeddings", "make_stage1", "stage1_encoder",
            "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "encoder_folder",
            "STAGE1_DEFAULTS", "STAGE1_KEYS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]
