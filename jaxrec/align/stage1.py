@@ -517,7 +517,7 @@ for _name in TERMS:
 
 
 @functools.lru_cache(maxsize=16)
-def _static_cached(sasrec_run: str, positions: str, finetune: bool, encoder: str | None):
+def _static_cached(sasrec_run: str, positions: str, finetune: bool, encoder: str | None, stamp: int):
     data = _read_results(Path(sasrec_run).expanduser(), "sasrec_run")
     settings = sasrec_settings_of(data["config"], int(data["dataset"]["num_items"]))
     return settings, positions, (_text_model_from(encoder) if finetune else None)
@@ -534,8 +534,10 @@ def _static(config):
     if not config.sasrec_run:
         raise ConfigError("sasrec_run=None: stage 1 needs the folder of a finished SASRec run (jaxrec.fit, "
                           "model='sasrec') on the same dataset and split")
+    results = Path(config.sasrec_run).expanduser() / "results.json"
+    stamp = results.stat().st_mtime_ns if results.is_file() else 0  # a rewritten run folder is read again
     return _static_cached(str(config.sasrec_run), config.align_positions, bool(config.text_finetune),
-                          config.encoder)
+                          config.encoder, stamp)
 
 
 # ----------------------------------------------------------------------------- backbone
