@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"rows, any of {', '.join(m.name for m in METHODS)} (default {','.join(DEFAULT_METHODS)}; "
                         "stage-1 rows need sasrec); --backbones is unused")
     g.add_argument("--few-shot", default="128,256", help="K values of the few-shot columns (default 128,256)")
+    g.add_argument("--stage1-epochs", type=int, default=None,
+                   help="epochs of the stage-1 rows only (default: the backbone's 10, or --epochs)")
     g.add_argument("--scenarios", default=None,
                    help="training settings to run (default all: standard, cold_users, few_shot_<K>)")
     return p
@@ -235,6 +237,8 @@ def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache
                     runs = (out or Path(".")).resolve() / "runs"
                     cell_config = stage1_config(config, runs / grid._slug({"method": "sasrec", "setting": s,
                                                                            "seed": seed}))
+                    if getattr(args, "stage1_epochs", None):
+                        cell_config = cell_config.replace(epochs=args.stage1_epochs)
                 cells.append(grid.Cell({"method": m.name, "setting": s, "seed": seed}, cell_config,
                                        {} if s == "standard" else {"setting": s}))
     return cells
