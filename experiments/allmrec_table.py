@@ -67,11 +67,27 @@ def embedding_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -
     return dot_scores(np.asarray(user_emb), np.asarray(item_emb), cands)
 
 
+def stage1_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -> np.ndarray:
+    """float [M, C]: the stage-1 recommender's ``u . f_I^dec(z_i)`` (``jaxrec.align.stage1``):
+    the frozen SASRec and text of the cell's training data, the users' test histories of
+    ``eval_dataset`` (a cold user's first two items)."""
+    import jax
+
+    from jaxrec.align.stage1 import evaluation_context
+
+    context = evaluation_context(ctx.prepared.contexts(ctx.model.context, ctx.cell.config)["test"], eval_dataset,
+                                 ctx.cell.config)
+    user_emb, item_emb = jax.jit(ctx.model.embed)(ctx.result.params, context)
+    return dot_scores(np.asarray(user_emb), np.asarray(item_emb), cands)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row: ``model`` (a registered backbone) trained by ``jaxrec.fit`` with that backbone's
     defaults, then ``overrides``, then ``--set``; ``score(ctx, eval_dataset, cands) -> [M, C]``;
-    ``paper``: its key in ``PAPER`` (None: no published numbers)."""
+    ``paper``: its key in ``PAPER`` (None: no published numbers). ``on_sasrec``: the row reads
+    the SASRec run of the same setting and seed (A-LLMRec's stage 1 aligns that frozen model:
+    ``sasrec_run`` points at its saved run folder, the SASRec-only keys come from that run)."""
 
     name: str
     label: str
@@ -79,9 +95,26 @@ class Method:
     overrides: dict = dataclasses.field(default_factory=dict)
     paper: str | None = None
     score: Callable[[grid.CellContext, Any, CandidateSet], np.ndarray] = embedding_scores
+    on_sasrec: bool = False
 
 
-METHODS = (Method("sasrec", "SASRec", "sasrec", paper="sasrec"),)
+#: Text of the frozen-encoder stage-1 rows: the dataset's reference MPNet embeddings when present
+#: (ml-100k), else MiniLM through the embedding cache (``jaxrec.init.resolve_embedding_source``).
+#: The fine-tuned row fine-tunes MiniLM end to end (the paper fine-tunes SBERT nq-distilbert-base-v1,
+#: which jaxrec.text does not implement).
+METHODS = (
+    Method("sasrec", "SASRec", "sasrec", paper="sasrec"),
+    Method("stage1", "A-LLMRec stage 1 (e, frozen text)", "allmrec_stage1", score=stage1_scores, on_sasrec=True),
+    Method("stage1_sbert", "stage 1, SBERT variant (q)", "allmrec_stage1", {"align_items": "text"},
+           score=stage1_scores, on_sasrec=True),
+    Method("stage1_ft", "stage 1 (e, fine-tuned MiniLM)", "allmrec_stage1", {"encoder": "minilm",
+                                                                             "text_finetune": True},
+           score=stage1_scores, on_sasrec=True),
+)
+#: The default rows (the fine-tuned-encoder row costs an encoder forward and backward per step).
+DEFAULT_METHODS = ("sasrec", "stage1", "stage1_sbert")
+#: Keys of the frozen SASRec that a stage-1 row takes from the SASRec run, not from --set.
+SASREC_ONLY = ("num_heads", "dropout_rate", "seq_norm", "dropout_rng")
 
 #: A-LLMRec (Kim et al., 2024) Tables 1-4, Hit@1 over 20 candidates (DESIGN.md section 3):
 #: method -> dataset -> column -> value.
@@ -158,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_common_args(p, backbones="sasrec", seeds="2020", text_source=False)
     g = p.add_argument_group(EXPERIMENT)
-    g.add_argument("--methods", default=",".join(m.name for m in METHODS),
-                   help=f"rows, any of {', '.join(m.name for m in METHODS)} (default all); --backbones is unused")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"rows, any of {', '.join(m.name for m in METHODS)} (default {','.join(DEFAULT_METHODS)}; "
+                        "stage-1 rows need sasrec); --backbones is unused")
     g.add_argument("--few-shot", default="128,256", help="K values of the few-shot columns (default 128,256)")
+    g.add_argument("--stage1-epochs", type=int, default=None,
+                   help="epochs of the stage-1 rows only (default: the backbone's 10, or --epochs)")
     g.add_argument("--scenarios", default=None,
                    help="training settings to run (default all: standard, cold_users, few_shot_<K>)")
     return p
@@ -171,8 +207,20 @@ def method_config(args: argparse.Namespace, method: Method) -> Config:
     return cli.base_config(args, **{**model_defaults(method.model), "model": method.model, **method.overrides})
 
 
+def stage1_config(config: Config, sasrec_run: Path) -> Config:
+    """A stage-1 row's config: ``sasrec_run``, the SASRec-only keys back at their defaults (the
+    run fixes them), and a text source (``resolve_embedding_source``) unless the row names one."""
+    from jaxrec.init import resolve_embedding_source
+
+    defaults = Config()
+    config = config.replace(sasrec_run=str(sasrec_run), **{k: getattr(defaults, k) for k in SASREC_ONLY})
+    if not (config.embeddings or config.encoder):
+        config = config.replace(**resolve_embedding_source(config).config_fields())
+    return config
+
+
 def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache, setups: dict,
-                skipped: dict) -> list[grid.Cell]:
+                skipped: dict, out: Path | None = None) -> list[grid.Cell]:
     cells = []
     for seed in seeds:
         for m in methods:
@@ -184,7 +232,14 @@ def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache
                     skipped.setdefault(s, {})[seed] = data
                     log.warning("%s, seed %d: not applicable: %s", s, seed, data)
                     continue
-                cells.append(grid.Cell({"method": m.name, "setting": s, "seed": seed}, config,
+                cell_config = config
+                if m.on_sasrec:  # the SASRec cell of this setting and seed, saved by run_grid (--save-runs)
+                    runs = (out or Path(".")).resolve() / "runs"
+                    cell_config = stage1_config(config, runs / grid._slug({"method": "sasrec", "setting": s,
+                                                                           "seed": seed}))
+                    if getattr(args, "stage1_epochs", None):
+                        cell_config = cell_config.replace(epochs=args.stage1_epochs)
+                cells.append(grid.Cell({"method": m.name, "setting": s, "seed": seed}, cell_config,
                                        {} if s == "standard" else {"setting": s}))
     return cells
 
@@ -275,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not names:
         raise ConfigError(f"--methods: unknown {bad}; expected a subset of {', '.join(known)}")
     methods = [known[n] for n in names]
+    if any(m.on_sasrec for m in methods):
+        if "sasrec" not in names:
+            raise ConfigError(f"--methods {args.methods}: the stage-1 rows align the SASRec of the same setting and "
+                              "seed; add sasrec")
+        methods = sorted(methods, key=lambda m: m.name != "sasrec")  # SASRec first: its runs are saved
+        args.save_runs = True
     try:
         few_shot = cli.parse_list(args.few_shot, int)
     except ValueError:
@@ -297,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     datasets = grid.DatasetCache(args.split_seed, transform=transform(setups))
     skipped: dict[str, dict[int, str]] = {}
-    cells = build_cells(args, methods, seeds, chosen, datasets, setups, skipped)
+    cells = build_cells(args, methods, seeds, chosen, datasets, setups, skipped, out)
     cross = CrossDomain(target=datasets.first(base, seeds)).apply(datasets.first(base, seeds)).note
     notes = [f"{s}: not applicable ({'; '.join(sorted(set(why.values())))})" for s, why in skipped.items()]
     notes.append(f"cross-domain: {cross.split(': ', 1)[-1]}")

@@ -102,6 +102,21 @@ class Config:
     full_view_topk: tuple[int, ...] = (10, 20)  # () = no full-ranking view
     adam_b1: float = 0.9  # Adam's beta1 / beta2 (make_optimizer; SASRec: 0.98)
     adam_b2: float = 0.999
+    # A-LLMRec stage 1 (model="allmrec_stage1", jaxrec.align.stage1). Stage-1-only keys (other
+    # backbones refuse changes to them): the frozen SASRec run folder; loss weights of the item
+    # (alpha) and text (beta) reconstruction; the joint latent size; the text encoder frozen
+    # (item text embeddings precomputed once: ``embeddings`` file or ``encoder`` through the
+    # cache) or fine-tuned end to end (``encoder`` a jaxrec.text folder or minilm/mpnet);
+    # training positions (last: the reference; all: the paper's section 5.4.2 variant); items
+    # scored through the joint embedding (joint: e for items with training interactions, q
+    # from text otherwise) or through q for every item (text: the "SBERT" variant).
+    sasrec_run: str | None = None
+    align_alpha: float = 0.5
+    align_beta: float = 0.2
+    joint_dim: int = 128
+    text_finetune: bool = False
+    align_positions: str = "last"  # last | all
+    align_items: str = "joint"  # joint | text
     # --- LLMInit ---------------------------------------------------------------
     init: str = "none"  # none | random | uniform | variance | full | pca | recpca (jaxrec.registry.INITIALIZERS)
     encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)

@@ -37,7 +37,8 @@ def write_dataset(folder: Path) -> Path:
 def test_sasrec_allmrec_table_end_to_end(tmp_path, capsys):
     folder = write_dataset(tmp_path / "data")
     out = tmp_path / "run"
-    common = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "2", "--compile-cache", str(tmp_path / "cc"),
+    common = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "2", "--methods", "sasrec",
+              "--compile-cache", str(tmp_path / "cc"),
               "--set", f"candidates_dir={tmp_path / 'cands'}"] + [a for s in TINY for a in ("--set", s)]
     assert T.main(common + ["--few-shot", "8", "--out", str(out)]) == 0
     for name in ("allmrec_table.csv", "cells.csv", "allmrec_table.png", "table.txt", "results.json"):

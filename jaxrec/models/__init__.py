@@ -47,8 +47,9 @@ def get_model(config: Config) -> Model:
     model = MODELS.get(config.model, "model")(config)
     if not isinstance(model, Model):
         raise TypeError(f"model builder {config.model!r} returned {type(model).__name__}, expected jaxrec.models.Model")
+    own = set(getattr(CONTEXTS.get(model.context), "options", ()))
     for kind in CONTEXTS.names():
-        options = getattr(CONTEXTS.get(kind), "options", ())
+        options = tuple(o for o in getattr(CONTEXTS.get(kind), "options", ()) if o not in own)
         if kind != model.context and options:
             require_defaults(config, options, f"model={config.model!r} (context {model.context!r}) does not read it; "
                                               f"it is an option of backbones over {kind!r} ({', '.join(options)})")
@@ -64,6 +65,8 @@ register_model("sasrec", make_sasrec, defaults=SASREC_DEFAULTS)
 # The built-in context kinds register with the models.
 from jaxrec.models import contexts  # noqa: E402,F401
 
+# A-LLMRec stage 1 (backbone "allmrec_stage1", its context kind and loss terms).
+from jaxrec.align import stage1 as _stage1  # noqa: E402,F401
 # A-LLMRec stage 2 (projectors into a frozen LM): backbone, context, batch kind, term, evaluation.
 from jaxrec.align import stage2_fit  # noqa: E402,F401
 

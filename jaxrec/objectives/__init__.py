@@ -65,6 +65,14 @@ class LossInputs:
             self._rows[key] = (user_emb if side == "user" else item_emb)[self.batch[column]]
         return self._rows[key]
 
+    def shared(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per loss evaluation under ``name``, however many terms ask (e.g. a
+        forward pass every term of a backbone reads)."""
+        key = ("shared", name)
+        if key not in self._rows:
+            self._rows[key] = compute()
+        return self._rows[key]
+
     def ego_rows(self, side: str, column: str) -> jax.Array:
         """Ego (layer-0, parameter table) embeddings [B, d] of ``batch[column]`` on ``side``.
 

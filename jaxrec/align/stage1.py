@@ -1,0 +1,725 @@
+"""A-LLMRec stage 1: align a frozen SASRec's item embeddings with item-text embeddings.
+
+Kim et al., "Large Language Models meet Collaborative Filtering" (KDD 2024), section 4.1;
+reference implementation ghdtjr/A-LLMRec, ``models/a_llmrec_model.py`` (``two_layer_mlp``,
+``pre_train_phase1``) and ``train_model.py`` (``train_model_phase1_``); DESIGN.md 2.2 and 6.
+
+Networks (``two_layer_mlp``): an item autoencoder ``f_I`` (d -> 128 -> d) and a text
+autoencoder ``f_T`` (N -> 128 -> N), each ``z = sigmoid(W1 x + b1)`` (the latent) and
+``x_hat = W2 z + b2`` (the reconstruction); no dropout, no normalization; torch ``nn.Linear``
+default initialization (kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+
+Loss of one batch (``pre_train_phase1``), for the SASRec output ``u`` at the last position of
+each training window (``align_positions="all"``: every non-padding position, the paper's
+section 5.4.2 variant), the next item ``p`` and one sampled negative ``n`` (never an item of the
+user), with ``E`` = SASRec's item table row (not scaled by sqrt(d)) and ``Q`` = the item's text
+embedding:
+
+- ``align_rec`` = BCE(mean_d(u * f_I^dec(e_p)), 1) + BCE(mean_d(u * f_I^dec(e_n)), 0)
+  (the reference's logit is the *mean* over the d dimensions, ``(log_emb*pos_proj).mean(axis=1)``);
+- ``align_match`` = MSE(e_p, q_p) + MSE(e_n, q_n) with ``e = f_I^enc(E)``, ``q = f_T^enc(Q)``;
+- ``align_item_recon`` = MSE(f_I(E_p), E_p) + MSE(f_I(E_n), E_n);
+- ``align_text_recon`` = MSE(f_T(Q_p), sg(Q_p)) + MSE(f_T(Q_n), sg(Q_n)) (target detached,
+  the reference's ``.data``);
+- total = rec + match + ``align_alpha`` (0.5) * item_recon + ``align_beta`` (0.2) * text_recon.
+
+Every MSE / BCE is a mean over the valid rows (and dimensions), so padding rows of the last
+batch carry no weight. Adam lr 1e-4, betas (0.9, 0.98), batch 32, 10 epochs (``train_model.py``).
+
+Frozen parts: the SASRec parameters live in the model *context* (never in the optimized
+params), and SASRec runs deterministically (dropout off; the reference calls ``model.train()``
+on the whole module, which leaves SASRec's dropout on under ``no_grad``: a quirk not copied).
+The text encoder is frozen (``text_finetune=False``: text embeddings precomputed once, from
+``config.embeddings`` or ``config.encoder`` through the on-disk cache) or fine-tuned end to end
+(``text_finetune=True``: its params are ``params["text_encoder"]``, dropout on while training).
+The paper fine-tunes SBERT ``nq-distilbert-base-v1`` (768-d), which ``jaxrec.text`` does not
+implement: MiniLM / MPNet (``jaxrec.text``) stand in.
+
+Item text: the dataset's template (``jaxrec.init.text``); an item whose fields are all empty
+gets ``FALLBACK_TEXT`` (the reference's ``'No Title'`` / ``'No Description'`` defaults), counted
+and logged as a warning.
+
+Joint embeddings (what stage 2 reads): ``e_i = f_I^enc(E_i)`` for items with training
+interactions, ``q_i = f_T^enc(Q_i)`` otherwise (``joint_item_embeddings``). The stage-1
+recommender scores item i for a user by ``u . f_I^dec(z_i)`` with z the joint embedding
+(``align_items="joint"``) or q for every item (``"text"``, the "SBERT" variant); this ranks as
+the reference's mean-over-d logit (a positive factor 1/d).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrec.config import ConfigError
+from jaxrec.data import DataError
+from jaxrec.data.fingerprint import dataset_fingerprint
+from jaxrec.data.sequences import histories, user_sequences
+from jaxrec.models.base import Encoder, Model, require_defaults
+from jaxrec.models import sasrec as _sasrec
+from jaxrec.objectives import LossInputs, Term, term, weighted_sum
+from jaxrec.registry import CONTEXTS, OBJECTIVES
+
+log = logging.getLogger("jaxrec.align")
+
+JOINT_DIM = 128
+POSITIONS = ("last", "all")
+ITEM_SIDES = ("joint", "text")
+FALLBACK_TEXT = "No Title, No Description"
+#: Config keys only the stage-1 backbone reads (other backbones refuse changes to them).
+STAGE1_KEYS = ("sasrec_run", "align_alpha", "align_beta", "joint_dim", "text_finetune", "align_positions",
+               "align_items")
+#: Term names, in the order of the total loss.
+TERMS = ("align_rec", "align_match", "align_item_recon", "align_text_recon")
+
+Params = dict
+
+
+class Stage1Error(ValueError):
+    """A stage-1 input is invalid (run folder, encoder, shapes); the message names it."""
+
+
+# ----------------------------------------------------------------------------- networks
+def _torch_linear_init(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class TwoLayerMLP(nnx.Module):
+    """``__call__(x [..., dim]) -> (z = sigmoid(fc1 x) [..., joint], x_hat = fc2 z [..., dim])``
+    (reference ``two_layer_mlp``)."""
+
+    def __init__(self, dim: int, joint: int, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(dim, joint, kernel_init=_torch_linear_init(dim), bias_init=_torch_linear_init(dim),
+                              rngs=rngs)
+        self.fc2 = nnx.Linear(joint, dim, kernel_init=_torch_linear_init(joint),
+                              bias_init=_torch_linear_init(joint), rngs=rngs)
+
+    def encode(self, x):
+        return jax.nn.sigmoid(self.fc1(x))
+
+    def __call__(self, x):
+        z = self.encode(x)
+        return z, self.fc2(z)
+
+
+class AlignmentNet(nnx.Module):
+    """The two autoencoders: ``item_ae`` (d -> joint -> d) and ``text_ae`` (N -> joint -> N)."""
+
+    def __init__(self, item_dim: int, text_dim: int, joint_dim: int, rngs: nnx.Rngs):
+        self.item_ae = TwoLayerMLP(item_dim, joint_dim, rngs)
+        self.text_ae = TwoLayerMLP(text_dim, joint_dim, rngs)
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(item_dim: int, text_dim: int, joint_dim: int):
+    return nnx.split(nnx.eval_shape(lambda: AlignmentNet(item_dim, text_dim, joint_dim, nnx.Rngs(0))))
+
+
+def _dims(params: Params) -> tuple[int, int, int]:
+    try:
+        item_dim, joint = params["item_ae"]["fc1"]["kernel"].shape
+        text_dim = params["text_ae"]["fc1"]["kernel"].shape[0]
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise Stage1Error("params: expected the dict init_params returns (item_ae/text_ae with fc1/fc2 "
+                          f"kernel and bias); {type(e).__name__}: {e}") from None
+    return int(item_dim), int(text_dim), int(joint)
+
+
+def as_module(params: Params) -> AlignmentNet:
+    """The ``AlignmentNet`` holding ``params["item_ae"]`` / ``params["text_ae"]`` (other keys,
+    e.g. ``text_encoder``, are ignored); Stage1Error if their structure is not ``init_params``'s."""
+    graphdef, state = _abstract(*_dims(params))
+    ae = {"item_ae": params["item_ae"], "text_ae": params["text_ae"]}
+    want = jax.tree.structure(nnx.to_pure_dict(state))
+    if jax.tree.structure(ae) != want:
+        raise Stage1Error(f"params: autoencoder structure differs from init_params' ({want.num_leaves} arrays)")
+    state = jax.tree.map(lambda x: x, state)
+    nnx.replace_by_pure_dict(state, ae)
+    return nnx.merge(graphdef, state)
+
+
+def init_params(key: jax.Array, item_dim: int, text_dim: int, joint_dim: int = JOINT_DIM) -> Params:
+    """Fresh autoencoder params ``{"item_ae": {"fc1": {"kernel" [d, J], "bias" [J]}, "fc2":
+    {"kernel" [J, d], "bias" [d]}}, "text_ae": (same with N)}``, float32, torch Linear init."""
+    for name, v in (("item_dim", item_dim), ("text_dim", text_dim), ("joint_dim", joint_dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise Stage1Error(f"{name}: expected an integer >= 1, got {v!r}")
+    return nnx.to_pure_dict(nnx.split(AlignmentNet(item_dim, text_dim, joint_dim, nnx.Rngs(params=key)))[1])
+
+
+def item_latents(params: Params, item_vectors) -> jax.Array:
+    """``e = f_I^enc(E)``: float32 [..., J] in (0, 1) for SASRec item rows ``item_vectors`` [..., d]."""
+    return as_module(params).item_ae.encode(item_vectors)
+
+
+def text_latents(params: Params, text_vectors) -> jax.Array:
+    """``q = f_T^enc(Q)``: float32 [..., J] in (0, 1) for text embeddings ``text_vectors`` [..., N]."""
+    return as_module(params).text_ae.encode(text_vectors)
+
+
+def decode_items(params: Params, latents) -> jax.Array:
+    """``f_I^dec(z)``: float32 [..., d], joint latents [..., J] back in SASRec's item space."""
+    return as_module(params).item_ae.fc2(latents)
+
+
+def joint_item_embeddings(params: Params, item_vectors, text_vectors, warm) -> jax.Array:
+    """float32 [I, J]: ``e_i`` where ``warm[i]`` (the item has training interactions), else ``q_i``.
+
+    item_vectors: [I, d] SASRec item rows (dense id i; padding row excluded); text_vectors:
+    [I, N] item text embeddings; warm: bool [I]. Raises Stage1Error naming a mismatched input.
+    """
+    d, n, _ = _dims(params)
+    item_vectors, text_vectors, warm = jnp.asarray(item_vectors), jnp.asarray(text_vectors), jnp.asarray(warm)
+    if item_vectors.ndim != 2 or item_vectors.shape[1] != d:
+        raise Stage1Error(f"item_vectors: shape {item_vectors.shape}; expected [I, {d}] (SASRec's hidden size)")
+    if text_vectors.ndim != 2 or text_vectors.shape[1] != n:
+        raise Stage1Error(f"text_vectors: shape {text_vectors.shape}; expected [I, {n}] (the text autoencoder's "
+                          "input size: the encoder this stage-1 model was trained with)")
+    if text_vectors.shape[0] != item_vectors.shape[0] or warm.shape != (item_vectors.shape[0],):
+        raise Stage1Error(f"item_vectors {item_vectors.shape}, text_vectors {text_vectors.shape}, warm {warm.shape}: "
+                          "expected the same number of items I in each")
+    return jnp.where(warm[:, None], item_latents(params, item_vectors), text_latents(params, text_vectors))
+
+
+# ----------------------------------------------------------------------------- loss
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``x`` [N, ...] over rows with ``mask`` [N] (and every trailing element)."""
+    per_row = x.reshape(x.shape[0], -1).mean(axis=1)
+    w = mask.astype(per_row.dtype)
+    return jnp.sum(per_row * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def stage1_losses(params: Params, user, pos_item, neg_item, pos_text, neg_text, mask=None) -> dict[str, jax.Array]:
+    """The four stage-1 loss terms (module docstring) of N training examples -> dict of scalars.
+
+    user, pos_item, neg_item: float32 [N, d] (SASRec output, item rows of the positive and the
+    negative); pos_text, neg_text: float32 [N, T] (their text embeddings); mask: bool [N] rows
+    that count (default all). Keys ``TERMS``. Pure; differentiable in ``params`` and the text
+    embeddings (for a fine-tuned encoder; the reconstruction target is detached).
+    """
+    chex.assert_rank([user, pos_item, neg_item, pos_text, neg_text], 2)
+    chex.assert_equal_shape([user, pos_item, neg_item])
+    chex.assert_equal_shape([pos_text, neg_text])
+    mask = jnp.ones(user.shape[0], bool) if mask is None else mask
+    net = as_module(params)
+    e_pos, item_hat_pos = net.item_ae(pos_item)
+    e_neg, item_hat_neg = net.item_ae(neg_item)
+    q_pos, text_hat_pos = net.text_ae(pos_text)
+    q_neg, text_hat_neg = net.text_ae(neg_text)
+    pos_logit = jnp.mean(user * item_hat_pos, axis=-1)
+    neg_logit = jnp.mean(user * item_hat_neg, axis=-1)
+    mse = lambda a, b: _masked_mean(jnp.square(a - b), mask)  # noqa: E731
+    return {
+        # BCE with logits: label 1 -> softplus(-x), label 0 -> softplus(x)
+        "align_rec": _masked_mean(jax.nn.softplus(-pos_logit), mask) + _masked_mean(jax.nn.softplus(neg_logit), mask),
+        "align_match": mse(e_pos, q_pos) + mse(e_neg, q_neg),
+        "align_item_recon": mse(item_hat_pos, pos_item) + mse(item_hat_neg, neg_item),
+        "align_text_recon": mse(text_hat_pos, jax.lax.stop_gradient(pos_text))
+        + mse(text_hat_neg, jax.lax.stop_gradient(neg_text)),
+    }
+
+
+# ----------------------------------------------------------------------------- SASRec run
+@dataclasses.dataclass(frozen=True)
+class SASRecRun:
+    """A finished SASRec run folder: its ``config`` (dict of results.json), ``settings``
+    (``SASRecSettings``), best ``params`` and the ``fingerprint`` of the dataset it was trained on."""
+
+    path: Path
+    config: dict
+    settings: Any
+    params: Params | None
+    fingerprint: dict
+
+
+def _read_results(path: Path, what: str) -> dict:
+    results = path / "results.json"
+    if not path.is_dir():
+        raise Stage1Error(f"{what}={str(path)!r}: not a folder; expected a finished run folder written by jaxrec.fit "
+                          "(results.json, ckpt/best)")
+    if not results.is_file():
+        raise Stage1Error(f"{results}: missing; expected a finished run folder written by jaxrec.fit "
+                          "(it writes results.json when training ends)")
+    try:
+        data = json.loads(results.read_text())
+        _ = data["config"], data["dataset"], data["model"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise Stage1Error(f"{results}: not a jaxrec results file ({type(e).__name__}: {e})") from None
+    return data
+
+
+def sasrec_settings_of(run_config: dict, num_items: int):
+    """``SASRecSettings`` of a stored SASRec config dict (results.json ``config``)."""
+    from jaxrec.config import Config  # noqa: PLC0415
+
+    return _sasrec.settings_from_config(Config.from_dict(run_config, "SASRec run config"), num_items)
+
+
+def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRun:
+    """Read a finished SASRec run folder (``jaxrec.fit`` with ``model="sasrec"``).
+
+    dataset: when given, the folder must have been trained on it (same dataset fingerprint:
+    name, sizes and split hash), else ``DataError`` naming the differing fields.
+    Raises Stage1Error for a folder that is not a finished SASRec run.
+    """
+    from jaxrec.train.checkpoint import RunCheckpoints  # noqa: PLC0415
+
+    path = Path(path).expanduser()
+    data = _read_results(path, "sasrec_run")
+    if data["model"] != "sasrec":
+        raise Stage1Error(f"{path / 'results.json'}: model {data['model']!r}; expected a 'sasrec' run folder")
+    fp = data["dataset"]
+    if dataset is not None:
+        ours = dataset_fingerprint(dataset)
+        diff = {k: (fp.get(k), ours[k]) for k in ours if fp.get(k) != ours[k]}
+        if diff:
+            raise DataError(f"sasrec_run={str(path)!r}: trained on another dataset or split than {dataset.name!r}: "
+                            + ", ".join(f"{k} {a!r} (run) vs {b!r} (here)" for k, (a, b) in diff.items())
+                            + "; train SASRec on this dataset with the same split and seed first")
+    settings = sasrec_settings_of(data["config"], int(fp["num_items"]))
+    params = None
+    if with_params:
+        shapes = jax.eval_shape(lambda k: _sasrec.init_params(k, settings), jax.random.key(0))
+        with RunCheckpoints(path / "ckpt") as ckpt:
+            try:
+                state, _ = ckpt.restore("best", {"params": shapes})
+            except FileNotFoundError as e:
+                raise Stage1Error(f"sasrec_run={str(path)!r}: {e}") from None
+        params = jax.tree.map(jnp.asarray, state["params"])
+    return SASRecRun(path, data["config"], settings, params, fp)
+
+
+# ----------------------------------------------------------------------------- text inputs
+def item_texts_with_fallback(dataset) -> tuple[list[str], str, int]:
+    """(texts [I], template, number of items given ``FALLBACK_TEXT``) of the dataset's items."""
+    from jaxrec.init.text import item_texts, template_for  # noqa: PLC0415
+
+    if not dataset.item_features:
+        raise DataError(f"dataset {dataset.name!r}: no item features to build item texts from; set "
+                        "config.embeddings (precomputed text embeddings) with text_finetune=False")
+    template = template_for(dataset.name, dataset.item_features)
+    texts, _ = item_texts(dataset.item_features, template)
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        log.warning("stage 1: %d of %d items have no text; they get %r (e.g. items %s)", len(empty), len(texts),
+                    FALLBACK_TEXT, [str(dataset.item_ids[i]) for i in empty[:5]])
+        texts = [t or FALLBACK_TEXT for t in texts]
+    return texts, template, len(empty)
+
+
+def encoder_folder(name: str) -> Path:
+    """The sentence-transformers folder of ``config.encoder`` for ``jaxrec.text`` (``minilm``,
+    ``mpnet``, a folder; a ``-jax`` suffix is allowed). Raises Stage1Error otherwise."""
+    from jaxrec.init import encoders as enc  # noqa: PLC0415
+
+    base, _ = enc.split_jax_suffix(name)
+    alias = enc._ALIASES.get(str(base).lower())
+    if alias == "minilm":
+        return enc.minilm_path()
+    if alias == "mpnet":
+        return enc.mpnet_path()
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    raise Stage1Error(f"encoder={name!r}: expected 'minilm', 'mpnet' or a sentence-transformers folder "
+                      "(jaxrec.text runs it)")
+
+
+def text_dim_of(config) -> int:
+    """Size N of the item text embeddings ``config`` gives (embeddings file or encoder folder)."""
+    from jaxrec.text import read_sentence_folder  # noqa: PLC0415
+
+    if config.embeddings and not config.text_finetune:
+        try:
+            arr = np.load(config.embeddings, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"embeddings={config.embeddings!r}: cannot read ({e}); expected a float .npy [I, N]") from None
+        if arr.ndim != 2:
+            raise ConfigError(f"embeddings={config.embeddings!r}: shape {arr.shape}; expected [I, N]")
+        return int(arr.shape[1])
+    if not config.encoder:
+        raise ConfigError("encoder=None: stage 1 needs item text embeddings; set embeddings (a .npy, frozen "
+                          "encoder) or encoder (minilm, mpnet or a sentence-transformers folder)")
+    return int(read_sentence_folder(encoder_folder(config.encoder)).dim)
+
+
+def frozen_text_embeddings(dataset, config, cache_dir=None) -> np.ndarray:
+    """float32 [I, N]: ``config.embeddings`` (rows by item id) or the items' texts (with the
+    fallback text) encoded once by ``config.encoder`` through the on-disk cache."""
+    from jaxrec.init.cache import cached_item_embeddings  # noqa: PLC0415
+    from jaxrec.init.encoders import cache_root, encode_texts, encoder_cache_id, load_encoder  # noqa: PLC0415
+    from jaxrec.init.precomputed import load_precomputed  # noqa: PLC0415
+
+    if config.embeddings:
+        return np.asarray(load_precomputed(config.embeddings, dataset_item_ids=np.asarray(dataset.item_ids)),
+                          np.float32)
+    texts, template, _ = item_texts_with_fallback(dataset)
+    holder = {}
+
+    def encode(t):
+        if "enc" not in holder:
+            holder["enc"] = load_encoder(config.encoder)
+        return encode_texts(holder["enc"], t, batch_size=64, progress=False)
+
+    emb, _ = cached_item_embeddings(encoder_cache_id(config.encoder), texts, template,
+                                    cache_dir or cache_root() / "embeddings", encode)
+    return np.asarray(emb, np.float32)
+
+
+def item_tokens(dataset, config) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids int32 [I, T], attention_mask int32 [I, T]) of the items' texts for a fine-tuned
+    encoder (``config.encoder``'s tokenizer; T = the longest text, at most its max_seq_length)."""
+    from jaxrec.text import load_tokenizer, read_sentence_folder  # noqa: PLC0415
+
+    folder = read_sentence_folder(encoder_folder(config.encoder))
+    texts, _, _ = item_texts_with_fallback(dataset)
+    if folder.do_lower_case:
+        texts = [t.lower() for t in texts]
+    ids = [e.ids for e in load_tokenizer(folder.tokenizer, folder.max_seq_length).encode_batch(texts)]
+    length = max(len(s) for s in ids)
+    tokens = np.full((len(ids), length), folder.config.pad_token_id, np.int32)
+    mask = np.zeros((len(ids), length), np.int32)
+    for r, s in enumerate(ids):
+        tokens[r, :len(s)] = s
+        mask[r, :len(s)] = 1
+    return tokens, mask
+
+
+# ----------------------------------------------------------------------------- context
+@CONTEXTS.register("allmrec_stage1")
+def stage1_context(dataset, config) -> dict:
+    """``{"train"/"valid": ctx, "test": ctx}`` with ``ctx`` = ``sasrec`` (the frozen SASRec
+    params), ``histories`` int32 [U, L] (valid: training sequence; test: + the validation
+    item), ``warm`` bool [I] (items with training interactions), and ``text`` float32 [I, N]
+    (frozen encoder) or ``tokens`` / ``mask`` int32 [I, T] (fine-tuned encoder)."""
+    run = load_sasrec_run(config.sasrec_run, dataset)
+    seqs = user_sequences(dataset)
+    warm = np.bincount(dataset.train.item, minlength=dataset.num_items) > 0
+    if config.text_finetune:
+        tokens, mask = item_tokens(dataset, config)
+        text = {"tokens": tokens, "mask": mask}
+    else:
+        emb = frozen_text_embeddings(dataset, config)
+        want = text_dim_of(config)
+        if emb.shape != (dataset.num_items, want):
+            raise Stage1Error(f"text embeddings: shape {emb.shape}; expected [{dataset.num_items}, {want}]")
+        text = {"text": emb}
+    base = {"sasrec": run.params, "warm": warm, **text}
+    valid = {**base, "histories": histories(seqs, "valid", config.max_seq_len)}
+    return {"train": valid, "valid": valid, "test": {**base, "histories": histories(seqs, "test", config.max_seq_len)}}
+
+
+def evaluation_context(context: dict, eval_dataset, config) -> dict:
+    """A stage-1 context (of the training data) scoring the users of ``eval_dataset`` (e.g. a
+    cold-user scenario's dataset, whose users were kept out of training): its ``test``
+    histories, the same frozen SASRec, text and warm items. Raises Stage1Error when the item
+    spaces differ."""
+    n = len(context["warm"])
+    if eval_dataset.num_items != n:
+        raise Stage1Error(f"eval_dataset {eval_dataset.name!r}: {eval_dataset.num_items} items; the stage-1 context "
+                          f"has {n} (the same item id space is needed)")
+    return {**context, "histories": histories(user_sequences(eval_dataset, log_report=False), "test",
+                                              config.max_seq_len)}
+
+
+def cross_domain_embeddings(params: Params, sasrec_params: Params, settings, target_text, target_histories,
+                            chunk_size: int = 1024) -> tuple[jax.Array, jax.Array]:
+    """(user_emb [U_t, d], item_emb [I_t, d]) of a target domain the stage-1 model never saw.
+
+    Target items have no SASRec rows, only text: each is represented by its decoded text latent
+    ``f_I^dec(q_i)``, ``q_i = f_T^enc(Q_i)`` (the SBERT path of the joint embedding); a target
+    user is the frozen source SASRec run over their target history with that decoded table in
+    place of its item table (positions, blocks and norms as trained). Scores ``u . f_I^dec(q_i)``
+    as the stage-1 recommender. (A choice of ours: the reference code has no cross-domain path.)
+
+    target_text: float32 [I_t, N] (the same encoder as the stage-1 run); target_histories: int
+    [U_t, L] (target item ids + 1, 0 = padding, L <= the SASRec run's max_len). Raises
+    Stage1Error naming a mismatched input.
+    """
+    _, n, _ = _dims(params)
+    target_text = jnp.asarray(target_text)
+    if target_text.ndim != 2 or target_text.shape[1] != n:
+        raise Stage1Error(f"target_text: shape {target_text.shape}; expected [I_t, {n}] (the text autoencoder's "
+                          "input size: the encoder this stage-1 model was trained with)")
+    items = decode_items(params, text_latents(params, target_text))
+    table = jnp.concatenate([jnp.zeros((1, items.shape[1]), items.dtype), items])
+    target = dataclasses.replace(settings, num_items=int(items.shape[0]))
+    user, _ = _sasrec.embed({**sasrec_params, "item_embedding": table}, target_histories, target, chunk_size)
+    return user, items
+
+
+def _check_stage1(dataset, config) -> None:
+    """Before any compute: the SASRec run matches the dataset and ``max_seq_len``; the dataset
+    gives sequences (``DataError`` / ``ConfigError`` / ``Stage1Error`` naming the key)."""
+    run = load_sasrec_run(config.sasrec_run, dataset, with_params=False)
+    if run.settings.max_len != config.max_seq_len:
+        raise ConfigError(f"max_seq_len={config.max_seq_len}: the SASRec run {config.sasrec_run} was trained with "
+                          f"max_seq_len={run.settings.max_len}; use that value")
+    user_sequences(dataset, log_report=False)
+
+
+stage1_context.context_fields = ("max_seq_len", "sasrec_run", "embeddings", "encoder", "text_finetune")
+stage1_context.options = ("max_seq_len",) + STAGE1_KEYS
+stage1_context.check = _check_stage1
+
+
+# ----------------------------------------------------------------------------- terms
+def _text_rows(x_params, ctx, rows, text_model, key, train):
+    """Text embeddings [..., N] of items ``rows`` (dense ids, any shape)."""
+    if text_model is None:
+        return ctx["text"][rows]
+    flat = rows.reshape(-1)
+    out = text_model.encode(x_params["text_encoder"], ctx["tokens"][flat], ctx["mask"][flat], train=train, key=key)
+    return out.reshape(*rows.shape, -1)
+
+
+def _batch_losses(x: LossInputs, settings, positions: str, text_model) -> dict[str, jax.Array]:
+    ctx, batch = x.context, x.batch
+    seq, pos, neg = (jnp.asarray(batch[k]) for k in ("seq", "pos", "neg"))
+    out = _sasrec.sequence_output(ctx["sasrec"], seq, settings, train=False)  # [B, L, d], frozen, no dropout
+    if positions == "last":
+        out, pos, neg = out[:, -1], pos[:, -1], neg[:, -1]
+    else:
+        out, pos, neg = out.reshape(-1, out.shape[-1]), pos.reshape(-1), neg.reshape(-1)
+    mask = pos != 0  # padding rows / positions
+    table = ctx["sasrec"]["item_embedding"]  # [I + 1, d], ids + 1
+    rows = jnp.maximum(jnp.stack([pos, neg]) - 1, 0)  # dense ids, padding -> item 0 (masked)
+    text = _text_rows(x.params, ctx, rows, text_model, x.key, True)
+    return stage1_losses(x.params, out, table[pos], table[neg], text[0], text[1], mask)
+
+
+def _term(name: str):
+    def builder(config) -> Term:
+        settings, positions, text_model = _static(config)
+
+        def loss(x: LossInputs):
+            return x.shared("allmrec_stage1", lambda: _batch_losses(x, settings, positions, text_model))[name]
+
+        return Term(name, loss, batch_kind="sequences")
+
+    return builder
+
+
+for _name in TERMS:
+    OBJECTIVES.register(_name, _term(_name))
+
+
+@functools.lru_cache(maxsize=16)
+def _static_cached(sasrec_run: str, positions: str, finetune: bool, encoder: str | None, stamp: int):
+    data = _read_results(Path(sasrec_run).expanduser(), "sasrec_run")
+    settings = sasrec_settings_of(data["config"], int(data["dataset"]["num_items"]))
+    return settings, positions, (_text_model_from(encoder) if finetune else None)
+
+
+def _text_model_from(encoder):
+    from jaxrec.text import SentenceModel, read_sentence_folder  # noqa: PLC0415
+
+    return SentenceModel.build(read_sentence_folder(encoder_folder(encoder)))
+
+
+def _static(config):
+    """(SASRecSettings of the run, positions, SentenceModel or None): scalars and structure only."""
+    if not config.sasrec_run:
+        raise ConfigError("sasrec_run=None: stage 1 needs the folder of a finished SASRec run (jaxrec.fit, "
+                          "model='sasrec') on the same dataset and split")
+    results = Path(config.sasrec_run).expanduser() / "results.json"
+    stamp = results.stat().st_mtime_ns if results.is_file() else 0  # a rewritten run folder is read again
+    return _static_cached(str(config.sasrec_run), config.align_positions, bool(config.text_finetune),
+                          config.encoder, stamp)
+
+
+# ----------------------------------------------------------------------------- backbone
+def check_config(config) -> None:
+    """``ConfigError`` naming the key for values stage 1 cannot use."""
+    if config.align_positions not in POSITIONS:
+        raise ConfigError(f"align_positions={config.align_positions!r}: expected one of {list(POSITIONS)}")
+    if config.align_items not in ITEM_SIDES:
+        raise ConfigError(f"align_items={config.align_items!r}: expected one of {list(ITEM_SIDES)}")
+    for key in ("align_alpha", "align_beta"):
+        v = getattr(config, key)
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"{key}={v!r}: expected a finite weight >= 0")
+    if config.joint_dim < 1:
+        raise ConfigError(f"joint_dim={config.joint_dim}: expected an integer >= 1")
+    if config.sharding == "row":
+        raise ConfigError("sharding='row': stage 1 has no graph; use sharding='feature' (data-parallel) or 'none'")
+    if config.text_finetune and not config.encoder:
+        raise ConfigError("text_finetune=True: set encoder (minilm, mpnet or a sentence-transformers folder) to "
+                          "fine-tune")
+    require_defaults(config, _sasrec.GRAPH_ONLY_KEYS, "model='allmrec_stage1' does not read this graph-backbone option")
+    require_defaults(config, ("init",), "stage 1 starts its autoencoders from the reference initialization")
+
+
+def item_text_vectors(params: Params, ctx, text_model, chunk: int = 256) -> jax.Array:
+    """float32 [I, N]: every item's text embedding (the context's, or the fine-tuned encoder's
+    output in chunks of ``chunk`` items)."""
+    if text_model is None:
+        return ctx["text"]
+    tokens, mask = ctx["tokens"], ctx["mask"]
+    n = tokens.shape[0]
+    c = max(1, min(chunk, n))
+    k = -(-n // c)
+    pad = ((0, k * c - n), (0, 0))
+    t, m = jnp.pad(tokens, pad).reshape(k, c, -1), jnp.pad(mask, pad).reshape(k, c, -1)
+    out = jax.lax.map(lambda tm: text_model.encode(params["text_encoder"], tm[0], tm[1]), (t, m))
+    return out.reshape(k * c, -1)[:n]
+
+
+def stage1_encoder(config) -> Encoder:
+    """``init(key, U, I)`` -> autoencoder params (+ ``text_encoder`` when fine-tuned, loaded from
+    the encoder folder); ``embed(params, ctx)`` -> (SASRec user representations [U, d],
+    decoded joint item embeddings ``f_I^dec(z_i)`` [I, d])."""
+    settings, _, text_model = _static(config)
+    joint, side, chunk = config.joint_dim, config.align_items, config.eval_chunk
+    text_dim = text_dim_of(config)
+
+    def init(key, num_users, num_items):
+        params = init_params(key, settings.hidden, text_dim, joint)
+        if text_model is not None:
+            from jaxrec.text import load_params  # noqa: PLC0415
+
+            params["text_encoder"] = load_params(text_model)
+        return params
+
+    def embed(params, ctx):
+        user, items = _sasrec.embed(ctx["sasrec"], ctx["histories"], settings, chunk_size=chunk)
+        text = item_text_vectors(params, ctx, text_model)
+        if side == "text":
+            z = text_latents(params, text)
+        else:
+            z = joint_item_embeddings(params, items, text, ctx["warm"])
+        return user, decode_items(params, z)
+
+    return Encoder(name="allmrec_stage1", init=init, embed=embed, user_table=None, item_table=None)
+
+
+def make_stage1(config) -> Model:
+    """A-LLMRec stage 1 over the ``"allmrec_stage1"`` context: ``align_rec + align_match +
+    alpha * align_item_recon + beta * align_text_recon`` (batch kind "sequences")."""
+    check_config(config)
+    objective = weighted_sum(term("align_rec", config), term("align_match", config),
+                             (term("align_item_recon", config), config.align_alpha),
+                             (term("align_text_recon", config), config.align_beta))
+    return Model("allmrec_stage1", stage1_encoder(config), objective, context="allmrec_stage1")
+
+
+#: The reference's stage-1 protocol (``train_model.py``; DESIGN.md 6) over SASRec's split/evaluation.
+STAGE1_DEFAULTS = dict(
+    max_seq_len=50, batch_size=32, epochs=10, learning_rate=1e-4, adam_b1=0.9, adam_b2=0.98,
+    split="loo_time", evaluation="candidates", topk=(1, 5, 10), metrics=("hit", "ndcg", "mrr"),
+    valid_metric="ndcg@10", patience=10,
+)
+
+
+def _register() -> None:
+    from jaxrec.models import register_model  # noqa: PLC0415 (jaxrec.models imports this module)
+
+    register_model("allmrec_stage1", make_stage1, defaults=STAGE1_DEFAULTS)
+
+
+_register()
+
+
+# ----------------------------------------------------------------------------- stage-1 runs (stage 2's inputs)
+@dataclasses.dataclass(frozen=True)
+class Stage1Run:
+    """A finished stage-1 run: ``config`` (jaxrec.Config), best ``params``, the ``model``, the
+    frozen ``sasrec`` run and the per-stage ``contexts`` (``stage1_context``)."""
+
+    path: Path
+    config: Any
+    params: Params
+    model: Model
+    sasrec: SASRecRun
+    contexts: dict
+
+    def joint_item_embeddings(self) -> np.ndarray:
+        """float32 [I, J] (J = joint_dim, 128): ``e_i`` for items with training interactions,
+        ``q_i`` from text for the others; row i = dense item id i."""
+        ctx = self.contexts["test"]
+        _, _, text_model = _static(self.config)
+        text = item_text_vectors(self.params, ctx, text_model)
+        items = ctx["sasrec"]["item_embedding"][1:]
+        return np.asarray(joint_item_embeddings(self.params, items, text, ctx["warm"]))
+
+    def cross_domain(self, target_dataset, target_text) -> tuple[np.ndarray, np.ndarray]:
+        """(user_emb [U_t, d], item_emb [I_t, d]) on ``target_dataset`` (its test histories)
+        from its items' text embeddings ``target_text`` [I_t, N] (``cross_domain_embeddings``)."""
+        target_text = np.asarray(target_text)
+        if target_text.shape[0] != target_dataset.num_items:
+            raise Stage1Error(f"target_text: {target_text.shape[0]} rows; expected one per item of "
+                              f"{target_dataset.name!r} ({target_dataset.num_items})")
+        hist = histories(user_sequences(target_dataset, log_report=False), "test", self.sasrec.settings.max_len)
+        user, items = cross_domain_embeddings(self.params, self.contexts["test"]["sasrec"], self.sasrec.settings,
+                                              target_text, hist)
+        return np.asarray(user), np.asarray(items)
+
+    def user_representations(self, stage: str = "test") -> np.ndarray:
+        """float32 [U, d]: SASRec's output at the last position of each user's ``stage`` history
+        (valid: the training sequence; test: + the validation item)."""
+        if stage not in ("train", "valid", "test"):
+            raise Stage1Error(f"stage={stage!r}: expected 'train', 'valid' or 'test'")
+        ctx = self.contexts[stage]
+        return np.asarray(_sasrec.embed(ctx["sasrec"], ctx["histories"], self.sasrec.settings)[0])
+
+
+def load_stage1_run(path, dataset, **overrides) -> Stage1Run:
+    """Load a finished ``allmrec_stage1`` run folder for ``dataset`` (the one it was trained on).
+
+    overrides: config keys to change before rebuilding the context (e.g. ``embeddings`` or
+    ``encoder`` when the text embeddings moved). Raises Stage1Error for a folder that is not a
+    finished stage-1 run or whose text encoder's dimension differs from the checkpoint's text
+    autoencoder input; DataError when ``dataset`` is not the one it (or its SASRec) was trained on.
+    """
+    from jaxrec.config import Config  # noqa: PLC0415
+    from jaxrec.models import get_model  # noqa: PLC0415
+    from jaxrec.train.checkpoint import RunCheckpoints  # noqa: PLC0415
+
+    path = Path(path).expanduser()
+    data = _read_results(path, "stage-1 run")
+    if data["model"] != "allmrec_stage1":
+        raise Stage1Error(f"{path / 'results.json'}: model {data['model']!r}; expected an 'allmrec_stage1' run")
+    ours = dataset_fingerprint(dataset)
+    if data["dataset"] != ours:
+        raise DataError(f"stage-1 run {path}: trained on dataset {data['dataset']}, not on {ours}")
+    config = Config.from_dict({**data["config"], **overrides}, f"{path / 'results.json'} config")
+    with RunCheckpoints(path / "ckpt") as ckpt:
+        step = ckpt.latest_step("best")
+        if step is None:
+            raise Stage1Error(f"stage-1 run {path}: no complete best checkpoint under {path / 'ckpt' / 'best'}")
+        import orbax.checkpoint as ocp  # noqa: PLC0415
+
+        saved = ocp.StandardCheckpointer().metadata(path / "ckpt" / "best" / str(step) / "state")
+        saved = getattr(saved, "item_metadata", saved)
+        n_saved = int(saved["params"]["text_ae"]["fc1"]["kernel"].shape[0])
+        n_now = text_dim_of(config)
+        if n_saved != n_now:
+            raise Stage1Error(f"stage-1 run {path}: its text autoencoder takes {n_saved}-d text embeddings, but "
+                              f"encoder={config.encoder!r} / embeddings={config.embeddings!r} give {n_now}-d; use "
+                              "the encoder the run was trained with")
+        model = get_model(config)
+        shapes = jax.eval_shape(lambda k: model.init(k, ours["num_users"], ours["num_items"]), jax.random.key(0))
+        state, _ = ckpt.restore("best", {"params": shapes})
+    contexts = stage1_context(dataset, config)
+    sasrec = load_sasrec_run(config.sasrec_run, dataset, with_params=False)
+    return Stage1Run(path, config, jax.tree.map(jnp.asarray, state["params"]), model, sasrec, contexts)
+
+
+__all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun", "init_params", "as_module",
+           "item_latents", "text_latents", "decode_items", "joint_item_embeddings", "stage1_losses",
+           "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context",
+           "cross_domain_embeddings", "make_stage1", "stage1_encoder",
+           "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "encoder_folder",
+           "STAGE1_DEFAULTS", "STAGE1_KEYS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]
