@@ -3,11 +3,16 @@
 The pipeline, every training a ``jaxrec.fit`` run folder under ``--out`` (``--resume`` reuses them):
 
 1. SASRec (A-LLMRec's pretraining protocol, ``Config.for_model("sasrec")``) on the dataset;
+   with ``--stage1-run DIR`` the SASRec that stage-1 run was trained on instead;
 2. stage-2 inputs (``jaxrec.align.stage2_inputs``): the user representations per stage and the
-   item embeddings. Stage 1 (the alignment network's joint item embeddings) has not landed in
-   this checkout, so the rows use the **SASRec fallback** (``sasrec_inputs``: SASRec's own item
-   table, d = 50, as the "joint" item embeddings; ``--inputs FILE`` takes a stage-1 export
-   written by ``save_inputs`` instead). The table names which one it used;
+   item embeddings, one of
+   - ``--train-stage1``: stage 1 (``allmrec_stage1``, ``--stage1-set`` overrides, e.g.
+     ``embeddings=...`` or ``encoder=mpnet``) trained here on that SASRec into ``stage1/``,
+     then its joint item embeddings (``stage1_inputs``): A-LLMRec in one command;
+   - ``--stage1-run DIR``: a finished stage-1 run folder (``stage1_inputs``);
+   - ``--inputs FILE``: a ``save_inputs`` export;
+   - none of them: the **SASRec fallback** (``sasrec_inputs``: SASRec's own item table, d = 50,
+     as the "joint" item embeddings; not A-LLMRec). The table names which one it used;
 3. stage 2 (``allmrec_stage2``) on a seeded sample of ``--train-users`` training users, early
    stopping on ``--valid-users`` validation users, tested on ``--eval-users`` test users with the
    stored 20-candidate lists (the same lists as SASRec's ``candidates`` protocol), candidates
@@ -23,17 +28,21 @@ Rows "A-LLMRec stage 1" are "n/a" until stage 1 lands (its own recommendation is
 representation against the decoded joint item embeddings).
 
     python -m experiments.allmrec_stage2 --dataset ml-100k --train-users 256 --eval-users 100
+    # A-LLMRec: SASRec -> stage 1 (frozen MPNet text embeddings) -> stage 2
+    python -m experiments.allmrec_stage2 --dataset ml-100k --train-stage1 --stage1-set encoder=mpnet
     # the full protocol on a GPU (every user, 10 epochs as the reference; OPT-6.7B as a folder):
     python -m experiments.allmrec_stage2 --dataset ml-100k --train-users 0 --eval-users 0 \\
         --valid-users 200 --stage2-epochs 10 --lm /path/to/opt-6.7b --set lm_dtype=bfloat16
 
-Writes ``table.txt``, ``results.json`` and the run folders ``sasrec/``, ``stage2/`` into
+Writes ``table.txt``, ``results.json``, ``stage2_inputs.npz`` and the run folders ``sasrec/``
+(``stage1/``), ``stage2/`` into
 ``--out`` (default ``checkpoints/allmrec_stage2/<dataset>-s<seed>``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -58,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", default=None,
                    help="stage-2 inputs .npz (a stage-1 export, jaxrec.align.stage2_inputs.save_inputs); default: "
                         "the SASRec fallback computed here")
+    p.add_argument("--stage1-run", type=Path, default=None, metavar="DIR",
+                   help="a finished allmrec_stage1 run folder: its joint item embeddings and its SASRec")
+    p.add_argument("--train-stage1", action="store_true",
+                   help="train stage 1 here on the SASRec of step 1 (into OUT/stage1) and use it")
+    p.add_argument("--stage1-epochs", type=int, default=None, help="stage-1 epochs at most (default: the reference's 10)")
+    p.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="stage-1 config overrides (repeatable), e.g. encoder=mpnet or embeddings=FILE.npy")
     p.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epochs at most (default 200)")
     p.add_argument("--stage2-epochs", type=int, default=1, help="stage-2 epochs at most (reference: 10)")
     p.add_argument("--train-users", type=int, default=256, help="stage-2 training users (0: all)")
@@ -87,44 +103,71 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrec.align import stage2_fit
     from jaxrec.align.rerank import recommender_top, rerank
     from jaxrec.align.stage2 import project
-    from jaxrec.align.stage2_inputs import load_inputs, sasrec_inputs, save_inputs
+    from jaxrec.align.stage1 import load_sasrec_run, load_stage1_run
+    from jaxrec.align.stage2_inputs import load_inputs, sasrec_inputs, save_inputs, stage1_inputs
     from jaxrec.data import load_dataset
     from jaxrec.eval.candidates import candidate_ranks
     from jaxrec.models.sasrec import settings_from_config
     from jaxrec.train import prepare
 
-    for name in ("sasrec_epochs", "stage2_epochs", "rerank_k"):
-        if getattr(args, name) < 1:
+    given = [n for n, v in (("--inputs", args.inputs), ("--stage1-run", args.stage1_run),
+                            ("--train-stage1", args.train_stage1)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)}: give at most one source of stage-2 inputs")
+    for name in ("sasrec_epochs", "stage2_epochs", "rerank_k", "stage1_epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
     out = args.out or cli.default_out_dir(EXPERIMENT, f"{report.dataset_label(args.dataset)}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     seconds: dict[str, float] = {}
 
-    # 1. SASRec
+    # 1. SASRec (the one of --stage1-run when given)
     s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs)
     ds = load_dataset(s_cfg.dataset, s_cfg)
     prepared = prepare(ds)
     t0 = time.perf_counter()
-    s_run = jaxrec.fit(jaxrec.get_model(s_cfg), ds, s_cfg, out_dir=out / "sasrec", resume=args.resume,
-                       overwrite=not args.resume, prepared=prepared)
+    if args.stage1_run:
+        s1 = load_stage1_run(args.stage1_run, ds)
+        s_run = load_sasrec_run(s1.config.sasrec_run, ds)
+        s_results = json.loads((s_run.path / "results.json").read_text())
+        s_params, s_settings, s_dir = s_run.params, s_run.settings, s_run.path
+        s_test, s_best = s_results.get("test", {}), s_results.get("best_epoch")
+    else:
+        s_fit = jaxrec.fit(jaxrec.get_model(s_cfg), ds, s_cfg, out_dir=out / "sasrec", resume=args.resume,
+                           overwrite=not args.resume, prepared=prepared)
+        s_params, s_settings, s_dir = s_fit.params, settings_from_config(s_cfg, ds.num_items), out / "sasrec"
+        s_test, s_best = s_fit.test_metrics, s_fit.best_epoch
     seconds["sasrec_fit"] = time.perf_counter() - t0
-    log.info("SASRec: best epoch %d, test hit@1 %.4f (%.0f s)", s_run.best_epoch, s_run.test_metrics.get("hit@1", np.nan),
+    log.info("SASRec (%s): best epoch %s, test hit@1 %.4f (%.0f s)", s_dir, s_best, s_test.get("hit@1", np.nan),
              seconds["sasrec_fit"])
+    # SASRec's own user representations and item table: the SASRec rows and the rerank's candidates
+    s_inputs = sasrec_inputs(s_params, s_settings, ds, source=f"{s_dir} (SASRec fallback: no stage 1)")
 
-    # 2. stage-2 inputs
-    if args.inputs:
+    # 2. stage-2 inputs (stage 1 trained here, a stage-1 run, a file, or the SASRec fallback)
+    if args.train_stage1:
+        c1 = Config.for_model("allmrec_stage1", dataset=str(args.dataset), seed=args.seed, sasrec_run=str(s_dir),
+                              max_seq_len=s_cfg.max_seq_len,
+                              **({"epochs": args.stage1_epochs} if args.stage1_epochs else {})
+                              ).with_overrides(args.stage1_set)
+        t0 = time.perf_counter()
+        jaxrec.fit(jaxrec.get_model(c1), ds, c1, out_dir=out / "stage1", resume=args.resume,
+                   overwrite=not args.resume, prepared=prepared)
+        seconds["stage1_fit"] = time.perf_counter() - t0
+        args.stage1_run = out / "stage1"
+    if args.stage1_run:
+        inputs = stage1_inputs(args.stage1_run, ds)
+    elif args.inputs:
         inputs = load_inputs(args.inputs, ds)
     else:
-        inputs = sasrec_inputs(s_run.params, settings_from_config(s_cfg, ds.num_items), ds,
-                               source=f"{out / 'sasrec'} (SASRec fallback: stage 1 not landed)")
-    inputs_path = save_inputs(out / "stage2_inputs.npz", inputs)
+        inputs = s_inputs
+    inputs_path = save_inputs(out / "stage2_inputs.npz", inputs)  # a record of what stage 2 read
 
     # 3. stage 2
     c2 = Config.for_model("allmrec_stage2", dataset=str(args.dataset), seed=args.seed, lm=args.lm,
                           epochs=args.stage2_epochs, train_users=args.train_users, eval_users=args.eval_users,
                           valid_users=args.valid_users,
-                          **({"stage1_run": str(inputs_path)} if inputs.kind == "stage1" else
+                          **({"stage1_run": str(args.stage1_run or inputs_path)} if inputs.kind == "stage1" else
                              {"sasrec_run": str(inputs_path)})).with_overrides(args.set)
     t0 = time.perf_counter()
     r2 = jaxrec.fit(jaxrec.get_model(c2), ds, c2, out_dir=out / "stage2", resume=args.resume,
@@ -136,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ex, items, _ = stage2_fit.evaluation_lists(ds, "test", c2)
     groups = stage2_fit.item_groups(ds)
     rows = {"overall": np.ones(len(ex), bool), **{g: np.isin(ex.target, m) for g, m in groups.items()}}
-    u, it = inputs.user_rep["test"][ex.users], inputs.item_emb[items]
+    u, it = s_inputs.user_rep["test"][ex.users], s_inputs.item_emb[items]
     sasrec = _group_metrics(candidate_ranks(np.einsum("md,mcd->mc", u, it)), rows, items.shape[1])
     t2 = r2.test_metrics
 
@@ -158,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_rerank:
         ctx = prepared.contexts(stage2_fit.CONTEXT, c2)["test"]
         tokens = project(r2.params, ctx.settings, ctx.user_rep, ctx.item_emb)
-        top = recommender_top(inputs.user_rep["test"], inputs.item_emb, ex.users, ds, "test", args.rerank_k)
+        top = recommender_top(s_inputs.user_rep["test"], s_inputs.item_emb, ex.users, ds, "test", args.rerank_k)
         t0 = time.perf_counter()
         rr = rerank(ctx, tokens, ex.users, ex.history, top, ex.target, seed=args.seed, user_names=ex.user_ids,
                     batch_size=c2.lm_batch_size)
@@ -166,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         rr_metrics = {g: rr.metrics(c2.lm_score, rows=sel) for g, sel in rows.items()}
 
     # table
-    kind = "stage-1 joint embeddings" if inputs.kind == "stage1" else "SASRec fallback item table (stage 1 not landed)"
+    kind = ("stage-1 joint embeddings (A-LLMRec)" if inputs.kind == "stage1" else
+            "SASRec fallback item table (no stage 1: not A-LLMRec)" if inputs.kind == "sasrec" else inputs.kind)
     cols = list(rows)
     head = ["row"] + [f"{c} hit@1" for c in cols] + ["hit@5", "ndcg@5", "mrr", "users"]
     body = []
@@ -205,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": command, "inputs": {"kind": inputs.kind, "source": inputs.source},
                "sasrec": sasrec, "stage2_sum": lm_sum, "stage2_mean": lm_mean, "stage2_generate": gen,
                "rerank": rr_metrics, "stage2_test_metrics": t2, "stage2_valid_metrics": r2.valid_metrics,
-               "stage2_history": r2.history, "sasrec_test_metrics": s_run.test_metrics,
-               "sasrec_best_epoch": s_run.best_epoch, "seconds": seconds, "users": [str(x) for x in ex.user_ids]}
+               "stage2_history": r2.history, "sasrec_test_metrics": s_test, "sasrec_run": str(s_dir),
+               "stage1_run": str(args.stage1_run) if args.stage1_run else None, "sasrec_best_epoch": s_best, "seconds": seconds, "users": [str(x) for x in ex.user_ids]}
     report.write_json(out / "results.json", results)
     (out / "table.txt").write_text(text + "\n")
     print(text)

@@ -410,7 +410,8 @@ def test_stage2_bad_inputs(tiny_run, prepared_lm, tmp_path):
         from_arrays(np.zeros((ds.num_users, 2)), np.zeros((3, 5)), dataset=ds)
     with pytest.raises(Stage2Error, match="set stage1_run"):
         stage2_fit.stage2_contexts(ds, config.replace(stage1_run=None))
-    with pytest.raises(Stage2Error, match=r"stage1_run='nope.npz': expected a stage-2 inputs .npz.*no such file"):
+    with pytest.raises(Stage2Error, match=r"stage1_run='nope.npz': expected an allmrec_stage1 run "
+                                          r"folder or a stage-2 inputs .npz.*no such file"):
         stage2_fit.stage2_contexts(ds, config.replace(stage1_run="nope.npz"))
     from jaxrec.config import ConfigError
 
@@ -556,7 +557,7 @@ def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
                                 "--set", "prompt_history=3", "--set", "lm_max_new_tokens=3", "--set", "batch_size=3",
                                 "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["inputs"]["kind"] == "sasrec" and "stage 1 not landed" in res["inputs"]["source"]
+    assert res["inputs"]["kind"] == "sasrec" and "SASRec fallback: no stage 1" in res["inputs"]["source"]
     assert res["sasrec"]["overall"]["users"] == 5 == res["stage2_sum"]["overall"]["users"]
     # SASRec's row: its own candidate scores on those users' stored lists, by hand
     from jaxrec.align.stage2_inputs import load_inputs
@@ -572,4 +573,74 @@ def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
     assert saved["test"]["hit@1"] == res["stage2_sum"]["overall"]["hit@1"]
     assert set(res["rerank"]["overall"]) >= {"recall@5", "recommender/hit@1", "lm/hit@1", "lm/ndcg@5_mean"}
     table = (out / "table.txt").read_text()
-    assert "SASRec fallback item table (stage 1 not landed)" in table and "A-LLMRec stage 1" in table
+    assert "SASRec fallback item table (no stage 1: not A-LLMRec)" in table and "A-LLMRec stage 1" in table
+
+
+# ------------------------------------------------------------------------------ wired to stage 1
+@pytest.mark.slow  # ~45 s on the shared 2-core machine: two tiny fits (SASRec, stage 1) + an LM backward
+def test_stage2_inputs_from_a_stage1_run_folder(tiny_lm, tmp_path, monkeypatch):
+    """A tiny SASRec -> stage-1 run; ``stage1_run=<folder>`` gives stage 2 exactly the run's joint
+    item embeddings and user representations (train: the frozen SASRec over the training
+    sequence without its target, by hand for one user), and one Adam step moves the projectors."""
+    from jaxrec.align import stage1 as s1
+    from jaxrec.models import get_model
+    from jaxrec.models import sasrec as sr
+    from jaxrec.train import fit
+
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=16, items=40, per_user=7)  # >= 19 never-seen items per user
+    common = dict(dataset=str(folder), data_cache=False, candidates_dir=str(tmp_path / "cands"), max_seq_len=6,
+                  full_view_topk=())
+    c0 = Config.for_model("sasrec", embedding_size=8, num_heads=2, num_layers=1, batch_size=32, epochs=1, **common)
+    ds = load_dataset(str(folder), c0)
+    fit(get_model(c0), ds, c0, out_dir=tmp_path / "sasrec", progress=False)
+    np.save(tmp_path / "text.npy", np.random.default_rng(1).normal(size=(ds.num_items, 12)).astype(np.float32))
+    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    c1 = Config.for_model("allmrec_stage1", sasrec_run=str(tmp_path / "sasrec"), embeddings=str(tmp_path / "text.npy"),
+                          joint_dim=16, epochs=1, batch_size=8, learning_rate=1e-2, **common)
+    fit(get_model(c1), ds, c1, out_dir=tmp_path / "stage1", progress=False)
+
+    run = s1.load_stage1_run(tmp_path / "stage1", ds)
+    config = Config.for_model("allmrec_stage2", dataset=str(folder), data_cache=False, lm=str(tiny_lm[2]),
+                              prompt_history=3, stage1_run=str(tmp_path / "stage1"))
+    ctx = stage2_fit.stage2_contexts(ds, config)
+    joint = run.joint_item_embeddings()
+    assert joint.shape == (ds.num_items, 16)
+    for stage in ("valid", "test"):
+        np.testing.assert_array_equal(np.asarray(ctx[stage].user_rep), run.user_representations(stage))
+        np.testing.assert_array_equal(np.asarray(ctx[stage].item_emb), joint)
+    # "train": the history without the last training item (the teacher-forced target), one user by hand
+    u = 0
+    seq = ds.train.item[ds.train.user == u][np.argsort(ds.train.timestamp[ds.train.user == u], kind="stable")]
+    hist = np.zeros((1, 6), np.int32)
+    kept = seq[:-1][-6:] + 1
+    hist[0, 6 - len(kept):] = kept
+    want = np.asarray(sr.embed(run.contexts["test"]["sasrec"], hist, run.sasrec.settings)[0])[0]
+    np.testing.assert_allclose(np.asarray(ctx["train"].user_rep)[u], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want, run.user_representations("valid")[u])  # the target is not in it
+    # one training step of stage 2 on these inputs
+    c = ctx["train"]
+    ex = stage_examples(ds, "train", 3).take([0, 1])
+    cands = np.stack([np.r_[t, [i for i in range(ds.num_items) if i != t][:3]] for t in ex.target])
+    batch = c.prompts.training_batch(ex.users, ex.history, cands, ex.target)
+    proj = init_params(jax.random.PRNGKey(0), c.settings)
+    assert proj["item"]["fc1"]["kernel"].shape[0] == 16 and proj["user"]["fc1"]["kernel"].shape[0] == 8
+    loss, grads = jax.jit(jax.value_and_grad(lambda p, c: next_title_loss(p, c, batch)[0]))(proj, c)
+    opt = optax.adam(1e-2)
+    new = optax.apply_updates(proj, opt.update(grads, opt.init(proj), proj)[0])
+    assert np.isfinite(float(loss))
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), proj, new)
+    assert moved["item"]["fc1"]["kernel"] and moved["user"]["fc1"]["kernel"]
+    # jaxrec.serve refuses a stage-2 run clearly (its parameter shapes come from the LM context)
+    from jaxrec.serve import ServeError, load_run
+
+    with pytest.raises(ServeError, match="serve it through jaxrec.align"):
+        load_run(_fake_run_folder(tmp_path / "s2run", config))
+
+
+
+def _fake_run_folder(path, config):
+    """A run folder with only its run.json (all load_run reads before restoring the checkpoint)."""
+    path.mkdir()
+    (path / "run.json").write_text(json.dumps({"config": config.to_dict(), "dataset": {}, "model": config.model}))
+    return path

@@ -144,20 +144,63 @@ def stage_examples(data, stage: str, history: int = 10) -> StageExamples:
     return StageExamples(users, rows, target[users], np.asarray(s.user_ids)[users])
 
 
+def sasrec_user_reps(params, settings, data, stages=STAGES) -> dict[str, np.ndarray]:
+    """``{stage: float32 [U, d]}``: SASRec's last-position output (``jaxrec.models.sasrec.embed``)
+    over each stage's ``stage_histories`` at ``settings.max_len`` (module docstring)."""
+    from jaxrec.models import sasrec
+
+    s = _sequences(data)
+    return {stage: np.asarray(sasrec.embed(params, stage_histories(s, stage, settings.max_len)[0], settings)[0])
+            for stage in stages}
+
+
 def sasrec_inputs(params, settings, dataset: Dataset, source: str = "SASRec parameters",
                   sequences: Sequences | None = None) -> Stage2Inputs:
     """The fallback without stage 1: SASRec's user representations per stage
-    (``jaxrec.models.sasrec.embed`` over ``stage_histories`` at ``settings.max_len``) and SASRec's
-    own item table (without its padding row) as the item embeddings (k = d)."""
+    (``sasrec_user_reps``) and SASRec's own item table (without its padding row) as the item
+    embeddings (k = d)."""
     from jaxrec.models import sasrec
 
-    s = sequences if sequences is not None else user_sequences(dataset)
-    reps = {}
-    for stage in STAGES:
-        hist, _ = stage_histories(s, stage, settings.max_len)
-        reps[stage] = np.asarray(sasrec.embed(params, hist, settings)[0])
+    reps = sasrec_user_reps(params, settings, sequences if sequences is not None else dataset)
     item = np.asarray(sasrec.item_table(params))[1:]
     return Stage2Inputs(reps, item, "sasrec", source, dataset_fingerprint(dataset)).check(dataset)
+
+
+def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
+    """``sasrec_inputs`` of a finished SASRec run folder (``jaxrec.align.stage1.load_sasrec_run``:
+    DataError when it was trained on another dataset or split; Stage1Error for a folder that is
+    not a finished SASRec run)."""
+    from jaxrec.align.stage1 import load_sasrec_run  # noqa: PLC0415
+
+    run = load_sasrec_run(run_dir, dataset)
+    return sasrec_inputs(run.params, run.settings, dataset, source=f"{run.path} (SASRec fallback: no stage 1)")
+
+
+def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
+    """Stage 2's inputs (kind ``"stage1"``) from a finished ``allmrec_stage1`` run (a
+    ``Stage1Run`` or its folder, ``jaxrec.align.stage1.load_stage1_run``):
+
+    - ``item_emb`` float32 [I, joint_dim] = ``Stage1Run.joint_item_embeddings()`` (``e_i`` for
+      items with training interactions, ``q_i`` from text otherwise; A-LLMRec section 3.2);
+    - ``user_rep["valid"]`` / ``["test"]`` float32 [U, d] = ``Stage1Run.user_representations``
+      of that stage (the frozen SASRec's last-position output);
+    - ``user_rep["train"]``: the same frozen SASRec over the training sequence without its last
+      item (the teacher-forced target: the reference's ``SeqDataset``, module docstring), not
+      ``user_representations("train")``, whose history holds that target.
+
+    The fingerprint is the stage-1 run's (``results.json``), so another dataset or split is
+    refused (Stage2Error); a folder that is not a finished stage-1 run raises Stage1Error.
+    """
+    from jaxrec.align.stage1 import Stage1Run, load_stage1_run  # noqa: PLC0415
+
+    run = stage1_run if isinstance(stage1_run, Stage1Run) else load_stage1_run(stage1_run, dataset)
+    frozen = run.contexts["test"]["sasrec"]
+    reps = {"train": sasrec_user_reps(frozen, run.sasrec.settings, dataset, ("train",))["train"],
+            "valid": run.user_representations("valid"), "test": run.user_representations("test")}
+    fingerprint = json.loads((Path(run.path) / "results.json").read_text())["dataset"]
+    return Stage2Inputs({k: np.asarray(v, np.float32) for k, v in reps.items()},
+                        np.asarray(run.joint_item_embeddings(), np.float32), "stage1",
+                        f"{run.path} (stage-1 run)", fingerprint).check(dataset)
 
 
 # ----------------------------------------------------------------------------- files
@@ -200,23 +243,30 @@ def load_inputs(path, dataset: Dataset | None = None) -> Stage2Inputs:
 def resolve_inputs(config, dataset: Dataset) -> Stage2Inputs:
     """The stage-2 inputs ``config`` names, checked against ``dataset``:
 
-    - ``stage1_run``: a stage-1 run's exported inputs (``.npz``, ``save_inputs``);
-    - else ``sasrec_run``: a ``.npz`` of the SASRec fallback (``sasrec_inputs`` saved).
+    - ``stage1_run``: a finished stage-1 run folder (``stage1_inputs``) or its exported inputs
+      (``.npz``, ``save_inputs``);
+    - else ``sasrec_run``: the SASRec fallback, from a finished SASRec run folder
+      (``sasrec_run_inputs``) or a ``.npz`` of ``sasrec_inputs`` saved.
 
-    Raises Stage2Error naming the key when neither is set or the path is not such a file.
+    Raises Stage2Error naming the key when neither is set or the path is neither such a folder
+    nor such a file (Stage1Error / DataError from the folder's loader: not a finished run of
+    that model, or another dataset).
     """
-    for key in ("stage1_run", "sasrec_run"):
+    for key, from_folder, what in (("stage1_run", stage1_inputs, "an allmrec_stage1 run folder"),
+                                   ("sasrec_run", sasrec_run_inputs, "a sasrec run folder")):
         value = getattr(config, key)
         if value is None:
             continue
-        path = Path(value)
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return from_folder(path, dataset)
         if path.suffix == ".npz" and path.is_file():
             return load_inputs(path, dataset)
-        raise Stage2Error(f"{key}={value!r}: expected a stage-2 inputs .npz (jaxrec.align.stage2_inputs."
-                          f"save_inputs); {'no such file' if not path.exists() else 'not a .npz file'}")
+        raise Stage2Error(f"{key}={value!r}: expected {what} or a stage-2 inputs .npz (jaxrec.align.stage2_inputs."
+                          f"save_inputs); {'no such file or folder' if not path.exists() else 'not a .npz file'}")
     raise Stage2Error("stage 2 needs user representations and joint item embeddings: set stage1_run (or "
                       "sasrec_run for the fallback on SASRec's own item table)")
 
 
 __all__ = ["save_inputs", "load_inputs", "resolve_inputs", "Stage2Inputs", "STAGES", "from_arrays", "stage_histories", "StageExamples", "stage_examples",
-           "sasrec_inputs"]
+           "sasrec_inputs", "sasrec_user_reps", "sasrec_run_inputs", "stage1_inputs"]

@@ -330,6 +330,8 @@ def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -
     Raises:
       ServeError: no such run folder, no run.json or no best checkpoint, or a dataset that is
         not the one the run was trained on (the differing fingerprint fields named).
+        Also for a model whose parameter shapes come from its context
+        (``Encoder.init_reads_context``: A-LLMRec stage 2, served through ``jaxrec.align``).
       ConfigError / DataError: the stored config is invalid here (e.g. a plugin that cannot be
         imported) or its dataset cannot be loaded.
       CheckpointMismatchError: the checkpoint does not fit the model the config builds.
@@ -341,6 +343,10 @@ def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -
     except ConfigError as e:
         raise ConfigError(f"run folder {path}: {e}") from None
     model = get_model(config)
+    if model.encoder.init_reads_context:  # A-LLMRec stage 2: parameter shapes from the context (the LM)
+        raise ServeError(f"run folder {path}: model {config.model!r} ranks through its frozen LM and needs its "
+                         "context to restore; serve it through jaxrec.align (stage2.evaluate_lm / rerank.rerank), "
+                         "not jaxrec.serve")
     if dataset is None:
         dataset = run_dataset(path, config)
     elif isinstance(dataset, (str, Path)):
