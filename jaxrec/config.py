@@ -110,6 +110,7 @@ class Config:
     # training positions (last: the reference; all: the paper's section 5.4.2 variant); items
     # scored through the joint embedding (joint: e for items with training interactions, q
     # from text otherwise) or through q for every item (text: the "SBERT" variant).
+    # sasrec_run is read by stage 2 too (without stage1_run: the fallback on SASRec's own item table).
     sasrec_run: str | None = None
     align_alpha: float = 0.5
     align_beta: float = 0.2
@@ -128,7 +129,6 @@ class Config:
     lm: str = "smollm2"  # smollm2 | a .gguf file | a Hugging Face safetensors folder
     lm_dtype: str = "float32"  # float32 | bfloat16 (the frozen LM's weights)
     stage1_run: str | None = None  # stage-1 run folder: joint item embeddings + user representations
-    sasrec_run: str | None = None  # SASRec run folder (stage 2 without stage1_run: SASRec's own item table)
     prompt_domain: str = "auto"  # movie | game | item | auto (from the dataset name): the prompt's words
     prompt_history: int = 10  # history titles per prompt (the most recent)
     prompt_candidates: int = 20  # candidate titles per prompt (the target + prompt_candidates - 1 others)
