@@ -85,6 +85,7 @@ def stage2_contexts(dataset, config) -> dict:
 
 
 stage2_contexts.context_fields = ("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain", "prompt_history")
+stage2_contexts.options = ("stage1_run", "sasrec_run")  # stage-2-only keys (sasrec_run shared with stage 1)
 
 
 # ----------------------------------------------------------------------------- users and candidates
