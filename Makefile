@@ -21,8 +21,12 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python -m experiments.llminit_table --dataset ml-100k
 
+# Two pytest workers (pytest-xdist), one test file each at a time so module fixtures are built
+# once: 1.2x faster than one process on the 2-core CI machine. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: venv
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -ra tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests
 
 test-fast: venv
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -ra -m "not slow" tests
