@@ -99,13 +99,31 @@ def default_out_dir(config: Config) -> Path:
     return Path("checkpoints") / f"{name}-{config.model}-{config.init}-s{config.seed}"
 
 
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (a file, a key, a value the user gave): the CLI prints
+    them as ``jaxrec: error: ...`` (exit 2) instead of a traceback. Each names what it checked."""
+    from jaxrec.align.prompt import PromptError
+    from jaxrec.align.stage1 import Stage1Error
+    from jaxrec.align.stage2 import Stage2Error
+    from jaxrec.data import DataError
+    from jaxrec.init import EmbeddingFileError, EncoderNotAvailableError
+    from jaxrec.init.normalize import NormalizeError
+    from jaxrec.init.recpca import RecPCAError
+    from jaxrec.lm.errors import LMError
+    from jaxrec.text.folder import SentenceModelError
+    from jaxrec.train import CheckpointMismatchError
+
+    return (ConfigError, DataError, CheckpointMismatchError, FileExistsError, FileNotFoundError,
+            EmbeddingFileError, EncoderNotAvailableError, NormalizeError, RecPCAError, LMError,
+            SentenceModelError, PromptError, Stage1Error, Stage2Error)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from jaxrec.data import DataError
-    from jaxrec.train import CheckpointMismatchError, TrainingDivergedError
+    from jaxrec.train import TrainingDivergedError
 
     if args.command != "train":
         from jaxrec.serve.cli import run_command
@@ -125,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out_dir(config)
         result, dataset = train_run(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                                     progress=not args.no_progress)
-    except (ConfigError, DataError, CheckpointMismatchError, FileExistsError, FileNotFoundError) as e:
+    except input_errors() as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 2
     except TrainingDivergedError as e:

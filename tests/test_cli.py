@@ -63,6 +63,24 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert "absent" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case", ["missing", "no_id_list"])
+def test_bad_embeddings_file_is_a_clear_error(tiny, tmp_path, capsys, case):
+    """A missing embeddings file, or a .npy without its id list, ends as ``jaxrec: error:``
+    (exit 2) naming the file, not a traceback, and leaves no run folder."""
+    import numpy as np
+
+    npy = tmp_path / "emb.npy"
+    if case == "no_id_list":
+        np.save(npy, np.zeros((3, 4), np.float32))
+    out = tmp_path / "r"
+    code = main(["train", "--dataset", str(tiny), "--init", "variance", "--embeddings", str(npy), "--out", str(out),
+                 "--epochs", "1", "--no-progress", "--set", "topk=5,10"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("jaxrec: error: ") and "Traceback" not in err
+    assert ("emb.npy: not found" if case == "missing" else "emb.item_ids.txt") in err
+    assert not (out / "ckpt").exists()
+
+
 def test_train_prints_table_and_writes_results(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--dataset", str(tiny), "--model", "lightgcn", "--epochs", "3", "--out", str(out),

@@ -142,17 +142,13 @@ def _update(args, run) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed ``recommend`` / ``export`` / ``update`` command; errors -> exit status 2."""
-    from jaxrec.config import ConfigError
-    from jaxrec.data import DataError
-    from jaxrec.init import EmbeddingFileError, EncoderNotAvailableError
+    from jaxrec.cli import input_errors
     from jaxrec.serve import InitRecordError, ServeError, load_run
-    from jaxrec.train import CheckpointMismatchError
 
     try:
         run = load_run(args.run, dataset=args.dataset)
         return {"recommend": _recommend, "export": _export, "update": _update}[args.command](args, run)
-    except (ServeError, ConfigError, DataError, CheckpointMismatchError, FileExistsError, FileNotFoundError,
-            EmbeddingFileError, EncoderNotAvailableError, InitRecordError) as e:
+    except (ServeError, InitRecordError) + input_errors() as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 2
 
