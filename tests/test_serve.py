@@ -506,3 +506,9 @@ def test_sasrec_run_serves_from_histories_of_everything_known(tmp_path):
     ref_items, ref_scores = numpy_topk(tmp_path / "exp", users, 5, seen=known_pairs(run.dataset))
     assert recs.items.tolist() == ref_items
     np.testing.assert_allclose(recs.scores, ref_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_export_files_are_readable_by_others(mf_run, tmp_path):
+    """Atomic writes go through mkstemp (0600): the renamed files are 0644 like the rest."""
+    files = export(mf_run, tmp_path / "exp")
+    assert {p.name: p.stat().st_mode & 0o777 for p in files.values()}["export.json"] == 0o644
