@@ -224,17 +224,21 @@ def histories(data, stage: str, max_len: int = 50) -> np.ndarray:
 
     ``"valid"``: the training sequence; ``"test"``: training sequence + the validation item
     (SASRec.pytorch ``utils.py`` ``evaluate``: ``seq[-1] = valid[u][0]`` then the training
-    items). ``data``: a ``Dataset`` or the ``Sequences`` built from it (reuse them to avoid
-    re-sorting). Rows of users without evaluation are filled all the same.
+    items); ``"serve"``: training sequence + the validation item + the test item (everything
+    known, for recommending after all of it). ``data``: a ``Dataset`` or the ``Sequences``
+    built from it (reuse them to avoid re-sorting). Rows of users without evaluation are
+    filled all the same.
     """
     max_len = check_max_len(max_len)
-    _check_stage(stage)
+    if stage != "serve":
+        _check_stage(stage)
     s = _as_sequences(data)
     indptr, items = s.indptr, s.items
-    if stage == "test":
-        has = s.valid_item >= 0
-        items = np.insert(items, indptr[1:][has], s.valid_item[has])  # appended after each user's train
-        indptr = np.concatenate([[0], np.cumsum(s.lengths + has)]).astype(np.int64)
+    held = {"valid": (), "test": (s.valid_item,), "serve": (s.valid_item, s.test_item)}[stage]
+    for extra in held:  # appended after each user's sequence so far
+        has = extra >= 0
+        items = np.insert(items, indptr[1:][has], extra[has])
+        indptr = np.concatenate([[0], np.cumsum(np.diff(indptr) + has)]).astype(np.int64)
     return left_pad(indptr, items, max_len, f"histories({stage!r})")
 
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxrec.data.sequences import histories, left_pad, user_sequences
+from jaxrec.data.sequences import histories, user_sequences
 from jaxrec.graph import build_graph
 from jaxrec.registry import CONTEXTS
 
@@ -115,11 +115,5 @@ def serve_context(kind: str, dataset, config=None) -> Any:
 @serves("sequences")
 def serve_histories(dataset, config) -> np.ndarray:
     """int32 [U, max_seq_len]: every user's training sequence, then the validation item, then the
-    test item (everything known when serving), item ids + 1, left-padded with 0."""
-    s = user_sequences(dataset, log_report=False)
-    has_v, has_t = s.valid_item >= 0, s.test_item >= 0
-    items = np.insert(s.items, s.indptr[1:][has_v], s.valid_item[has_v])
-    indptr = np.concatenate([[0], np.cumsum(s.lengths + has_v)]).astype(np.int64)
-    items = np.insert(items, indptr[1:][has_t], s.test_item[has_t])
-    indptr = np.concatenate([[0], np.cumsum(s.lengths + has_v + has_t)]).astype(np.int64)
-    return left_pad(indptr, items, config.max_seq_len, "serve histories")
+    test item (everything known when serving; ``jaxrec.data.sequences.histories(..., "serve")``)."""
+    return histories(user_sequences(dataset, log_report=False), "serve", config.max_seq_len)
