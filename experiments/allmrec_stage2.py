@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k", help="dataset name or folder (default ml-100k)")
-    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--seed", type=int, default=2020, help="seed of the split, candidates and every run (default 2020)")
     p.add_argument("--lm", default="smollm2", help="frozen LM: smollm2 | a .gguf file | a Hugging Face folder")
     p.add_argument("--inputs", default=None,
                    help="stage-2 inputs .npz (a stage-1 export, jaxrec.align.stage2_inputs.save_inputs); default: "
@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rerank", action="store_true", help="skip filter-then-rerank")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="stage-2 config overrides (repeatable), e.g. lm_max_new_tokens=32")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default checkpoints/allmrec_stage2/<dataset>-s<seed>/)")
     p.add_argument("--resume", action="store_true", help="reuse finished run folders in --out")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="INFO logging")
     return p
 
 
