@@ -24,8 +24,10 @@ The pipeline, every training a ``jaxrec.fit`` run folder under ``--out`` (``--re
 5. filter-then-rerank (``jaxrec.align.rerank``): SASRec's top 20 over every unseen item,
    re-ordered by the trained stage-2 LM.
 
-Rows "A-LLMRec stage 1" are "n/a" until stage 1 lands (its own recommendation is the user
-representation against the decoded joint item embeddings).
+Row "A-LLMRec stage 1" (with ``--train-stage1`` / ``--stage1-run``): the stage-1 recommender,
+SASRec's user representation against the decoded joint item embeddings, on the same users and
+lists. ``experiments.allmrec_table --methods sasrec,stage1,allmrec`` puts these rows in the
+scenario table (the same pipeline as grid cells).
 
     python -m experiments.allmrec_stage2 --dataset ml-100k --train-users 256 --eval-users 100
     # A-LLMRec: SASRec -> stage 1 (frozen MPNet text embeddings) -> stage 2
@@ -182,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = {"overall": np.ones(len(ex), bool), **{g: np.isin(ex.target, m) for g, m in groups.items()}}
     u, it = s_inputs.user_rep["test"][ex.users], s_inputs.item_emb[items]
     sasrec = _group_metrics(candidate_ranks(np.einsum("md,mcd->mc", u, it)), rows, items.shape[1])
+    stage1 = {}
+    if inputs.kind == "stage1" and args.stage1_run:  # the stage-1 recommender u . f_I^dec(z_i), same users/lists
+        u1, i1 = load_stage1_run(args.stage1_run, ds).recommender_embeddings("test")
+        stage1 = _group_metrics(candidate_ranks(np.einsum("md,mcd->mc", u1[ex.users], i1[items])), rows,
+                                items.shape[1])
     t2 = r2.test_metrics
 
     def lm_group(key: str) -> dict:
@@ -223,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                     + [str(int(ov.get("users", 0)))])
 
     line("SASRec", sasrec)
-    body.append(["A-LLMRec stage 1"] + ["n/a"] * (len(head) - 1))
+    if stage1:
+        line("A-LLMRec stage 1 (u . f_I^dec(z))", stage1)
+    else:
+        body.append(["A-LLMRec stage 1"] + ["n/a (no stage-1 run)"] + ["n/a"] * (len(head) - 2))
     line("A-LLMRec stage 2, LM rank (sum log-lik)", lm_sum)
     line("A-LLMRec stage 2, LM rank (mean log-lik)", lm_mean)
     line("A-LLMRec stage 2, generation (exact title)", {g: {"hit@1": v["hit@1"], "users": lm_sum[g]["users"]}
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     text += (f"\n\ntimes (s): SASRec fit {seconds['sasrec_fit']:.0f}, stage-2 fit (train + valid + test) "
              f"{seconds['stage2_fit']:.0f}" + (f", rerank {seconds['rerank']:.0f}" if "rerank" in seconds else ""))
     results = {"command": command, "inputs": {"kind": inputs.kind, "source": inputs.source},
-               "sasrec": sasrec, "stage2_sum": lm_sum, "stage2_mean": lm_mean, "stage2_generate": gen,
+               "sasrec": sasrec, "stage1": stage1, "stage2_sum": lm_sum, "stage2_mean": lm_mean, "stage2_generate": gen,
                "rerank": rr_metrics, "stage2_test_metrics": t2, "stage2_valid_metrics": r2.valid_metrics,
                "stage2_history": r2.history, "sasrec_test_metrics": s_test, "sasrec_run": str(s_dir),
                "stage1_run": str(args.stage1_run) if args.stage1_run else None, "sasrec_best_epoch": s_best, "seconds": seconds, "users": [str(x) for x in ex.user_ids]}

@@ -1,9 +1,13 @@
-"""A-LLMRec Tables 1/2 layout: Hit@1 overall, on cold / warm items, cold users and few-shot K users.
+"""A-LLMRec Tables 1/2 layout: Hit@1 overall, on cold / warm items, cold users, few-shot K users
+and across domains.
 
-Rows are *methods* (``METHODS``; today SASRec, the backbone A-LLMRec pretrains; the alignment
-stages add rows here), columns the evaluation scenarios of A-LLMRec (DESIGN.md 2.2; the
-harness ``jaxrec.eval.scenarios``), each Hit@1 on the stored 20-candidate test lists (the held-out
-item + 19 never-interacted items; ``evaluation="candidates"``), mean ± sample std over seeds:
+Rows are *methods* (``METHODS``): SASRec (the backbone A-LLMRec pretrains), A-LLMRec stage 1
+(the frozen SASRec aligned with item text: joint embedding e, the "SBERT" variant q, frozen
+MPNet or MiniLM text, fine-tuned MiniLM) and A-LLMRec stage 2 (``allmrec``: projectors into a
+frozen LM that ranks the candidate titles). Columns are the evaluation scenarios of A-LLMRec
+(DESIGN.md 2.2; the harness ``jaxrec.eval.scenarios``), each Hit@1 on the stored 20-candidate
+test lists (the held-out item + 19 never-interacted items; ``evaluation="candidates"``), mean ±
+sample std over seeds:
 
 - ``overall``: every test user (``Standard``); ``cold items`` / ``warm items``: the test users
   whose target is among the 35% least / most interacted items (``ColdWarmItems``), scored by
@@ -12,8 +16,19 @@ item + 19 never-interacted items; ``evaluation="candidates"``), mean ± sample s
   their first two items as history (``ColdUsers``; not applicable where no user has 3);
 - ``few-shot K``: trained (and selected on validation) on K seeded users only, evaluated on
   every test user (``FewShot``; K = 128 and 256 by default);
-- cross-domain (train on one dataset, test on another) is reported as not applicable to an
-  id-based model such as SASRec (``CrossDomain``).
+- ``cross-domain → T`` (``--target T``, a dataset given by name or folder, split the same way):
+  the standard setting's stage-1 runs score T's test users from T's item text alone
+  (``Stage1Run.cross_domain``: target items are the decoded text latents, a target user the
+  frozen SASRec run over them); an id-based model such as SASRec is "n/a" (``CrossDomain``).
+
+Stage 2 (row ``allmrec``, needs rows ``sasrec`` and ``stage1``) reads the stage-1 run of the same
+setting and seed, trains on a seeded sample of ``--stage2-train-users`` users and is tested by
+the LM on a seeded sample of ``--stage2-eval-users`` test users (an LM forward per candidate
+title: the CPU budget); its cells in the main table are on those users, and a second table
+puts **every row on exactly those users and candidate lists** (from each row's stored per-user
+ranks), with A-LLMRec's ranking by summed and per-token mean log-likelihood and its greedy
+generation (exact title; the reference's substring rule). It runs in ``--stage2-scenarios``
+(default ``standard``).
 
 On one of the paper's datasets (Movies & TV, Video Games, Beauty, Toys; matched on the dataset
 name) the paper's numbers stand beside. Every training run is a cell of ``experiments.grid``
@@ -25,10 +40,15 @@ embeddings the model computes from the evaluation dataset's test histories).
 
     python -m experiments.allmrec_table --dataset ml-100k
     python -m experiments.allmrec_table --dataset ml-100k --seeds 2020,2021,2022 --few-shot 128,256
+    # A-LLMRec beside SASRec and stage 1 (SmolLM2 on a user sample), fine-tuned vs frozen text:
+    python -m experiments.allmrec_table --dataset ml-100k --scenarios standard \
+        --methods sasrec,stage1,stage1_sbert,stage1_minilm,stage1_ft,allmrec
+    # cross-domain: trained on ml-100k, scored on another dataset's files
+    python -m experiments.allmrec_table --dataset ml-100k --target /data/amazon-movies --scenarios standard
 
 Writes ``allmrec_table.csv`` (every method x column, all candidate metrics), ``cells.csv``,
-``allmrec_table.png``, ``table.txt`` and ``results.json`` into
-``checkpoints/allmrec_table/<run-name>/`` (or ``--out``).
+``same_users.csv`` (with stage 2), ``allmrec_table.png``, ``table.txt`` and ``results.json``
+into ``checkpoints/allmrec_table/<run-name>/`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -44,7 +64,8 @@ import numpy as np
 
 from experiments import cli, grid, plots, report
 from jaxrec.config import Config, ConfigError, model_defaults
-from jaxrec.eval.candidates import DEFAULT_METRICS, CandidateSet, candidates_for, dot_scores
+from jaxrec.eval.candidates import (DEFAULT_METRICS, CandidateSet, candidate_ranks, candidates_for, dot_scores,
+                                    metrics_from_ranks)
 from jaxrec.eval.scenarios import ColdUsers, ColdWarmItems, CrossDomain, FewShot, ScenarioData, Standard, \
     scenario_metrics
 
@@ -87,29 +108,42 @@ class Method:
     defaults, then ``overrides``, then ``--set``; ``score(ctx, eval_dataset, cands) -> [M, C]``;
     ``paper``: its key in ``PAPER`` (None: no published numbers). ``on_sasrec``: the row reads
     the SASRec run of the same setting and seed (A-LLMRec's stage 1 aligns that frozen model:
-    ``sasrec_run`` points at its saved run folder, the SASRec-only keys come from that run)."""
+    ``sasrec_run`` points at its saved run folder, the SASRec-only keys come from that run).
+    ``on_stage1``: the row is A-LLMRec's stage 2 on the stage-1 run (row ``stage1``) of the same
+    setting and seed (``stage1_run``), evaluated by the LM on a seeded sample of test users
+    (``score`` None: its metrics are ``fit``'s own ``lm_candidates`` test metrics).
+    ``cross_domain``: the row can score another dataset's users from its items' text
+    (``Stage1Run.cross_domain``; the ``--target`` column)."""
 
     name: str
     label: str
     model: str
     overrides: dict = dataclasses.field(default_factory=dict)
     paper: str | None = None
-    score: Callable[[grid.CellContext, Any, CandidateSet], np.ndarray] = embedding_scores
+    score: Callable[[grid.CellContext, Any, CandidateSet], np.ndarray] | None = embedding_scores
     on_sasrec: bool = False
+    on_stage1: bool = False
+    cross_domain: bool = False
 
 
 #: Text of the frozen-encoder stage-1 rows: the dataset's reference MPNet embeddings when present
 #: (ml-100k), else MiniLM through the embedding cache (``jaxrec.init.resolve_embedding_source``).
 #: The fine-tuned row fine-tunes MiniLM end to end (the paper fine-tunes SBERT nq-distilbert-base-v1,
-#: which jaxrec.text does not implement).
+#: which jaxrec.text does not implement); "frozen MiniLM" is its equal-budget frozen counterpart.
+_S1 = dict(score=stage1_scores, on_sasrec=True, cross_domain=True)
 METHODS = (
     Method("sasrec", "SASRec", "sasrec", paper="sasrec"),
-    Method("stage1", "A-LLMRec stage 1 (e, frozen text)", "allmrec_stage1", score=stage1_scores, on_sasrec=True),
-    Method("stage1_sbert", "stage 1, SBERT variant (q)", "allmrec_stage1", {"align_items": "text"},
-           score=stage1_scores, on_sasrec=True),
+    Method("stage1", "A-LLMRec stage 1 (e, frozen text)", "allmrec_stage1", **_S1),
+    Method("stage1_sbert", "stage 1, SBERT variant (q)", "allmrec_stage1", {"align_items": "text"}, **_S1),
+    Method("stage1_minilm", "stage 1 (e, frozen MiniLM)", "allmrec_stage1", {"encoder": "minilm"}, **_S1),
     Method("stage1_ft", "stage 1 (e, fine-tuned MiniLM)", "allmrec_stage1", {"encoder": "minilm",
-                                                                             "text_finetune": True},
-           score=stage1_scores, on_sasrec=True),
+                                                                             "text_finetune": True}, **_S1),
+    Method("stage1_minilm_sbert", "stage 1, SBERT variant (q), frozen MiniLM", "allmrec_stage1",
+           {"encoder": "minilm", "align_items": "text"}, **_S1),
+    Method("stage1_ft_sbert", "stage 1, SBERT variant (q), fine-tuned MiniLM", "allmrec_stage1",
+           {"encoder": "minilm", "text_finetune": True, "align_items": "text"}, **_S1),
+    Method("allmrec", "A-LLMRec (stage 2, LM rank)", "allmrec_stage2", {"lm": "smollm2"},
+           paper="allmrec", score=None, on_stage1=True),
 )
 #: The default rows (the fine-tuned-encoder row costs an encoder forward and backward per step).
 DEFAULT_METHODS = ("sasrec", "stage1", "stage1_sbert")
@@ -199,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the stage-1 rows only (default: the backbone's 10, or --epochs)")
     g.add_argument("--scenarios", default=None,
                    help="training settings to run (default all: standard, cold_users, few_shot_<K>)")
+    g.add_argument("--target", default=None, metavar="DATASET",
+                   help="cross-domain column: score this dataset's test users (name or folder, same split) "
+                        "with the rows trained on --dataset, from its items' text alone (stage-1 rows)")
+    g.add_argument("--target-embeddings", default=None, metavar="FILE.npy",
+                   help="the target's item text embeddings by the encoder of the stage-1 rows' precomputed "
+                        "--dataset embeddings (default: encode the target's texts with that encoder)")
+    s2 = p.add_argument_group("A-LLMRec stage 2 (row allmrec: needs sasrec and stage1)")
+    s2.add_argument("--stage2-scenarios", default="standard",
+                    help="settings the stage-2 row runs in (default standard: overall / cold / warm items)")
+    s2.add_argument("--stage2-train-users", type=int, default=64,
+                    help="stage-2 training users, a seeded sample (0: all; default 64)")
+    s2.add_argument("--stage2-valid-users", type=int, default=16, help="stage-2 validation users (default 16)")
+    s2.add_argument("--stage2-eval-users", type=int, default=100,
+                    help="test users the LM scores, a seeded sample (0: all; default 100); every other row is "
+                         "also reported on exactly these users")
+    s2.add_argument("--stage2-epochs", type=int, default=1, help="stage-2 epochs at most (reference: 10; default 1)")
+    s2.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="stage-2 config overrides (repeatable), e.g. lm=FILE.gguf or lm_max_new_tokens=32")
     return p
 
 
@@ -219,51 +271,133 @@ def stage1_config(config: Config, sasrec_run: Path) -> Config:
     return config
 
 
+def stage2_config(config: Config, stage1_run: Path, args: argparse.Namespace) -> Config:
+    """The stage-2 row's config: ``stage1_run``, the user samples and epochs of the --stage2-*
+    options, then --stage2-set. ConfigError when its candidate lists would not be the table's."""
+    from jaxrec.align.stage1 import STAGE1_KEYS
+
+    defaults = Config()  # stage 2 reads SASRec and stage 1 from the stage-1 run: their keys stay at the defaults
+    config = config.replace(**{k: getattr(defaults, k) for k in (*SASREC_ONLY, "max_seq_len", *STAGE1_KEYS)})
+    config = config.replace(stage1_run=str(stage1_run), train_users=args.stage2_train_users,
+                            valid_users=args.stage2_valid_users, eval_users=args.stage2_eval_users,
+                            epochs=args.stage2_epochs).with_overrides(args.stage2_set)
+    if config.prompt_candidates - 1 != config.candidate_negatives:
+        raise ConfigError(f"prompt_candidates={config.prompt_candidates}: the stage-2 row must score the table's "
+                          f"candidate lists (candidate_negatives={config.candidate_negatives} + the target)")
+    return config
+
+
 def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache, setups: dict,
                 skipped: dict, out: Path | None = None) -> list[grid.Cell]:
     cells = []
+    stage2_settings = cli.parse_list(getattr(args, "stage2_scenarios", None) or "standard")
     for seed in seeds:
         for m in methods:
             config = method_config(args, m).replace(seed=seed)
             base = datasets.base(config, grid.split_seed(grid.Cell({}, config), datasets.fixed))
             for s in setting_names:
+                if m.on_stage1 and s not in stage2_settings:
+                    continue  # reported as "not run" (--stage2-scenarios)
                 data = applied(setups[s](seed), base)
                 if isinstance(data, str):
                     skipped.setdefault(s, {})[seed] = data
                     log.warning("%s, seed %d: not applicable: %s", s, seed, data)
                     continue
                 cell_config = config
+                runs = (out or Path(".")).resolve() / "runs"
                 if m.on_sasrec:  # the SASRec cell of this setting and seed, saved by run_grid (--save-runs)
-                    runs = (out or Path(".")).resolve() / "runs"
                     cell_config = stage1_config(config, runs / grid._slug({"method": "sasrec", "setting": s,
                                                                            "seed": seed}))
                     if getattr(args, "stage1_epochs", None):
                         cell_config = cell_config.replace(epochs=args.stage1_epochs)
+                if m.on_stage1:  # the stage-1 cell (frozen text, e) of this setting and seed
+                    cell_config = stage2_config(config, runs / grid._slug({"method": "stage1", "setting": s,
+                                                                          "seed": seed}), args)
                 cells.append(grid.Cell({"method": m.name, "setting": s, "seed": seed}, cell_config,
                                        {} if s == "standard" else {"setting": s}))
     return cells
 
 
-def scorer(methods: dict[str, Method], setups: dict, datasets: grid.DatasetCache):
+def scorer(methods: dict[str, Method], setups: dict, datasets: grid.DatasetCache, target: str | None = None,
+           target_embeddings: str | None = None):
     """``on_result``: every scenario of the cell's setting, scored on its evaluation dataset's
-    stored test candidate lists (drawn once per dataset split and seed)."""
+    stored test candidate lists (drawn once per dataset split and seed), with the per-user
+    target ranks (``ranks``); a stage-2 cell reports ``fit``'s LM test metrics and its user
+    sample (``stage2_extra``); with ``target``, a cross-domain row's standard cell also scores
+    the target dataset's test users (group ``cross_domain``)."""
     from jaxrec.data.locate import cache_root
 
     def on_result(ctx: grid.CellContext) -> dict:
         config, key = ctx.cell.config, ctx.cell.key
+        method = methods[key["method"]]
+        if method.on_stage1:
+            return stage2_extra(ctx)
+        folder = config.candidates_dir or cache_root() / "candidates"
         base = datasets.base(config, grid.split_seed(ctx.cell, datasets.fixed))
-        out: dict[str, Any] = {"groups": {}, "counts": {}, "notes": []}
+        out: dict[str, Any] = {"groups": {}, "counts": {}, "notes": [], "ranks": {}}
         for data in applied(setups[key["setting"]](key["seed"]), base):
-            cands = candidates_for(config.candidates_dir or cache_root() / "candidates", data.eval, "test",
-                                   config.seed, config.candidate_negatives)
+            cands = candidates_for(folder, data.eval, "test", config.seed, config.candidate_negatives)
             cands = cands.select(np.unique(np.concatenate([np.asarray(v) for v in data.groups.values()])))
-            scores = methods[key["method"]].score(ctx, data.eval, cands)
+            scores = method.score(ctx, data.eval, cands)
             out["groups"].update(scenario_metrics(data, cands, scores, TABLE_METRICS))
             out["counts"].update({g: int(len(u)) for g, u in data.groups.items()})
             out["notes"].append(f"{data.name}: {data.note}")
+            # per-user target ranks: any row can be compared on another row's users (same_users_rows)
+            out["ranks"][data.name] = {"users": cands.users.tolist(), "ranks": candidate_ranks(scores).tolist()}
+        if target and method.cross_domain and key["setting"] == "standard":
+            tds = datasets.base(config.replace(dataset=str(target)), grid.split_seed(ctx.cell, datasets.fixed))
+            cands, ranks = cross_domain_ranks(ctx, tds, folder, target_embeddings)
+            out["groups"]["cross_domain"] = metrics_from_ranks(ranks, cands.num_candidates, TABLE_METRICS)
+            out["counts"]["cross_domain"] = int(len(ranks))
+            out["ranks"]["cross_domain"] = {"users": cands.users.tolist(), "ranks": ranks.tolist()}
+            out["notes"].append(f"cross_domain: trained on {ctx.dataset.name}, scored on {tds.name}'s test users "
+                                f"from its items' text (Stage1Run.cross_domain)")
         return out
 
     return on_result
+
+
+def cross_domain_ranks(ctx: grid.CellContext, target, candidates_dir, target_embeddings=None):
+    """(CandidateSet, int [M] target ranks) of ``target``'s test users scored by the cell's
+    stage-1 run folder: target users = the frozen SASRec over the decoded text latents of their
+    target history, items = the decoded text latents (``jaxrec.align.stage1.Stage1Run.cross_domain``)."""
+    from jaxrec.align.stage1 import load_stage1_run
+
+    run = load_stage1_run(ctx.result.out_dir, ctx.dataset)
+    user, items = run.cross_domain(target, run.target_text(target, target_embeddings))
+    config = ctx.cell.config
+    cands = candidates_for(candidates_dir, target, "test", config.seed, config.candidate_negatives)
+    return cands, candidate_ranks(dot_scores(user, items, cands))
+
+
+#: Stage-2 test metrics reported beside the headline LM ranking (``lm_score``, by default the
+#: summed log-likelihood): the per-token mean ranking and the paper's generation Hit@1.
+LM_EXTRA = ("hit@1_mean", "hit@5_mean", "ndcg@5_mean", "hit@1_generate", "hit@1_generate_substring",
+            "generate_on_list")
+
+
+def stage2_extra(ctx: grid.CellContext) -> dict:
+    """A stage-2 cell's ``extra``: ``groups`` / ``counts`` from ``fit``'s ``lm_candidates`` test
+    metrics (overall, cold and warm items: the same 35 % item groups as ``ColdWarmItems``),
+    ``lm`` the LM_EXTRA metrics per group, ``sample`` the dense test users the LM scored per
+    group (``stage2_fit.evaluation_lists``: the table's stored candidate lists for them)."""
+    from jaxrec.align import stage2_fit
+
+    t, config = ctx.result.test_metrics, ctx.cell.config
+    ex, _, _ = stage2_fit.evaluation_lists(ctx.dataset, "test", config)
+    sample = {"all": ex.users, **{g: ex.users[np.isin(ex.target, m)]
+                                  for g, m in stage2_fit.item_groups(ctx.dataset).items()}}
+    out: dict[str, Any] = {"groups": {}, "counts": {}, "lm": {}, "sample": {g: u.tolist() for g, u in sample.items()},
+                           "notes": [f"A-LLMRec stage 2: LM {config.lm}, trained on "
+                                     f"{config.train_users or 'all'} users, tested on {len(ex)} sampled users"]}
+    for g, users in sample.items():
+        p = "" if g == "all" else f"{g}/"
+        if len(users) == 0 or f"{p}{METRIC}" not in t:
+            continue
+        out["groups"][g] = {m: float(t[f"{p}{m}"]) for m in TABLE_METRICS}
+        out["counts"][g] = int(len(users))
+        out["lm"][g] = {m: (float(t[f"{p}{m}"]) if f"{p}{m}" in t else None) for m in LM_EXTRA}
+    return out
 
 
 def transform(setups: dict):
@@ -290,6 +424,69 @@ def summarize(records, methods, cols, paper_key: str | None) -> list[dict]:
             row["paper_hit@1"] = paper.get(label)
             rows.append(row)
     return rows
+
+
+SAME_GROUPS = (("overall", "all"), ("cold items", "cold_items"), ("warm items", "warm_items"))
+
+
+def same_users_rows(records, methods, num_candidates: int) -> list[dict]:
+    """Every row on exactly the test users the stage-2 row scored (standard setting, per seed;
+    mean ± std over seeds): the other rows' metrics recomputed from their per-user target ranks
+    on the same stored candidate lists, A-LLMRec's from its LM ranking (summed and per-token
+    mean log-likelihood) and its greedy generation (exact title; the reference's substring
+    rule). [] when no stage-2 cell ran."""
+    lm_cells = [r for r in records if r["key"]["setting"] == "standard" and "sample" in r.get("extra", {})]
+    if not lm_cells:
+        return []
+    per_row: dict[tuple[str, str], list[dict]] = {}
+    for r2 in lm_cells:
+        sample, seed = r2["extra"]["sample"], r2["key"]["seed"]
+        for m in methods:
+            if m.on_stage1:
+                continue
+            rec = next((r for r in records if r["key"] == {"method": m.name, "setting": "standard", "seed": seed}
+                        and "ranks" in r.get("extra", {})), None)
+            if rec is None:
+                continue
+            rank_of: dict[int, int] = {}
+            for name, d in rec["extra"]["ranks"].items():
+                if name != "cross_domain":
+                    rank_of.update(zip(d["users"], d["ranks"]))
+            per_row.setdefault((m.name, m.label), []).append(
+                {g: metrics_from_ranks([rank_of[u] for u in sample[g]], num_candidates, TABLE_METRICS)
+                 for _, g in SAME_GROUPS if sample.get(g)})
+        lm, groups = r2["extra"]["lm"], r2["extra"]["groups"]
+        per_row.setdefault(("allmrec_sum", "A-LLMRec, LM rank (sum log-lik)"), []).append(groups)
+        for name, label, keys in (("allmrec_mean", "A-LLMRec, LM rank (mean log-lik)",
+                                   {"hit@1": "hit@1_mean", "hit@5": "hit@5_mean", "ndcg@5": "ndcg@5_mean"}),
+                                  ("allmrec_generate", "A-LLMRec, generation (exact title)",
+                                   {"hit@1": "hit@1_generate"}),
+                                  ("allmrec_substring", "A-LLMRec, generation (ref. substring rule)",
+                                   {"hit@1": "hit@1_generate_substring"})):
+            per_row.setdefault((name, label), []).append(
+                {g: {k: lm[g][v] for k, v in keys.items() if lm[g].get(v) is not None} for g in lm})
+    rows = []
+    for (name, label), seeds in per_row.items():
+        row: dict[str, Any] = {"method": name, "label": label, "n": len(seeds)}
+        for col, g in SAME_GROUPS:
+            row[f"{g}/users"] = [int(len(r2["extra"]["sample"].get(g, []))) for r2 in lm_cells]
+            for metric in TABLE_METRICS:
+                vals = [d[g][metric] for d in seeds if metric in d.get(g, {})]
+                row[f"{g}/{metric}_mean"], row[f"{g}/{metric}_std"] = report.mean_std(vals)
+        rows.append(row)
+    return rows
+
+
+def same_users_text(rows: list[dict], title: str) -> str:
+    headers = ["on the stage-2 test users"] + [f"{c} hit@1" for c, _ in SAME_GROUPS] + ["hit@5", "ndcg@5", "mrr",
+                                                                                          "users"]
+    body = []
+    for r in rows:
+        body.append([r["label"]] + [report.fmt_mean_std(r[f"{g}/hit@1_mean"], r[f"{g}/hit@1_std"])
+                                    for _, g in SAME_GROUPS]
+                    + [report.fmt(r[f"all/{m}_mean"]) for m in ("hit@5", "ndcg@5", "mrr")]
+                    + ["/".join(str(u) for u in r["all/users"])])
+    return report.format_table(headers, body, title=title)
 
 
 def table_text(rows, methods, cols, title: str, paper_key: str | None, notes: list[str]) -> str:
@@ -330,12 +527,22 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not names:
         raise ConfigError(f"--methods: unknown {bad}; expected a subset of {', '.join(known)}")
     methods = [known[n] for n in names]
-    if any(m.on_sasrec for m in methods):
+    if any(m.on_sasrec or m.on_stage1 for m in methods):
         if "sasrec" not in names:
             raise ConfigError(f"--methods {args.methods}: the stage-1 rows align the SASRec of the same setting and "
                               "seed; add sasrec")
-        methods = sorted(methods, key=lambda m: m.name != "sasrec")  # SASRec first: its runs are saved
+        if any(m.on_stage1 for m in methods) and "stage1" not in names:
+            raise ConfigError(f"--methods {args.methods}: the stage-2 row (allmrec) reads the stage-1 run of the same "
+                              "setting and seed; add stage1")
+        # SASRec first, stage 2 last: the runs a row reads are saved before it trains
+        methods = sorted(methods, key=lambda m: (m.name != "sasrec", m.on_stage1))
         args.save_runs = True
+    for name in ("stage2_epochs",):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
+    for name in ("stage2_train_users", "stage2_valid_users", "stage2_eval_users"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 0 (0: all)")
     try:
         few_shot = cli.parse_list(args.few_shot, int)
     except ValueError:
@@ -348,32 +555,67 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ConfigError(f"--scenarios: unknown {unknown}; expected a subset of {', '.join(setups)}")
     cols = [c for c in columns(few_shot) if c[1] in chosen]
+    if any(m.on_stage1 for m in methods):
+        bad = [x for x in cli.parse_list(args.stage2_scenarios) if x not in chosen]
+        if bad or not cli.parse_list(args.stage2_scenarios):
+            raise ConfigError(f"--stage2-scenarios {args.stage2_scenarios!r}: {bad} not among the settings run "
+                              f"({', '.join(chosen)})")
     base = method_config(args, methods[0])
+    if args.target_embeddings and not Path(args.target_embeddings).is_file():
+        raise ConfigError(f"--target-embeddings {args.target_embeddings}: file not found")
+    if args.target_embeddings and not args.target:
+        raise ConfigError("--target-embeddings: give --target DATASET too")
+    if args.target:
+        if "standard" not in chosen:
+            raise ConfigError("--target: the cross-domain column scores the standard setting's runs; add standard to "
+                              "--scenarios")
+        cols.append((f"cross-domain → {report.dataset_label(args.target)}", "standard", "cross_domain"))
     for m in methods:
-        if method_config(args, m).evaluation != "candidates":
+        want = "lm_candidates" if m.on_stage1 else "candidates"
+        if method_config(args, m).evaluation != want:
             raise ConfigError(f"method {m.name}: evaluation={method_config(args, m).evaluation!r}; the A-LLMRec "
-                              "table scores the stored candidate lists (evaluation='candidates')")
+                              f"table scores the stored candidate lists (evaluation={want!r})")
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(names)))
     out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     datasets = grid.DatasetCache(args.split_seed, transform=transform(setups))
     skipped: dict[str, dict[int, str]] = {}
     cells = build_cells(args, methods, seeds, chosen, datasets, setups, skipped, out)
-    cross = CrossDomain(target=datasets.first(base, seeds)).apply(datasets.first(base, seeds)).note
+    first = datasets.first(base, seeds)
     notes = [f"{s}: not applicable ({'; '.join(sorted(set(why.values())))})" for s, why in skipped.items()]
-    notes.append(f"cross-domain: {cross.split(': ', 1)[-1]}")
+    if args.target:
+        target = datasets.first(base.replace(dataset=str(args.target)), seeds)
+        if not any(m.cross_domain for m in methods):
+            raise ConfigError(f"--target {args.target}: no row of --methods {args.methods} scores another dataset "
+                              "(the stage-1 rows do)")
+        notes.append(f"cross-domain → {target.name}: stage-1 rows trained on {first.name} score {target.name}'s "
+                     f"test users from its items' text alone; SASRec: "
+                     f"{CrossDomain(target=target).apply(first).note.split(': ', 1)[-1]}")
+    else:
+        notes.append(f"cross-domain: not run (--target DATASET: the stage-1 rows score another dataset from its "
+                     f"items' text); SASRec: {CrossDomain(target=first).apply(first).note.split(': ', 1)[-1]}")
+    if any(m.on_stage1 for m in methods):
+        notes.append(f"A-LLMRec (stage 2): run in {args.stage2_scenarios} only (--stage2-scenarios), tested on "
+                     f"{args.stage2_eval_users or 'all'} sampled test users (its cells in the table are on those "
+                     "users; the second table puts every row on them)")
     meta = {"methods": names, "seeds": seeds, "settings": chosen, "few_shot": few_shot, "columns": cols,
             "not_applicable": skipped, "notes": notes, "split_seed": args.split_seed}
     records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta,
-                             on_result=scorer(known, setups, datasets))
+                             on_result=scorer(known, setups, datasets, args.target, args.target_embeddings))
     paper_key = paper_dataset(base.dataset)
     rows = summarize(records, methods, cols, paper_key)
+    same = same_users_rows(records, methods, base.candidate_negatives + 1)
+    meta["same_users"] = same
     report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = report.dataset_label(base.dataset)
     title = (f"A-LLMRec Tables 1/2 layout: {name}, Hit@1 over {base.candidate_negatives + 1} candidates (test), "
              f"mean ± std over seeds {','.join(map(str, seeds))}"
              + (f"; paper: {paper_key}" if paper_key else "; not one of the paper's datasets (no paper numbers)"))
     text = table_text(rows, methods, cols, title, paper_key, notes)
+    if same:
+        text += "\n\n" + same_users_text(same, (
+            f"Every row on the test users A-LLMRec's stage 2 was tested on (a seeded sample; the same stored "
+            f"{base.candidate_negatives + 1}-candidate lists), standard setting; users per seed in the last column"))
     metric_cols = [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "std")]
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                               ["method", "label", "column", "setting", "group", "n", "seeds", "users", *metric_cols,
@@ -382,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                              "full_ndcg@10"))),
              plot(rows, methods, cols, out / f"{EXPERIMENT}.png", f"{name}: Hit@1 by scenario"),
              out / "results.json"]
+    if same:
+        files.append(report.write_csv(out / "same_users.csv", same, list(same[0])))
     report.finish(out, text, files + [out / "table.txt"])
     return 0
 

@@ -178,11 +178,14 @@ class CellContext:
 
 
 def _initial_params(model, dataset, config: Config):
-    """The params ``fit`` starts from: LLM init, or the model's own init with fit's key."""
+    """The params ``fit`` starts from: LLM init, or the model's own init with fit's key (None for
+    a model whose init reads its context: ``fit`` then draws them)."""
     from jaxrec.pipeline import initial_params
     from jaxrec.train import run_keys
 
     params = initial_params(model, dataset, config)
+    if params is None and getattr(model.encoder, "init_reads_context", False):
+        return None  # sizes come from the context (e.g. stage 2's LM): fit draws them with the same key
     if params is None:
         params = model.init(run_keys(config.seed).init, dataset.num_users, dataset.num_items)  # what fit() draws
     return params
@@ -217,6 +220,8 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         if not found:
             raise ConfigError(f"--reuse {other}: no results.json with cells there")
         previous += found
+    for cell in cells:  # every cell's config against its model before any cell trains
+        get_model(cell.config)
     records: list[dict] = []
     for n, cell in enumerate(cells, 1):
         tag = ", ".join(f"{k}={v}" for k, v in cell.key.items())

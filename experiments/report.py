@@ -33,7 +33,7 @@ METRICS = ("recall@10", "ndcg@10")
 METRIC_LABELS = {"recall@10": "R@10", "ndcg@10": "N@10"}
 
 
-BACKBONE_LABELS = {"mf": "MF", "lightgcn": "LightGCN", "sgl": "SGL", "sgcl": "SGCL"}
+BACKBONE_LABELS = {"mf": "MF", "lightgcn": "LightGCN", "sgl": "SGL", "sgcl": "SGCL", "sasrec": "SASRec"}
 
 
 INIT_LABELS = {"none": "", "random": "Rand", "uniform": "Uni", "variance": "Var", "full": "Full", "pca": "PCA",

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import cli, grid, plots, report
-from jaxrec.config import ConfigError
+from jaxrec.config import ConfigError, model_defaults
 from jaxrec.init import EmbeddingSource
 from jaxrec.registry import INIT_NORMS, INITIALIZERS, MODELS
 
@@ -196,7 +196,9 @@ def probe_text(rows, title: str) -> str:
 
 
 def build_cells(base, backbones, variants: Sequence[Variant], seeds_of: dict[str, list[int]],
-                min_epochs: dict[str, int], source: EmbeddingSource) -> list[grid.Cell]:
+                min_epochs: dict[str, int], source: EmbeddingSource, bases: dict | None = None) -> list[grid.Cell]:
+    """One cell per seed x backbone x variant; ``bases``: a backbone's own base config (its
+    registered protocol, e.g. SASRec's; default ``base``)."""
     cells = []
     all_seeds = list(dict.fromkeys(s for b in backbones for s in seeds_of[b]))
     for seed in all_seeds:
@@ -205,7 +207,8 @@ def build_cells(base, backbones, variants: Sequence[Variant], seeds_of: dict[str
                 continue
             for v in variants:
                 fields = source.config_fields() if v.init != "none" else {"embeddings": None, "encoder": None}
-                config = base.replace(model=backbone, seed=seed, min_epochs=min_epochs.get(backbone, base.min_epochs),
+                own = (bases or {}).get(backbone, base)
+                config = own.replace(model=backbone, seed=seed, min_epochs=min_epochs.get(backbone, own.min_epochs),
                                       **v.config_fields(), **fields)
                 cells.append(grid.Cell({"backbone": backbone, "variant": v.name, "seed": seed}, config))
     return cells
@@ -263,7 +266,18 @@ def _mean_std(values) -> tuple[float, float]:
     return report.mean_std(vals)
 
 
+def ranking_view(record: dict) -> dict:
+    """The record with its test metrics as full-ranking ``recall@10`` / ``ndcg@10``: a backbone
+    evaluated on candidate lists (SASRec) reports full ranking beside as ``full_*``
+    (``full_view_topk``), which is what the other backbones' numbers are."""
+    test = record.get("test", {})
+    if all(m in test for m in report.METRICS) or not all(f"full_{m}" in test for m in report.METRICS):
+        return record
+    return {**record, "test": {**test, **{m: test[f"full_{m}"] for m in report.METRICS}}}
+
+
 def summarize(records, variants: Sequence[Variant]) -> list[dict]:
+    records = [ranking_view(r) for r in records]
     rows = report.aggregate(records, by=("backbone", "variant"))
     report.add_gains(rows, lambda r: {"backbone": r["backbone"], "variant": "none"})
     by_name = {v.name: v for v in variants}
@@ -418,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones)))
     out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
-    cells = build_cells(base, backbones, variants, seeds_of, min_epochs, source)
+    bases = {b: cli.base_config(args, **model_defaults(b)) for b in backbones}  # e.g. SASRec's own protocol
+    cells = build_cells(base, backbones, variants, seeds_of, min_epochs, source, bases)
     datasets = grid.DatasetCache(args.split_seed)
     meta = {"backbones": backbones, "variants": [v.name for v in variants], "seeds": seeds_of,
             "min_epochs": min_epochs, "split_seed": args.split_seed, "curvature_iters": args.curvature_iters}

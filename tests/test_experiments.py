@@ -527,3 +527,35 @@ def test_tf_llmer_option_errors(tiny, tmp_path):
         tf_llmer.main(base + ["--min-epochs", "sgl=-1"])
     with pytest.raises(ConfigError, match="--lambda-probe: \\[-1.0\\]"):
         tf_llmer.main(base + ["--lambda-probe", "0,-1"])
+
+
+@pytest.mark.slow  # 2 tiny SASRec runs + curvature
+def test_tf_llmer_sasrec_rows_use_its_protocol_and_full_ranking(tmp_path, capsys):
+    """SASRec in TF-LLMER: trained under its own registered protocol (leave-one-out, candidate
+    lists), its item table (offset by the padding row) LLM-initialized, and reported by the
+    full-ranking view it computes beside (``full_recall@10``), as the graph backbones are."""
+    from jaxrec.config import ConfigError
+
+    ds = write_tiny_dataset(tmp_path, name="seqdata", users=30, items=40)
+    _write_embeddings(ds / "seqdata.all-mpnet-base-v2.npy", _item_ids(ds, "seqdata"), 16, 0)
+    out = tmp_path / "tf"
+    argv = ["--dataset", str(ds), "--backbones", "sasrec", "--seeds", "1", "--variants", "none,recpca@1+typical",
+            "--curvature-iters", "3", "--lambda-probe", "none", "--epochs", "1", "--out", str(out),
+            "--set", "embedding_size=8", "--set", "max_seq_len=6", "--set", "batch_size=32"]
+    with pytest.raises(ConfigError, match="max_seq_len=6: model='lightgcn'"):  # refused before any cell trains
+        tf_llmer.main([a if a != "sasrec" else "sasrec,lightgcn" for a in argv])
+    assert not (out / "results.json").exists()
+    assert tf_llmer.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    by = {c["key"]["variant"]: c for c in res["cells"]}
+    for c in by.values():
+        assert (c["config"]["split"], c["config"]["evaluation"], c["config"]["max_seq_len"]) == (
+            "loo_time", "candidates", 6)
+        assert "recall@10" not in c["test"]
+    assert by["none"]["extra"]["item_norm_ratio"] == pytest.approx(1.0)
+    assert by["recpca@1+typical"]["extra"]["item_norm_cv"] < 1e-5
+    table = {r["variant"]: r for r in _csv(out / "tf_llmer.csv")}
+    for v, c in by.items():
+        assert float(table[v]["recall@10_mean"]) == pytest.approx(c["test"]["full_recall@10"], rel=1e-4)
+        assert float(table[v]["ndcg@10_mean"]) == pytest.approx(c["test"]["full_ndcg@10"], rel=1e-4)
+    assert "SASRec + Rec-PCA λ=1 + typical" in capsys.readouterr().out

@@ -68,7 +68,8 @@ def test_sasrec_allmrec_table_end_to_end(tmp_path, capsys):
     assert rows["cold users"]["hit@1_mean"] == cu["extra"]["groups"]["cold_users"]["hit@1"]
     assert rows["few-shot K=8"]["hit@1_mean"] == fs["extra"]["groups"]["all"]["hit@1"]
     text = (out / "table.txt").read_text()
-    assert "cold users" in text and "cross-domain: not applicable" in text and "few-shot K=8" in text
+    assert "cold users" in text and "cross-domain: not run" in text and "few-shot K=8" in text
+    assert "SASRec: not applicable to id-based item embeddings" in text
     assert res["summary"][0]["paper_hit@1"] is None  # tinyseq is not one of the paper's datasets
     capsys.readouterr()
 

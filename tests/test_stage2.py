@@ -576,6 +576,42 @@ def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
     assert "SASRec fallback item table (no stage 1: not A-LLMRec)" in table and "A-LLMRec stage 1" in table
 
 
+@pytest.mark.slow
+def test_stage2_experiment_train_stage1_row(tiny_lm, monkeypatch, tmp_path):
+    """experiments.allmrec_stage2 --train-stage1: SASRec -> stage 1 -> stage 2 in one command; the
+    stage-1 row is the stage-1 recommender (SASRec's user representation . decoded joint item
+    embedding, numpy) on the same users and candidate lists."""
+    from experiments import allmrec_stage2
+    from jaxrec.align import stage1 as s1
+
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=12, items=40, per_user=7)
+    ds = load_dataset(str(folder), Config.for_model("sasrec", dataset=str(folder)))
+    np.save(tmp_path / "text.npy", np.random.default_rng(2).normal(size=(ds.num_items, 12)).astype(np.float32))
+    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    out = tmp_path / "exp"
+    assert allmrec_stage2.main(["--dataset", str(folder), "--lm", str(tiny_lm[2]), "--sasrec-epochs", "1",
+                                "--train-stage1", "--stage1-epochs", "1", "--stage1-set",
+                                f"embeddings={tmp_path / 'text.npy'}", "--stage1-set", "joint_dim=16",
+                                "--train-users", "4", "--valid-users", "3", "--eval-users", "5", "--no-rerank",
+                                "--set", "prompt_history=3", "--set", "lm_max_new_tokens=2", "--set", "batch_size=2",
+                                "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["inputs"]["kind"] == "stage1" and res["stage1_run"] == str(out / "stage1")
+    run = s1.load_stage1_run(out / "stage1", ds)
+    c2 = Config.for_model("allmrec_stage2", dataset=str(folder), seed=2020, eval_users=5, prompt_history=3)
+    ex, items, _ = stage2_fit.evaluation_lists(ds, "test", c2)
+    p = jax.tree.map(np.asarray, run.params)
+    z = run.joint_item_embeddings()
+    dec = z @ p["item_ae"]["fc2"]["kernel"] + p["item_ae"]["fc2"]["bias"]
+    u = run.user_representations("test")
+    sc = np.einsum("md,mcd->mc", u[ex.users], dec[items])
+    assert res["stage1"]["overall"]["users"] == 5
+    assert res["stage1"]["overall"]["hit@1"] == pytest.approx(np.mean((sc[:, 1:] < sc[:, :1]).all(1)))
+    assert res["stage1"]["overall"]["mrr"] == pytest.approx(np.mean(1 / (1 + (sc[:, 1:] >= sc[:, :1]).sum(1))))
+    assert "A-LLMRec stage 1 (u . f_I^dec(z))" in (out / "table.txt").read_text()
+
+
 # ------------------------------------------------------------------------------ wired to stage 1
 @pytest.mark.slow  # ~45 s on the shared 2-core machine: two tiny fits (SASRec, stage 1) + an LM backward
 def test_stage2_inputs_from_a_stage1_run_folder(tiny_lm, tmp_path, monkeypatch):
@@ -644,3 +680,73 @@ def _fake_run_folder(path, config):
     path.mkdir()
     (path / "run.json").write_text(json.dumps({"config": config.to_dict(), "dataset": {}, "model": config.model}))
     return path
+
+
+# ------------------------------------------------------------------------------ the A-LLMRec table
+@pytest.mark.slow  # ~1 min: tiny SASRec, stage 1 and stage 2 (tiny LM) fits through the table's grid
+def test_stage2_allmrec_table_rows_same_users_and_cross_domain(tiny_lm, tmp_path, monkeypatch):
+    """experiments.allmrec_table with rows sasrec, stage1, allmrec and a --target dataset: the
+    stage-2 row reads the stage-1 cell's run, reports fit's LM test metrics on its user sample,
+    every other row is recomputed on exactly those users (checked against numpy on SASRec's
+    own embeddings), and the stage-1 row scores the target's users from its text (numpy)."""
+    from experiments import allmrec_table as T
+    from jaxrec.align import stage1 as s1
+    from jaxrec.align.stage2_inputs import sasrec_inputs
+    from jaxrec.config import ConfigError
+    from jaxrec.eval.candidates import candidates_for
+
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=16, items=40, per_user=7)  # >= 19 never-seen items per user
+    tfolder = write_tiny_dataset(tmp_path, name="target", seed=3, users=10, items=35, per_user=6)
+    cfg = Config.for_model("sasrec", dataset=str(folder))
+    ds, tds = load_dataset(str(folder), cfg), load_dataset(str(tfolder), cfg.replace(dataset=str(tfolder)))
+    rng = np.random.default_rng(0)
+    for name, d in (("text", ds), ("ttext", tds)):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(d.num_items, 12)).astype(np.float32))
+        (tmp_path / f"{name}.item_ids.txt").write_text("\n".join(d.item_ids.tolist()) + "\n")
+    cands_dir, out = tmp_path / "cands", tmp_path / "run"
+    tiny = ["embedding_size=8", "num_heads=2", "num_layers=1", "max_seq_len=6", "batch_size=32", "learning_rate=0.01",
+            f"candidates_dir={cands_dir}", f"embeddings={tmp_path / 'text.npy'}", "full_view_topk="]
+    argv = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "1", "--methods", "sasrec,stage1,allmrec",
+            "--scenarios", "standard", "--out", str(out), "--target", str(tfolder),
+            "--target-embeddings", str(tmp_path / "ttext.npy"), "--stage2-train-users", "4",
+            "--stage2-valid-users", "3", "--stage2-eval-users", "6", "--stage2-set", f"lm={tiny_lm[2]}",
+            "--stage2-set", "prompt_history=3", "--stage2-set", "lm_max_new_tokens=2", "--stage2-set", "batch_size=2",
+            ] + [a for s in tiny for a in ("--set", s)]
+    with pytest.raises(ConfigError, match="add stage1"):
+        T.main([a if a != "sasrec,stage1,allmrec" else "sasrec,allmrec" for a in argv])
+    with pytest.raises(ConfigError, match=r"--stage2-scenarios 'cold_users': \['cold_users'\] not among"):
+        T.main(argv + ["--stage2-scenarios", "cold_users"])
+    assert T.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    cells = {c["key"]["method"]: c for c in res["cells"]}
+    assert set(cells) == {"sasrec", "stage1", "allmrec"}
+    s2 = cells["allmrec"]
+    assert s2["config"]["stage1_run"] == cells["stage1"]["run_dir"] and s2["config"]["eval_users"] == 6
+    for m in T.TABLE_METRICS:  # the stage-2 row is fit's own LM evaluation
+        assert s2["extra"]["groups"]["all"][m] == pytest.approx(s2["test"][m])
+    c2 = Config.from_dict(s2["config"])
+    ex, items, _ = stage2_fit.evaluation_lists(ds, "test", c2)
+    assert s2["extra"]["sample"]["all"] == ex.users.tolist() and len(ex) == 6
+    # SASRec on exactly those users and candidate lists, by numpy on its own embeddings
+    run = s1.load_sasrec_run(cells["sasrec"]["run_dir"], ds)
+    inp = sasrec_inputs(run.params, run.settings, ds)
+    sc = np.einsum("md,mcd->mc", inp.user_rep["test"][ex.users], inp.item_emb[items])
+    same = {r["method"]: r for r in res["meta"]["same_users"]}
+    assert same["sasrec"]["all/hit@1_mean"] == pytest.approx(np.mean((sc[:, 1:] < sc[:, :1]).all(1)))
+    assert same["allmrec_sum"]["all/hit@1_mean"] == pytest.approx(s2["test"]["hit@1"])
+    assert same["allmrec_generate"]["all/hit@1_mean"] == pytest.approx(s2["test"]["hit@1_generate"])
+    # cross-domain: the stage-1 run scores the target's test users from its text alone (numpy)
+    cross = cells["stage1"]["extra"]["groups"]["cross_domain"]
+    srun = s1.load_stage1_run(cells["stage1"]["run_dir"], ds)
+    user, item = srun.cross_domain(tds, np.load(tmp_path / "ttext.npy"))
+    tc = candidates_for(cands_dir, tds, "test", 2020, 19)
+    ts = np.einsum("md,mcd->mc", user[tc.users], item[tc.items])
+    assert cross["hit@1"] == pytest.approx(np.mean((ts[:, 1:] < ts[:, :1]).all(1)))
+    assert "cross_domain" not in cells["sasrec"]["extra"]["groups"]
+    table = (out / "table.txt").read_text()
+    assert "cross-domain → target" in table and "on the stage-2 test users" in table
+    sasrec_line = next(line for line in table.splitlines() if line.startswith("SASRec "))
+    assert sasrec_line.split()[-1] == "n/a"  # id-based: no cross-domain
+    with pytest.raises(ConfigError, match="--target-embeddings .*: file not found"):
+        T.main(argv[:15] + [str(tmp_path / "missing.npy")] + argv[16:])

@@ -654,9 +654,50 @@ class Stage1Run:
         items = ctx["sasrec"]["item_embedding"][1:]
         return np.asarray(joint_item_embeddings(self.params, items, text, ctx["warm"]))
 
-    def cross_domain(self, target_dataset, target_text) -> tuple[np.ndarray, np.ndarray]:
+    def target_text(self, target_dataset, embeddings=None) -> np.ndarray:
+        """float32 [I_t, N]: the text embeddings of another dataset's items by this run's encoder.
+
+        - fine-tuned encoder (``text_finetune``): the target's item texts through the run's
+          fine-tuned ``params["text_encoder"]``;
+        - frozen encoder (``config.encoder``): the target's texts through the same encoder and
+          the on-disk cache (``frozen_text_embeddings``);
+        - precomputed file (``config.embeddings``): ``embeddings``, a .npy of the target's items
+          by the same encoder (rows by item id, as ``load_precomputed``); without it, a file of
+          the reference name ``*.all-mpnet-base-v2.npy`` is matched by encoding the target
+          with ``mpnet`` (sentence-transformers all-mpnet-base-v2, the same model).
+
+        Raises Stage1Error when no target text of this run's encoder can be had, or its width
+        is not the run's text width N."""
+        from jaxrec.init.sources import REFERENCE_EMBEDDINGS  # noqa: PLC0415
+
+        cfg = self.config
+        if cfg.text_finetune:
+            tokens, mask = item_tokens(target_dataset, cfg)
+            _, _, text_model = _static(cfg)
+            out = item_text_vectors(self.params, {"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)},
+                                    text_model)
+        elif embeddings is not None:
+            out = frozen_text_embeddings(target_dataset, cfg.replace(embeddings=str(embeddings), encoder=None))
+        elif cfg.embeddings and Path(cfg.embeddings).name.endswith(REFERENCE_EMBEDDINGS.format(name="")[1:]):
+            out = frozen_text_embeddings(target_dataset, cfg.replace(embeddings=None, encoder="mpnet"))
+        elif cfg.embeddings:
+            raise Stage1Error(f"stage-1 run {self.path}: its text is the precomputed file {cfg.embeddings}; give the "
+                              f"target dataset {target_dataset.name!r}'s embeddings by the same encoder (embeddings=)")
+        else:
+            out = frozen_text_embeddings(target_dataset, cfg)
+        out = np.asarray(out, np.float32)
+        _, n, _ = _dims(self.params)
+        if out.shape != (target_dataset.num_items, n):
+            raise Stage1Error(f"target text of {target_dataset.name!r}: shape {out.shape}; expected "
+                              f"[{target_dataset.num_items}, {n}] (this run's text width)")
+        return out
+
+    def cross_domain(self, target_dataset, target_text=None) -> tuple[np.ndarray, np.ndarray]:
         """(user_emb [U_t, d], item_emb [I_t, d]) on ``target_dataset`` (its test histories)
-        from its items' text embeddings ``target_text`` [I_t, N] (``cross_domain_embeddings``)."""
+        from its items' text embeddings ``target_text`` [I_t, N] (``cross_domain_embeddings``;
+        default ``self.target_text(target_dataset)``)."""
+        if target_text is None:
+            target_text = self.target_text(target_dataset)
         target_text = np.asarray(target_text)
         if target_text.shape[0] != target_dataset.num_items:
             raise Stage1Error(f"target_text: {target_text.shape[0]} rows; expected one per item of "
@@ -664,6 +705,15 @@ class Stage1Run:
         hist = histories(user_sequences(target_dataset, log_report=False), "test", self.sasrec.settings.max_len)
         user, items = cross_domain_embeddings(self.params, self.contexts["test"]["sasrec"], self.sasrec.settings,
                                               target_text, hist)
+        return np.asarray(user), np.asarray(items)
+
+    def recommender_embeddings(self, stage: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """(user_emb [U, d], item_emb [I, d]) of the stage-1 recommender (``stage1_encoder``'s
+        ``embed``): SASRec's user representations of the ``stage`` histories and the decoded
+        joint item embeddings ``f_I^dec(z_i)``; a candidate's score is their dot product."""
+        if stage not in ("train", "valid", "test"):
+            raise Stage1Error(f"stage={stage!r}: expected 'train', 'valid' or 'test'")
+        user, items = jax.jit(self.model.embed)(self.params, self.contexts[stage])
         return np.asarray(user), np.asarray(items)
 
     def user_representations(self, stage: str = "test") -> np.ndarray:
