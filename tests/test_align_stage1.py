@@ -225,12 +225,21 @@ def test_align_stage1_finetuned_encoder_trains_it_and_keeps_sasrec(tiny, tmp_pat
     before = s1.load_sasrec_run(c.sasrec_run, ds).params
     init = model.init(jax.random.key(0), ds.num_users, ds.num_items)
     assert init["text_ae"]["fc1"]["kernel"].shape == (32, 16)
-    res = fit(model, ds, c, params=init, progress=False)
+    res = fit(model, ds, c, params=init, out_dir=tmp_path / "ft", progress=False)
     moved = [not np.allclose(a, b) for a, b in zip(_leaves(init["text_encoder"]), _leaves(res.params["text_encoder"]))]
     assert sum(moved) > len(moved) // 2  # the encoder is fine-tuned end to end
     for a, b in zip(_leaves(before), _leaves(s1.load_sasrec_run(c.sasrec_run, ds).params)):
         np.testing.assert_array_equal(a, b)
     assert np.isfinite(res.test_metrics["hit@1"])
+    # another dataset's text goes through the fine-tuned encoder (cross-domain): on the training
+    # dataset itself it is exactly the item text the trained model reads, not the initial encoder's
+    run = s1.load_stage1_run(tmp_path / "ft", ds)
+    _, _, text_model = s1._static(c)
+    want = np.asarray(s1.item_text_vectors(run.params, run.contexts["test"], text_model))
+    np.testing.assert_allclose(run.target_text(ds), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(s1.item_text_vectors(init, run.contexts["test"], text_model)), want, atol=1e-4)
+    target = load_dataset(str(write_tiny_dataset(tmp_path, name="target", seed=5, users=20, items=25)), c)
+    assert run.target_text(target).shape == (target.num_items, 32)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -329,3 +338,12 @@ def test_align_stage1_cross_domain_target_users_and_items_from_text(tiny, traine
         s1.cross_domain_embeddings(res.params, params, sas.settings, text[:, :5], hist)
     with pytest.raises(s1.Stage1Error, match="expected one per item"):
         run.cross_domain(target, text[:-1])
+    # the run's text is a precomputed file: the target's must be given (rows by item id)
+    with pytest.raises(s1.Stage1Error, match="give the target dataset 'target''s embeddings by the same encoder"):
+        run.target_text(target)
+    ids = target.item_ids.tolist()[::-1]  # a file in another row order is read by id
+    np.save(tmp_path / "t.npy", text[::-1])
+    (tmp_path / "t.item_ids.txt").write_text("\n".join(ids) + "\n")
+    np.testing.assert_array_equal(run.target_text(target, tmp_path / "t.npy"), text)
+    u2, _ = run.cross_domain(target, run.target_text(target, tmp_path / "t.npy"))
+    np.testing.assert_array_equal(u2, user)
