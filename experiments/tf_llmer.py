@@ -434,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     bases = {b: cli.base_config(args, **model_defaults(b)) for b in backbones}  # e.g. SASRec's own protocol
     cells = build_cells(base, backbones, variants, seeds_of, min_epochs, source, bases)
+    from jaxrec.models import get_model
+
+    for cell in cells:  # every cell's config against its backbone before any cell trains (cells are independent)
+        get_model(cell.config)
     datasets = grid.DatasetCache(args.split_seed)
     meta = {"backbones": backbones, "variants": [v.name for v in variants], "seeds": seeds_of,
             "min_epochs": min_epochs, "split_seed": args.split_seed, "curvature_iters": args.curvature_iters}
