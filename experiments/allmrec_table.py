@@ -64,6 +64,7 @@ import numpy as np
 
 from experiments import cli, grid, plots, report
 from jaxrec.config import Config, ConfigError, model_defaults
+from jaxrec.data import DataError
 from jaxrec.eval.candidates import (DEFAULT_METRICS, CandidateSet, candidate_ranks, candidates_for, dot_scores,
                                     metrics_from_ranks)
 from jaxrec.eval.scenarios import ColdUsers, ColdWarmItems, CrossDomain, FewShot, ScenarioData, Standard, \
@@ -262,13 +263,53 @@ def method_config(args: argparse.Namespace, method: Method) -> Config:
 def stage1_config(config: Config, sasrec_run: Path) -> Config:
     """A stage-1 row's config: ``sasrec_run``, the SASRec-only keys back at their defaults (the
     run fixes them), and a text source (``resolve_embedding_source``) unless the row names one."""
-    from jaxrec.init import resolve_embedding_source
-
     defaults = Config()
     config = config.replace(sasrec_run=str(sasrec_run), **{k: getattr(defaults, k) for k in SASREC_ONLY})
+    return text_config(config)
+
+
+def text_config(config: Config) -> Config:
+    """``config`` with its text source resolved (``resolve_embedding_source``) unless it names one."""
+    from jaxrec.init import resolve_embedding_source
+
     if not (config.embeddings or config.encoder):
         config = config.replace(**resolve_embedding_source(config).config_fields())
     return config
+
+
+def uses_precomputed_text(config: Config) -> bool:
+    """Whether a stage-1 row's text is a precomputed embeddings file (frozen)."""
+    return bool(config.embeddings) and not config.text_finetune
+
+
+def check_target(args: argparse.Namespace, methods, target) -> None:
+    """Before any training: every cross-domain row can get ``target``'s item text by its own
+    encoder (``Stage1Run.target_text``): a row whose text is a precomputed file needs
+    ``--target-embeddings`` (same width, a row for every target item) unless the file is the
+    reference MPNet one (the target is then encoded by ``mpnet``). ConfigError /
+    EmbeddingFileError naming the option otherwise."""
+    from jaxrec.align.stage1 import text_dim_of
+    from jaxrec.init.precomputed import load_precomputed
+    from jaxrec.init.sources import REFERENCE_EMBEDDINGS
+
+    given = None
+    if args.target_embeddings:
+        given = np.asarray(load_precomputed(args.target_embeddings, dataset_item_ids=np.asarray(target.item_ids)))
+    rows = [(m, text_config(method_config(args, m))) for m in methods if m.cross_domain]
+    if given is not None and not any(uses_precomputed_text(c) for _, c in rows):
+        raise ConfigError(f"--target-embeddings {args.target_embeddings}: no row of --methods {args.methods} reads a "
+                          "precomputed text file (the others encode the target's texts with their encoder)")
+    for m, cfg in rows:
+        if not uses_precomputed_text(cfg):
+            continue
+        if given is None:
+            if not Path(cfg.embeddings).name.endswith(REFERENCE_EMBEDDINGS.format(name="")[1:]):
+                raise ConfigError(f"--target {args.target}: row {m.name}'s text is the precomputed file "
+                                  f"{cfg.embeddings}; give --target-embeddings FILE.npy (the target's items by the "
+                                  "same encoder)")
+        elif given.shape[1] != text_dim_of(cfg):
+            raise ConfigError(f"--target-embeddings {args.target_embeddings}: {given.shape[1]}-d rows; row "
+                              f"{m.name}'s text {cfg.embeddings} is {text_dim_of(cfg)}-d (expected the same encoder)")
 
 
 def stage2_config(config: Config, stage1_run: Path, args: argparse.Namespace) -> Config:
@@ -346,7 +387,8 @@ def scorer(methods: dict[str, Method], setups: dict, datasets: grid.DatasetCache
             out["ranks"][data.name] = {"users": cands.users.tolist(), "ranks": candidate_ranks(scores).tolist()}
         if target and method.cross_domain and key["setting"] == "standard":
             tds = datasets.base(config.replace(dataset=str(target)), grid.split_seed(ctx.cell, datasets.fixed))
-            cands, ranks = cross_domain_ranks(ctx, tds, folder, target_embeddings)
+            cands, ranks = cross_domain_ranks(ctx, tds, folder,
+                                              target_embeddings if uses_precomputed_text(config) else None)
             out["groups"]["cross_domain"] = metrics_from_ranks(ranks, cands.num_candidates, TABLE_METRICS)
             out["counts"]["cross_domain"] = int(len(ranks))
             out["ranks"]["cross_domain"] = {"users": cands.users.tolist(), "ranks": ranks.tolist()}
@@ -584,10 +626,14 @@ def main(argv: list[str] | None = None) -> int:
     first = datasets.first(base, seeds)
     notes = [f"{s}: not applicable ({'; '.join(sorted(set(why.values())))})" for s, why in skipped.items()]
     if args.target:
-        target = datasets.first(base.replace(dataset=str(args.target)), seeds)
         if not any(m.cross_domain for m in methods):
             raise ConfigError(f"--target {args.target}: no row of --methods {args.methods} scores another dataset "
                               "(the stage-1 rows do)")
+        try:
+            target = datasets.first(base.replace(dataset=str(args.target)), seeds)
+        except DataError as e:
+            raise ConfigError(f"--target {args.target}: {e}") from None
+        check_target(args, methods, target)
         notes.append(f"cross-domain → {target.name}: stage-1 rows trained on {first.name} score {target.name}'s "
                      f"test users from its items' text alone; SASRec: "
                      f"{CrossDomain(target=target).apply(first).note.split(': ', 1)[-1]}")
@@ -611,6 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"A-LLMRec Tables 1/2 layout: {name}, Hit@1 over {base.candidate_negatives + 1} candidates (test), "
              f"mean ± std over seeds {','.join(map(str, seeds))}"
              + (f"; paper: {paper_key}" if paper_key else "; not one of the paper's datasets (no paper numbers)"))
+    counts = {c: sorted({u for r in rows if r["column"] == c and r["method"] != "allmrec" for u in r["users"]})
+              for c, _, _ in cols}
+    notes.append("users per column (per seed): " + "; ".join(f"{c} {'/'.join(map(str, u)) or '-'}"
+                                                              for c, u in counts.items()))
     text = table_text(rows, methods, cols, title, paper_key, notes)
     if same:
         text += "\n\n" + same_users_text(same, (

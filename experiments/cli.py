@@ -204,14 +204,15 @@ def resolve_text_source(args: argparse.Namespace, config: Config) -> EmbeddingSo
 
 
 def main_wrapper(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main`` turning configuration/data errors into one line on stderr and exit code 2."""
-    from jaxrec.data import DataError
-    from jaxrec.init import EmbeddingFileError, EncoderNotAvailableError
+    """Run ``main`` turning bad input (every error class of ``jaxrec.cli.input_errors``: config,
+    data, embedding files, stage-1/2 inputs, ...) into one line ``jaxrec: error: ...`` on stderr
+    and exit code 2, as the ``jaxrec`` command does."""
+    from jaxrec.cli import input_errors
 
     global _STANDALONE
     _STANDALONE = True
     try:
         return main(argv)
-    except (ConfigError, DataError, EmbeddingFileError, EncoderNotAvailableError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except input_errors() as e:
+        print(f"jaxrec: error: {e}", file=sys.stderr)
         return 2

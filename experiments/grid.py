@@ -246,8 +246,9 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
             rec["extra"] = on_result(CellContext(cell, result, dataset, model, prepared, params))
         records.append(rec)
         t = rec["test"]
-        log.info("[%d/%d] %s: test R@10 %.4f N@10 %.4f (best epoch %d, stopped %d, %.0f s)", n, len(cells), tag,
-                 t.get("recall@10", float("nan")), t.get("ndcg@10", float("nan")), rec["best_epoch"],
+        shown = [m for m in ("recall@10", "ndcg@10") if m in t] or [cell.config.valid_metric]
+        log.info("[%d/%d] %s: test %s (best epoch %d, stopped %d, %.0f s)", n, len(cells), tag,
+                 " ".join(f"{m} {t.get(m, float('nan')):.4f}" for m in shown), rec["best_epoch"],
                  rec["stopped_epoch"], rec["seconds"])
         if checkpoint is not None:  # cells of the folder's results.json not reached yet stay in it
             checkpoint(records + own)

@@ -339,7 +339,7 @@ def test_align_stage1_cross_domain_target_users_and_items_from_text(tiny, traine
     with pytest.raises(s1.Stage1Error, match="expected one per item"):
         run.cross_domain(target, text[:-1])
     # the run's text is a precomputed file: the target's must be given (rows by item id)
-    with pytest.raises(s1.Stage1Error, match="give the target dataset 'target''s embeddings by the same encoder"):
+    with pytest.raises(s1.Stage1Error, match="give embeddings of dataset 'target''s items by the same encoder"):
         run.target_text(target)
     ids = target.item_ids.tolist()[::-1]  # a file in another row order is read by id
     np.save(tmp_path / "t.npy", text[::-1])

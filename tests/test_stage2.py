@@ -750,3 +750,20 @@ def test_stage2_allmrec_table_rows_same_users_and_cross_domain(tiny_lm, tmp_path
     assert sasrec_line.split()[-1] == "n/a"  # id-based: no cross-domain
     with pytest.raises(ConfigError, match="--target-embeddings .*: file not found"):
         T.main(argv[:15] + [str(tmp_path / "missing.npy")] + argv[16:])
+    # bad target text is refused before any training (a fresh --out gets no run folder)
+    from jaxrec.init import EmbeddingFileError
+
+    np.save(tmp_path / "wide.npy", rng.normal(size=(tds.num_items, 16)).astype(np.float32))
+    (tmp_path / "wide.item_ids.txt").write_text("\n".join(tds.item_ids.tolist()) + "\n")
+    np.save(tmp_path / "short.npy", rng.normal(size=(tds.num_items - 3, 12)).astype(np.float32))
+    (tmp_path / "short.item_ids.txt").write_text("\n".join(tds.item_ids.tolist()[3:]) + "\n")
+    fresh = argv[:11] + [str(tmp_path / "fresh")] + argv[12:]
+    with pytest.raises(ConfigError, match=r"--target-embeddings .*wide.npy: 16-d rows; row stage1's text .* is 12-d"):
+        T.main(fresh[:15] + [str(tmp_path / "wide.npy")] + fresh[16:])
+    with pytest.raises(EmbeddingFileError, match="no row for 3 of"):
+        T.main(fresh[:15] + [str(tmp_path / "short.npy")] + fresh[16:])
+    with pytest.raises(ConfigError, match="row stage1's text is the precomputed file .*give --target-embeddings"):
+        T.main(fresh[:14] + fresh[16:])
+    with pytest.raises(ConfigError, match="--target .*nowhere: "):
+        T.main(fresh[:13] + [str(tmp_path / "nowhere")] + fresh[14:])
+    assert not (tmp_path / "fresh" / "runs").exists()

@@ -666,11 +666,16 @@ class Stage1Run:
           the reference name ``*.all-mpnet-base-v2.npy`` is matched by encoding the target
           with ``mpnet`` (sentence-transformers all-mpnet-base-v2, the same model).
 
-        Raises Stage1Error when no target text of this run's encoder can be had, or its width
-        is not the run's text width N."""
+        Raises Stage1Error when no target text of this run's encoder can be had, when
+        ``embeddings`` is given to a run that encodes with an encoder, or when the width is not
+        the run's text width N; EmbeddingFileError when the file lacks a target item."""
         from jaxrec.init.sources import REFERENCE_EMBEDDINGS  # noqa: PLC0415
 
         cfg = self.config
+        if embeddings is not None and (cfg.text_finetune or not cfg.embeddings):
+            raise Stage1Error(f"embeddings={str(embeddings)!r}: stage-1 run {self.path} encodes text with its "
+                              f"encoder ({cfg.encoder!r}); a target embeddings file applies to runs whose text is "
+                              "a precomputed file")
         if cfg.text_finetune:
             tokens, mask = item_tokens(target_dataset, cfg)
             _, _, text_model = _static(cfg)
@@ -681,8 +686,9 @@ class Stage1Run:
         elif cfg.embeddings and Path(cfg.embeddings).name.endswith(REFERENCE_EMBEDDINGS.format(name="")[1:]):
             out = frozen_text_embeddings(target_dataset, cfg.replace(embeddings=None, encoder="mpnet"))
         elif cfg.embeddings:
-            raise Stage1Error(f"stage-1 run {self.path}: its text is the precomputed file {cfg.embeddings}; give the "
-                              f"target dataset {target_dataset.name!r}'s embeddings by the same encoder (embeddings=)")
+            raise Stage1Error(f"stage-1 run {self.path}: its text is the precomputed file {cfg.embeddings}; give "
+                              f"embeddings of dataset {target_dataset.name!r}'s items by the same encoder (the "
+                              f"embeddings argument; experiments.allmrec_table: --target-embeddings FILE.npy)")
         else:
             out = frozen_text_embeddings(target_dataset, cfg)
         out = np.asarray(out, np.float32)
