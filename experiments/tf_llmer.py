@@ -461,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     name = cli.dataset_label(base.dataset)
     dim = meta.get("text_embeddings", {}).get("dim")
     seeds_txt = "; ".join(f"{report.backbone_label(b)} {','.join(map(str, seeds_of[b]))}" for b in backbones)
-    title = (f"TF-LLMER: {name}, K={base.embedding_size}, test metrics, mean ± std over seeds ({seeds_txt}); "
+    dims = {bases[b].embedding_size for b in backbones}
+    k_txt = (f"K={dims.pop()}" if len(dims) == 1 else
+             "K: " + ", ".join(f"{report.backbone_label(b)} {bases[b].embedding_size}" for b in backbones))
+    title = (f"TF-LLMER: {name}, {k_txt}, test metrics, mean ± std over seeds ({seeds_txt}); "
              f"gain = mean vs the backbone's random init"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else "")
              + (f"\nmin_epochs: {', '.join(f'{b}={n}' for b, n in min_epochs.items())}" if min_epochs else ""))
