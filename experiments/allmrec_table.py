@@ -277,20 +277,15 @@ def text_config(config: Config) -> Config:
     return config
 
 
-def uses_precomputed_text(config: Config) -> bool:
-    """Whether a stage-1 row's text is a precomputed embeddings file (frozen)."""
-    return bool(config.embeddings) and not config.text_finetune
-
-
 def check_target(args: argparse.Namespace, methods, target) -> None:
     """Before any training: every cross-domain row can get ``target``'s item text by its own
     encoder (``Stage1Run.target_text``): a row whose text is a precomputed file needs
     ``--target-embeddings`` (same width, a row for every target item) unless the file is the
     reference MPNet one (the target is then encoded by ``mpnet``). ConfigError /
     EmbeddingFileError naming the option otherwise."""
-    from jaxrec.align.stage1 import text_dim_of
+    from jaxrec.align.stage1 import text_dim_of, uses_precomputed_text
     from jaxrec.init.precomputed import load_precomputed
-    from jaxrec.init.sources import REFERENCE_EMBEDDINGS
+    from jaxrec.init.sources import is_reference_embeddings
 
     given = None
     if args.target_embeddings:
@@ -303,7 +298,7 @@ def check_target(args: argparse.Namespace, methods, target) -> None:
         if not uses_precomputed_text(cfg):
             continue
         if given is None:
-            if not Path(cfg.embeddings).name.endswith(REFERENCE_EMBEDDINGS.format(name="")[1:]):
+            if not is_reference_embeddings(cfg.embeddings):
                 raise ConfigError(f"--target {args.target}: row {m.name}'s text is the precomputed file "
                                   f"{cfg.embeddings}; give --target-embeddings FILE.npy (the target's items by the "
                                   "same encoder)")
@@ -366,6 +361,7 @@ def scorer(methods: dict[str, Method], setups: dict, datasets: grid.DatasetCache
     target ranks (``ranks``); a stage-2 cell reports ``fit``'s LM test metrics and its user
     sample (``stage2_extra``); with ``target``, a cross-domain row's standard cell also scores
     the target dataset's test users (group ``cross_domain``)."""
+    from jaxrec.align.stage1 import uses_precomputed_text
     from jaxrec.data.locate import cache_root
 
     def on_result(ctx: grid.CellContext) -> dict:
@@ -579,9 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         # SASRec first, stage 2 last: the runs a row reads are saved before it trains
         methods = sorted(methods, key=lambda m: (m.name != "sasrec", m.on_stage1))
         args.save_runs = True
-    for name in ("stage2_epochs",):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
+    if args.stage2_epochs < 1:
+        raise ConfigError(f"--stage2-epochs {args.stage2_epochs}: expected an integer >= 1")
     for name in ("stage2_train_users", "stage2_valid_users", "stage2_eval_users"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 0 (0: all)")
@@ -613,9 +608,9 @@ def main(argv: list[str] | None = None) -> int:
                               "--scenarios")
         cols.append((f"cross-domain → {report.dataset_label(args.target)}", "standard", "cross_domain"))
     for m in methods:
-        want = "lm_candidates" if m.on_stage1 else "candidates"
-        if method_config(args, m).evaluation != want:
-            raise ConfigError(f"method {m.name}: evaluation={method_config(args, m).evaluation!r}; the A-LLMRec "
+        want, have = "lm_candidates" if m.on_stage1 else "candidates", method_config(args, m).evaluation
+        if have != want:
+            raise ConfigError(f"method {m.name}: evaluation={have!r}; the A-LLMRec "
                               f"table scores the stored candidate lists (evaluation={want!r})")
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(names)))
     out.mkdir(parents=True, exist_ok=True)

@@ -337,6 +337,11 @@ def encoder_folder(name: str) -> Path:
                       "(jaxrec.text runs it)")
 
 
+def uses_precomputed_text(config) -> bool:
+    """Whether a stage-1 config's text is a precomputed embeddings file (frozen encoder)."""
+    return bool(config.embeddings) and not config.text_finetune
+
+
 def text_dim_of(config) -> int:
     """Size N of the item text embeddings ``config`` gives (embeddings file or encoder folder)."""
     from jaxrec.text import read_sentence_folder  # noqa: PLC0415
@@ -669,10 +674,10 @@ class Stage1Run:
         Raises Stage1Error when no target text of this run's encoder can be had, when
         ``embeddings`` is given to a run that encodes with an encoder, or when the width is not
         the run's text width N; EmbeddingFileError when the file lacks a target item."""
-        from jaxrec.init.sources import REFERENCE_EMBEDDINGS  # noqa: PLC0415
+        from jaxrec.init.sources import is_reference_embeddings  # noqa: PLC0415
 
         cfg = self.config
-        if embeddings is not None and (cfg.text_finetune or not cfg.embeddings):
+        if embeddings is not None and not uses_precomputed_text(cfg):
             raise Stage1Error(f"embeddings={str(embeddings)!r}: stage-1 run {self.path} encodes text with its "
                               f"encoder ({cfg.encoder!r}); a target embeddings file applies to runs whose text is "
                               "a precomputed file")
@@ -683,7 +688,7 @@ class Stage1Run:
                                     text_model)
         elif embeddings is not None:
             out = frozen_text_embeddings(target_dataset, cfg.replace(embeddings=str(embeddings), encoder=None))
-        elif cfg.embeddings and Path(cfg.embeddings).name.endswith(REFERENCE_EMBEDDINGS.format(name="")[1:]):
+        elif cfg.embeddings and is_reference_embeddings(cfg.embeddings):
             out = frozen_text_embeddings(target_dataset, cfg.replace(embeddings=None, encoder="mpnet"))
         elif cfg.embeddings:
             raise Stage1Error(f"stage-1 run {self.path}: its text is the precomputed file {cfg.embeddings}; give "
@@ -777,5 +782,6 @@ __all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun
            "item_latents", "text_latents", "decode_items", "joint_item_embeddings", "stage1_losses",
            "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context",
            "cross_domain_embeddings", "make_stage1", "stage1_encoder",
-           "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "encoder_folder",
+           "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of",
+           "uses_precomputed_text", "encoder_folder",
            "STAGE1_DEFAULTS", "STAGE1_KEYS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]

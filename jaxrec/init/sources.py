@@ -34,6 +34,12 @@ class EmbeddingSource:
         return {"embeddings": self.embeddings, "encoder": self.encoder}
 
 
+def is_reference_embeddings(path) -> bool:
+    """Whether ``path`` is named like a reference MPNet file (``*.all-mpnet-base-v2.npy``: rows by
+    sentence-transformers all-mpnet-base-v2, which the ``mpnet`` encoder reproduces)."""
+    return Path(path).name.endswith(REFERENCE_EMBEDDINGS.format(name="")[1:])
+
+
 def find_reference_embeddings(dataset: str, data_dirs: Sequence[str] = ()) -> Path | None:
     """``<data folder>/<name>.all-mpnet-base-v2.npy`` (with its id list) if present, else None."""
     from jaxrec.data import DataError, find_dataset  # noqa: PLC0415
@@ -84,5 +90,5 @@ def save_precomputed(path: str | Path, emb: np.ndarray, item_ids: Sequence[str])
     return path
 
 
-__all__ = ["EmbeddingSource", "REFERENCE_EMBEDDINGS", "find_reference_embeddings", "resolve_embedding_source",
+__all__ = ["EmbeddingSource", "REFERENCE_EMBEDDINGS", "is_reference_embeddings", "find_reference_embeddings", "resolve_embedding_source",
            "save_precomputed"]
