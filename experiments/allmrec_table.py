@@ -650,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = report.dataset_label(base.dataset)
     title = (f"A-LLMRec Tables 1/2 layout: {name}, Hit@1 over {base.candidate_negatives + 1} candidates (test), "
-             f"mean ± std over seeds {','.join(map(str, seeds))}"
+             f"{report.over_seeds(seeds)}"
              + (f"; paper: {paper_key}" if paper_key else "; not one of the paper's datasets (no paper numbers)"))
     counts = {c: sorted({u for r in rows if r["column"] == c and r["method"] != "allmrec" for u in r["users"]})
               for c, _, _ in cols}

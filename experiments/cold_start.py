@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["reductions"] = [r["data"]["reduction"] for r in records if "reduction" in r.get("data", {})]
     report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = cli.dataset_label(base.dataset)
-    title = (f"LLMInit Figure 3 (cold start): {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
-             f"{','.join(map(str, seeds))}; 'cold' keeps max(1, ceil({args.keep_fraction:g} n)) of each user's n "
+    title = (f"LLMInit Figure 3 (cold start): {name}, K={base.embedding_size}, test metrics, "
+             f"{report.over_seeds(seeds)}; 'cold' keeps max(1, ceil({args.keep_fraction:g} n)) of each user's n "
              f"training interactions (ranking still excludes all of them; 'cold-unmasked': only the kept ones)"
              f"\ngain = vs the backbone's own init on the same data"
              + (f"; text embeddings: {source.description}" if llm else ""))

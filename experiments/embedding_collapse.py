@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     name = cli.dataset_label(base.dataset)
     llm_desc = f"{args.select} for K<{n}, full at K={n}"
     title = (f"LLMInit Figure 1: {name}, test metrics and effective rank of the learned item table vs K; "
-             f"mean ± std over seeds {','.join(map(str, seeds))}\nLLM init: {llm_desc} "
+             f"{report.over_seeds(seeds)}\nLLM init: {llm_desc} "
              f"({source.description}); gain = LLM vs random init at the same K"
              + (f"; no LLM init for K={skipped} > N" if skipped else ""))
     table = table_text(rows, title)

@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(records)
     report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = cli.dataset_label(base.dataset)
-    title = (f"LLMInit Table 4 layout: {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
-             f"{','.join(map(str, seeds))}; best gain = best strategy's N@10 vs random init")
+    title = (f"LLMInit Table 4 layout: {name}, K={base.embedding_size}, test metrics, "
+             f"{report.over_seeds(seeds)}; best gain = best strategy's N@10 vs random init")
     text = table_text(rows, encoders, inits, costs, title, report.paper_dataset(base.dataset) == "beauty")
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["backbone", "encoder", "init", "n", "seeds", "recall@10_mean", "recall@10_std",

@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_results(out, EXPERIMENT, command, base, records, summary=rows, meta=meta)
     name = cli.dataset_label(base.dataset)
     dim = meta.get("text_embeddings", {}).get("dim")
-    title = (f"LLMInit Table 1 layout: {name}, K={base.embedding_size}, test metrics, mean ± std over seeds "
-             f"{','.join(map(str, seeds))}; gain = mean vs the backbone's own init"
+    title = (f"LLMInit Table 1 layout: {name}, K={base.embedding_size}, test metrics, "
+             f"{report.over_seeds(seeds)}; gain = mean vs the backbone's own init"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else ""))
     text = table_text(rows, title, paper_key)
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,

@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"Long-short update: {name}, {args.new_items:.0%} of items held out + last {args.new_time:.0%} of "
              f"interactions in time ({c['new_interactions']:,} of {c['interactions']:,}); init {args.init} "
              f"({source.description}); test = loo_time test of all data (same for every row but the parent), "
-             f"N@10 mean ± std over seeds {','.join(map(str, seeds))}; updates run <= {args.update_epochs} epochs"
+             f"N@10 {report.over_seeds(seeds)}; updates run <= {args.update_epochs} epochs"
              f"\nuser groups (seed {seeds[0]}): {c['groups']}")
     text = table_text(rows, title)
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows),

@@ -139,6 +139,15 @@ def fmt_mean_std(mean: float, std: float, digits: int = 4) -> str:
     return f"{fmt(mean, digits)} ± {fmt(std, digits)}"
 
 
+def over_seeds(seeds: Sequence[int]) -> str:
+    """A table title's statistic: ``"mean ± std over seeds 2020,2021"``, or ``"one seed (2020), no std"``
+    when there is one seed (the cells then show the value alone, ``fmt_mean_std``)."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"one seed ({seeds[0]}), no std"
+    return f"mean ± std over seeds {','.join(map(str, seeds))}"
+
+
 def fmt_gain(g: float | None) -> str:
     if g is None or not math.isfinite(g):
         return "-"

@@ -464,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     dims = {bases[b].embedding_size for b in backbones}
     k_txt = (f"K={dims.pop()}" if len(dims) == 1 else
              "K: " + ", ".join(f"{report.backbone_label(b)} {bases[b].embedding_size}" for b in backbones))
-    title = (f"TF-LLMER: {name}, {k_txt}, test metrics, mean ± std over seeds ({seeds_txt}); "
+    stat = "mean ± std over seeds" if any(len(seeds_of[b]) > 1 for b in backbones) else "one seed, no std"
+    title = (f"TF-LLMER: {name}, {k_txt}, test metrics, {stat} ({seeds_txt}); "
              f"gain = mean vs the backbone's random init"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else "")
              + (f"\nmin_epochs: {', '.join(f'{b}={n}' for b, n in min_epochs.items())}" if min_epochs else ""))

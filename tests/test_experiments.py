@@ -308,6 +308,8 @@ def test_mean_std_and_gain_hand_computed():
     assert math.isnan(none["recall@10_gain"])
     assert report.fmt_mean_std(0.2, 0.1) == "0.2000 ± 0.1000"
     assert report.fmt_mean_std(0.2, float("nan")) == "0.2000"
+    assert report.over_seeds([2020]) == "one seed (2020), no std"
+    assert report.over_seeds([2020, 2021]) == "mean ± std over seeds 2020,2021"
     assert report.fmt_gain(12.2685) == "+12.3%" and report.fmt_gain(float("nan")) == "-"
 
 
