@@ -613,7 +613,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"method {m.name}: evaluation={have!r}; the A-LLMRec "
                               f"table scores the stored candidate lists (evaluation={want!r})")
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(names)))
-    out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     datasets = grid.DatasetCache(args.split_seed, transform=transform(setups))
     skipped: dict[str, dict[int, str]] = {}
@@ -639,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"A-LLMRec (stage 2): run in {args.stage2_scenarios} only (--stage2-scenarios), tested on "
                      f"{args.stage2_eval_users or 'all'} sampled test users (its cells in the table are on those "
                      "users; the second table puts every row on them)")
+    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run leaves no folder behind
     meta = {"methods": names, "seeds": seeds, "settings": chosen, "few_shot": few_shot, "columns": cols,
             "not_applicable": skipped, "notes": notes, "split_seed": args.split_seed}
     records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta,

@@ -766,4 +766,4 @@ def test_stage2_allmrec_table_rows_same_users_and_cross_domain(tiny_lm, tmp_path
         T.main(fresh[:14] + fresh[16:])
     with pytest.raises(ConfigError, match="--target .*nowhere: "):
         T.main(fresh[:13] + [str(tmp_path / "nowhere")] + fresh[14:])
-    assert not (tmp_path / "fresh" / "runs").exists()
+    assert not (tmp_path / "fresh").exists()  # refused before --out is created
