@@ -228,3 +228,17 @@ def test_run_folders_of_jaxrec_0_1_are_read(tiny, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="config.contrast_unique: saved 'table', now 'bucket'"):
         fit(get_model(sgl), ds, sgl.replace(epochs=3), out_dir=tmp_path / "sgl", resume=True)
     fit(get_model(sgl), ds, sgl.replace(epochs=3, contrast_unique="table"), out_dir=tmp_path / "sgl", resume=True)
+
+
+def test_checkpoint_restore_from_a_fresh_manager_is_quiet_and_exact(tmp_path, caplog):
+    """A fresh RunCheckpoints (as a resumed or served run opens it) restores state and meta without
+    Orbax's 'found in the checkpoint, but could not be restored' warnings (its handlers are named up front)."""
+    state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(4)}
+    with RunCheckpoints(tmp_path) as ck:
+        ck.save("best", 4, state, {"epoch": 4, "score": 0.25})
+    with caplog.at_level("WARNING"), RunCheckpoints(tmp_path) as ck:
+        restored, meta = ck.restore("best", jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+    assert meta == {"epoch": 4, "score": 0.25}
+    np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
+    assert int(restored["step"]) == 4
+    assert not [r for r in caplog.records if "could not be restored" in r.getMessage()]

@@ -309,14 +309,8 @@ def restore_best(path: Path, model: Model, num_users: int, num_items: int) -> Pa
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), num_users, num_items))
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
-    absl = logging.getLogger("absl")  # Orbax warns that it reads only the items it is asked for
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with RunCheckpoints(path / "ckpt") as ck:
-            state, _ = ck.restore("best", {"params": abstract})
-    finally:
-        absl.setLevel(level)
+    with RunCheckpoints(path / "ckpt") as ck:
+        state, _ = ck.restore("best", {"params": abstract})
     return state["params"]
 
 

@@ -33,7 +33,9 @@ class RunCheckpoints:
             max_to_keep=1, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
         )
         self._managers = {
-            name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "meta"))
+            name: ocp.CheckpointManager(  # handlers named up front: reading metadata needs no prior save
+                self.root / name, options=opts,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
             for name in ("latest", "best")
         }
 
