@@ -16,11 +16,14 @@ the same batch for every variant of a seed); and per backbone which variants rea
 init's N@10. Figures: the metrics as bars (``tf_llmer.png``) and, per backbone, training loss
 and validation NDCG@10 per epoch of every variant (first seed; ``tf_llmer_curves.png``).
 
-    python -m experiments.tf_llmer --dataset ml-100k
-    python -m experiments.tf_llmer --backbones lightgcn,sgl,sgcl --seeds 2020,2021,2022 \\
-        --seeds-for sgl=2020 --seeds-for sgcl=2020 --epochs 200 --resume
+    python -m experiments.tf_llmer --dataset ml-100k            # 4 backbones x 9 variants x 3 seeds
+    python -m experiments.tf_llmer --dataset ml-100k --backbones lightgcn,sgcl --seeds 2020 --epochs 200 \\
+        --resume --reuse checkpoints/tf_llmer/lightgcn3
     python -m experiments.tf_llmer --variants none,variance,variance+typical,recpca@1+typical
 
+SASRec rows train under SASRec's own protocol (leave-one-out by time, its item table K = d = 50
+initialized, early stopping on the candidate lists' NDCG@10) and report the full-ranking R@10 /
+N@10 it computes beside (``full_*``): compare them within SASRec, not with the graph backbones.
 SGL from an LLM init dips for about ten epochs before it recovers (experiments/README.md), so
 early stopping waits ``--min-epochs`` (default ``sgl=40``). Text embeddings as in
 ``llminit_table`` (``--embeddings auto``: the MPNet reference file when present). Writes
@@ -48,7 +51,10 @@ from jaxrec.registry import INIT_NORMS, INITIALIZERS, MODELS
 log = logging.getLogger("experiments")
 
 EXPERIMENT = "tf_llmer"
-DEFAULT_VARIANTS = "none,variance,variance+unit,variance+typical,pca,recpca@0.5,recpca@1,recpca@1+typical"
+# Rec-PCA where its lambda matters: the probe (experiments/README.md) shows PCA's span up to ~0.98, turned at 1,
+# degenerate past ~1.02
+DEFAULT_VARIANTS = ("none,variance,variance+unit,variance+typical,pca,recpca@0.99,recpca@1,recpca@1.01,"
+                    "recpca@1+typical")
 DEFAULT_MIN_EPOCHS = "sgl=40"
 DEFAULT_PROBE = "0,0.5,0.9,0.95,0.98,1,1.02,1.05,1.1,1.5"
 #: Numbers measured at init per cell (``barrier_measures``), aggregated over seeds like the metrics.
@@ -149,7 +155,7 @@ def _min_epochs(text: str) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p, g = cli.experiment_parser(EXPERIMENT, __doc__, backbones="lightgcn,sgl,sgcl", seeds="2020,2021,2022")
+    p, g = cli.experiment_parser(EXPERIMENT, __doc__, backbones="lightgcn,sgl,sgcl,sasrec", seeds="2020,2021,2022")
     g.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help=f"initialization rows <init>[@<recpca lambda>][+<init_norm>] (default {DEFAULT_VARIANTS})")
     g.add_argument("--seeds-for", action="append", default=[], metavar="BACKBONE=SEEDS",
