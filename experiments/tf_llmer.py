@@ -492,8 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update({e: rec.get("extra", {}).get(e) for e in EXTRAS})
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows, SUMMARY_COLUMNS),
              report.write_csv(out / "cells.csv", cell_table),
-             plot_metrics(rows, out / f"{EXPERIMENT}.png", f"{name}: test metrics by initialization "
-                                                          f"(K={base.embedding_size})"),
+             plot_metrics(rows, out / f"{EXPERIMENT}.png", f"{name}: test metrics by initialization ({k_txt})"),
              plot_curves(records, rows, out / f"{EXPERIMENT}_curves.png",
                          f"{name}: training loss and validation {base.valid_metric} per epoch (first seed)",
                          base.valid_metric),
