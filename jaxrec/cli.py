@@ -59,9 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a backbone on a dataset, select the best validation epoch, print test metrics.",
     )
     hints = typing.get_type_hints(Config)
+    from jaxrec.registry import INITIALIZERS, MODELS  # noqa: PLC0415
+
+    extra = {
+        "model": f"; a registered backbone: {', '.join(sorted(MODELS))}",
+        "init": f"; none or an LLM initializer: {', '.join(sorted(n for n in INITIALIZERS if n != 'none'))}",
+        "embeddings": "; precomputed item text embeddings (.npy, <stem>.item_ids.txt beside it), or 'auto' "
+                      "(the default for an LLM init without --encoder: <dataset>.all-mpnet-base-v2.npy in the "
+                      "data folder when present, else --encoder minilm)",
+    }
     for name in _FLAGGED:
+        tp = getattr(hints[name], "__name__", str(hints[name])).replace("typing.", "")
         train.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
-                           help=f"config {name} ({hints[name]})" + ("; any registered backbone" if name == "model" else ""))
+                           help=f"config {name} ({tp})" + extra.get(name, ""))
     train.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                        help="import MODULE (or a .py file) first: it may register backbones, initializers, ... "
                             "(repeatable; recorded in the config's plugins)")
@@ -92,6 +102,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.plugin:
         flags["plugins"] = tuple(dict.fromkeys([*file_layer.get("plugins", ()), *args.plugin]))
     return build_config(file_layer, flags, sets=args.set)
+
+
+def with_text_source(config: Config) -> tuple[Config, str | None]:
+    """``embeddings=auto``, or an LLM ``init`` given neither ``embeddings`` nor ``encoder``: the
+    config with the source the experiments use by default (``jaxrec.init.resolve_embedding_source``:
+    the dataset's reference MPNet file ``<dataset>.all-mpnet-base-v2.npy`` when it is in the data
+    folder, else the ``minilm`` encoder), written into the config so run.json records it; plus a
+    line saying which. Other configs are returned as they are (``None``)."""
+    from jaxrec.init import get_initializer, resolve_embedding_source  # noqa: PLC0415
+
+    auto = str(config.embeddings or "").lower() == "auto"
+    if auto:
+        config = config.replace(embeddings=None)
+    if config.embeddings or config.encoder or get_initializer(config.init).build is None:
+        return config, None
+    source = resolve_embedding_source(config, "auto")
+    return config.replace(embeddings=source.embeddings, encoder=source.encoder), f"text embeddings: {source.description}"
 
 
 def default_out_dir(config: Config) -> Path:
@@ -134,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxrec: error: {e}", file=sys.stderr)
             return 1
     try:
-        config = config_from_args(args)
+        config, text_note = with_text_source(config_from_args(args))
+        if text_note:
+            print(f"jaxrec: {text_note}", file=sys.stderr)
         from jaxrec import distributed
 
         distributed.initialize(config)  # before any computation; a no-op for one process

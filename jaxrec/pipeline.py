@@ -70,7 +70,14 @@ def train_run(
 ) -> tuple[RunResult, Dataset]:
     """Load ``config.dataset``, check the config against it, build ``config.model``, initialize
     and train it (what ``jaxrec train`` does). The run folder also gets ``init.json``, the
-    record of the initialization (``llm_initial_params``)."""
+    record of the initialization (``llm_initial_params``).
+
+    Raises ``ConfigError`` before reading data when an LLM ``init`` has no item text source
+    (``embeddings`` / ``encoder``), and the data / config errors ``load_dataset`` and
+    ``check_run`` raise."""
+    from jaxrec.init.embeddings import require_text_source
+
+    require_text_source(config)
     dataset = dataset if dataset is not None else load_dataset(config.dataset, config)
     model = get_model(config)
     check_run(model, dataset, config)

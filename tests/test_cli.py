@@ -120,3 +120,34 @@ def test_config_against_data_fails_before_training(tiny, tmp_path, capsys, extra
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.startswith("jaxrec: error: ")
     assert not out.exists()  # nothing was written: no folder to poison
+
+
+def test_llm_init_text_source_auto(tmp_path, capsys):
+    """An LLM init without --embeddings/--encoder (or with --embeddings auto) reads the dataset's
+    reference MPNet file when it is in the data folder, else the minilm encoder; the choice is
+    written into the config (run.json) and printed. Without a text source the library refuses
+    the run before reading any data."""
+    import numpy as np
+
+    from jaxrec.cli import with_text_source
+    from jaxrec.init.sources import save_precomputed
+    from jaxrec.pipeline import train_run
+
+    ds = write_tiny_dataset(tmp_path, name="auto")
+    plain = Config(dataset=str(ds), init="variance")
+    cfg, note = with_text_source(plain)  # no reference file yet: the encoder
+    assert (cfg.embeddings, cfg.encoder) == (None, "minilm") and "encoder minilm" in note
+    ids = [line.split("\t")[0] for line in (ds / "auto.item").read_text().splitlines()[1:]]
+    ref = save_precomputed(ds / "auto.all-mpnet-base-v2.npy", np.ones((len(ids), 6), np.float32), ids)
+    for c in (plain, plain.replace(embeddings="auto"), plain.replace(embeddings="AUTO")):
+        got, note = with_text_source(c)
+        assert got.embeddings == str(ref.resolve()) and got.encoder is None and "auto-detected" in note
+    assert with_text_source(plain.replace(encoder="mpnet")) == (plain.replace(encoder="mpnet"), None)
+    assert with_text_source(Config(dataset=str(ds), embeddings="auto"))[0].embeddings is None  # init none
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(ds), "--init", "variance", "--epochs", "1", "--out", str(out),
+                 "--no-progress", "--set", "embedding_size=4", "--set", "topk=5,10"]) == 0
+    assert "jaxrec: text embeddings: reference MPNet embeddings" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["config"]["embeddings"] == str(ref.resolve())
+    with pytest.raises(ConfigError, match="init='variance' reads item text embeddings"):
+        train_run(Config(dataset=str(tmp_path / "absent"), init="variance"))  # before the (missing) data

@@ -76,5 +76,19 @@ def item_embeddings(
         return load_precomputed(config.embeddings, dataset_item_ids=np.asarray(dataset.train.item_ids))
     encoder = encoder if encoder is not None else getattr(config, "encoder", None)
     if encoder is None:
-        raise ValueError("LLM init needs item embeddings: set config.embeddings (a .npy) or config.encoder")
+        require_text_source(config)
     return dataset_item_embeddings(dataset, encoder, cache_dir=cache_dir, progress=progress)
+
+
+def require_text_source(config: Any) -> None:
+    """Raise ``ConfigError`` (before any data is read) when ``config.init`` is an LLM initializer
+    and the config names no item text: neither ``embeddings`` (a .npy) nor ``encoder``."""
+    from jaxrec.config import ConfigError  # noqa: PLC0415
+    from jaxrec.init.strategies import get_initializer  # noqa: PLC0415
+
+    if getattr(config, "embeddings", None) or getattr(config, "encoder", None):
+        return
+    if get_initializer(config.init).build is not None:
+        raise ConfigError(f"init={config.init!r} reads item text embeddings: set embeddings=FILE.npy (jaxrec train "
+                          "--embeddings FILE.npy, or --embeddings auto: the dataset's reference MPNet file when present, "
+                          "else the minilm encoder) or encoder=NAME (e.g. minilm)")
