@@ -136,11 +136,16 @@ def enable_compile_cache(path: str | os.PathLike | None) -> None:
 
 
 def start(args: argparse.Namespace) -> tuple[list[int], list[str]]:
-    """Logging and the compilation cache from the common options; returns the validated
-    (seeds, backbones)."""
+    """Logging and the compilation cache from the common options; checks every ``--reuse``
+    source holds cells; returns the validated (seeds, backbones)."""
     setup_logging(args.verbose)
     enable_compile_cache(getattr(args, "compile_cache", None))
     import_plugins(getattr(args, "plugin", ()))
+    from experiments.grid import load_previous_cells  # noqa: PLC0415
+
+    for other in getattr(args, "reuse", None) or ():  # before any data is read
+        if not load_previous_cells(other):
+            raise ConfigError(f"--reuse {other}: no results.json with cells there")
     return parse_seeds(args.seeds), check_backbones(parse_list(args.backbones))
 
 

@@ -436,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
     source = cli.resolve_text_source(args, base) if llm else EmbeddingSource(description="(no LLM init rows)")
     all_seeds = list(dict.fromkeys(s for b in backbones for s in seeds_of[b]))
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones)))
-    out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
     bases = {b: cli.base_config(args, **model_defaults(b)) for b in backbones}  # e.g. SASRec's own protocol
     cells = build_cells(base, backbones, variants, seeds_of, min_epochs, source, bases)
@@ -451,6 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     if llm:
         first = datasets.first(base, all_seeds)
         meta["text_embeddings"] = grid.prepare_text_embeddings(first, source)
+        n = meta["text_embeddings"].get("dim")
+        for cell in cells:  # K <= N for every LLM cell (and the probe) before any training
+            k = cell.config.embedding_size
+            if cell.config.init != "none" and n is not None and k > n:
+                raise ConfigError(f"embedding_size={k} ({cell.config.model}): the backbone's embedding size K={k} "
+                                  f"exceeds the text embeddings' N={n} dims that init {cell.config.init!r} reduces; "
+                                  f"use embedding_size <= {n}")
+        if probe and base.embedding_size > (n or base.embedding_size):
+            raise ConfigError(f"--lambda-probe: embedding_size={base.embedding_size} exceeds the text embeddings' "
+                              f"N={n} dims; use embedding_size <= {n} or --lambda-probe none")
         if probe:
             from jaxrec.init import item_embeddings
 
@@ -458,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_rows = recpca_probe(first, emb, base.embedding_size, probe)
             meta["recpca_probe"] = {"split_seed": args.split_seed if args.split_seed is not None else all_seeds[0],
                                     "k": base.embedding_size, "rows": probe_rows}
+    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run leaves no folder behind
     records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta,
                              on_result=barrier_measures(args.curvature_iters))
     rows = summarize(records, variants)
@@ -474,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"TF-LLMER: {name}, {k_txt}, test metrics, {stat} ({seeds_txt}); "
              f"gain = mean vs the backbone's random init"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else "")
-             + (f"\nmin_epochs: {', '.join(f'{b}={n}' for b, n in min_epochs.items())}" if min_epochs else ""))
+             + (f"\nmin_epochs: {', '.join(f'{b}={min_epochs[b]}' for b in backbones if b in min_epochs)}"
+                if any(b in min_epochs for b in backbones) else ""))
     barrier_title = ("At init (mean over seeds): row norms / the backbone's random init, item norm spread (cv), "
                      "anisotropy ||mean unit item row||, roughness tr(T'LT)/tr(T'T) on the item co-occurrence "
                      "graph, Hessian eigenvalues of the training loss on one fixed batch per seed "

@@ -529,6 +529,16 @@ def test_tf_llmer_option_errors(tiny, tmp_path):
         tf_llmer.main(base + ["--min-epochs", "sgl=-1"])
     with pytest.raises(ConfigError, match="--lambda-probe: \\[-1.0\\]"):
         tf_llmer.main(base + ["--lambda-probe", "0,-1"])
+    # refused before any cell trains, and before --out is made
+    out = tmp_path / "fresh"
+    fresh = ["--dataset", str(tiny["dataset"]), "--backbones", "lightgcn", "--seeds", "1", "--out", str(out)]
+    with pytest.raises(ConfigError, match=f"embedding_size=999 \\(lightgcn\\): .* N={N_DIMS} dims that init 'pca'"):
+        tf_llmer.main(fresh + ["--variants", "none,pca", "--lambda-probe", "none", "--set", "embedding_size=999"])
+    with pytest.raises(ConfigError, match=f"embedding_size=999 .* N={N_DIMS} dims that init 'recpca'"):
+        tf_llmer.main(fresh + ["--variants", "recpca@1", "--set", "embedding_size=999"])  # probe on by default
+    with pytest.raises(ConfigError, match="--reuse .*nowhere: no results.json with cells there"):
+        tf_llmer.main(fresh + ["--variants", "none", "--reuse", str(tmp_path / "nowhere")])
+    assert not out.exists()
 
 
 @pytest.mark.slow  # 2 tiny SASRec runs + curvature
