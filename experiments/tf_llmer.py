@@ -484,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"TF-LLMER: {name}, {k_txt}, test metrics, {stat} ({seeds_txt}); "
              f"gain = mean vs the backbone's random init"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else "")
+             + "".join(f"\n{report.backbone_label(b)}: full-ranking R@10 / N@10 on its own protocol's split "
+                       f"(split {bases[b].split}, early stopping on {bases[b].evaluation}); compare within "
+                       f"{report.backbone_label(b)} only" for b in backbones if bases[b].evaluation != "full")
              + (f"\nmin_epochs: {', '.join(f'{b}={min_epochs[b]}' for b in backbones if b in min_epochs)}"
                 if any(b in min_epochs for b in backbones) else ""))
     barrier_title = ("At init (mean over seeds): row norms / the backbone's random init, item norm spread (cv), "
@@ -497,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             "overlap = mean squared cosine of the principal angles to PCA's span; eigenvalues <= 0 among the top K of "
             "X'(I - lambda L)X; variance kept relative to PCA's; roughness tr(T'LT)/tr(T'T) (PCA: lambda 0)")))
     text = "\n\n".join(parts)
-    cell_table = report.cell_rows(records)
+    cell_table = report.cell_rows([ranking_view(r) for r in records])  # the metrics the table shows
     for row, rec in zip(cell_table, records):
         row["variant"] = rec["key"]["variant"]
         row.update({e: rec.get("extra", {}).get(e) for e in EXTRAS})

@@ -570,4 +570,9 @@ def test_tf_llmer_sasrec_rows_use_its_protocol_and_full_ranking(tmp_path, capsys
     for v, c in by.items():
         assert float(table[v]["recall@10_mean"]) == pytest.approx(c["test"]["full_recall@10"], rel=1e-4)
         assert float(table[v]["ndcg@10_mean"]) == pytest.approx(c["test"]["full_ndcg@10"], rel=1e-4)
-    assert "SASRec + Rec-PCA λ=1 + typical" in capsys.readouterr().out
+    cells = {r["variant"]: r for r in _csv(out / "cells.csv")}  # the same full-ranking numbers per cell
+    for v, c in by.items():
+        assert float(cells[v]["ndcg@10"]) == pytest.approx(c["test"]["full_ndcg@10"], rel=1e-4)
+    printed = capsys.readouterr().out
+    assert "SASRec + Rec-PCA λ=1 + typical" in printed
+    assert "SASRec: full-ranking R@10 / N@10 on its own protocol's split (split loo_time" in printed
