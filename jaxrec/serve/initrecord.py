@@ -10,6 +10,8 @@ as ``jaxrec.init.llm_init_params`` mapped the run's own items (``jaxrec.init.app
    its full [I, N] table (RecBole ``normalize_all``, ``jaxrec.init.scaling.minmax_full``);
 2. the selected dims ``x[:, indices]`` (``uniform`` / ``random`` / ``variance``; LLMInit,
    DESIGN.md 2.1) or every dim (``full``);
+2b. ``init_norm`` (TF-LLMER, ``jaxrec.init.normalize``): every non-zero row scaled to the run's
+   ``norm_target`` (1 for ``unit``, the backbone's measured typical row norm for ``typical``);
 3. ``match_random``: times the run's factor ``sqrt(K) * reference_std / mean_row_norm_before``;
    ``standardize``: ``(x - mean) / std * reference_std`` per dim with the run's mean and std
    over its non-zero item rows (stored as float32); zero rows stay zero.
@@ -61,9 +63,12 @@ def init_record(report: Any, emb: np.ndarray | None, config: Any, tables: Mappin
         source={"embeddings": getattr(config, "embeddings", None), "encoder": getattr(config, "encoder", None)},
         tables={side: {"key": spec.key, "offset": spec.offset} for side, spec in (tables or {}).items()},
         reusable=report.indices is not None or report.strategy == "full",
+        init_norm=getattr(report, "init_norm", "none"), norm_target=getattr(report, "norm_target", None),
     )
+    if report.strategy == "recpca":
+        rec["recpca_lambda"] = getattr(config, "recpca_lambda", None)
     if rec["reusable"] and mode == "standardize":
-        table = _selected(rec, np.asarray(emb, np.float32))
+        table = _normalized(rec, _selected(rec, np.asarray(emb, np.float32)))
         mean, std = _standardize_stats(table)
         rec["item_standardize"] = {"mean": mean.tolist(), "std": std.tolist()}
     return rec
@@ -79,6 +84,18 @@ def _selected(rec: dict, x: np.ndarray) -> np.ndarray:
         lo, hi = float(rec["item_scale"]["min"]), float(rec["item_scale"]["max"])
         x = np.ones_like(x) if hi == lo else ((x - lo) / (hi - lo)).astype(x.dtype, copy=False)
     return x if rec["indices"] is None else np.take(x, np.asarray(rec["indices"], np.int64), axis=1)
+
+
+def _normalized(rec: Mapping[str, Any], table: np.ndarray) -> np.ndarray:
+    """Step 2b: non-zero rows scaled to ``norm_target`` (``jaxrec.init.normalize.normalize_items``)."""
+    if rec.get("init_norm", "none") == "none":
+        return table
+    target = rec.get("norm_target")
+    if target is None:
+        raise InitRecordError(f"init.json: init_norm={rec['init_norm']!r} without its 'norm_target'")
+    norms = np.linalg.norm(table, axis=1, keepdims=True)
+    scaled = table * (np.float32(target) / np.maximum(norms, np.float32(1e-12)))
+    return np.where(norms > 1e-12, scaled, np.float32(0)).astype(np.float32)
 
 
 def _standardize_stats(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +124,7 @@ def item_rows(record: Mapping[str, Any], emb: np.ndarray) -> np.ndarray:
     x = np.asarray(emb, np.float32)
     if x.ndim != 2 or x.shape[1] != record["n"]:
         raise InitRecordError(f"item embeddings: expected [items, {record['n']}] (the run's N), got shape {x.shape}")
-    table = _selected(dict(record), x)
+    table = _normalized(record, _selected(dict(record), x))
     mode = record.get("init_scale", "none")
     scale = record.get("item_scale") or {}
     if mode == "match_random":
