@@ -78,6 +78,9 @@ def add_common_args(parser: argparse.ArgumentParser, backbones: str = "lightgcn"
                    help="fix the data split to this seed for every run (default: each run's own seed)")
     g.add_argument("--resume", action="store_true",
                    help="reuse the cells already in the run folder's results.json (same config) and run the rest")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the cells of an earlier run in --out (without it, and without --resume, an --out "
+                        "holding a results.json with cells is refused)")
     g.add_argument("--reuse", action="append", default=[], metavar="RESULTS",
                    help="also reuse matching cells from another run's results.json (file or run folder; repeatable)")
     g.add_argument("--save-runs", action="store_true",

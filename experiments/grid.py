@@ -259,6 +259,11 @@ def run_cells(args: argparse.Namespace, experiment: str, command: str, base: Con
               out: Path, datasets: DatasetCache, meta: dict, **kw) -> list[dict]:
     """``run_grid`` with the common options (--resume, --reuse, --save-runs, --progress);
     ``results.json`` is rewritten, marked incomplete, after every cell. ``kw``: e.g. ``on_result``."""
+    if not args.resume and not getattr(args, "overwrite", False):
+        earlier = load_previous_cells(out)
+        if earlier:
+            raise ConfigError(f"--out {out}: holds an earlier run's results.json ({len(earlier)} cells); pass --resume "
+                              "to reuse its matching cells, --overwrite to replace them, or another --out")
     log.info("%s: %d runs -> %s", experiment, len(cells), out)
 
     def checkpoint(records):

@@ -437,6 +437,14 @@ def test_common_option_errors(tiny, tmp_path):
         llminit_table.main(["--dataset", str(tiny["dataset"]), "--inits", "none,bogus", "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match="epochs"):
         llminit_table.main(["--dataset", str(tiny["dataset"]), "--set", "epochs=0", "--out", str(tmp_path)])
+    # an --out holding an earlier run's cells is refused without --resume / --overwrite, before training
+    (tmp_path / "done").mkdir()
+    earlier = {"cells": [{"key": {"backbone": "mf"}, "config": {}, "test": {}}]}
+    (tmp_path / "done" / "results.json").write_text(json.dumps(earlier))
+    with pytest.raises(ConfigError, match="holds an earlier run's results.json \\(1 cells\\); pass --resume"):
+        llminit_table.main(["--dataset", str(tiny["dataset"]), "--backbones", "mf", "--inits", "none", "--seeds", "1",
+                            "--epochs", "1", "--out", str(tmp_path / "done")])
+    assert json.loads((tmp_path / "done" / "results.json").read_text()) == earlier  # untouched
 
 
 # ------------------------------------------------------------------------------ TF-LLMER
