@@ -144,6 +144,10 @@ def test_llm_init_text_source_auto(tmp_path, capsys):
         assert got.embeddings == str(ref.resolve()) and got.encoder is None and "auto-detected" in note
     assert with_text_source(plain.replace(encoder="mpnet")) == (plain.replace(encoder="mpnet"), None)
     assert with_text_source(Config(dataset=str(ds), embeddings="auto"))[0].embeddings is None  # init none
+    from jaxrec.init import resolve_embedding_source
+
+    off = resolve_embedding_source(plain, "none")  # the reference file is there but turned off
+    assert (off.embeddings, off.encoder) == (None, "minilm") and "not used (embeddings=none)" in off.description
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(ds), "--init", "variance", "--epochs", "1", "--out", str(out),
                  "--no-progress", "--set", "embedding_size=4", "--set", "topk=5,10"]) == 0

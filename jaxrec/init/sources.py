@@ -76,7 +76,9 @@ def resolve_embedding_source(config: Any, embeddings: str | None = "auto", encod
         ref = find_reference_embeddings(config.dataset, config.data_dirs)
         if ref is not None:
             return EmbeddingSource(str(ref.resolve()), None, f"reference MPNet embeddings {ref} (auto-detected)")
-    return EmbeddingSource(None, "minilm", "encoder minilm (no reference embeddings found)")
+    why = "reference embeddings not used (embeddings=none)" if str(embeddings).lower() == "none" else \
+        "no reference embeddings found"
+    return EmbeddingSource(None, "minilm", f"encoder minilm ({why})")
 
 
 def save_precomputed(path: str | Path, emb: np.ndarray, item_ids: Sequence[str]) -> Path:
