@@ -291,6 +291,7 @@ def summarize(records, variants: Sequence[Variant]) -> list[dict]:
         recs = [c for c in records if c["key"]["backbone"] == r["backbone"] and c["key"]["variant"] == r["variant"]]
         for e in EXTRAS:
             r[f"{e}_mean"], r[f"{e}_std"] = _mean_std(c.get("extra", {}).get(e) for c in recs)
+        r["ndcg@10_by_seed"] = {int(c["key"]["seed"]): float(c["test"]["ndcg@10"]) for c in recs}
         r["best_epoch_mean"] = float(np.mean([c["best_epoch"] for c in recs]))
         r["epochs_run_mean"] = float(np.mean([c.get("epochs_run", c["stopped_epoch"] + 1) for c in recs]))
         v = by_name.get(r["variant"]) or parse_variant(r["variant"])
@@ -324,8 +325,10 @@ def barrier_text(rows, title: str) -> str:
 
 
 def verdicts(rows) -> list[dict]:
-    """Per backbone: the best LLM variant and the variants whose mean N@10 reaches random init's,
-    and whether each gap exceeds the seeds' spread (|gap| > the larger of the two stds)."""
+    """Per backbone: the best LLM variant; the variants whose mean N@10 reaches random init's
+    (``at_or_above_random``) and those at or above it on every seed (``every_seed``); and the
+    variants whose gap exceeds the seeds' spread (|gap| > the larger of the two stds), above
+    (``beyond_seed_spread_above``) or below (``..._below``; ``beyond_seed_spread``: both)."""
     out = []
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         mine = [r for r in rows if r["backbone"] == backbone]
@@ -336,24 +339,40 @@ def verdicts(rows) -> list[dict]:
         best = max(llm, key=lambda r: r["ndcg@10_mean"])
         at_or_above = [r["variant"] for r in llm if r["ndcg@10_mean"] >= base["ndcg@10_mean"]]
         # with one seed there is no spread to compare against: None
+        base_seeds = base.get("ndcg@10_by_seed", {})
+        every_seed = [r["variant"] for r in llm if r.get("ndcg@10_by_seed") and base_seeds
+                      and all(v >= base_seeds[sd] for sd, v in r["ndcg@10_by_seed"].items() if sd in base_seeds)]
         spread = None if base["n"] < 2 else [
             r["variant"] for r in llm if r["n"] >= 2
             and abs(r["ndcg@10_mean"] - base["ndcg@10_mean"]) > max(r["ndcg@10_std"], base["ndcg@10_std"])]
+        above = None if spread is None else [
+            v for v in spread if next(r for r in llm if r["variant"] == v)["ndcg@10_mean"] > base["ndcg@10_mean"]]
+        below = None if spread is None else [v for v in spread if v not in above]
         out.append({"backbone": backbone, "random_ndcg@10": base["ndcg@10_mean"], "best_variant": best["variant"],
                     "best_ndcg@10": best["ndcg@10_mean"], "best_gain": best["ndcg@10_gain"],
-                    "at_or_above_random": at_or_above, "beyond_seed_spread": spread, "seeds": base["n"]})
+                    "at_or_above_random": at_or_above, "every_seed": every_seed, "beyond_seed_spread": spread,
+                    "beyond_seed_spread_above": above, "beyond_seed_spread_below": below, "seeds": base["n"]})
     return out
 
 
 def verdict_text(items: list[dict]) -> str:
-    lines = ["Does an LLM-based init reach random init (mean test N@10)?"]
+    if not items:
+        return "Does an LLM-based init reach random init? (no LLM-initialized rows)"
+    lines = ["Does an LLM-based init reach random init (test N@10)?"]
     for v in items:
-        reach = ", ".join(v["at_or_above_random"]) or "none of the LLM variants"
-        spread = ("n/a (one seed)" if v["beyond_seed_spread"] is None
-                  else ", ".join(v["beyond_seed_spread"]) or "none")
-        lines.append(f"- {report.backbone_label(v['backbone'])} ({v['seeds']} seed(s)): random {v['random_ndcg@10']:.4f}; "
-                     f"best {v['best_variant']} {v['best_ndcg@10']:.4f} ({report.fmt_gain(v['best_gain'])}); "
-                     f"at or above random: {reach}; gap to random larger than the seeds' std: {spread}")
+        def names(xs):
+            return ", ".join(xs) or "none"
+
+        seeds = f"{v['seeds']} seed" + ("s" if v["seeds"] != 1 else "")
+        line = (f"- {report.backbone_label(v['backbone'])} ({seeds}): random {v['random_ndcg@10']:.4f}; "
+                f"best {v['best_variant']} {v['best_ndcg@10']:.4f} ({report.fmt_gain(v['best_gain'])}); "
+                f"mean at or above random: {names(v['at_or_above_random'])}")
+        if v["beyond_seed_spread"] is None:
+            line += "; gap vs the seeds' std: n/a (one seed)"
+        else:
+            line += (f"; on every seed: {names(v.get('every_seed', []))}; beyond the seeds' std above random: "
+                     f"{names(v['beyond_seed_spread_above'])}, below random: {names(v['beyond_seed_spread_below'])}")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -447,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"backbones": backbones, "variants": [v.name for v in variants], "seeds": seeds_of,
             "min_epochs": min_epochs, "split_seed": args.split_seed, "curvature_iters": args.curvature_iters}
     probe_rows: list[dict] = []
+    first = datasets.first(base, all_seeds)  # a bad --dataset is refused here, before --out is made
     if llm:
-        first = datasets.first(base, all_seeds)
         meta["text_embeddings"] = grid.prepare_text_embeddings(first, source)
         n = meta["text_embeddings"].get("dim")
         for cell in cells:  # K <= N for every LLM cell (and the probe) before any training

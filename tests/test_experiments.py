@@ -441,7 +441,7 @@ def test_common_option_errors(tiny, tmp_path):
     (tmp_path / "done").mkdir()
     earlier = {"cells": [{"key": {"backbone": "mf"}, "config": {}, "test": {}}]}
     (tmp_path / "done" / "results.json").write_text(json.dumps(earlier))
-    with pytest.raises(ConfigError, match="holds an earlier run's results.json \\(1 cells\\); pass --resume"):
+    with pytest.raises(ConfigError, match="holds an earlier run's results.json \\(1 cell\\); pass --resume"):
         llminit_table.main(["--dataset", str(tiny["dataset"]), "--backbones", "mf", "--inits", "none", "--seeds", "1",
                             "--epochs", "1", "--out", str(tmp_path / "done")])
     assert json.loads((tmp_path / "done" / "results.json").read_text()) == earlier  # untouched
@@ -460,7 +460,7 @@ def test_tf_llmer_end_to_end(tiny, fast, tmp_path, capsys):
         "LightGCN", "LightGCN + Var + typical", "LightGCN + Rec-PCA λ=0.5 + unit",
         "SGCL", "SGCL + Var + typical", "SGCL + Rec-PCA λ=0.5 + unit"]
     assert "Hessian top" in text and "Does an LLM-based init reach random init" in text
-    assert "SGCL (1 seed(s))" in text and "n/a (one seed)" in text
+    assert "SGCL (1 seed)" in text and "n/a (one seed)" in text and "LightGCN (2 seeds)" in text
     for name in ("tf_llmer.csv", "cells.csv", "results.json", "table.txt"):
         assert (out / name).is_file(), name
     assert _is_png(out / "tf_llmer.png") and _is_png(out / "tf_llmer_curves.png")
@@ -501,6 +501,14 @@ def test_tf_llmer_end_to_end(tiny, fast, tmp_path, capsys):
     reach = [v for v in ("variance+typical", rec_v)
              if float(table[("sgcl", v)]["ndcg@10_mean"]) >= float(table[("sgcl", "none")]["ndcg@10_mean"])]
     assert verdict["sgcl"]["at_or_above_random"] == reach and verdict["sgcl"]["beyond_seed_spread"] is None
+    ndcg = {(b, v, sd): c["test"]["ndcg@10"] for (b, v, sd), c in by.items()}
+    every = [v for v in ("variance+typical", rec_v)
+             if all(ndcg[("lightgcn", v, sd)] >= ndcg[("lightgcn", "none", sd)] for sd in (1, 2))]
+    assert verdict["lightgcn"]["every_seed"] == every
+    lg = verdict["lightgcn"]
+    assert sorted(lg["beyond_seed_spread_above"] + lg["beyond_seed_spread_below"]) == sorted(lg["beyond_seed_spread"])
+    for v in lg["beyond_seed_spread_above"]:
+        assert float(table[("lightgcn", v)]["ndcg@10_mean"]) > float(table[("lightgcn", "none")]["ndcg@10_mean"])
     # --resume reuses every cell, its measures included
     assert tf_llmer.main(argv + ["--resume"]) == 0
     again = json.loads((out / "results.json").read_text())["cells"]
@@ -525,6 +533,7 @@ def test_tf_llmer_variant_errors(spec, match):
 
 def test_tf_llmer_option_errors(tiny, tmp_path):
     from jaxrec.config import ConfigError
+    from jaxrec.data import DataError
 
     base = ["--dataset", str(tiny["dataset"]), "--backbones", "lightgcn", "--out", str(tmp_path)]
     with pytest.raises(ConfigError, match="--seeds-for: \\['sgl'\\] not among --backbones"):
@@ -546,6 +555,8 @@ def test_tf_llmer_option_errors(tiny, tmp_path):
         tf_llmer.main(fresh + ["--variants", "recpca@1", "--set", "embedding_size=999"])  # probe on by default
     with pytest.raises(ConfigError, match="--reuse .*nowhere: no results.json with cells there"):
         tf_llmer.main(fresh + ["--variants", "none", "--reuse", str(tmp_path / "nowhere")])
+    with pytest.raises(DataError, match="nodata.*path not found"):
+        tf_llmer.main(["--dataset", str(tmp_path / "nodata"), *fresh[2:], "--variants", "none"])
     assert not out.exists()
 
 
