@@ -71,12 +71,15 @@ def dataset_item_embeddings(
 def item_embeddings(
     dataset: Any, config: Any, cache_dir: str | Path | None = None, encoder: Any = None, progress: bool = True
 ) -> np.ndarray:
-    """float32 [num_items, N]: ``config.embeddings`` if set, else items encoded by ``encoder``/``config.encoder``."""
+    """float32 [num_items, N]: ``config.embeddings`` if set, else items encoded by ``encoder``/``config.encoder``;
+    ``ConfigError`` when neither is given."""
     if getattr(config, "embeddings", None):
         return load_precomputed(config.embeddings, dataset_item_ids=np.asarray(dataset.train.item_ids))
     encoder = encoder if encoder is not None else getattr(config, "encoder", None)
     if encoder is None:
-        require_text_source(config)
+        from jaxrec.config import ConfigError  # noqa: PLC0415
+
+        raise ConfigError("item text embeddings: set config.embeddings (a .npy) or config.encoder (e.g. minilm)")
     return dataset_item_embeddings(dataset, encoder, cache_dir=cache_dir, progress=progress)
 
 
