@@ -262,8 +262,9 @@ def run_cells(args: argparse.Namespace, experiment: str, command: str, base: Con
     if not args.resume and not getattr(args, "overwrite", False):
         earlier = load_previous_cells(out)
         if earlier:
-            raise ConfigError(f"--out {out}: holds an earlier run's results.json ({len(earlier)} cell{'s' if len(earlier) != 1 else ''}); pass --resume "
-                              "to reuse its matching cells, --overwrite to replace them, or another --out")
+            cells_txt = f"{len(earlier)} cell" + ("s" if len(earlier) != 1 else "")
+            raise ConfigError(f"--out {out}: holds an earlier run's results.json ({cells_txt}); pass --resume to reuse "
+                              "its matching cells, --overwrite to replace them, or another --out")
     log.info("%s: %d runs -> %s", experiment, len(cells), out)
 
     def checkpoint(records):

@@ -46,6 +46,7 @@ import numpy as np
 from experiments import cli, grid, plots, report
 from jaxrec.config import ConfigError, model_defaults
 from jaxrec.init import EmbeddingSource
+from jaxrec.init.apply import check_embedding_size
 from jaxrec.registry import INIT_NORMS, INITIALIZERS, MODELS
 
 log = logging.getLogger("experiments")
@@ -345,8 +346,8 @@ def verdicts(rows) -> list[dict]:
         spread = None if base["n"] < 2 else [
             r["variant"] for r in llm if r["n"] >= 2
             and abs(r["ndcg@10_mean"] - base["ndcg@10_mean"]) > max(r["ndcg@10_std"], base["ndcg@10_std"])]
-        above = None if spread is None else [
-            v for v in spread if next(r for r in llm if r["variant"] == v)["ndcg@10_mean"] > base["ndcg@10_mean"]]
+        mean_of = {r["variant"]: r["ndcg@10_mean"] for r in llm}
+        above = None if spread is None else [v for v in spread if mean_of[v] > base["ndcg@10_mean"]]
         below = None if spread is None else [v for v in spread if v not in above]
         out.append({"backbone": backbone, "random_ndcg@10": base["ndcg@10_mean"], "best_variant": best["variant"],
                     "best_ndcg@10": best["ndcg@10_mean"], "best_gain": best["ndcg@10_gain"],
@@ -358,11 +359,11 @@ def verdicts(rows) -> list[dict]:
 def verdict_text(items: list[dict]) -> str:
     if not items:
         return "Does an LLM-based init reach random init? (no LLM-initialized rows)"
+    def names(xs):
+        return ", ".join(xs) or "none"
+
     lines = ["Does an LLM-based init reach random init (test N@10)?"]
     for v in items:
-        def names(xs):
-            return ", ".join(xs) or "none"
-
         seeds = f"{v['seeds']} seed" + ("s" if v["seeds"] != 1 else "")
         line = (f"- {report.backbone_label(v['backbone'])} ({seeds}): random {v['random_ndcg@10']:.4f}; "
                 f"best {v['best_variant']} {v['best_ndcg@10']:.4f} ({report.fmt_gain(v['best_gain'])}); "
@@ -470,13 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     if llm:
         meta["text_embeddings"] = grid.prepare_text_embeddings(first, source)
         n = meta["text_embeddings"].get("dim")
-        for cell in cells:  # K <= N for every LLM cell (and the probe) before any training
-            k = cell.config.embedding_size
-            if cell.config.init != "none" and n is not None and k > n:
-                raise ConfigError(f"embedding_size={k} ({cell.config.model}): the backbone's embedding size K={k} "
-                                  f"exceeds the text embeddings' N={n} dims that init {cell.config.init!r} reduces; "
-                                  f"use embedding_size <= {n}")
-        if probe and base.embedding_size > (n or base.embedding_size):
+        if n is not None:
+            for cell in cells:  # K <= N for every LLM cell (and the probe) before any training
+                if cell.config.init != "none":
+                    check_embedding_size(cell.config.embedding_size, n, cell.config.init, f" ({cell.config.model})")
+        if probe and n is not None and base.embedding_size > n:
             raise ConfigError(f"--lambda-probe: embedding_size={base.embedding_size} exceeds the text embeddings' "
                               f"N={n} dims; use embedding_size <= {n} or --lambda-probe none")
         if probe:

@@ -95,6 +95,16 @@ def _mean_nonzero_norm(table: jax.Array) -> float:
     return float(jnp.sum(jnp.where(nz, norms, 0.0)) / jnp.maximum(nz.sum(), 1))
 
 
+def check_embedding_size(k: int, n: int, strategy: str, where: str = "") -> None:
+    """``ConfigError`` when the backbone's embedding size K exceeds the text embeddings' N dims
+    that LLM initializer ``strategy`` reduces (``where``: e.g. " (lightgcn)", after the key)."""
+    from jaxrec.config import ConfigError  # noqa: PLC0415
+
+    if k > n:
+        raise ConfigError(f"embedding_size={k}{where}: the backbone's embedding size K={k} exceeds the encoder's "
+                          f"N={n} dims that init {strategy!r} reduces; use embedding_size <= {n}")
+
+
 def llm_init_params(
     params: dict[str, Any],
     item_emb_full,
@@ -121,7 +131,6 @@ def llm_init_params(
     initializer's own (``recpca``: ``recpca_lambda``, a co-occurrence graph without edges),
     before any compute.
     """
-    from jaxrec.config import ConfigError  # noqa: PLC0415
     from jaxrec.init.strategies import InitInputs, get_initializer  # noqa: PLC0415
     from jaxrec.models.base import TableSpec  # noqa: PLC0415
 
@@ -155,9 +164,7 @@ def llm_init_params(
             "(num_users x item embedding size)"
         )
     n = emb.shape[1]
-    if k > n:
-        raise ConfigError(f"embedding_size={k}: the backbone's embedding size K={k} exceeds the encoder's N={n} dims "
-                          f"that init {strategy!r} reduces; use embedding_size <= {n}")
+    check_embedding_size(k, n, strategy)
     if initializer.needs_key and key is None:
         raise ValueError(f"init {strategy!r}: a jax.random key is required")
     norm_mode = getattr(config, "init_norm", "none")

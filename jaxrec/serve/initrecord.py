@@ -87,15 +87,15 @@ def _selected(rec: dict, x: np.ndarray) -> np.ndarray:
 
 
 def _normalized(rec: Mapping[str, Any], table: np.ndarray) -> np.ndarray:
-    """Step 2b: non-zero rows scaled to ``norm_target`` (``jaxrec.init.normalize.normalize_items``)."""
+    """Step 2b: non-zero rows scaled to ``norm_target`` by the run's own ``normalize_items``."""
     if rec.get("init_norm", "none") == "none":
         return table
     target = rec.get("norm_target")
     if target is None:
         raise InitRecordError(f"init.json: init_norm={rec['init_norm']!r} without its 'norm_target'")
-    norms = np.linalg.norm(table, axis=1, keepdims=True)
-    scaled = table * (np.float32(target) / np.maximum(norms, np.float32(1e-12)))
-    return np.where(norms > 1e-12, scaled, np.float32(0)).astype(np.float32)
+    from jaxrec.init.normalize import normalize_items  # noqa: PLC0415
+
+    return np.asarray(normalize_items(table, float(target)), np.float32)
 
 
 def _standardize_stats(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
