@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     # --- report ----------------------------------------------------------------------------------
     jt = median(samples["jaxrec"])
     coo = median(samples["torch COO (RecBole)"])
-    print(f"\nSame start, same batches: mean loss of the first epoch: "
+    print("\nSame start, same batches: mean loss of the first epoch: "
           + ", ".join(f"{n} {v:.6f}" for n, v in first_losses.items()))
     print(f"\nEpoch time, seconds (median of {args.rounds} interleaved rounds; {len(batches)} steps per epoch):\n")
     rows = []
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     print(f"First epoch (incl. compilation): jaxrec {t_first:.2f} s -> compile ~ {t_first - jt:.2f} s; "
           + ", ".join(f"{n} {v:.2f} s" for n, v in t_first_torch.items()))
     if extra:
-        print(f"\nProfile (same rounds; seconds per epoch-equivalent):\n")
+        print("\nProfile (same rounds; seconds per epoch-equivalent):\n")
         rows = []
         for n in extra:
             t = median(samples[n])

@@ -4,7 +4,7 @@ The pipeline, every training a ``jaxrec.fit`` run folder under ``--out`` (``--re
 
 1. SASRec (A-LLMRec's pretraining protocol, ``Config.for_model("sasrec")``) on the dataset;
    with ``--stage1-run DIR`` the SASRec that stage-1 run was trained on instead;
-2. stage-2 inputs (``jaxrec.align.stage2_inputs``): the user representations per stage and the
+2. stage-2 inputs (``jaxrec.methods.allmrec.stage2_inputs``): the user representations per stage and the
    item embeddings, one of
    - ``--train-stage1``: stage 1 (``allmrec_stage1``, ``--stage1-set`` overrides, e.g.
      ``embeddings=...`` or ``encoder=mpnet``) trained here on that SASRec into ``stage1/``,
@@ -21,7 +21,7 @@ The pipeline, every training a ``jaxrec.fit`` run folder under ``--out`` (``--re
    overall and on cold / warm items (targets among the 35 % least / most trained items); the
    LM's ranking (sum and per-token mean log-likelihood), its greedy generation (exact title and
    the reference's substring rule);
-5. filter-then-rerank (``jaxrec.align.rerank``): SASRec's top 20 over every unseen item,
+5. filter-then-rerank (``jaxrec.methods.allmrec.rerank``): SASRec's top 20 over every unseen item,
    re-ordered by the trained stage-2 LM.
 
 Row "A-LLMRec stage 1" (with ``--train-stage1`` / ``--stage1-run``): the stage-1 recommender,
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2020, help="seed of the split, candidates and every run (default 2020)")
     p.add_argument("--lm", default="smollm2", help="frozen LM: smollm2 | a .gguf file | a Hugging Face folder")
     p.add_argument("--inputs", default=None,
-                   help="stage-2 inputs .npz (a stage-1 export, jaxrec.align.stage2_inputs.save_inputs); default: "
+                   help="stage-2 inputs .npz (a stage-1 export, jaxrec.methods.allmrec.stage2_inputs.save_inputs); default: "
                         "the SASRec fallback computed here")
     p.add_argument("--stage1-run", type=Path, default=None, metavar="DIR",
                    help="a finished allmrec_stage1 run folder: its joint item embeddings and its SASRec")
@@ -100,17 +100,20 @@ def _group_metrics(ranks: np.ndarray, rows: dict[str, np.ndarray], num: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxrec.methods.allmrec import register
+
+    register()  # A-LLMRec's stages, contexts, terms and evaluation (explicit; idempotent)
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
     import jaxrec
-    from jaxrec.align import stage2_fit
-    from jaxrec.align.rerank import recommender_top, rerank
-    from jaxrec.align.stage2 import project
-    from jaxrec.align.stage1 import load_sasrec_run, load_stage1_run
-    from jaxrec.align.stage2_inputs import load_inputs, sasrec_inputs, save_inputs, stage1_inputs
     from jaxrec.data import load_dataset
     from jaxrec.eval.candidates import candidate_ranks
-    from jaxrec.models.sasrec import settings_from_config
+    from jaxrec.methods.allmrec import stage2_fit
+    from jaxrec.methods.allmrec.rerank import recommender_top, rerank
+    from jaxrec.methods.allmrec.stage1 import load_sasrec_run, load_stage1_run
+    from jaxrec.methods.allmrec.stage2 import project
+    from jaxrec.methods.allmrec.stage2_inputs import load_inputs, sasrec_inputs, save_inputs, stage1_inputs
+    from jaxrec.models.sasrec import arch_from_config
     from jaxrec.train import prepare
 
     given = [n for n, v in (("--inputs", args.inputs), ("--stage1-run", args.stage1_run),
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         s_fit = jaxrec.fit(jaxrec.get_model(s_cfg), ds, s_cfg, out_dir=out / "sasrec", resume=args.resume,
                            overwrite=not args.resume, prepared=prepared)
-        s_params, s_settings, s_dir = s_fit.params, settings_from_config(s_cfg, ds.num_items), out / "sasrec"
+        s_params, s_settings, s_dir = s_fit.params, arch_from_config(s_cfg, ds.num_items), out / "sasrec"
         s_test, s_best = s_fit.test_metrics, s_fit.best_epoch
     seconds["sasrec_fit"] = time.perf_counter() - t0
     log.info("SASRec (%s): best epoch %s, test hit@1 %.4f (%.0f s)", s_dir, s_best, s_test.get("hit@1", np.nan),

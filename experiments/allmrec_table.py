@@ -65,10 +65,23 @@ import numpy as np
 from experiments import cli, grid, plots, report
 from jaxrec.config import Config, ConfigError, model_defaults
 from jaxrec.data import DataError
-from jaxrec.eval.candidates import (DEFAULT_METRICS, CandidateSet, candidate_ranks, candidates_for, dot_scores,
-                                    metrics_from_ranks)
-from jaxrec.eval.scenarios import ColdUsers, ColdWarmItems, CrossDomain, FewShot, ScenarioData, Standard, \
-    scenario_metrics
+from jaxrec.eval.candidates import (
+    DEFAULT_METRICS,
+    CandidateSet,
+    candidate_ranks,
+    candidates_for,
+    dot_scores,
+    metrics_from_ranks,
+)
+from jaxrec.eval.scenarios import (
+    ColdUsers,
+    ColdWarmItems,
+    CrossDomain,
+    FewShot,
+    ScenarioData,
+    Standard,
+    scenario_metrics,
+)
 
 log = logging.getLogger("experiments")
 EXPERIMENT = "allmrec_table"
@@ -90,12 +103,12 @@ def embedding_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -
 
 
 def stage1_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -> np.ndarray:
-    """float [M, C]: the stage-1 recommender's ``u . f_I^dec(z_i)`` (``jaxrec.align.stage1``):
+    """float [M, C]: the stage-1 recommender's ``u . f_I^dec(z_i)`` (``jaxrec.methods.allmrec.stage1``):
     the frozen SASRec and text of the cell's training data, the users' test histories of
     ``eval_dataset`` (a cold user's first two items)."""
     import jax
 
-    from jaxrec.align.stage1 import evaluation_context
+    from jaxrec.methods.allmrec.stage1 import evaluation_context
 
     context = evaluation_context(ctx.prepared.contexts(ctx.model.context, ctx.cell.config)["test"], eval_dataset,
                                  ctx.cell.config)
@@ -148,8 +161,6 @@ METHODS = (
 )
 #: The default rows (the fine-tuned-encoder row costs an encoder forward and backward per step).
 DEFAULT_METHODS = ("sasrec", "stage1", "stage1_sbert")
-#: Keys of the frozen SASRec that a stage-1 row takes from the SASRec run, not from --set.
-SASREC_ONLY = ("num_heads", "dropout_rate", "seq_norm", "dropout_rng")
 
 #: A-LLMRec (Kim et al., 2024) Tables 1-4, Hit@1 over 20 candidates (DESIGN.md section 3):
 #: method -> dataset -> column -> value.
@@ -261,11 +272,9 @@ def method_config(args: argparse.Namespace, method: Method) -> Config:
 
 
 def stage1_config(config: Config, sasrec_run: Path) -> Config:
-    """A stage-1 row's config: ``sasrec_run``, the SASRec-only keys back at their defaults (the
-    run fixes them), and a text source (``resolve_embedding_source``) unless the row names one."""
-    defaults = Config()
-    config = config.replace(sasrec_run=str(sasrec_run), **{k: getattr(defaults, k) for k in SASREC_ONLY})
-    return text_config(config)
+    """A stage-1 row's config: ``sasrec_run`` and a text source (``resolve_embedding_source``)
+    unless the row names one."""
+    return text_config(config.replace(sasrec_run=str(sasrec_run)))
 
 
 def text_config(config: Config) -> Config:
@@ -283,9 +292,9 @@ def check_target(args: argparse.Namespace, methods, target) -> None:
     ``--target-embeddings`` (same width, a row for every target item) unless the file is the
     reference MPNet one (the target is then encoded by ``mpnet``). ConfigError /
     EmbeddingFileError naming the option otherwise."""
-    from jaxrec.align.stage1 import text_dim_of, uses_precomputed_text
     from jaxrec.init.precomputed import load_precomputed
     from jaxrec.init.sources import is_reference_embeddings
+    from jaxrec.methods.allmrec.stage1 import text_dim_of, uses_precomputed_text
 
     given = None
     if args.target_embeddings:
@@ -310,10 +319,6 @@ def check_target(args: argparse.Namespace, methods, target) -> None:
 def stage2_config(config: Config, stage1_run: Path, args: argparse.Namespace) -> Config:
     """The stage-2 row's config: ``stage1_run``, the user samples and epochs of the --stage2-*
     options, then --stage2-set. ConfigError when its candidate lists would not be the table's."""
-    from jaxrec.align.stage1 import STAGE1_KEYS
-
-    defaults = Config()  # stage 2 reads SASRec and stage 1 from the stage-1 run: their keys stay at the defaults
-    config = config.replace(**{k: getattr(defaults, k) for k in (*SASREC_ONLY, "max_seq_len", *STAGE1_KEYS)})
     config = config.replace(stage1_run=str(stage1_run), train_users=args.stage2_train_users,
                             valid_users=args.stage2_valid_users, eval_users=args.stage2_eval_users,
                             epochs=args.stage2_epochs).with_overrides(args.stage2_set)
@@ -361,8 +366,8 @@ def scorer(methods: dict[str, Method], setups: dict, datasets: grid.DatasetCache
     target ranks (``ranks``); a stage-2 cell reports ``fit``'s LM test metrics and its user
     sample (``stage2_extra``); with ``target``, a cross-domain row's standard cell also scores
     the target dataset's test users (group ``cross_domain``)."""
-    from jaxrec.align.stage1 import uses_precomputed_text
     from jaxrec.data.locate import cache_root
+    from jaxrec.methods.allmrec.stage1 import uses_precomputed_text
 
     def on_result(ctx: grid.CellContext) -> dict:
         config, key = ctx.cell.config, ctx.cell.key
@@ -398,8 +403,8 @@ def scorer(methods: dict[str, Method], setups: dict, datasets: grid.DatasetCache
 def cross_domain_ranks(ctx: grid.CellContext, target, candidates_dir, target_embeddings=None):
     """(CandidateSet, int [M] target ranks) of ``target``'s test users scored by the cell's
     stage-1 run folder: target users = the frozen SASRec over the decoded text latents of their
-    target history, items = the decoded text latents (``jaxrec.align.stage1.Stage1Run.cross_domain``)."""
-    from jaxrec.align.stage1 import load_stage1_run
+    target history, items = the decoded text latents (``jaxrec.methods.allmrec.stage1.Stage1Run.cross_domain``)."""
+    from jaxrec.methods.allmrec.stage1 import load_stage1_run
 
     run = load_stage1_run(ctx.result.out_dir, ctx.dataset)
     user, items = run.cross_domain(target, run.target_text(target, target_embeddings))
@@ -419,7 +424,7 @@ def stage2_extra(ctx: grid.CellContext) -> dict:
     metrics (overall, cold and warm items: the same 35 % item groups as ``ColdWarmItems``),
     ``lm`` the LM_EXTRA metrics per group, ``sample`` the dense test users the LM scored per
     group (``stage2_fit.evaluation_lists``: the table's stored candidate lists for them)."""
-    from jaxrec.align import stage2_fit
+    from jaxrec.methods.allmrec import stage2_fit
 
     t, config = ctx.result.test_metrics, ctx.cell.config
     ex, _, _ = stage2_fit.evaluation_lists(ctx.dataset, "test", config)
@@ -557,6 +562,9 @@ def plot(rows, methods, cols, path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxrec.methods.allmrec import register
+
+    register()  # A-LLMRec's stages, contexts, terms and evaluation (explicit; idempotent)
     args = build_parser().parse_args(argv)
     seeds, _ = cli.start(args)
     names = cli.parse_list(args.methods)

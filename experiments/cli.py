@@ -153,15 +153,50 @@ def start(args: argparse.Namespace) -> tuple[list[int], list[str]]:
 
 
 def base_config(args: argparse.Namespace, **fields: Any) -> Config:
-    """``Config(dataset=args.dataset, **fields)`` + ``--plugin`` + ``--set`` overrides + the ``--epochs`` cap."""
+    """``Config(dataset=args.dataset, **fields)`` + ``--plugin`` + ``--set`` overrides + the ``--epochs`` cap.
+
+    A grid mixes models: a ``--set`` key that is a setting of some models applies to the rows
+    whose model has it (``applicable_sets``); a key no model knows is an error."""
     plugins = tuple(getattr(args, "plugin", ()))
     config = Config(dataset=str(args.dataset), plugins=plugins).replace(**fields)
-    config = config.with_overrides(args.set)
+    config = config.with_overrides(applicable_sets(args.set, config.model))
     if args.epochs is not None:
         if args.epochs < 1:
             raise ConfigError(f"--epochs {args.epochs}: expected an integer >= 1")
         config = config.replace(epochs=min(config.epochs, args.epochs))
     return config
+
+
+def for_model(base: Config, model: str, sets: Sequence[str] = (), **fields: Any) -> Config:
+    """``base`` switched to backbone ``model`` (``Config.replace``), with the ``--set`` assignments
+    ``sets`` that are ``model``'s own settings applied (``base_config`` applied only those of its
+    own model), then ``fields``."""
+    own = set(settings_fields_of(model))
+    mine = [a for a in sets if a.split("=", 1)[0].strip() in own]
+    return base.replace(model=model).with_overrides(mine).replace(**fields)
+
+
+def settings_fields_of(model: str) -> tuple[str, ...]:
+    from jaxrec.config import model_spec, settings_fields
+
+    return settings_fields(model_spec(model).settings)
+
+
+def applicable_sets(assignments: Sequence[str], model: str) -> list[str]:
+    """The ``key=value`` strings that apply to ``model``: shared keys and its settings. A key that is
+    neither shared nor a setting of any registered model is a ``ConfigError``."""
+    from jaxrec.config import model_spec, models_with_setting, settings_fields, shared_field_names
+
+    own = set(shared_field_names()) | set(settings_fields(model_spec(model).settings))
+    out = []
+    for text in assignments:
+        key = text.split("=", 1)[0].strip()
+        if key in own or "=" not in text:
+            out.append(text)  # a malformed one is reported by with_overrides
+        elif not models_with_setting(key):
+            raise ConfigError(f"--set {text}: unknown config key {key!r}: neither a shared key nor a setting of any "
+                              "registered model (`jaxrec train --help` lists them)")
+    return out
 
 
 def check_backbones(names: Sequence[str]) -> list[str]:
@@ -212,15 +247,18 @@ def resolve_text_source(args: argparse.Namespace, config: Config) -> EmbeddingSo
 
 
 def main_wrapper(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main`` turning bad input (every error class of ``jaxrec.cli.input_errors``: config,
-    data, embedding files, stage-1/2 inputs, ...) into one line ``jaxrec: error: ...`` on stderr
-    and exit code 2, as the ``jaxrec`` command does."""
-    from jaxrec.cli import input_errors
+    """Run ``main`` with the method packages registered (``jaxrec.methods.register_all``), turning
+    bad input (any ``jaxrec.errors.JaxrecError``: config, data, embedding files, stage-1/2
+    inputs, ...) into one line ``jaxrec: error: ...`` on stderr and exit code 2, as the ``jaxrec``
+    command does."""
+    from jaxrec.errors import JaxrecError
+    from jaxrec.methods import register_all
 
     global _STANDALONE
     _STANDALONE = True
+    register_all()
     try:
         return main(argv)
-    except input_errors() as e:
+    except JaxrecError as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 2

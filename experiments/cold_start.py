@@ -130,14 +130,15 @@ class ColdStartData(grid.DatasetCache):
         return super().prepared(dataset)
 
 
-def build_cells(base, backbones, inits, conditions, seeds, source: EmbeddingSource, keep_fraction: float):
+def build_cells(base, backbones, inits, conditions, seeds, source: EmbeddingSource, keep_fraction: float,
+                sets=()):
     cells = []
     for seed in seeds:
         for backbone in backbones:
             for cond in conditions:
                 for init in inits:
                     fields = source.config_fields() if init != "none" else {"embeddings": None, "encoder": None}
-                    cfg = base.replace(model=backbone, init=init, seed=seed, **fields)
+                    cfg = cli.for_model(base, backbone, sets, init=init, seed=seed, **fields)
                     data = {"condition": cond}
                     if cond != "full":
                         data.update(keep_fraction=keep_fraction, mask_removed=cond == "cold")
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "keep_fraction": args.keep_fraction, "split_seed": args.split_seed}
     if llm:
         meta["text_embeddings"] = grid.prepare_text_embeddings(datasets.first(base, seeds), source)
-    cells = build_cells(base, backbones, inits, conditions, seeds, source, args.keep_fraction)
+    cells = build_cells(base, backbones, inits, conditions, seeds, source, args.keep_fraction, args.set)
     records = grid.run_cells(args, EXPERIMENT, command, base, cells, out, datasets, meta)
     rows = summarize(records)
     meta["reductions"] = [r["data"]["reduction"] for r in records if "reduction" in r.get("data", {})]

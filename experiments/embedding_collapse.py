@@ -57,12 +57,12 @@ def llm_init_for(dim: int, n: int, select: str) -> str | None:
     return "full" if dim == n else None
 
 
-def build_cells(base, backbones, dims, seeds, n: int, select: str, source: EmbeddingSource):
+def build_cells(base, backbones, dims, seeds, n: int, select: str, source: EmbeddingSource, sets=()):
     cells, skipped = [], []
     for seed in seeds:
         for backbone in backbones:
             for dim in dims:
-                cfg = base.replace(model=backbone, embedding_size=dim, seed=seed)
+                cfg = cli.for_model(base, backbone, sets, embedding_size=dim, seed=seed)
                 cells.append(grid.Cell({"backbone": backbone, "dim": dim, "method": "random", "init": "none",
                                      "seed": seed}, cfg.replace(init="none", embeddings=None, encoder=None)))
                 init = llm_init_for(dim, n, select)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = grid.DatasetCache(args.split_seed)
     text = grid.prepare_text_embeddings(datasets.first(base, seeds), source)
     n = int(text["dim"])
-    cells, skipped = build_cells(base, backbones, dims, seeds, n, args.select, source)
+    cells, skipped = build_cells(base, backbones, dims, seeds, n, args.select, source, args.set)
     if skipped:
         log.warning("no LLM init for K=%s > N=%d encoder dims (random init only)", skipped, n)
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones),

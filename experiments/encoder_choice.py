@@ -118,11 +118,11 @@ def item_embeddings_for(encoder: str, dataset, reference: Path | None, out: Path
     return path, cost
 
 
-def build_cells(base, backbones, encoders, inits, seeds, paths: dict[str, Path]) -> list[grid.Cell]:
+def build_cells(base, backbones, encoders, inits, seeds, paths: dict[str, Path], sets=()) -> list[grid.Cell]:
     cells = []
     for seed in seeds:
         for backbone in backbones:
-            cfg = base.replace(model=backbone, seed=seed)
+            cfg = cli.for_model(base, backbone, sets, seed=seed)
             cells.append(grid.Cell({"backbone": backbone, "encoder": "-", "init": "none", "seed": seed},
                                 cfg.replace(init="none", embeddings=None, encoder=None)))
             for enc in encoders:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if costs[enc]["dim"] < base.embedding_size:
             raise ConfigError(f"encoder {enc}: N={costs[enc]['dim']} dims < embedding_size={base.embedding_size}")
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
-    cells = build_cells(base, backbones, encoders, inits, seeds, paths)
+    cells = build_cells(base, backbones, encoders, inits, seeds, paths, args.set)
     meta = {"backbones": backbones, "encoders": encoders, "encoder_specs": specs, "inits": inits, "seeds": seeds,
             "encoding": costs,
             "reference": str(reference) if reference else None, "split_seed": args.split_seed}

@@ -307,6 +307,6 @@ def same_cell(record: dict, cell: Cell) -> bool:
     data = {k: v for k, v in record.get("data", {}).items() if k in cell.data}
     if data != json.loads(json.dumps(cell.data)):
         return False
-    defaults = Config().to_dict()
+    defaults = Config(cell.config.model, plugins=cell.config.plugins).to_dict()  # the model's keys
     stored = record["config"]
     return all(stored.get(k, defaults[k]) == v for k, v in json.loads(json.dumps(cell.config.to_dict())).items())

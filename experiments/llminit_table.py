@@ -45,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_cells(base, backbones, inits, scales, seeds, source: EmbeddingSource) -> list[grid.Cell]:
+def build_cells(base, backbones, inits, scales, seeds, source: EmbeddingSource, sets=()) -> list[grid.Cell]:
     cells = []
     for seed in seeds:
         for backbone in backbones:
             for init in inits:
                 for scale in (["none"] if init == "none" else scales):
                     fields = source.config_fields() if init != "none" else {"embeddings": None, "encoder": None}
-                    config = base.replace(model=backbone, init=init, init_scale=scale, seed=seed, **fields)
+                    config = cli.for_model(base, backbone, sets, init=init, init_scale=scale, seed=seed, **fields)
                     cells.append(grid.Cell({"backbone": backbone, "init": init, "scale": scale, "seed": seed}, config))
     return cells
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "" if scales == ["none"] else "+".join(scales)))
     out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
-    cells = build_cells(base, backbones, inits, scales, seeds, source)
+    cells = build_cells(base, backbones, inits, scales, seeds, source, args.set)
     datasets = grid.DatasetCache(args.split_seed)
     meta = {"backbones": backbones, "inits": inits, "scales": scales, "seeds": seeds, "split_seed": args.split_seed}
     if llm:

@@ -224,7 +224,7 @@ def run_seed(base: Config, backbone: str, seed: int, args, out: Path) -> list[di
     cut = write_cut(base.dataset, base.data_dirs, seed, args.new_items, args.new_time, root / "data")
     log.info("seed %d: %d old / %d new interactions (%d items held out)", seed, cut["old_interactions"],
              cut["new_interactions"], cut["held_out_items"])
-    config = base.replace(model=backbone, seed=seed, dataset=cut["old_folder"])
+    config = cli.for_model(base, backbone, args.set, seed=seed, dataset=cut["old_folder"])
     t0 = time.perf_counter()
     result, _ = train_run(config, out_dir=root / "parent", overwrite=True, progress=args.progress)
     parent_seconds = time.perf_counter() - t0

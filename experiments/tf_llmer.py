@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     all_seeds = list(dict.fromkeys(s for b in backbones for s in seeds_of[b]))
     out = args.out or cli.default_out_dir(EXPERIMENT, cli.run_name(args, "+".join(backbones)))
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
-    bases = {b: cli.base_config(args, **model_defaults(b)) for b in backbones}  # e.g. SASRec's own protocol
+    bases = {b: cli.base_config(args, model=b, **model_defaults(b)) for b in backbones}  # e.g. SASRec's own protocol
     cells = build_cells(base, backbones, variants, seeds_of, min_epochs, source, bases)
     from jaxrec.models import get_model
 

@@ -11,17 +11,16 @@ The pieces compose as plain function calls::
     recs = jaxrec.recommend(run, ["196", "186"], k=10)    # original ids in and out (jaxrec.serve)
 """
 
-__version__ = "0.1.0"
-
 from jaxrec import registry  # noqa: E402
+from jaxrec._version import __version__  # noqa: F401
 from jaxrec.config import Config, ConfigError, build_config, load_config_file  # noqa: E402
 from jaxrec.data import DataError, Dataset, load_dataset  # noqa: E402
 from jaxrec.graph import build_graph, light_propagate, propagate  # noqa: E402
 from jaxrec.models import Encoder, Model, TableSpec, get_model, register_model  # noqa: E402
 from jaxrec.objectives import Term, term, weighted_sum  # noqa: E402
 from jaxrec.pipeline import initial_params, train_run  # noqa: E402
-from jaxrec.train import RunResult, TrainState, fit, make_partitioner, prepare  # noqa: E402
 from jaxrec.serve import load_run, recommend, score  # noqa: E402
+from jaxrec.train import RunResult, TrainState, fit, make_partitioner, prepare  # noqa: E402
 
 __all__ = [
     "registry", "Config", "ConfigError", "build_config", "load_config_file",

@@ -12,27 +12,33 @@ config keys, or ``$JAXREC_COORDINATOR`` / ``$JAXREC_NUM_PROCESSES`` / ``$JAXREC_
 start ``jax.distributed`` before anything runs; every process trains its shards, process 0
 alone writes the run files and prints the table.
 
-Bad input (config, data, run folder) is reported as ``jaxrec: error: ...`` with exit status
-2, never a traceback; a run that diverges exits with status 1 and names its last checkpoint.
+Bad input (config, data, run folder: any ``jaxrec.errors.JaxrecError``) is reported as
+``jaxrec: error: ...`` with exit status 2, never a traceback; a run that diverges exits with
+status 1 and names its last checkpoint.
+
+The method packages (``jaxrec.methods``: A-LLMRec's stages) are registered explicitly at
+start-up (``jaxrec.methods.register_all()``), so ``--model allmrec_stage1`` is a valid name here.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import typing
 from pathlib import Path
 
 from jaxrec.config import (
     Config,
-    ConfigError,
     build_config,
     coerce_mapping,
+    field_type_name,
     import_plugins,
+    model_spec,
     parse_value,
+    settings_fields,
+    shared_field_names,
 )
+from jaxrec.errors import JaxrecError
 
 # Options with their own flags (besides --set); the rest are reachable via --set.
 _FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate", "embedding_size",
@@ -41,16 +47,26 @@ _FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate",
 
 
 def _field_help() -> str:
+    from jaxrec.registry import MODELS  # noqa: PLC0415
+
     defaults = Config()
-    hints = typing.get_type_hints(Config)
-    lines = []
-    for f in dataclasses.fields(Config):
-        tp = getattr(hints[f.name], "__name__", str(hints[f.name])).replace("typing.", "")
-        lines.append(f"  {f.name:<24} {tp:<18} default {getattr(defaults, f.name)!r}")
-    return "config keys (for --set key=value or a --config TOML/JSON file):\n" + "\n".join(lines)
+    lines = ["shared config keys (for --set key=value or a --config TOML/JSON file):"]
+    for name in shared_field_names():
+        lines.append(f"  {name:<24} {field_type_name(name):<18} default {getattr(defaults, name)!r}")
+    for model in MODELS.names():
+        spec = model_spec(model)
+        fields = settings_fields(spec.settings)
+        lines.append(f"settings of model {model!r} ({spec.settings.__name__})" + (":" if fields else ": none"))
+        own = spec.settings()
+        for name in fields:
+            lines.append(f"  {name:<24} {field_type_name(name, model):<18} default {getattr(own, name)!r}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxrec.methods import register_all  # noqa: PLC0415
+
+    register_all()  # the method packages' models, contexts, terms and evaluations (explicit, once)
     parser = argparse.ArgumentParser(prog="jaxrec", description="LLM-enhanced recommendation in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
@@ -58,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_field_help(),
         description="Train a backbone on a dataset, select the best validation epoch, print test metrics.",
     )
-    hints = typing.get_type_hints(Config)
     from jaxrec.registry import INITIALIZERS, MODELS  # noqa: PLC0415
 
     extra = {
@@ -69,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "data folder when present, else --encoder minilm)",
     }
     for name in _FLAGGED:
-        tp = getattr(hints[name], "__name__", str(hints[name])).replace("typing.", "")
+        what = f"config {name} ({field_type_name(name)})" if name in shared_field_names() else \
+            f"the model's setting {name} (models with it: see the list below)"
         train.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
-                           help=f"config {name} ({tp})" + extra.get(name, ""))
+                           help=what + extra.get(name, ""))
     train.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                        help="import MODULE (or a .py file) first: it may register backbones, initializers, ... "
                             "(repeatable; recorded in the config's plugins)")
@@ -90,14 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """defaults < --config file < flags < --set, validated once after all layers."""
+    """defaults < --config file < flags < --set, validated once after all layers. The model (from
+    --set, --model or the file, in that order) decides which keys are its settings."""
     import_plugins(args.plugin)
-    file_layer: dict = {}
+    raw: dict = {}
     if args.config is not None:
         from jaxrec.config import read_config_file  # noqa: PLC0415
 
-        file_layer = coerce_mapping(read_config_file(args.config), source=f"config file {args.config}:")
-    flags = {name: parse_value(name, getattr(args, name), source="--" + name.replace("_", "-"))
+        raw = read_config_file(args.config)
+    model = next((a.split("=", 1)[1].strip() for a in reversed(args.set) if a.split("=", 1)[0].strip() == "model"),
+                 args.model or raw.get("model") or Config.model)
+    import_plugins(raw.get("plugins", ()) or ())
+    file_layer = coerce_mapping(raw, source=f"config file {args.config}:", model=model) if raw else {}
+    flags = {name: parse_value(name, getattr(args, name), source="--" + name.replace("_", "-"), model=model)
              for name in _FLAGGED if getattr(args, name) is not None}
     if args.plugin:
         flags["plugins"] = tuple(dict.fromkeys([*file_layer.get("plugins", ()), *args.plugin]))
@@ -126,25 +147,6 @@ def default_out_dir(config: Config) -> Path:
     return Path("checkpoints") / f"{name}-{config.model}-{config.init}-s{config.seed}"
 
 
-def input_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean bad input (a file, a key, a value the user gave): the CLI prints
-    them as ``jaxrec: error: ...`` (exit 2) instead of a traceback. Each names what it checked."""
-    from jaxrec.align.prompt import PromptError
-    from jaxrec.align.stage1 import Stage1Error
-    from jaxrec.align.stage2 import Stage2Error
-    from jaxrec.data import DataError
-    from jaxrec.init import EmbeddingFileError, EncoderNotAvailableError
-    from jaxrec.init.normalize import NormalizeError
-    from jaxrec.init.recpca import RecPCAError
-    from jaxrec.lm.errors import LMError
-    from jaxrec.text.folder import SentenceModelError
-    from jaxrec.train import CheckpointMismatchError
-
-    return (ConfigError, DataError, CheckpointMismatchError, FileExistsError, FileNotFoundError,
-            EmbeddingFileError, EncoderNotAvailableError, NormalizeError, RecPCAError, LMError,
-            SentenceModelError, PromptError, Stage1Error, Stage2Error)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -152,32 +154,32 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from jaxrec.train import TrainingDivergedError
 
-    if args.command != "train":
-        from jaxrec.serve.cli import run_command
-
-        try:
-            return run_command(args)
-        except TrainingDivergedError as e:
-            print(f"jaxrec: error: {e}", file=sys.stderr)
-            return 1
     try:
-        config, text_note = with_text_source(config_from_args(args))
-        if text_note:
-            print(f"jaxrec: {text_note}", file=sys.stderr)
-        from jaxrec import distributed
+        if args.command != "train":
+            from jaxrec.serve.cli import run_command
 
-        distributed.initialize(config)  # before any computation; a no-op for one process
-        from jaxrec.pipeline import format_metrics_table, train_run
-
-        out = args.out or default_out_dir(config)
-        result, dataset = train_run(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-                                    progress=not args.no_progress)
-    except input_errors() as e:
+            return run_command(args)
+        return _train(args)
+    except JaxrecError as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 2
     except TrainingDivergedError as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    config, text_note = with_text_source(config_from_args(args))
+    if text_note:
+        print(f"jaxrec: {text_note}", file=sys.stderr)
+    from jaxrec import distributed
+
+    distributed.initialize(config)  # before any computation; a no-op for one process
+    from jaxrec.pipeline import format_metrics_table, train_run
+
+    out = args.out or default_out_dir(config)
+    result, dataset = train_run(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+                                progress=not args.no_progress)
     import jax
 
     if jax.process_index() != 0:

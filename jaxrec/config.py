@@ -1,11 +1,25 @@
-"""Run configuration: one flat, typed, immutable record of every knob of a run.
+"""Run configuration: the shared part of a run, plus the chosen model's own settings.
 
-A run is (dataset, split, initializer, backbone, loss, optimizer, seed); each is a field
-here, so a results file that stores ``Config.to_dict()`` reproduces the run exactly.
+A run is (dataset, split, initializer, backbone, loss, optimizer, seed). ``Config`` holds what
+every run has (data, split, training, evaluation, LLM initialization, checkpoints, sharding)
+and ``config.settings``: the frozen settings dataclass the chosen model registered
+(``jaxrec.registry.ModelSpec.settings``, a ``ModelSettings`` subclass: LightGCN's
+``embedding_size`` / ``num_layers`` / ``kernel``, SASRec's ``max_seq_len`` / ``num_heads``, ...).
+Each settings class declares its fields, their defaults and the validation of its own fields;
+the shared validation here knows no model by name.
 
-``Config.for_model(name)`` gives the defaults of a backbone (the LLMInit reference
-protocol, DESIGN.md 2.1); ``config.replace(**kw)`` and ``config.with_overrides(["k=v"])``
-change fields with type checking; ``load_config_file`` reads TOML or JSON.
+Keys are flat everywhere a user writes them: ``Config("sasrec", max_seq_len=100)``,
+``--set max_seq_len=100``, ``max_seq_len = 100`` in a TOML/JSON file, ``config.replace(...)``.
+Each key goes to the shared part or to the model's settings; a key neither has is a
+``ConfigError`` naming the model whose settings lack it (and the models that have it). Reading
+is flat too: ``config.max_seq_len`` is ``config.settings.max_seq_len`` (``AttributeError``
+naming the model when its settings have no such field).
+
+``Config.for_model(name)`` adds the protocol defaults the model registered for shared keys
+(e.g. SASRec's batch size and split); ``to_dict()`` is flat (shared keys, then the model's) and
+``from_dict`` reads it back, also the flat dicts of jaxrec 0.1 runs, whose keys for other
+models sit at their old defaults (``LEGACY_DEFAULTS``; such keys are dropped, any other value
+is refused).
 """
 
 from __future__ import annotations
@@ -24,27 +38,53 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from jaxrec import registry as R
-
-#: ``seq_norm`` values: LayerNorm placement in a SASRec block (``jaxrec.models.sasrec``).
-SEQ_NORMS = ("reference", "prenorm")
-#: ``dropout_rng`` values: where dropout masks come from (``jaxrec.models.dropout``).
-DROPOUT_RNGS = ("hash", "threefry")
+from jaxrec.errors import JaxrecError
 
 
-#: ``lm_dtype`` / ``prompt_domain`` / ``lm_score`` values (A-LLMRec stage 2, ``jaxrec.align``).
-LM_DTYPES = ("float32", "bfloat16")
-PROMPT_DOMAINS = ("auto", "movie", "game", "item")
-LM_SCORES = ("sum", "mean")
-
-
-class ConfigError(ValueError):
+class ConfigError(JaxrecError, ValueError):
     """A configuration value or key is invalid; the message names the field."""
 
 
+# ----------------------------------------------------------------------------- model settings
 @dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """Base of a model's own settings: a frozen dataclass of typed fields with defaults.
+
+    A subclass declares its fields (the config keys only that model reads) and overrides
+    ``validate`` for checks of its own fields (raise ``ConfigError`` naming the field; call
+    ``super().validate()``). Checks against shared keys (e.g. "batch_size >= 2 for in-batch
+    contrast") go in the model's registered ``check`` instead. Values are normalized as
+    ``Config``'s are (paths -> str, sequences -> tuples, ints in float fields -> float) and
+    type-checked before ``validate`` runs.
+    """
+
+    def __post_init__(self) -> None:
+        _normalize(self)
+        _check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """``ConfigError`` naming a field whose value this model cannot use (none here)."""
+
+    def expect(self, field: str, ok: bool, expected: str) -> None:
+        """``ConfigError("<field>=<value>: expected <expected>")`` unless ``ok``."""
+        if not ok:
+            raise ConfigError(f"{field}={getattr(self, field)!r}: expected {expected}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def settings_fields(cls: type) -> tuple[str, ...]:
+    """Field names of a settings class (``ModelSettings`` subclass)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# ----------------------------------------------------------------------------- the run config
+@dataclasses.dataclass(frozen=True, init=False)
 class Config:
     # --- run ------------------------------------------------------------------
-    model: str = "lightgcn"  # a registered backbone (jaxrec.registry.MODELS)
+    model: str = "lightgcn"  # a registered backbone (jaxrec.registry.MODELS); its settings are `settings`
     dataset: str = "ml-100k"
     seed: int = 2020
     plugins: tuple[str, ...] = ()  # modules (or .py files) imported first: they register components
@@ -57,16 +97,12 @@ class Config:
     data_dirs: tuple[str, ...] = ()  # extra folders searched for datasets
     missing: str = "error"  # empty id / missing or non-finite rating or timestamp: error | drop (reported)
     data_cache: bool = True  # cache parsed datasets under $JAXREC_CACHE/datasets
-    # --- model ----------------------------------------------------------------
-    embedding_size: int = 128
-    num_layers: int = 2
-    kernel: str = "bcsr"  # propagation kernel (jaxrec.registry.KERNELS)
     # --- optimisation ---------------------------------------------------------
     epochs: int = 300
     batch_size: int = 2048
     learning_rate: float = 1e-3
-    reg_weight: float = 1e-5
-    require_pow: bool = False  # L2 as sum of squared norms (True) or of norms (RecBole's default)
+    adam_b1: float = 0.9  # Adam's beta1 / beta2 (make_optimizer; SASRec: 0.98)
+    adam_b2: float = 0.999
     # --- evaluation / selection -----------------------------------------------
     evaluation: str = "full"  # evaluation protocol (jaxrec.registry.EVALUATIONS)
     topk: tuple[int, ...] = (10, 20, 50)
@@ -76,71 +112,19 @@ class Config:
     patience: int = 10  # evaluations without improvement before stopping
     min_epochs: int = 0  # no early stop before this many epochs (0: RecBole's rule as is)
     eval_chunk: int = 1024  # users per full-ranking chunk
-    # --- contrastive backbones (SGL / SGCL) -----------------------------------
-    ssl_aug: str = "ED"  # ED | ND | RW (jaxrec.registry.AUGMENTATIONS)
-    ssl_ratio: float = 0.1
-    ssl_tau: float = 0.2
-    ssl_weight: float = 0.05
-    ssl_negatives: str = "batch"  # batch: the batch's users/items | all: every user/item (SGL's code)
-    sgcl_tau: float = 0.2
-    # bucket: the batch's distinct ids found on the host, padded to a multiple of 64 (fast);
-    # table: found inside the step, padded to min(batch, table rows) (the form before 0.2)
-    contrast_unique: str = "bucket"
-    # --- sequential (SASRec, A-LLMRec) ---------------------------------------
-    # Sequence-only keys (a graph backbone refuses changes to them): max_seq_len, num_heads,
-    # dropout_rate, seq_norm, dropout_rng. Their defaults are SASRec's (DESIGN.md 6).
-    max_seq_len: int = 50  # longest history kept (the most recent items; also the learned positions)
-    num_heads: int = 1  # attention heads (embedding_size must be a multiple)
-    dropout_rate: float = 0.5  # embeddings, attention weights, feed-forward
-    seq_norm: str = "reference"  # reference: LayerNorm on the queries only (A-LLMRec) | prenorm
-    dropout_rng: str = "hash"  # dropout masks: hash (keyed counter hash, fast on CPU) | threefry
-    # Candidate evaluation (evaluation="candidates", A-LLMRec): the held-out item + this many
-    # never-interacted items, drawn once per (split, stage, seed) and stored in candidates_dir
+    # Candidate evaluation (evaluation="candidates", A-LLMRec's protocol): the held-out item + this
+    # many never-interacted items, drawn once per (split, stage, seed) and stored in candidates_dir
     # (None: $JAXREC_CACHE/candidates); full ranking at full_view_topk reported beside as full_*.
     candidate_negatives: int = 19
     candidates_dir: str | None = None
     full_view_topk: tuple[int, ...] = (10, 20)  # () = no full-ranking view
-    adam_b1: float = 0.9  # Adam's beta1 / beta2 (make_optimizer; SASRec: 0.98)
-    adam_b2: float = 0.999
-    # A-LLMRec stage 1 (model="allmrec_stage1", jaxrec.align.stage1). Stage-1-only keys (other
-    # backbones refuse changes to them): the frozen SASRec run folder; loss weights of the item
-    # (alpha) and text (beta) reconstruction; the joint latent size; the text encoder frozen
-    # (item text embeddings precomputed once: ``embeddings`` file or ``encoder`` through the
-    # cache) or fine-tuned end to end (``encoder`` a jaxrec.text folder or minilm/mpnet);
-    # training positions (last: the reference; all: the paper's section 5.4.2 variant); items
-    # scored through the joint embedding (joint: e for items with training interactions, q
-    # from text otherwise) or through q for every item (text: the "SBERT" variant).
-    # sasrec_run is read by stage 2 too (without stage1_run: the fallback on SASRec's own item table).
-    sasrec_run: str | None = None
-    align_alpha: float = 0.5
-    align_beta: float = 0.2
-    joint_dim: int = 128
-    text_finetune: bool = False
-    align_positions: str = "last"  # last | all
-    align_items: str = "joint"  # joint | text
-    # --- LLMInit ---------------------------------------------------------------
+    # --- item text and LLM initialization (LLMInit, TF-LLMER: any backbone with tables) ----
     init: str = "none"  # none | random | uniform | variance | full | pca | recpca (jaxrec.registry.INITIALIZERS)
-    encoder: str | None = None  # encoder name or path (minilm, mpnet, folder)
-    embeddings: str | None = None  # precomputed .npy (item id list beside it)
+    encoder: str | None = None  # item text encoder name or path (minilm, mpnet, folder)
+    embeddings: str | None = None  # precomputed item text embeddings .npy (item id list beside it)
     variance_fraction: float = 0.2  # share of most popular items used for variance
     init_scale: str = "none"  # none | match_random | standardize | minmax (LLMInit code)
     random_with_replacement: bool = False
-    # --- A-LLMRec stage 2 (jaxrec.align.stage2: projectors into a frozen LM) ------
-    lm: str = "smollm2"  # smollm2 | a .gguf file | a Hugging Face safetensors folder
-    lm_dtype: str = "float32"  # float32 | bfloat16 (the frozen LM's weights)
-    stage1_run: str | None = None  # stage-1 run folder: joint item embeddings + user representations
-    prompt_domain: str = "auto"  # movie | game | item | auto (from the dataset name): the prompt's words
-    prompt_history: int = 10  # history titles per prompt (the most recent)
-    prompt_candidates: int = 20  # candidate titles per prompt (the target + prompt_candidates - 1 others)
-    lm_score: str = "sum"  # candidates ranked by the sum | mean (per token) log-likelihood of their title
-    lm_generate: bool = True  # test evaluation also decodes greedily (the paper's Hit@1)
-    lm_max_new_tokens: int = 48  # generated tokens at most
-    lm_repetition_penalty: float = 1.5  # the reference's generate(repetition_penalty=1.5)
-    lm_batch_size: int = 8  # prompts per LM call when evaluating
-    train_users: int = 0  # stage 2 trains on a seeded sample of this many users (0: every user)
-    eval_users: int = 0  # stage 2 evaluates (test) a seeded sample of this many users (0: every user)
-    valid_users: int = 0  # ... and validates on this many (0: as eval_users)
-    # --- TF-LLMER ----------------------------------------------------------------
     init_norm: str = "none"  # none | unit | typical: item rows after selection (jaxrec.registry.INIT_NORMS)
     recpca_lambda: float = 0.5  # Rec-PCA's Laplacian penalty (init recpca); 0 = plain PCA
     # --- checkpoints ------------------------------------------------------------
@@ -158,48 +142,158 @@ class Config:
     coordinator_address: str | None = None  # multi-host: host:port of process 0
     num_processes: int = 1
     process_id: int = 0
+    # --- the model's own settings (jaxrec.registry.ModelSpec.settings) -----------
+    settings: ModelSettings | None = None
 
     # ------------------------------------------------------------------------
-    def __post_init__(self) -> None:
+    def __init__(self, model: str = "lightgcn", *, settings: ModelSettings | None = None, **keys: Any) -> None:
+        """``Config(model, **keys)``: each key is shared or a setting of ``model`` (module docstring)."""
+        shared = {k: keys.pop(k) for k in list(keys) if k in _SHARED}
+        for f in _shared_fields():
+            object.__setattr__(self, f.name, shared.get(f.name, f.default))
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "settings", None)
         _normalize(self)
+        if not isinstance(self.plugins, tuple) or not all(isinstance(p, str) for p in self.plugins):
+            raise ConfigError(f"plugins={self.plugins!r}: expected a list of module names or .py paths")
         import_plugins(self.plugins)
+        if not isinstance(model, str):
+            raise ConfigError(f"model={model!r}: expected the name of a registered backbone")
+        spec = model_spec(model)
+        if settings is not None and not isinstance(settings, spec.settings):
+            raise ConfigError(f"settings: a {type(settings).__name__}; model {model!r} takes "
+                              f"{spec.settings.__name__}")
+        misplaced = [k for k in keys if k not in settings_fields(spec.settings)]
+        if misplaced:
+            raise misplaced_key_error(model, misplaced)
+        try:
+            settings = spec.settings(**keys) if settings is None else dataclasses.replace(settings, **keys)
+        except TypeError as e:  # a settings class whose fields lack defaults
+            raise ConfigError(f"model {model!r} settings ({spec.settings.__name__}): {e}") from None
+        object.__setattr__(self, "settings", settings)
         _validate(self)
+        if spec.check is not None:
+            spec.check(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: a key of the model's settings, read flat.
+        if name.startswith("__") or name == "settings":
+            raise AttributeError(name)
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings_fields(type(settings)):
+            return getattr(settings, name)
+        raise AttributeError(f"Config has no {name!r}: not a shared key, and model {self.__dict__.get('model')!r} "
+                             f"has no such setting ({_settings_list(type(settings)) if settings else 'none'})")
 
     @classmethod
     def for_model(cls, model: str, **overrides: Any) -> "Config":
-        """The defaults of backbone ``model`` (``model_defaults``: e.g. SASRec's protocol; the
-        LLMInit reference protocol for the CF backbones) plus ``overrides``."""
+        """``model`` with its registered protocol defaults for shared keys (``ModelSpec.defaults``:
+        e.g. SASRec's batch size and split) plus ``overrides``."""
         import_plugins(overrides.get("plugins", ()))
-        return cls(**{**model_defaults(model), "model": model, **overrides})
+        return cls(model, **{**model_defaults(model), **overrides})
 
     def replace(self, **kw: Any) -> "Config":
-        unknown = sorted(set(kw) - set(field_names()))
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(field_names())}")
-        return dataclasses.replace(self, **kw)
+        """A copy with ``kw`` changed (shared keys or settings of the resulting model). Changing
+        ``model`` keeps the shared keys, and the settings changed from the old model's defaults
+        that the new model also has (e.g. ``embedding_size=64`` from LightGCN to SGL); every other
+        setting takes the new model's default."""
+        model = kw.pop("model", self.model)
+        base = {k: getattr(self, k) for k in _SHARED if k != "model"}
+        if model == self.model:
+            return Config(model, settings=self.settings, **{**base, **kw})
+        cls_new = model_spec(model).settings
+        old_defaults = type(self.settings)()
+        carried = {k: getattr(self.settings, k) for k in settings_fields(cls_new)
+                   if k in settings_fields(type(self.settings)) and getattr(self.settings, k) != getattr(old_defaults, k)}
+        return Config(model, **{**base, **carried, **kw})
 
     def with_overrides(self, assignments: Iterable[str], source: str = "--set") -> "Config":
         """Apply ``key=value`` strings, parsing each value by the field's type (validated once)."""
-        return self.replace(**parse_assignments(assignments, source))
+        parsed = parse_assignments(assignments, source, model=self.model)
+        if "model" in parsed and parsed["model"] != self.model:
+            parsed = parse_assignments(assignments, source, model=parsed["model"])
+        return self.replace(**parsed)
 
     def with_mapping(self, mapping: Mapping[str, Any], source: str = "config") -> "Config":
-        return self.replace(**coerce_mapping(mapping, source))
+        return self.replace(**coerce_mapping(mapping, source, model=mapping.get("model", self.model)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Flat ``{key: JSON value}``: the shared keys, then the model's settings."""
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in _shared_fields()}
+        out.update(self.settings.to_dict())
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "config dict") -> "Config":
-        """The config of a stored ``to_dict()`` (a results.json); keys it lacks take their defaults."""
+        """The config of a stored ``to_dict()`` (a results.json / run.json); keys it lacks take their
+        defaults. A key of neither the shared part nor the model's settings is dropped when it holds
+        its jaxrec 0.1 default (``LEGACY_DEFAULTS``: 0.1 wrote every key for every model) and
+        refused otherwise."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{source}: expected a table of key = value, got {type(d).__name__}")
         import_plugins(d.get("plugins", ()) or ())
-        return cls(**coerce_mapping(d, source))
+        model = d.get("model", _DEFAULT_MODEL)
+        own = settings_fields(model_spec(model).settings)
+        kept = {k: v for k, v in d.items() if k in _SHARED or k in own or k == "model" or not _legacy_default(k, v)}
+        return cls(**coerce_mapping(kept, source, model=model))
+
+
+_DEFAULT_MODEL = "lightgcn"
+
+
+def _shared_fields() -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(Config) if f.name != "settings")
+
+
+_SHARED = frozenset(f.name for f in dataclasses.fields(Config) if f.name != "settings")
+
+
+def shared_field_names() -> list[str]:
+    """The shared config keys (every model has them)."""
+    return [f.name for f in _shared_fields()]
+
+
+def field_names(model: str | None = None) -> list[str]:
+    """Every config key: the shared ones, then ``model``'s settings (``model=None``: every
+    registered model's, each once)."""
+    names = shared_field_names()
+    models = [model] if model is not None else list(R.MODELS.names())
+    for m in models:
+        names += [k for k in settings_fields(model_spec(m).settings) if k not in names]
+    return names
+
+
+def model_spec(model: str) -> "R.ModelSpec":
+    """The registered ``ModelSpec`` of ``model``; ``ConfigError`` naming the known models otherwise."""
+    return R.MODELS.get(model, "model")
 
 
 def model_defaults(model: str) -> dict[str, Any]:
-    """The config values backbone ``model`` was registered with (``register_model(..., defaults=)``);
-    ``ConfigError`` naming ``model`` when it is not registered."""
-    builder = R.MODELS.get(model, "model")
-    return dict(getattr(builder, "config_defaults", None) or {})
+    """The shared-key defaults backbone ``model`` registered (``ModelSpec.defaults``)."""
+    return dict(model_spec(model).defaults)
+
+
+def models_with_setting(key: str) -> list[str]:
+    """The registered models whose settings have ``key``."""
+    return [m for m in R.MODELS.names() if key in settings_fields(model_spec(m).settings)]
+
+
+def _settings_list(cls: type) -> str:
+    names = settings_fields(cls)
+    return f"{cls.__name__}: {', '.join(names)}" if names else f"{cls.__name__} has no fields"
+
+
+def misplaced_key_error(model: str, keys: Iterable[str]) -> ConfigError:
+    """``ConfigError`` for keys that are neither shared nor settings of ``model``: names the model,
+    its settings, and the models that do have each key."""
+    keys = sorted(keys)
+    cls = model_spec(model).settings
+    parts = []
+    for k in keys:
+        others = models_with_setting(k)
+        parts.append(f"{k!r} (a setting of {', '.join(others)})" if others else f"{k!r} (unknown config key)")
+    return ConfigError(f"model {model!r} has no setting {', '.join(parts)}; its settings are {_settings_list(cls)} "
+                       "(`jaxrec train --help` lists the shared keys and every model's settings)")
 
 
 def build_config(*layers: Mapping[str, Any], sets: Iterable[str] = (), source: str = "--set") -> Config:
@@ -209,31 +303,37 @@ def build_config(*layers: Mapping[str, Any], sets: Iterable[str] = (), source: s
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
-    merged.update(parse_assignments(sets, source))
-    unknown = sorted(set(merged) - set(field_names()))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(field_names())}")
+    sets = list(sets)
+    model = merged.get("model", _DEFAULT_MODEL)
     import_plugins(merged.get("plugins", ()))
-    return Config(**{**model_defaults(merged.get("model", Config.model)), **merged})
+    parsed = parse_assignments(sets, source, model=model)
+    if parsed.get("model", model) != model:
+        model = parsed["model"]
+        parsed = parse_assignments(sets, source, model=model)
+    merged.update(parsed)
+    import_plugins(merged.get("plugins", ()))
+    return Config(**{**model_defaults(merged.get("model", _DEFAULT_MODEL)), **merged})
 
 
-def parse_assignments(assignments: Iterable[str], source: str = "--set") -> dict[str, Any]:
-    """``["k=v", ...]`` -> ``{k: typed value}``, each value parsed by its field's type."""
-    kw: dict[str, Any] = {}
+def parse_assignments(assignments: Iterable[str], source: str = "--set", model: str | None = None) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: typed value}``, each value parsed by its field's type (a shared key,
+    or a setting of ``model``; a ``model=...`` among them wins)."""
+    pairs = []
     for text in assignments:
         if "=" not in text:
             raise ConfigError(f"{source} {text!r}: expected key=value")
         key, value = text.split("=", 1)
-        key = key.strip()
-        kw[key] = parse_value(key, value.strip(), source=source)
-    return kw
+        pairs.append((key.strip(), value.strip()))
+    model = next((v for k, v in pairs if k == "model"), model)
+    return {k: parse_value(k, v, source=source, model=model) for k, v in pairs}
 
 
-def coerce_mapping(mapping: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+def coerce_mapping(mapping: Mapping[str, Any], source: str = "config", model: str | None = None) -> dict[str, Any]:
     """A mapping of a config file / stored dict -> typed values (``ConfigError`` naming the key)."""
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{source}: expected a table of key = value, got {type(mapping).__name__}")
-    return {k: coerce_value(k, v, source=source) for k, v in mapping.items()}
+    model = mapping.get("model", model)
+    return {k: coerce_value(k, v, source=source, model=model) for k, v in mapping.items()}
 
 
 def import_plugins(plugins: Iterable[str]) -> None:
@@ -269,21 +369,22 @@ def import_plugins(plugins: Iterable[str]) -> None:
 _IMPORTED_PLUGINS: set[str] = set()
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
+def _field_type(key: str, model: str | None = None) -> Any:
+    if key in _SHARED:
+        return _hints(Config)[key]
+    if key == "settings":
+        raise ConfigError("settings: give the model's settings as flat keys (e.g. max_seq_len=100)")
+    model = _DEFAULT_MODEL if model is None else model
+    cls = model_spec(model).settings
+    if key in settings_fields(cls):
+        return _hints(cls)[key]
+    raise misplaced_key_error(model, [key])
 
 
-def _field_type(key: str) -> Any:
-    hints = typing.get_type_hints(Config)
-    if key not in hints:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(field_names())}")
-    return hints[key]
-
-
-def parse_value(key: str, text: str, source: str = "--set") -> Any:
-    """Parse the string ``text`` for field ``key`` (``1,2,3`` for tuples, ``none`` for None)."""
-    tp = _field_type(key)
-    return _parse(tp, text, f"{source} {key}")
+def parse_value(key: str, text: str, source: str = "--set", model: str | None = None) -> Any:
+    """Parse the string ``text`` for key ``key`` (shared, or a setting of ``model``; ``1,2,3`` for
+    tuples, ``none`` for None)."""
+    return _parse(_field_type(key, model), text, f"{source} {key}")
 
 
 def _parse(tp: Any, text: str, where: str) -> Any:
@@ -318,9 +419,9 @@ def _parse(tp: Any, text: str, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
-def coerce_value(key: str, value: Any, source: str = "config") -> Any:
-    """Check/convert a value from a config file (TOML/JSON) for field ``key``."""
-    tp = _field_type(key)
+def coerce_value(key: str, value: Any, source: str = "config", model: str | None = None) -> Any:
+    """Check/convert a value from a config file (TOML/JSON) for key ``key``."""
+    tp = _field_type(key, model)
     if isinstance(value, str) and tp is not str and not _accepts_str(tp):
         return _parse(tp, value, f"{source} {key}")
     origin = typing.get_origin(tp)
@@ -360,11 +461,13 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _normalize(c: Config) -> None:
+def _normalize(c: Any) -> None:
     """Canonical values in place (frozen dataclass): paths -> str, sequences -> tuples,
     ints in float fields -> float, so equal configs compare and serialize equal."""
-    hints = _hints()
+    hints = _hints(type(c))
     for f in dataclasses.fields(c):
+        if f.name == "settings":
+            continue
         value = getattr(c, f.name)
         fixed = _canonical(hints[f.name], value)
         if fixed is not value:
@@ -391,13 +494,13 @@ def _canonical(tp: Any, value: Any) -> Any:
     return value
 
 
-_HINTS: dict[str, Any] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _hints() -> dict[str, Any]:
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(Config))
-    return _HINTS
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -420,34 +523,61 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path, base: Config | None = None) -> Config:
-    """A TOML or JSON file of config keys applied onto ``base`` (default ``Config()``), validated once."""
+    """A TOML or JSON file of config keys applied onto ``base`` (default ``Config()``), validated once.
+    When the file names another model than ``base``'s, only ``base``'s shared keys carry over."""
     data = read_config_file(path)
-    layer = coerce_mapping(data, source=f"config file {path}:")
-    return build_config(dataclasses.asdict(base) if base is not None else {}, layer)
+    base = base if base is not None else Config()
+    import_plugins(data.get("plugins", ()) or ())
+    model = data.get("model", base.model)
+    layer = coerce_mapping(data, source=f"config file {path}:", model=model)
+    start = base.to_dict() if model == base.model else {k: getattr(base, k) for k in _SHARED if k != "model"}
+    return build_config(start, layer)
 
 
+# ----------------------------------------------------------------------------- legacy (jaxrec 0.1) dicts
+#: The flat keys jaxrec 0.1 stored for every model, with their defaults, that now live in a
+#: model's settings. A stored 0.1 config holds each of them; for a model without that setting
+#: the value was necessarily the default (0.1 refused other values), so ``from_dict`` drops it.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "embedding_size": 128, "num_layers": 2, "kernel": "bcsr", "reg_weight": 1e-5, "require_pow": False,
+    "ssl_aug": "ED", "ssl_ratio": 0.1, "ssl_tau": 0.2, "ssl_weight": 0.05, "ssl_negatives": "batch",
+    "sgcl_tau": 0.2, "contrast_unique": "bucket", "max_seq_len": 50, "num_heads": 1, "dropout_rate": 0.5,
+    "seq_norm": "reference", "dropout_rng": "hash", "sasrec_run": None, "align_alpha": 0.5, "align_beta": 0.2,
+    "joint_dim": 128, "text_finetune": False, "align_positions": "last", "align_items": "joint", "lm": "smollm2",
+    "lm_dtype": "float32", "stage1_run": None, "prompt_domain": "auto", "prompt_history": 10,
+    "prompt_candidates": 20, "lm_score": "sum", "lm_generate": True, "lm_max_new_tokens": 48,
+    "lm_repetition_penalty": 1.5, "lm_batch_size": 8, "train_users": 0, "eval_users": 0, "valid_users": 0,
+}
+
+
+def _legacy_default(key: str, value: Any) -> bool:
+    if key not in LEGACY_DEFAULTS:
+        return False
+    want = LEGACY_DEFAULTS[key]
+    return value == want or (isinstance(want, float) and isinstance(value, (int, float)) and float(value) == want)
+
+
+# ----------------------------------------------------------------------------- validation of the shared part
 def _validate(c: Config) -> None:
     def bad(field: str, expected: str) -> None:
         raise ConfigError(f"{field}={getattr(c, field)!r}: expected {expected}")
 
     _check_types(c)
     # Names: each registry is the one list of what a field may hold.
-    for reg in (R.MODELS, R.SPLITS, R.INITIALIZERS, R.KERNELS, R.AUGMENTATIONS, R.CONTRASTS,
-                R.CONTRAST_UNIQUE, R.INIT_SCALES, R.INIT_NORMS, R.SHARDINGS, R.ROW_COMMS, R.EVALUATIONS):
+    for reg in (R.SPLITS, R.INITIALIZERS, R.INIT_SCALES, R.INIT_NORMS, R.SHARDINGS, R.ROW_COMMS, R.EVALUATIONS):
         reg.check(getattr(c, reg.field), reg.field)
-    for name in ("epochs", "batch_size", "embedding_size", "eval_every", "eval_chunk", "checkpoint_every"):
+    for name in ("epochs", "batch_size", "eval_every", "eval_chunk", "checkpoint_every"):
         if getattr(c, name) < 1:
             bad(name, "an integer >= 1")
-    if c.num_layers < 0:
-        bad("num_layers", "an integer >= 0")
     if c.patience < 1:
         bad("patience", "an integer >= 1")
     if c.min_epochs < 0:
         bad("min_epochs", "an integer >= 0")
     if not c.learning_rate > 0 or not math.isfinite(c.learning_rate):
         bad("learning_rate", "a finite number > 0")
-    if not c.reg_weight >= 0 or not math.isfinite(c.reg_weight):
-        bad("reg_weight", "a finite number >= 0")
+    for name in ("adam_b1", "adam_b2"):
+        if not (0.0 <= getattr(c, name) < 1.0):
+            bad(name, "a number in [0, 1)")
     if not c.topk or any(k < 1 for k in c.topk):
         bad("topk", "a non-empty list of integers >= 1")
     metrics = R.METRICS.names()
@@ -455,29 +585,15 @@ def _validate(c: Config) -> None:
         bad("metrics", f"a non-empty subset of {list(metrics)}")
     for m in c.metrics:
         R.METRICS.check(m, "metrics")
-    # --- sequential (SASRec, A-LLMRec) ---
-    if c.max_seq_len < 1:
-        bad("max_seq_len", "an integer >= 1 (the longest history a sequence model reads)")
-    if c.num_heads < 1:
-        bad("num_heads", "an integer >= 1")
-    if not (0.0 <= c.dropout_rate < 1.0):
-        bad("dropout_rate", "a rate in [0, 1)")
-    if c.seq_norm not in SEQ_NORMS:
-        bad("seq_norm", f"one of {list(SEQ_NORMS)}")
-    if c.dropout_rng not in DROPOUT_RNGS:
-        bad("dropout_rng", f"one of {list(DROPOUT_RNGS)}")
     if c.candidate_negatives < 1:
         bad("candidate_negatives", "an integer >= 1 (sampled items beside the held-out one)")
     if any(k < 1 for k in c.full_view_topk):
         bad("full_view_topk", "integers >= 1, or () for no full-ranking view")
-    for name in ("adam_b1", "adam_b2"):
-        if not (0.0 <= getattr(c, name) < 1.0):
-            bad(name, "a number in [0, 1)")
     # valid_metric must be one of the metrics the evaluation protocol reports: a protocol with
     # its own names (candidates: mrr without @k, full_* keys) checks them itself.
-    check_metrics = getattr(R.EVALUATIONS.get(c.evaluation, "evaluation"), "check_config", None)
-    if check_metrics is not None:
-        check_metrics(c)
+    protocol = R.EVALUATIONS.get(c.evaluation, "evaluation")
+    if protocol.check_config is not None:
+        protocol.check_config(c)
     else:
         name, _, k = c.valid_metric.partition("@")
         if name not in metrics or not k.isdigit() or int(k) not in c.topk:
@@ -490,37 +606,8 @@ def _validate(c: Config) -> None:
         bad("kcore", "an integer >= 0")
     if c.missing not in ("error", "drop"):
         bad("missing", "error or drop")
-    if not 0 <= c.ssl_ratio < 1:
-        bad("ssl_ratio", "a number in [0, 1)")
-    if not c.ssl_tau > 0:
-        bad("ssl_tau", "a temperature > 0")
-    if not c.sgcl_tau > 0:
-        bad("sgcl_tau", "a temperature > 0")
-    if not c.ssl_weight >= 0:
-        bad("ssl_weight", "a number >= 0")
-    if c.model in ("sgl", "sgcl") and c.batch_size < 2:
-        bad("batch_size", "at least 2 for in-batch contrastive losses")
     if not 0 < c.variance_fraction <= 1:
         bad("variance_fraction", "a number in (0, 1]")
-    # --- A-LLMRec stage 2 ---
-    if c.lm_dtype not in LM_DTYPES:
-        bad("lm_dtype", f"one of {list(LM_DTYPES)}")
-    if c.prompt_domain not in PROMPT_DOMAINS:
-        bad("prompt_domain", f"one of {list(PROMPT_DOMAINS)}")
-    if c.prompt_history < 1:
-        bad("prompt_history", "an integer >= 1")
-    if c.prompt_candidates < 2:
-        bad("prompt_candidates", "an integer >= 2 (the target and at least one other item)")
-    if c.lm_score not in LM_SCORES:
-        bad("lm_score", f"one of {list(LM_SCORES)}")
-    for name in ("lm_max_new_tokens", "lm_batch_size"):
-        if getattr(c, name) < 1:
-            bad(name, "an integer >= 1")
-    if not c.lm_repetition_penalty > 0:
-        bad("lm_repetition_penalty", "a number > 0 (1 = no penalty)")
-    for name in ("train_users", "eval_users", "valid_users"):
-        if getattr(c, name) < 0:
-            bad(name, "an integer >= 0 (0: every user)")
     if not math.isfinite(c.recpca_lambda) or c.recpca_lambda < 0:
         bad("recpca_lambda", "a finite number >= 0 (Rec-PCA's Laplacian penalty weight; 0 is plain PCA)")
     if c.init_norm != "none":
@@ -550,12 +637,15 @@ def _validate(c: Config) -> None:
         bad("coordinator_address", "host:port of process 0 when num_processes > 1")
 
 
-def _check_types(c: Config) -> None:
-    """Every field holds a value of its declared type (Config(...) called with raw values)."""
+def _check_types(c: Any) -> None:
+    """Every field holds a value of its declared type (a dataclass called with raw values)."""
+    hints = _hints(type(c))
     for f in dataclasses.fields(c):
+        if f.name == "settings":
+            continue
         value = getattr(c, f.name)
-        if not _is_instance(_hints()[f.name], value):
-            raise ConfigError(f"{f.name}={value!r}: expected {_type_name(_hints()[f.name])}")
+        if not _is_instance(hints[f.name], value):
+            raise ConfigError(f"{f.name}={value!r}: expected {_type_name(hints[f.name])}")
 
 
 def _is_instance(tp: Any, value: Any) -> bool:
@@ -575,3 +665,14 @@ def _is_instance(tp: Any, value: Any) -> bool:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def field_type_name(key: str, model: str | None = None) -> str:
+    """The declared type of key ``key`` as text (for ``--help``)."""
+    return _type_name(_field_type(key, model))
+
+
+__all__ = ["Config", "ConfigError", "ModelSettings", "settings_fields", "build_config", "load_config_file",
+           "read_config_file", "parse_assignments", "parse_value", "coerce_mapping", "coerce_value",
+           "import_plugins", "field_names", "shared_field_names", "model_spec", "model_defaults",
+           "models_with_setting", "misplaced_key_error", "LEGACY_DEFAULTS", "field_type_name"]

@@ -21,6 +21,7 @@ from jaxrec.config import Config
 from jaxrec.data import Dataset, load_dataset
 from jaxrec.models import Model, Params, get_model
 from jaxrec.train import RunResult, check_run, fit
+from jaxrec.train.runfolder import RunFolder
 from jaxrec.train.state import run_keys, run_keys_from
 
 log = logging.getLogger("jaxrec.pipeline")
@@ -42,10 +43,10 @@ def llm_initial_params(model: Model, dataset: Dataset, config: Config, key: jax.
                        embeddings: np.ndarray | None = None) -> tuple[Params | None, dict]:
     """``initial_params`` and the record of what LLM initialization did (``init.json``:
     strategy, selected dims, scaling parameters, embedding source; see
-    ``jaxrec.serve.initrecord``), which ``train_run`` stores in the run folder so that an
+    ``jaxrec.init.record``), which ``train_run`` stores in the run folder so that an
     update initializes new items the same way. ``{"strategy": "none"}`` without LLM init."""
     from jaxrec import init as llminit
-    from jaxrec.serve.initrecord import init_record
+    from jaxrec.init.record import init_record
 
     if llminit.get_initializer(config.init).build is None:
         return None, init_record(llminit.InitReport(config.init, None, None, None, None, None, 0), None, config)
@@ -85,9 +86,7 @@ def train_run(
     result = fit(model, dataset, config, out_dir=out_dir, params=params, resume=resume, overwrite=overwrite,
                  progress=progress)
     if result.out_dir is not None and jax.process_index() == 0:
-        from jaxrec.serve.initrecord import save_init_record
-
-        save_init_record(result.out_dir, record)
+        RunFolder.read(result.out_dir).write_init_record(record)
     return result, dataset
 
 

@@ -10,9 +10,11 @@ by registering it once::
     jaxrec.register_model("my_mf", build_my_mf)          # a builder: Config -> Model
     jaxrec.Config(model="my_mf")                          # now valid everywhere
 
-Built-in components register themselves when the module that defines them is imported.
-Each registry names that module (``loader``) and imports it the first time it is asked, so
-``import jaxrec.config`` stays light and no list of names is written twice.
+Built-in components of the library register themselves when the module that defines them is
+imported. Each registry names that module (``loader``) and imports it the first time it is
+asked, so ``import jaxrec.config`` stays light and no list of names is written twice. A method
+package (``jaxrec.methods.<paper>``) registers its components in one explicit call
+(``jaxrec.methods.allmrec.register()``; ``jaxrec.methods.register_all()``), never on import.
 
 ``Registry.get`` raises ``jaxrec.config.ConfigError`` naming the config field, the unknown
 value and the known names.
@@ -20,17 +22,91 @@ value and the known names.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import threading
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
 __all__ = [
     "Registry", "MODELS", "INITIALIZERS", "KERNELS", "OBJECTIVES", "AUGMENTATIONS", "METRICS",
     "INIT_SCALES", "INIT_NORMS", "SHARDINGS", "ROW_COMMS", "CONTRASTS", "SPLITS", "BATCH_KINDS", "CONTEXTS",
-    "EVALUATIONS", "CONTRAST_UNIQUE", "all_registries",
+    "EVALUATIONS", "CONTRAST_UNIQUE", "DATA_PROTOCOLS", "all_registries",
+    "ModelSpec", "ContextKind", "BatchKind", "EvaluationProtocol",
 ]
+
+
+# ----------------------------------------------------------------------------- component records
+# What a registry holds for the kinds the training loop dispatches on: records with named
+# fields, so the loop reads a field instead of probing a function for attributes.
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered backbone (``MODELS``).
+
+    build: ``(Config) -> jaxrec.models.Model``; never reads files (shapes that depend on data
+      or on other runs come from the context: ``Encoder.init_reads_context``).
+    settings: the model's own frozen settings dataclass (a ``jaxrec.config.ModelSettings``
+      subclass): its fields are the config keys only this model reads, with their defaults
+      and their validation. ``Config(model=name).settings`` is an instance of it.
+    defaults: protocol defaults for *shared* keys (e.g. SASRec's batch size and split), applied
+      by ``Config.for_model``, ``build_config`` and ``jaxrec train --model`` beneath the user's.
+    check: ``(Config) -> None``, checks of the model's settings against shared keys (raises
+      ``ConfigError`` naming the key), run when a ``Config`` is built.
+    """
+
+    build: Callable[..., Any]
+    settings: type
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    check: Callable[..., None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextKind:
+    """A registered model context (``CONTEXTS``): what a model reads from the dataset besides the batch.
+
+    build: ``(dataset, config) -> {"train": ctx, "valid": ctx, "test": ctx}`` (pytrees).
+    fields: config keys the contexts depend on (the cache key of ``PreparedData.contexts``).
+    check: ``(dataset, config) -> None``, raises ``DataError`` / ``ConfigError`` before any
+      compute when the dataset cannot give this context (``jaxrec.train.check_run``).
+    serve: ``(dataset, config) -> ctx`` of the ``"serve"`` stage (everything known), or None
+      (``jaxrec.models.contexts.serve_context`` then serves from ``"test"``).
+    """
+
+    build: Callable[..., dict]
+    fields: tuple[str, ...] = ()
+    check: Callable[..., None] | None = None
+    serve: Callable[..., Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchKind:
+    """A registered batch kind (``BATCH_KINDS``).
+
+    build: ``(prepared, config, model) -> jaxrec.train.batches.BatchSource``.
+    check: ``(dataset, config) -> None``, raises ``DataError`` before any compute when the
+      dataset cannot give such batches.
+    """
+
+    build: Callable[..., Any]
+    check: Callable[..., None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationProtocol:
+    """A registered evaluation protocol (``EVALUATIONS``, config ``evaluation``).
+
+    build: ``(prepared, config, partitioner) -> evaluator``; an evaluator maps
+      ``(user_emb, item_emb)`` and a stage to ``{metric: float}``.
+    check: ``(dataset, config) -> None`` (``DataError`` / ``ConfigError`` before any compute).
+    check_config: ``(config) -> None``, ``ConfigError`` when ``valid_metric`` / ``topk`` /
+      ``metrics`` do not fit the protocol (None: ``<metric>@<k>`` of ``metrics`` x ``topk``).
+    """
+
+    build: Callable[..., Any]
+    check: Callable[..., None] | None = None
+    check_config: Callable[..., None] | None = None
 
 
 class Registry(Generic[T]):
@@ -40,10 +116,12 @@ class Registry(Generic[T]):
       kind: what the components are, for messages ("backbone", "propagation kernel").
       field: the ``Config`` field whose values this registry checks (None if no field).
       loader: module that registers the built-in components when imported (lazily, once).
+      method_kinds: method packages register components of this kind (error messages say how).
     """
 
-    def __init__(self, kind: str, field: str | None = None, loader: str | None = None):
+    def __init__(self, kind: str, field: str | None = None, loader: str | None = None, method_kinds: bool = False):
         self.kind = kind
+        self.method_kinds = method_kinds  # method packages register components of this kind
         self.field = field
         self.loader = loader
         self._entries: dict[str, T] = {}
@@ -126,21 +204,23 @@ class Registry(Generic[T]):
 
         where = field or self.field
         head = f"{where}={name!r}" if where else f"{self.kind} {name!r}"
-        return ConfigError(f"{head}: unknown {self.kind}; expected one of {', '.join(self.names())}")
+        hint = (" (a method package's components are known once it is registered: jaxrec.methods.register_all(), "
+                "which the CLI and the experiments call)") if self.method_kinds else ""
+        return ConfigError(f"{head}: unknown {self.kind}; expected one of {', '.join(self.names())}{hint}")
 
     def __repr__(self) -> str:
         state = ", ".join(self._entries) if self._loaded else f"not loaded ({self.loader})"
         return f"Registry({self.kind!r}: {state})"
 
 
-#: Backbones: name -> builder ``(Config) -> jaxrec.models.Model``.
-MODELS: Registry[Callable[..., Any]] = Registry("backbone", "model", "jaxrec.models")
+#: Backbones: name -> ``ModelSpec`` (builder, settings class, protocol defaults).
+MODELS: Registry[ModelSpec] = Registry("backbone", "model", "jaxrec.models", method_kinds=True)
 #: LLM initializers: name -> ``jaxrec.init.strategies.Initializer``.
 INITIALIZERS: Registry[Any] = Registry("initializer", "init", "jaxrec.init.strategies")
 #: Propagation kernels: name -> ``jaxrec.graph.kernels.Kernel``.
 KERNELS: Registry[Any] = Registry("propagation kernel", "kernel", "jaxrec.graph.kernels")
 #: Objective terms: name -> builder ``(Config) -> jaxrec.objectives.Term``.
-OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective", None, "jaxrec.objectives")
+OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective", None, "jaxrec.objectives", method_kinds=True)
 #: Graph augmentations (SGL views): name -> ``(graph, key, ratio, num_layers) -> view``.
 AUGMENTATIONS: Registry[Callable[..., Any]] = Registry("augmentation", "ssl_aug", "jaxrec.graph.augment")
 #: Ranking metrics: name -> per-user ``(hits [M, k] bool, num_truth [M]) -> [M] float``.
@@ -160,12 +240,16 @@ CONTRASTS: Registry[Callable[..., Any]] = Registry("contrast form", "ssl_negativ
 CONTRAST_UNIQUE: Registry[Any] = Registry("distinct-id mode", "contrast_unique", "jaxrec.objectives.contrast")
 #: Data splits: name -> ``(Interactions, config, rng) -> (train, valid, test, report)``.
 SPLITS: Registry[Callable[..., Any]] = Registry("split", "split", "jaxrec.data.split")
-#: Training batch kinds: name -> factory ``(dataset, config, prepared) -> BatchSource``.
-BATCH_KINDS: Registry[Callable[..., Any]] = Registry("batch kind", None, "jaxrec.train.batches")
-#: Model contexts built from a dataset: name -> ``(dataset, config, stage) -> pytree``.
-CONTEXTS: Registry[Callable[..., Any]] = Registry("model context", None, "jaxrec.models.contexts")
-#: Evaluation protocols: name -> factory ``(dataset, config, partitioner) -> Evaluator``.
-EVALUATIONS: Registry[Callable[..., Any]] = Registry("evaluation", "evaluation", "jaxrec.eval.protocols")
+#: Training batch kinds: name -> ``BatchKind``.
+BATCH_KINDS: Registry[BatchKind] = Registry("batch kind", None, "jaxrec.train.batches", method_kinds=True)
+#: Model contexts built from a dataset: name -> ``ContextKind``.
+CONTEXTS: Registry[ContextKind] = Registry("model context", None, "jaxrec.models.contexts", method_kinds=True)
+#: Evaluation protocols: name -> ``EvaluationProtocol``.
+EVALUATIONS: Registry[EvaluationProtocol] = Registry("evaluation", "evaluation", "jaxrec.eval.protocols", method_kinds=True)
+#: Preprocessing protocols of the Amazon review reader (``jaxrec.data.amazon.load_amazon``):
+#: name -> ``jaxrec.data.amazon.AmazonProtocol``. Built in: "kcore" (LLMInit); a method package
+#: registers its own (A-LLMRec's "allmrec", ``jaxrec.methods.allmrec.register``).
+DATA_PROTOCOLS: Registry[Any] = Registry("Amazon preprocessing protocol", None, "jaxrec.data.amazon", method_kinds=True)
 
 
 def all_registries() -> dict[str, Registry]:

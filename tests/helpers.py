@@ -42,7 +42,7 @@ def write_tiny_dataset(folder: Path, name: str = "tiny", seed: int = 0, **kw) ->
     items = sorted({r[1] for r in rows})
     write_atomic(
         ds / f"{name}.item",
-        {"item_id": np.array([f"i{i}" for i in items]), "movie_title": [[f"Movie", f"{i}"] for i in items],
+        {"item_id": np.array([f"i{i}" for i in items]), "movie_title": [["Movie", f"{i}"] for i in items],
          "release_year": np.array([str(1990 + i % 10) for i in items]),
          "class": [["Drama"] if i % 2 else ["Comedy", "Romance"] for i in items]},
         {"item_id": "token", "movie_title": "token_seq", "release_year": "token", "class": "token_seq"},

@@ -1,4 +1,4 @@
-"""A-LLMRec stage 1 (jaxrec.align.stage1): losses vs numpy, frozen parts, joint embeddings, the
+"""A-LLMRec stage 1 (jaxrec.methods.allmrec.stage1): losses vs numpy, frozen parts, joint embeddings, the
 stage-1 recommender on candidates, fine-tuned encoder, data-parallel shard, bad input (tiny data)."""
 
 from __future__ import annotations
@@ -9,15 +9,18 @@ import logging
 import jax
 import numpy as np
 import pytest
-
 from helpers import write_tiny_dataset
-from jaxrec.align import stage1 as s1
+
 from jaxrec.config import Config, ConfigError
 from jaxrec.data import DataError, load_dataset
 from jaxrec.eval.candidates import candidates_for, dot_scores
+from jaxrec.methods.allmrec import register as _register_allmrec  # noqa: E402
+from jaxrec.methods.allmrec import stage1 as s1
 from jaxrec.models import get_model
 from jaxrec.models import sasrec as sr
 from jaxrec.train import fit
+
+_register_allmrec()  # A-LLMRec's models, contexts, terms and evaluation are registered explicitly
 
 SASREC_TINY = dict(embedding_size=8, num_heads=2, num_layers=1, max_seq_len=6, batch_size=32, learning_rate=0.01,
                    epochs=1, full_view_topk=())
@@ -115,12 +118,19 @@ def test_stage1_joint_embeddings_pick_e_for_warm_items_and_q_for_the_rest():
 
 
 # --------------------------------------------------------------------------- training
+def init_of(model, ds, config, key):
+    """Fresh stage-1 params: their sizes come from the context (the SASRec run, the text width)."""
+    from jaxrec.models.base import abstract_context
+
+    return model.init(key, ds.num_users, ds.num_items, abstract_context(s1.stage1_context(ds, config)["train"]))
+
+
 @pytest.fixture(scope="module")
 def trained(tiny):
     root, config, ds, _ = tiny
     before = s1.load_sasrec_run(config.sasrec_run, ds).params
     model = get_model(config)
-    init = model.init(jax.random.key(0), ds.num_users, ds.num_items)
+    init = init_of(model, ds, config, jax.random.key(0))
     res = fit(model, ds, config, out_dir=root / "stage1", params=init, progress=False)
     return res, before, init
 
@@ -157,7 +167,7 @@ def test_align_stage1_run_api_and_recommender_on_candidates(tiny, trained):
     q, _ = _np_ae(p["text_ae"], emb)
     np.testing.assert_allclose(joint, np.where(warm[:, None], e, q), rtol=1e-5, atol=1e-6)
     users = run.user_representations("test")
-    hist = run.contexts["test"]["histories"]
+    hist = run.contexts["test"].histories
     np.testing.assert_allclose(users, np.asarray(sr.user_representation(sas.params, hist, sas.settings)), rtol=1e-5,
                                atol=1e-6)
     assert users.shape == (ds.num_users, 8)
@@ -185,14 +195,14 @@ def test_align_stage1_all_positions_uses_every_window_position(tiny):
     prepared = prepare(ds)
     ctx = prepared.contexts(model.context, c)["train"]
     batch = next(batch_source(model, prepared, c).epoch(np.random.default_rng(0)))
-    params = model.init(jax.random.key(1), ds.num_users, ds.num_items)
+    params = init_of(model, ds, config, jax.random.key(1))
     _, aux = model.loss(params, ctx, None, batch, jax.random.key(2))
-    sas = ctx["sasrec"]
-    out = np.asarray(sr.sequence_output(sas, batch["seq"], s1._static(c)[0])).reshape(-1, 8)
+    sas = ctx.sasrec
+    out = np.asarray(sr.sequence_output(sas, batch["seq"], ctx.arch)).reshape(-1, 8)
     pos, neg = batch["pos"].reshape(-1), batch["neg"].reshape(-1)
     m = pos != 0
     assert m.sum() > len(batch["seq"])  # more than one position per window
-    table, text = np.asarray(sas["item_embedding"]), ctx["text"]
+    table, text = np.asarray(sas["item_embedding"]), ctx.text
     want = _np_losses(params, out, table[pos], table[neg], text[np.maximum(pos - 1, 0)], text[np.maximum(neg - 1, 0)],
                       m)
     for k in s1.TERMS:
@@ -223,7 +233,7 @@ def test_align_stage1_finetuned_encoder_trains_it_and_keeps_sasrec(tiny, tmp_pat
     c = config.replace(embeddings=None, encoder=str(folder), text_finetune=True, epochs=1)
     model = get_model(c)
     before = s1.load_sasrec_run(c.sasrec_run, ds).params
-    init = model.init(jax.random.key(0), ds.num_users, ds.num_items)
+    init = init_of(model, ds, c, jax.random.key(0))
     assert init["text_ae"]["fc1"]["kernel"].shape == (32, 16)
     res = fit(model, ds, c, params=init, out_dir=tmp_path / "ft", progress=False)
     moved = [not np.allclose(a, b) for a, b in zip(_leaves(init["text_encoder"]), _leaves(res.params["text_encoder"]))]
@@ -234,10 +244,9 @@ def test_align_stage1_finetuned_encoder_trains_it_and_keeps_sasrec(tiny, tmp_pat
     # another dataset's text goes through the fine-tuned encoder (cross-domain): on the training
     # dataset itself it is exactly the item text the trained model reads, not the initial encoder's
     run = s1.load_stage1_run(tmp_path / "ft", ds)
-    _, _, text_model = s1._static(c)
-    want = np.asarray(s1.item_text_vectors(run.params, run.contexts["test"], text_model))
+    want = np.asarray(s1.item_text_vectors(run.params, run.contexts["test"]))
     np.testing.assert_allclose(run.target_text(ds), want, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(np.asarray(s1.item_text_vectors(init, run.contexts["test"], text_model)), want, atol=1e-4)
+    assert not np.allclose(np.asarray(s1.item_text_vectors(init, run.contexts["test"])), want, atol=1e-4)
     target = load_dataset(str(write_tiny_dataset(tmp_path, name="target", seed=5, users=20, items=25)), c)
     assert run.target_text(target).shape == (target.num_items, 32)
 
@@ -247,14 +256,15 @@ def test_align_stage1_bad_input(tiny, trained, tmp_path, caplog):
     root, config, ds, _ = tiny
     from jaxrec.train import check_run  # noqa: PLC0415
 
-    with pytest.raises(ConfigError, match="sasrec_run=None"):
-        get_model(config.replace(sasrec_run=None))
-    with pytest.raises(ConfigError, match="align_positions='first'"):
-        get_model(config.replace(align_positions="first"))
+    with pytest.raises(ConfigError, match="sasrec_run=None"):  # checked against the data, before any compute
+        c = config.replace(sasrec_run=None)
+        check_run(get_model(c), ds, c)
+    with pytest.raises(ConfigError, match="align_positions='first'"):  # the settings' own validation
+        config.replace(align_positions="first")
     with pytest.raises(ConfigError, match="max_seq_len=5: the SASRec run .* max_seq_len=6"):
         c = config.replace(max_seq_len=5)
         check_run(get_model(c), ds, c)
-    with pytest.raises(s1.Stage1Error, match="results.json: missing"):
+    with pytest.raises(s1.Stage1Error, match="no run.json; expected a folder written by"):
         s1.load_sasrec_run(tmp_path)
     # a SASRec run of another dataset (other users): refused, naming the fields
     other_folder = write_tiny_dataset(tmp_path, name="other", users=41, items=30)
@@ -275,7 +285,7 @@ def test_align_stage1_bad_input(tiny, trained, tmp_path, caplog):
     import dataclasses  # noqa: PLC0415
 
     blank = dataclasses.replace(ds, item_features=feats)
-    with caplog.at_level(logging.WARNING, logger="jaxrec.align"):
+    with caplog.at_level(logging.WARNING, logger="jaxrec.methods.allmrec"):
         texts, _, n_empty = s1.item_texts_with_fallback(blank)
     assert n_empty == 1 and texts[3] == s1.FALLBACK_TEXT and texts[4] != s1.FALLBACK_TEXT
     assert "1 of 30 items have no text" in caplog.text
@@ -284,8 +294,9 @@ def test_align_stage1_bad_input(tiny, trained, tmp_path, caplog):
 # --------------------------------------------------------------------------- experiment rows
 @pytest.mark.slow
 def test_stage1_allmrec_table_rows_end_to_end(tmp_path):
-    from experiments import allmrec_table as T  # noqa: PLC0415
     from test_experiments_allmrec import TINY, write_dataset  # noqa: PLC0415
+
+    from experiments import allmrec_table as T  # noqa: PLC0415
 
     folder = write_dataset(tmp_path / "data")
     ds = load_dataset(str(folder), Config.for_model("sasrec"))
@@ -328,7 +339,7 @@ def test_align_stage1_cross_domain_target_users_and_items_from_text(tiny, traine
     # decoded table (row id + 1); checked on one user by hand-building the table
     sas = run.sasrec
     hist = s1.histories(s1.user_sequences(target, log_report=False), "test", 6)
-    params = {**jax.tree.map(np.asarray, run.contexts["test"]["sasrec"]),
+    params = {**jax.tree.map(np.asarray, run.contexts["test"].sasrec),
               "item_embedding": np.vstack([np.zeros((1, 8), np.float32), dec]).astype(np.float32)}
     import dataclasses  # noqa: PLC0415
 

@@ -15,13 +15,28 @@ import numpy as np
 import pytest
 
 from jaxrec.config import Config, ConfigError
-from jaxrec.data import (DataError, PositiveIndex, exclusion_pairs, filters, leave_one_out, load_amazon,
-                         load_dataset, load_movielens_raw, read_amazon_meta, read_amazon_reviews, read_atomic,
-                         read_ml100k_items, remap_ids, sample_negatives, truth)
-from jaxrec.data.amazon import allmrec_item_text, allmrec_threshold
+from jaxrec.data import (
+    DataError,
+    PositiveIndex,
+    exclusion_pairs,
+    filters,
+    leave_one_out,
+    load_amazon,
+    load_dataset,
+    load_movielens_raw,
+    read_amazon_meta,
+    read_amazon_reviews,
+    read_atomic,
+    read_ml100k_items,
+    remap_ids,
+    sample_negatives,
+    truth,
+)
 from jaxrec.data.movielens import GENRES
 from jaxrec.data.textio import ReadReport, sniff_encoding
 from jaxrec.eval import evaluate, ranking_metrics, topk_full_ranking
+from jaxrec.methods.allmrec import register as register_allmrec
+from jaxrec.methods.allmrec.data import allmrec_item_text, allmrec_threshold
 
 NO_CACHE = dict(data_cache=False)
 
@@ -317,6 +332,9 @@ def test_load_amazon_allmrec_protocol(tmp_path, caplog):
             {"asin": "B3", "title": "No description key"}]
     mp = tmp_path / "meta_Beauty.json"
     mp.write_text("".join(json.dumps(m) + "\n" for m in meta))
+    with pytest.raises(ConfigError, match="protocol='nope': unknown .*jaxrec.methods.register_all"):
+        load_amazon(rp, mp, protocol="nope", cache=False)
+    register_allmrec()  # the "allmrec" protocol is A-LLMRec's: its package registers it
     with caplog.at_level(logging.WARNING, logger="jaxrec.data"):
         ds = load_amazon(rp, mp, protocol="allmrec", cache=False)
     kept = naive_allmrec(rows, 4, 3.0)  # Beauty: threshold 4, ratings below 3 not counted

@@ -13,12 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_tiny_dataset
 
-from experiments import (cli, cold_start, embedding_collapse, encoder_choice, grid, llminit_table, long_short_update,
-                         report, tf_llmer)
+from experiments import (
+    cli,
+    cold_start,
+    embedding_collapse,
+    encoder_choice,
+    grid,
+    llminit_table,
+    long_short_update,
+    report,
+    tf_llmer,
+)
 from jaxrec.analysis import collapse
 from jaxrec.init import EmbeddingSource, save_precomputed
-from helpers import write_tiny_dataset
 
 N_DIMS = 24  # dims of the tiny random "text" embeddings
 
@@ -573,8 +582,10 @@ def test_tf_llmer_sasrec_rows_use_its_protocol_and_full_ranking(tmp_path, capsys
     argv = ["--dataset", str(ds), "--backbones", "sasrec", "--seeds", "1", "--variants", "none,recpca@1+typical",
             "--curvature-iters", "3", "--lambda-probe", "none", "--epochs", "1", "--out", str(out),
             "--set", "embedding_size=8", "--set", "max_seq_len=6", "--set", "batch_size=32"]
-    with pytest.raises(ConfigError, match="max_seq_len=6: model='lightgcn'"):  # refused before any cell trains
-        tf_llmer.main([a if a != "sasrec" else "sasrec,lightgcn" for a in argv])
+    # a --set key applies to the rows whose model has it (max_seq_len: SASRec's); one no model has is refused
+    # before any cell trains, naming the model
+    with pytest.raises(ConfigError, match="--set max_seq_lenn=6: unknown config key"):
+        tf_llmer.main([a if a != "max_seq_len=6" else "max_seq_lenn=6" for a in argv])
     assert not (out / "results.json").exists()
     assert tf_llmer.main(argv) == 0
     res = json.loads((out / "results.json").read_text())

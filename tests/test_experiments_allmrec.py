@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import clustered_interactions
 
 from experiments import allmrec_table as T
-from helpers import clustered_interactions
 from jaxrec.config import Config
 from jaxrec.data import load_dataset, write_atomic
 from jaxrec.eval.scenarios import ColdWarmItems, FewShot
+from jaxrec.methods.allmrec import register as _register_allmrec  # noqa: E402
+
+_register_allmrec()  # A-LLMRec's models, contexts, terms and evaluation are registered explicitly
 
 TINY = ["embedding_size=8", "num_heads=2", "num_layers=1", "max_seq_len=6", "batch_size=32", "learning_rate=0.01"]
 

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -16,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import write_tiny_dataset
 
 import jaxrec
-from helpers import write_tiny_dataset
 from jaxrec import registry as R
 from jaxrec.config import Config, ConfigError
 from jaxrec.data import load_dataset
@@ -31,19 +30,21 @@ REPO = Path(__file__).resolve().parents[1]
 # A backbone written outside the package: MF with an item bias (score = u . i + b_i), its own
 # encoder, the built-in BPR + L2 terms. Registered by importing the file (a plugin).
 PLUGIN = '''
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import jaxrec
-from jaxrec.models import Encoder, Model, init_tables
+from jaxrec.models import Encoder, MFSettings, Model, init_tables
 from jaxrec.objectives import term, weighted_sum
 
 
 def build(config):
-    dim = config.embedding_size
+    dim, bias = config.embedding_size, config.bias_init
 
     def init(key, num_users, num_items):
         params = init_tables(key, num_users, num_items, dim)
-        params["item_bias"] = jnp.zeros((num_items,), jnp.float32)
+        params["item_bias"] = jnp.full((num_items,), bias, jnp.float32)
         return params
 
     def embed(params, context):
@@ -56,7 +57,14 @@ def build(config):
     return Model("biased_mf", encoder, objective, context="none")
 
 
-jaxrec.register_model("biased_mf", build, defaults={"learning_rate": 0.01})
+@dataclasses.dataclass(frozen=True)
+class BiasedMFSettings(MFSettings):
+    """MF's settings plus the item bias's starting value (a setting of this backbone only)."""
+
+    bias_init: float = 0.0
+
+
+jaxrec.register_model("biased_mf", build, settings=BiasedMFSettings, defaults={"learning_rate": 0.01})
 '''
 
 
@@ -78,11 +86,18 @@ def test_every_config_name_field_asks_its_registry():
     fields = {reg.field for reg in R.all_registries().values() if reg.field}
     assert {"model", "init", "kernel", "sharding", "row_comm", "ssl_aug", "init_scale", "metrics",
             "ssl_negatives", "split", "evaluation", "contrast_unique"} <= fields
+    from jaxrec.config import models_with_setting, shared_field_names
+
     for reg in R.all_registries().values():
         if reg.field and reg.field != "metrics":
+            if reg.field == "model":
+                kw = {"model": "nope"}
+            else:  # a shared key, or a setting of the models that have it (e.g. ssl_aug: SGL's)
+                model = "lightgcn" if reg.field in shared_field_names() else models_with_setting(reg.field)[0]
+                kw = {"model": model, reg.field: "nope"}
             with pytest.raises(ConfigError, match=rf"{reg.field}='nope': unknown .*expected one of "
                                                   rf"{', '.join(reg.names())}"):
-                Config(**{reg.field: "nope"})
+                Config(**kw)
     with pytest.raises(ConfigError, match="metrics='nope': unknown metric"):
         Config(metrics=("recall", "nope"))
 
@@ -106,6 +121,9 @@ def test_plugin_backbone_trains_through_fit(tiny):
     folder, plugin, settings = tiny
     config = Config.for_model("biased_mf", **settings)  # importing the plugin registers the name
     assert config.learning_rate == 0.01  # the backbone's registered defaults
+    assert config.bias_init == 0.0 and Config.for_model("biased_mf", **settings, bias_init=0.5).bias_init == 0.5
+    with pytest.raises(ConfigError, match=r"model 'lightgcn' has no setting 'bias_init' \(a setting of biased_mf\)"):
+        Config("lightgcn", bias_init=0.5)  # its own settings: no other model has the key
     ds = load_dataset(folder, config)
     model = get_model(config)
     res = jaxrec.fit(model, ds, config, progress=False)

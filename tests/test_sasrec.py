@@ -7,10 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.models.sasrec import (SASRecError, SASRecSettings, as_module, bce_loss, embed, init_params, item_table,
-                                  score_candidates, sequence_output, user_representation)
+from jaxrec.models.sasrec import (
+    SASRecArch,
+    SASRecError,
+    as_module,
+    bce_loss,
+    embed,
+    init_params,
+    item_table,
+    score_candidates,
+    sequence_output,
+    user_representation,
+)
 
-S = SASRecSettings(num_items=11, hidden=8, num_blocks=2, num_heads=2, dropout=0.5, max_len=6)
+S = SASRecArch(num_items=11, hidden=8, num_blocks=2, num_heads=2, dropout=0.5, max_len=6)
 SEQ = np.array([[0, 0, 3, 4, 5, 6],
                 [1, 2, 3, 4, 5, 11],
                 [0, 0, 0, 0, 0, 7],
@@ -77,7 +87,7 @@ def np_forward(params, seq, s):
 # ------------------------------------------------------------------------------ tests
 @pytest.mark.parametrize("norm", ["reference", "prenorm"])
 def test_sasrec_block_matches_numpy(norm):
-    s = SASRecSettings(num_items=11, hidden=8, num_blocks=1, num_heads=2, max_len=6, norm=norm)
+    s = SASRecArch(num_items=11, hidden=8, num_blocks=1, num_heads=2, max_len=6, norm=norm)
     params = perturbed(init_params(jax.random.key(0), s))
     x = np.random.default_rng(0).normal(size=(3, 6, 8))
     got = as_module(params, s).block_0(jnp.asarray(x, jnp.float32), False, None)
@@ -86,7 +96,7 @@ def test_sasrec_block_matches_numpy(norm):
 
 @pytest.mark.parametrize("norm", ["reference", "prenorm"])
 def test_sasrec_network_matches_numpy_in_eval_mode(norm):
-    s = SASRecSettings(**{**S.__dict__, "norm": norm})
+    s = SASRecArch(**{**S.__dict__, "norm": norm})
     params = perturbed(init_params(jax.random.key(0), s))
     got = np.asarray(sequence_output(params, SEQ, s))
     np.testing.assert_allclose(got, np_forward(params, SEQ, s), rtol=1e-5, atol=1e-5)
@@ -134,7 +144,7 @@ def np_bce(params, batch, s):
 
 
 def test_sasrec_bce_loss_matches_numpy():
-    s = SASRecSettings(**{**S.__dict__, "dropout": 0.0})
+    s = SASRecArch(**{**S.__dict__, "dropout": 0.0})
     params = perturbed(init_params(jax.random.key(3), s))
     pos = np.where(SEQ != 0, (SEQ % 11) + 1, 0)
     neg = np.where(SEQ != 0, ((SEQ + 5) % 11) + 1, 0)
@@ -157,7 +167,7 @@ def test_sasrec_dropout_only_in_training():
     t2 = np.asarray(sequence_output(params, SEQ, S, key=jax.random.key(2), train=True))
     np.testing.assert_array_equal(t1, t1b)
     assert np.abs(t1 - ev).max() > 1e-2 and np.abs(t1 - t2).max() > 1e-2
-    s0 = SASRecSettings(**{**S.__dict__, "dropout": 0.0})
+    s0 = SASRecArch(**{**S.__dict__, "dropout": 0.0})
     np.testing.assert_allclose(np.asarray(sequence_output(params, SEQ, s0, key=jax.random.key(1), train=True)), ev,
                                atol=1e-6)
     with pytest.raises(SASRecError, match="key"):
@@ -177,18 +187,18 @@ def test_sasrec_embed_and_scores():
 
 def test_sasrec_bad_settings_and_inputs():
     with pytest.raises(SASRecError, match="max_len"):
-        SASRecSettings(num_items=5, max_len=0)
+        SASRecArch(num_items=5, max_len=0)
     with pytest.raises(SASRecError, match="num_heads"):
-        SASRecSettings(num_items=5, hidden=50, num_heads=3)
+        SASRecArch(num_items=5, hidden=50, num_heads=3)
     with pytest.raises(SASRecError, match="dropout"):
-        SASRecSettings(num_items=5, dropout=1.0)
+        SASRecArch(num_items=5, dropout=1.0)
     with pytest.raises(SASRecError, match="norm"):
-        SASRecSettings(num_items=5, norm="post")
+        SASRecArch(num_items=5, norm="post")
     params = init_params(jax.random.key(0), S)
     with pytest.raises(SASRecError, match="max_len=6"):
         sequence_output(params, np.zeros((1, 7), np.int32), S)
     with pytest.raises(SASRecError, match="shape"):
-        sequence_output(params, SEQ, SASRecSettings(**{**S.__dict__, "num_items": 12}))
+        sequence_output(params, SEQ, SASRecArch(**{**S.__dict__, "num_items": 12}))
 
 
 def test_sasrec_hash_dropout_masks():

@@ -14,20 +14,19 @@ import pytest
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import torch_sasrec as ts  # noqa: E402
-
 from jaxrec.config import Config  # noqa: E402
 from jaxrec.data import dataset_from_interactions, remap_ids  # noqa: E402
 from jaxrec.data.sequences import training_windows, window_batches  # noqa: E402
-from jaxrec.models.sasrec import SASRecSettings, bce_loss, init_params, sequence_output  # noqa: E402
+from jaxrec.models.sasrec import SASRecArch, bce_loss, init_params, sequence_output  # noqa: E402
 
 
-def to_torch(params, s: SASRecSettings):
+def to_torch(params, s: SASRecArch):
     return ts.from_jaxrec(params, s.num_items, s.hidden, s.num_blocks, s.num_heads, s.dropout, s.max_len, s.norm)
 
 
 @pytest.mark.parametrize("norm", ["reference", "prenorm"])
 def test_sasrec_torch_forward_parity(norm):
-    s = SASRecSettings(num_items=30, hidden=12, num_blocks=2, num_heads=3, max_len=7, norm=norm)
+    s = SASRecArch(num_items=30, hidden=12, num_blocks=2, num_heads=3, max_len=7, norm=norm)
     leaves, tree = jax.tree.flatten(init_params(jax.random.key(0), s))
     keys = jax.random.split(jax.random.key(1), len(leaves))
     params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
@@ -54,7 +53,7 @@ def test_sasrec_torch_training_steps_parity():
     u, i, t = zip(*rows)
     ds = dataset_from_interactions("t", remap_ids(np.array(u), np.array(i), timestamp=np.array(t)),
                                    Config(split="loo_time"))
-    s = SASRecSettings(num_items=ds.num_items, hidden=8, num_blocks=1, num_heads=2, dropout=0.0, max_len=6)
+    s = SASRecArch(num_items=ds.num_items, hidden=8, num_blocks=1, num_heads=2, dropout=0.0, max_len=6)
     params = init_params(jax.random.key(0), s)
     model = to_torch(params, s)
     opt_t = ts.make_optimizer(model)
@@ -91,7 +90,7 @@ def test_sasrec_init_matches_reference_statistics():
     tighter than 2%; a wrong fan, a wrong family (normal vs uniform bias at another scale) or a
     missing scale moves the std by far more than that for every tensor here.
     """
-    s = SASRecSettings(num_items=400, hidden=64, num_blocks=1, num_heads=1, max_len=50)
+    s = SASRecArch(num_items=400, hidden=64, num_blocks=1, num_heads=1, max_len=50)
     seeds = range(16)
 
     def reference(seed):

@@ -8,8 +8,8 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from helpers import write_tiny_dataset
+
 from jaxrec.cli import main
 from jaxrec.config import Config, ConfigError
 from jaxrec.data import DataError, dataset_from_interactions, load_dataset, remap_ids
@@ -117,16 +117,18 @@ def test_sasrec_bad_config_values(fields, message):
 
 @pytest.mark.parametrize("model, fields, message", [
     ("sasrec", {"sharding": "row"}, "sharding='row'.*feature"),
-    ("sasrec", {"kernel": "dense"}, "kernel='dense'.*graph-backbone option"),
-    ("sasrec", {"ssl_weight": 0.1}, "ssl_weight=0.1"),
-    ("sasrec", {"reg_weight": 0.01}, "reg_weight"),
+    ("sasrec", {"kernel": "dense"}, r"model 'sasrec' has no setting 'kernel' \(a setting of lightgcn, sgl, sgcl\)"),
+    ("sasrec", {"ssl_weight": 0.1}, r"model 'sasrec' has no setting 'ssl_weight' \(a setting of sgl\)"),
+    ("sasrec", {"reg_weight": 0.01}, "model 'sasrec' has no setting 'reg_weight'"),
     ("sasrec", {"num_heads": 3}, "embedding_size=50.*num_heads=3"),
     ("sasrec", {"num_layers": 0}, "num_layers=0"),
-    ("lightgcn", {"max_seq_len": 20}, "max_seq_len=20.*'lightgcn'.*'sequences'"),
-    ("sgl", {"num_heads": 2}, "num_heads=2"),
-    ("mf", {"dropout_rate": 0.1}, "dropout_rate=0.1"),
+    ("lightgcn", {"max_seq_len": 20}, r"model 'lightgcn' has no setting 'max_seq_len' \(a setting of sasrec"),
+    ("sgl", {"num_heads": 2}, "model 'sgl' has no setting 'num_heads'"),
+    ("mf", {"dropout_rate": 0.1}, "model 'mf' has no setting 'dropout_rate'.*MFSettings: embedding_size"),
 ])
 def test_sasrec_options_of_the_other_model_family_are_refused(model, fields, message):
+    """A key is a setting of some models only (``ModelSettings``): another model's config refuses
+    it, naming the model whose settings lack it and the models that have it."""
     with pytest.raises(ConfigError, match=message):
         get_model(Config.for_model(model, **fields))
 

@@ -1,4 +1,4 @@
-"""A-LLMRec stage 2 (jaxrec.align): projectors against torch, the reference prompt by hand, the
+"""A-LLMRec stage 2 (jaxrec.methods.allmrec): projectors against torch, the reference prompt by hand, the
 teacher-forcing loss against transformers' own loss, LM scoring/generation against direct
 forwards, training under jaxrec.fit with the LM and stage-1 arrays provably untouched,
 filter-then-rerank, bad input, and the real SmolLM2 (slow)."""
@@ -18,18 +18,42 @@ transformers = pytest.importorskip("transformers")
 
 from helpers import write_tiny_dataset  # noqa: E402
 from lm_helpers import save_hf, smollm2_or_skip, tiny_llama, train_bpe  # noqa: E402
+
 from jaxrec import Config  # noqa: E402
-from jaxrec.align import stage2_fit  # noqa: E402
-from jaxrec.align.prompt import (CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, DOMAINS, PromptBuilder,  # noqa: E402
-                                 PromptError, get_domain, item_titles, prompt_text)
-from jaxrec.align.stage2 import (Stage2Error, Stage2Settings, answer_text, evaluate_lm, init_params,  # noqa: E402
-                                 make_context, match_candidate, next_title_loss, normalize_title, prepare_lm, project,
-                                 reference_hit, soft_embeds)
-from jaxrec.align.stage2_inputs import (from_arrays, load_inputs, save_inputs, stage_examples,  # noqa: E402
-                                        stage_histories)
-from jaxrec.config import PROMPT_DOMAINS  # noqa: E402
 from jaxrec.data import load_dataset  # noqa: E402
-from jaxrec.lm import LMConfig, LanguageModel, Tokenizer, load_hf  # noqa: E402
+from jaxrec.lm import Tokenizer, load_hf  # noqa: E402
+from jaxrec.methods.allmrec import register as _register_allmrec  # noqa: E402
+from jaxrec.methods.allmrec import stage2_fit  # noqa: E402
+from jaxrec.methods.allmrec.prompt import (  # noqa: E402
+    CANDIDATE_TOKEN,
+    DOMAINS,
+    HISTORY_TOKEN,
+    USER_TOKEN,
+    PromptBuilder,
+    PromptError,
+    get_domain,
+    item_titles,
+    prompt_text,
+)
+from jaxrec.methods.allmrec.stage2 import (  # noqa: E402
+    Stage2Arch,
+    Stage2Error,
+    answer_text,
+    evaluate_lm,
+    init_params,
+    make_context,
+    match_candidate,
+    next_title_loss,
+    normalize_title,
+    prepare_lm,
+    project,
+    reference_hit,
+    soft_embeds,
+)
+from jaxrec.methods.allmrec.stage2_fit import PROMPT_DOMAINS  # noqa: E402
+from jaxrec.methods.allmrec.stage2_inputs import from_arrays, load_inputs, save_inputs, stage_examples, stage_histories  # noqa: E402
+
+_register_allmrec()  # A-LLMRec's models, contexts, terms and evaluation are registered explicitly
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -83,7 +107,7 @@ def torch_projector(params, activation):
 
 
 def test_stage2_projectors_match_torch():
-    s = Stage2Settings(user_dim=7, item_dim=5, lm_dim=12)
+    s = Stage2Arch(user_dim=7, item_dim=5, lm_dim=12)
     params = init_params(jax.random.PRNGKey(0), s)
     for side in ("user", "item"):  # non-trivial norm affine parameters on both sides
         params[side]["norm"] = {"scale": params[side]["norm"]["scale"] * 1.3, "bias": params[side]["norm"]["bias"] + 0.1}
@@ -97,13 +121,13 @@ def test_stage2_projectors_match_torch():
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
     assert got_i.shape == (2, 3, 12)
     # xavier-normal kernels (std sqrt(2 / (in + out))) and torch's uniform bias bound 1/sqrt(fan_in)
-    big = init_params(jax.random.PRNGKey(1), Stage2Settings(300, 128, 500))
+    big = init_params(jax.random.PRNGKey(1), Stage2Arch(300, 128, 500))
     k = np.asarray(big["item"]["fc1"]["kernel"])
     assert k.shape == (128, 500) and abs(k.std() / np.sqrt(2 / 628) - 1) < 0.02
     b = np.asarray(big["user"]["fc1"]["bias"])
     assert np.abs(b).max() <= 1 / np.sqrt(300) and np.abs(b).max() > 0.9 / np.sqrt(300)
     with pytest.raises(Stage2Error, match=r"projector params\['item'\]\['fc1'\]\['kernel'\]: shape \(128, 500\)"):
-        project(big, Stage2Settings(300, 64, 500), None, np.zeros((1, 64), np.float32))
+        project(big, Stage2Arch(300, 64, 500), None, np.zeros((1, 64), np.float32))
 
 
 # ------------------------------------------------------------------------------ prompts
@@ -304,7 +328,7 @@ def test_stage2_evaluate_lm_matches_direct_forwards(prepared_lm):
     res = evaluate_lm(ctx, tokens, users, hist, cands, shown=shown, batch_size=2, generate=True, max_new_tokens=6,
                       repetition_penalty=1.5)
     assert res.scores.shape == (3, 4) and len(res.generated) == 3
-    from jaxrec.align.stage2 import prompt_embeds
+    from jaxrec.methods.allmrec.stage2 import prompt_embeds
 
     for m in range(3):
         shown_items = cands[m][shown[m]]
@@ -477,8 +501,8 @@ def test_stage2_rerank_recommender_top_k(tiny_run, tmp_path):
     the LM re-orders exactly those K by its scores (those of evaluate_lm on the same list), and
     the metrics count an absent target as a miss in both orderings."""
     import jaxrec
-    from jaxrec.align.rerank import model_top, recommender_top, rerank, run_top
     from jaxrec.data import exclusion_pairs
+    from jaxrec.methods.allmrec.rerank import model_top, recommender_top, rerank, run_top
     from jaxrec.train import prepare
 
     config, ds, _ = tiny_run
@@ -560,7 +584,7 @@ def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
     assert res["inputs"]["kind"] == "sasrec" and "SASRec fallback: no stage 1" in res["inputs"]["source"]
     assert res["sasrec"]["overall"]["users"] == 5 == res["stage2_sum"]["overall"]["users"]
     # SASRec's row: its own candidate scores on those users' stored lists, by hand
-    from jaxrec.align.stage2_inputs import load_inputs
+    from jaxrec.methods.allmrec.stage2_inputs import load_inputs
 
     c2 = Config.for_model("allmrec_stage2", dataset=str(folder), seed=2020, eval_users=5, prompt_history=3)
     ds = load_dataset(str(folder), c2)
@@ -582,7 +606,7 @@ def test_stage2_experiment_train_stage1_row(tiny_lm, monkeypatch, tmp_path):
     stage-1 row is the stage-1 recommender (SASRec's user representation . decoded joint item
     embedding, numpy) on the same users and candidate lists."""
     from experiments import allmrec_stage2
-    from jaxrec.align import stage1 as s1
+    from jaxrec.methods.allmrec import stage1 as s1
 
     monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
     folder = write_tiny_dataset(tmp_path, users=12, items=40, per_user=7)
@@ -618,7 +642,7 @@ def test_stage2_inputs_from_a_stage1_run_folder(tiny_lm, tmp_path, monkeypatch):
     """A tiny SASRec -> stage-1 run; ``stage1_run=<folder>`` gives stage 2 exactly the run's joint
     item embeddings and user representations (train: the frozen SASRec over the training
     sequence without its target, by hand for one user), and one Adam step moves the projectors."""
-    from jaxrec.align import stage1 as s1
+    from jaxrec.methods.allmrec import stage1 as s1
     from jaxrec.models import get_model
     from jaxrec.models import sasrec as sr
     from jaxrec.train import fit
@@ -651,7 +675,7 @@ def test_stage2_inputs_from_a_stage1_run_folder(tiny_lm, tmp_path, monkeypatch):
     hist = np.zeros((1, 6), np.int32)
     kept = seq[:-1][-6:] + 1
     hist[0, 6 - len(kept):] = kept
-    want = np.asarray(sr.embed(run.contexts["test"]["sasrec"], hist, run.sasrec.settings)[0])[0]
+    want = np.asarray(sr.embed(run.contexts["test"].sasrec, hist, run.sasrec.settings)[0])[0]
     np.testing.assert_allclose(np.asarray(ctx["train"].user_rep)[u], want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(want, run.user_representations("valid")[u])  # the target is not in it
     # one training step of stage 2 on these inputs
@@ -670,7 +694,7 @@ def test_stage2_inputs_from_a_stage1_run_folder(tiny_lm, tmp_path, monkeypatch):
     # jaxrec.serve refuses a stage-2 run clearly (its parameter shapes come from the LM context)
     from jaxrec.serve import ServeError, load_run
 
-    with pytest.raises(ServeError, match="serve it through jaxrec.align"):
+    with pytest.raises(ServeError, match="does not score items by dot product.*serve it through its method package"):
         load_run(_fake_run_folder(tmp_path / "s2run", config))
 
 
@@ -690,10 +714,10 @@ def test_stage2_allmrec_table_rows_same_users_and_cross_domain(tiny_lm, tmp_path
     every other row is recomputed on exactly those users (checked against numpy on SASRec's
     own embeddings), and the stage-1 row scores the target's users from its text (numpy)."""
     from experiments import allmrec_table as T
-    from jaxrec.align import stage1 as s1
-    from jaxrec.align.stage2_inputs import sasrec_inputs
     from jaxrec.config import ConfigError
     from jaxrec.eval.candidates import candidates_for
+    from jaxrec.methods.allmrec import stage1 as s1
+    from jaxrec.methods.allmrec.stage2_inputs import sasrec_inputs
 
     monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
     folder = write_tiny_dataset(tmp_path, users=16, items=40, per_user=7)  # >= 19 never-seen items per user

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from helpers import write_tiny_dataset
+
 from jaxrec.config import Config, ConfigError
 from jaxrec.data import load_dataset
 from jaxrec.models import get_model
@@ -89,7 +89,7 @@ def test_training_improves_over_initial_params(tiny, model_name):
 
 def test_min_epochs_defers_early_stopping(tiny):
     _, config, ds = tiny
-    from jaxrec.registry import EVALUATIONS
+    from jaxrec.registry import EVALUATIONS, EvaluationProtocol
 
     # A scripted validation curve that dips and recovers (SGL from an LLM init does this):
     # best at epoch 0, worse for epochs 1..5, better again from epoch 6 on. It is an
@@ -105,7 +105,7 @@ def test_min_epochs_defers_early_stopping(tiny):
             return {"ndcg@10": curve[calls["n"] - 1]}
         return evaluate
 
-    EVALUATIONS.register("scripted_curve", scripted)
+    EVALUATIONS.register("scripted_curve", EvaluationProtocol(scripted))
     try:
         config = config.replace(model="mf", epochs=len(curve), patience=2, evaluation="scripted_curve")
         model = get_model(config)
@@ -215,8 +215,9 @@ def test_run_folders_of_jaxrec_0_1_are_read(tiny, tmp_path):
     fit(model, ds, config.replace(epochs=2), out_dir=tmp_path)
     identity = json.loads((tmp_path / "run.json").read_text())
     del identity["format"]
-    for key in ("contrast_unique", "plugins", "evaluation"):
+    for key in ("plugins", "evaluation"):
         del identity["config"][key]
+    identity["config"].update(max_seq_len=50, ssl_weight=0.05, lm="smollm2")  # 0.1 stored every model's keys
     (tmp_path / "run.json").write_text(json.dumps(identity))
     res = fit(model, ds, config.replace(epochs=3), out_dir=tmp_path, resume=True)
     assert res.stopped_epoch == 2

@@ -7,11 +7,19 @@ Typical use: ``ds = load_dataset("ml-100k", config)`` -> ``Dataset`` with ``trai
 """
 
 from . import filters
-from .amazon import allmrec_item_text, load_amazon, read_amazon_meta, read_amazon_reviews
+from .amazon import AmazonProtocol, load_amazon, read_amazon_meta, read_amazon_reviews
 from .atomic import read_atomic, read_atomic_header, write_atomic
 from .cache import Prepared, cached_prepare, dataset_cache_dir
-from .dataset import (Dataset, dataset_from_interactions, exclusion_pairs, interactions_from_columns,
-                      load_dataset, prepare, split_prepared, truth)
+from .dataset import (
+                      Dataset,
+                      dataset_from_interactions,
+                      exclusion_pairs,
+                      interactions_from_columns,
+                      load_dataset,
+                      prepare,
+                      split_prepared,
+                      truth,
+)
 from .errors import DataError
 from .filters import FilterReport
 from .interactions import Interactions, compact, remap_ids
@@ -30,6 +38,6 @@ __all__ = [
     "filters", "FilterReport", "leave_one_out", "ratio_split", "SplitReport",
     "PositiveIndex", "sample_negatives",
     "find_dataset", "fetch_ml100k",
-    "load_amazon", "read_amazon_reviews", "read_amazon_meta", "allmrec_item_text",
+    "load_amazon", "read_amazon_reviews", "read_amazon_meta", "AmazonProtocol",
     "load_movielens_raw", "read_ml100k_ratings", "read_ml100k_items", "read_ml100k_users",
 ]

@@ -12,16 +12,18 @@ Parsing: pyarrow's JSON reader with an explicit schema (other keys are skipped u
 when it fails (Python literals, other value types, a bad line), the exact line-by-line
 reader runs and names the bad line. Encodings as every reader (:mod:`jaxrec.data.textio`).
 
-Two preprocessing protocols (:func:`load_amazon`):
+Preprocessing protocols (:func:`load_amazon`; ``AmazonProtocol`` records registered in
+``jaxrec.registry.DATA_PROTOCOLS``):
 
-- ``"kcore"`` (LLMInit; default config ``rating_threshold=4, dedup=True, kcore=5``):
+- ``"kcore"`` (LLMInit; built in; default config ``rating_threshold=4, dedup=True, kcore=5``):
   ratings >= 4, repeated (user, item) pairs keep the earliest, iterative 5-core;
-- ``"allmrec"`` (A-LLMRec, ``pre_train/sasrec/data_preprocess.py`` of ghdtjr/A-LLMRec):
+- ``"allmrec"`` (A-LLMRec's own, registered by ``jaxrec.methods.allmrec.register()`` from
+  ``jaxrec.methods.allmrec.data``; ``pre_train/sasrec/data_preprocess.py`` of ghdtjr/A-LLMRec):
   one counting pass keeps a review when its user and its item have >= 5 reviews (>= 4 for
   Beauty and Toys, where reviews rated below 3 are not counted, but kept); no rating
   filter, no iterative core; sequences in ``unixReviewTime`` order (stable: ties keep file
   order, counted in the split report); item text ``Title: <title>, Description: <first
-  description element>`` (:func:`allmrec_item_text`).
+  description element>`` (``jaxrec.methods.allmrec.data.allmrec_item_text``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from ..config import Config
+from ..registry import DATA_PROTOCOLS
 from .atomic import fast_then_exact
 from .cells import check_cells, where_row
 from .errors import DataError, where
@@ -49,8 +52,6 @@ REVIEW_SCHEMA = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()), (
 META_SCHEMA = pa.schema([("asin", pa.string()), ("title", pa.string()), ("brand", pa.string()),
                          ("description", pa.list_(pa.string())), ("category", pa.list_(pa.string())),
                          ("categories", pa.list_(pa.list_(pa.string())))])
-PROTOCOLS = ("kcore", "allmrec")
-NO_TITLE, NO_DESCRIPTION, EMPTY_DESCRIPTION = "No Title", "No Description", "Empty description"
 _BLOCK = 16 << 20
 
 
@@ -258,48 +259,31 @@ def _meta_columns(t: JsonTable) -> dict:
     return cols
 
 
-def allmrec_item_text(title: str | None, description: list[str] | None, has_meta: bool = True) -> str:
-    """``"Title: <t>, Description: <d>"`` with A-LLMRec's fallbacks.
+@dataclasses.dataclass(frozen=True)
+class AmazonProtocol:
+    """A preprocessing protocol of ``load_amazon``, registered in ``jaxrec.registry.DATA_PROTOCOLS``.
 
-    Source: ghdtjr/A-LLMRec ``pre_train/sasrec/data_preprocess.py`` (``name_dict``: the
-    first description element, ``'Empty description'`` for an empty list; an exception
-    inside its ``try`` leaves the item out of ``name_dict``) and ``models/a_llmrec_model.py``
-    ``find_item_text`` (``.get(i, 'No Title')``, ``.get(i, 'No Description')``). So: no
-    metadata record -> No Title / No Description; no ``description`` key -> the reference's
-    ``KeyError`` also skips the title -> No Title / No Description; a description but no
-    ``title`` -> the description and No Title. The ``Title: ..., Description: ...`` form is
-    the reference's ``pre_train/ctrl/model_ctrl.py`` template with a space after each colon.
+    name: its key; ``default_config()``: the ``Config`` used when none is given;
+    ``missing_meta``: what to do with reviewed items without a metadata row (drop | empty | error);
+    ``threshold(name) -> (threshold, count_min_rating)``: a single counting pass (keep a review
+    when its user and its item have >= threshold reviews, counting only ratings >=
+    count_min_rating when given) instead of the config's iterative k-core (None: no such pass);
+    ``features(meta: JsonTable) -> (columns, repeated)``: item feature columns from the metadata
+    table and how many records repeat an asin (None: every field, ``_meta_columns``);
+    ``fill_text()``: the ``text`` feature of an item without metadata (None: empty).
     """
-    t, d = NO_TITLE, NO_DESCRIPTION
-    if has_meta and description is not None:
-        d = description[0] if description else EMPTY_DESCRIPTION
-        if title is not None:
-            t = title
-    return f"Title: {t}, Description: {d}"
+
+    name: str
+    default_config: Callable[[], Config]
+    missing_meta: str = "drop"
+    threshold: Callable[[str], tuple[int, float | None]] | None = None
+    features: Callable[[JsonTable], tuple[dict, int]] | None = None
+    fill_text: Callable[[], str] | None = None
 
 
-def allmrec_threshold(name: str) -> tuple[int, float | None]:
-    """(threshold, count_min_rating) of A-LLMRec's counting pass for a dataset name:
-    (4, 3.0) when the name contains ``Beauty`` or ``Toys`` (as the reference tests
-    ``'Beauty' in fname``), else (5, None)."""
-    return (4, 3.0) if ("Beauty" in name or "Toys" in name) else (5, None)
-
-
-def _allmrec_features(meta: JsonTable) -> tuple[dict, int]:
-    """One row per asin, the LAST record of a repeated asin (the reference builds a dict),
-    with columns title, description (first element, as the reference keeps), text."""
-    tb = meta.table
-    asins = tb.column("asin").to_pylist()
-    last = {a: j for j, a in enumerate(asins)}
-    rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
-    titles = tb.column("title").take(pa.array(rows)).to_pylist()
-    descs = tb.column("description").take(pa.array(rows)).to_pylist()
-    ids = np.asarray(list(last), dtype=str) if last else np.array([], dtype=str)
-    cols = {"item_id": ids,
-            "title": [t if t is not None else "" for t in titles],
-            "description": [(d[0] if d else "") if d is not None else "" for d in descs],
-            "text": [allmrec_item_text(t, d) for t, d in zip(titles, descs)]}
-    return cols, len(asins) - len(last)
+#: LLMInit's protocol: ratings >= 4, repeated pairs keep the earliest, iterative 5-core.
+KCORE = AmazonProtocol("kcore", lambda: Config(rating_threshold=4.0, dedup=True, kcore=5), missing_meta="drop")
+DATA_PROTOCOLS.register("kcore", KCORE)
 
 
 # -------------------------------------------------------------------------------- loading
@@ -308,34 +292,30 @@ def load_amazon(reviews_path: str | Path, meta_path: str | Path | None = None, c
                 threshold: int | None = None, count_min_rating: float | None = None, cache: bool | None = None):
     """Dataset from an Amazon reviews file (+ metadata).
 
-    protocol ``"kcore"`` (LLMInit): ``config=None`` means ``Config(rating_threshold=4,
-    dedup=True, kcore=5)``; reviewed items without a metadata row are dropped before
-    filtering (``missing_meta="drop"``, the default, reported), kept with empty features
-    (``"empty"``) or rejected (``"error"``).
-    protocol ``"allmrec"`` (A-LLMRec): ``config=None`` means ``Config(split="loo_time")``
-    (no rating filter, repeated pairs kept as the reference does, counted in a report); the
-    counting pass uses ``threshold`` / ``count_min_rating`` (default
-    :func:`allmrec_threshold` of the name); items without metadata stay (default
-    ``missing_meta="empty"``) with the reference's fallback text; item features title,
-    description, text (see :func:`allmrec_item_text`). ``config.kcore`` is ignored.
-    The parsed, filtered data is cached (``cache=None`` follows ``config.data_cache``).
+    protocol: a registered ``AmazonProtocol`` name (``jaxrec.registry.DATA_PROTOCOLS``) or record.
+    ``"kcore"`` (LLMInit): ``config=None`` means ``Config(rating_threshold=4, dedup=True,
+    kcore=5)``; reviewed items without a metadata row are dropped before filtering
+    (``missing_meta="drop"``, the default, reported), kept with empty features (``"empty"``) or
+    rejected (``"error"``). A protocol with a counting pass (A-LLMRec's ``"allmrec"``) uses
+    ``threshold`` / ``count_min_rating`` (default: the protocol's for the dataset name) instead of
+    ``config.kcore``. The parsed, filtered data is cached (``cache=None`` follows ``config.data_cache``).
     """
     from .cache import cached_prepare
     from .dataset import _interactions, _options, prepare, split_prepared
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    spec = protocol if isinstance(protocol, AmazonProtocol) else DATA_PROTOCOLS.get(protocol, "protocol")
+    protocol = spec.name
     reviews_path = Path(reviews_path)
     if config is None:
-        config = Config(rating_threshold=4.0, dedup=True, kcore=5) if protocol == "kcore" else Config(split="loo_time")
+        config = spec.default_config()
     if missing_meta is None:
-        missing_meta = "drop" if protocol == "kcore" else "empty"
+        missing_meta = spec.missing_meta
     if name is None:
         name = reviews_path.name.split(".")[0]
         for prefix in ("reviews_", "review_"):
             name = name.removeprefix(prefix)
-    if protocol == "allmrec":
-        t_default, r_default = allmrec_threshold(name)
+    if spec.threshold is not None:
+        t_default, r_default = spec.threshold(name)
         threshold = t_default if threshold is None else threshold
         count_min_rating = r_default if count_min_rating is None else count_min_rating
     files = [reviews_path] + ([Path(meta_path)] if meta_path is not None else [])
@@ -354,34 +334,34 @@ def load_amazon(reviews_path: str | Path, meta_path: str | Path | None = None, c
         meta = None
         if meta_path is not None:
             mt = read_amazon_meta_table(meta_path, reports)
-            if protocol == "allmrec":
-                meta, repeated = _allmrec_features(mt)
+            if spec.features is not None:
+                meta, repeated = spec.features(mt)
                 if repeated:
                     reports.append(filters.FilterReport(
                         "meta_repeated_asin", 0, 0, 0,
                         f"{repeated:,} metadata records repeat an asin of {meta_path}; the last one is used "
-                        f"(A-LLMRec's dict)"))
+                        f"({protocol} protocol)"))
             else:
                 meta = _meta_columns(mt)
         count = None
-        if protocol == "allmrec":
+        if spec.threshold is not None:
             count = lambda x: filters.count_filter(  # noqa: E731
                 x, threshold, count_min_rating,
-                f"allmrec_count(threshold={threshold}"
+                f"{protocol}_count(threshold={threshold}"
                 + (f", count_min_rating={count_min_rating})" if count_min_rating is not None else ")"))
         prepared = prepare(inter, config, item_features=meta, item_source=str(meta_path),
                            missing_features=missing_meta, reports=reports, count_filter=count)
-        if protocol == "allmrec" and meta is not None and missing_meta == "empty":
+        if spec.fill_text is not None and meta is not None and missing_meta == "empty":
             feats = prepared.item_features
-            feats["text"] = [x or allmrec_item_text(None, None, has_meta=False) for x in feats["text"]]
+            feats["text"] = [x or spec.fill_text() for x in feats["text"]]
         return prepared
 
     options = _options(config, protocol=protocol, missing_meta=missing_meta, threshold=threshold,
-                       count_min_rating=count_min_rating, kcore=None if protocol == "allmrec" else config.kcore)
+                       count_min_rating=count_min_rating, kcore=None if spec.threshold is not None else config.kcore)
     prepared, _ = cached_prepare(name, f"amazon-{protocol}", files, options, build,
                                  enabled=config.data_cache if cache is None else cache)
     return split_prepared(name, prepared, config, source=source)
 
 
 __all__ = ["read_amazon_reviews", "read_amazon_meta", "read_amazon_reviews_table", "read_amazon_meta_table",
-           "iter_records", "load_amazon", "allmrec_item_text", "allmrec_threshold", "JsonTable"]
+           "iter_records", "load_amazon", "AmazonProtocol", "KCORE", "JsonTable"]

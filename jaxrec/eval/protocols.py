@@ -17,16 +17,18 @@ the config names, so a new protocol (e.g. sampled candidates) is one factory reg
   whole list; beside them the full-ranking view ``full_recall@k`` / ``full_ndcg@k`` at
   ``config.full_view_topk`` (the ``full`` protocol's numbers; none when empty).
 
-A protocol factory may carry ``check(dataset, config)`` (DataError / ConfigError before any
-compute, from ``jaxrec.train.check_run``) and ``check_config(config)`` (ConfigError from
-``Config`` validation; ``valid_metric`` must be one of its metrics).
+A protocol is a ``jaxrec.registry.EvaluationProtocol`` record: ``build``, ``check(dataset,
+config)`` (DataError / ConfigError before any compute, from ``jaxrec.train.check_run``) and
+``check_config(config)`` (ConfigError from ``Config`` validation; ``valid_metric`` must be one
+of its metrics).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from jaxrec.registry import EVALUATIONS
+from jaxrec.fetch import cache_root
+from jaxrec.registry import EVALUATIONS, EvaluationProtocol
 
 #: Metrics of the full-ranking view the candidate protocol reports beside its own (``full_`` prefix).
 FULL_VIEW_METRICS = ("recall", "ndcg")
@@ -37,7 +39,6 @@ class Evaluator(Protocol):
     def __call__(self, embeddings: tuple[Any, Any], stage: str) -> dict[str, float]: ...
 
 
-@EVALUATIONS.register("full")
 def full_ranking(prepared: Any, config: Any, partitioner: Any) -> Callable[[tuple[Any, Any], str], dict]:
     def evaluate(embeddings, stage: str) -> dict[str, float]:
         user_emb, item_emb = embeddings
@@ -47,9 +48,7 @@ def full_ranking(prepared: Any, config: Any, partitioner: Any) -> Callable[[tupl
     return evaluate
 
 
-@EVALUATIONS.register("candidates")
 def candidate_protocol(prepared: Any, config: Any, partitioner: Any) -> Callable[[tuple[Any, Any], str], dict]:
-    from jaxrec.data.locate import cache_root  # noqa: PLC0415
     from jaxrec.eval.candidates import candidate_metrics, candidates_for, dot_scores  # noqa: PLC0415
 
     folder = config.candidates_dir or cache_root() / "candidates"
@@ -107,13 +106,22 @@ def _candidate_check(dataset: Any, config: Any) -> None:
                           f"{dataset.num_items} items of dataset {dataset.name}; use cutoffs <= {dataset.num_items}")
 
 
-candidate_protocol.check_config = _candidate_check_config
-candidate_protocol.check = _candidate_check
+def _full_check(dataset: Any, config: Any) -> None:
+    from jaxrec.config import ConfigError  # noqa: PLC0415
+
+    if max(config.topk) > dataset.num_items:
+        raise ConfigError(f"topk={list(config.topk)}: k={max(config.topk)} exceeds the {dataset.num_items} items "
+                          f"of dataset {dataset.name}; use cutoffs <= {dataset.num_items}")
+
+
+EVALUATIONS.register("full", EvaluationProtocol(full_ranking, check=_full_check))
+EVALUATIONS.register("candidates", EvaluationProtocol(candidate_protocol, check=_candidate_check,
+                                                      check_config=_candidate_check_config))
 
 
 def make_evaluator(prepared: Any, config: Any, partitioner: Any) -> Evaluator:
     """The evaluator of ``config.evaluation`` over ``prepared`` (a ``jaxrec.train.PreparedData``)."""
-    return EVALUATIONS.get(config.evaluation, "evaluation")(prepared, config, partitioner)
+    return EVALUATIONS.get(config.evaluation, "evaluation").build(prepared, config, partitioner)
 
 
 __all__ = ["Evaluator", "full_ranking", "candidate_protocol", "candidate_metric_names", "make_evaluator",

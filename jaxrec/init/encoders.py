@@ -45,10 +45,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from jaxrec.errors import JaxrecError
+
 log = logging.getLogger("jaxrec.init")
 
 
-class EncoderNotAvailableError(RuntimeError):
+class EncoderNotAvailableError(JaxrecError, RuntimeError):
     """The requested encoder cannot be loaded here; the message says how to get it."""
 
 

@@ -31,11 +31,12 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.errors import JaxrecError
 from jaxrec.init.scaling import xavier_std
 from jaxrec.registry import INIT_NORMS
 
 
-class NormalizeError(ValueError):
+class NormalizeError(JaxrecError, ValueError):
     """Bad input to ``normalize_table`` (the message names the argument)."""
 
 

@@ -14,10 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxrec.errors import JaxrecError
+
 log = logging.getLogger("jaxrec.init")
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(JaxrecError, ValueError):
     """A precomputed embedding file or its id list is unusable; the message names the file."""
 
 

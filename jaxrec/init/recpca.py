@@ -44,9 +44,10 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 from threadpoolctl import threadpool_limits
 
+from jaxrec.errors import JaxrecError
 
 
-class RecPCAError(ValueError):
+class RecPCAError(JaxrecError, ValueError):
     """Bad Rec-PCA input (``lam``, ``k``, ``x``, ``user``/``item``); the message names the argument."""
 
 

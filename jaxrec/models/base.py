@@ -27,10 +27,14 @@ functions the training loop calls:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+from jaxrec.config import ModelSettings
+from jaxrec.nn import xavier_uniform
 
 Params = dict[str, Any]
 
@@ -66,6 +70,9 @@ class Encoder:
         stage 2: the projectors' widths are those of the stage-1 arrays and of the frozen LM):
         ``init(key, num_users, num_items, context_shapes)`` then gets the training context
         with ``jax.ShapeDtypeStruct`` leaves (shapes only: init never closes over its arrays).
+      dot_scores: True when ``embed``'s outputs score (user, item) by their dot product (what
+        full ranking and ``jaxrec.serve`` compute); False for outputs that feed another scorer
+        (A-LLMRec stage 2's soft tokens, ranked by its LM), which ``jaxrec.serve`` refuses.
     """
 
     name: str
@@ -75,6 +82,7 @@ class Encoder:
     item_table: TableSpec | None = TableSpec("item_embedding")
     propagates: bool = True
     init_reads_context: bool = False
+    dot_scores: bool = True
 
     def table(self, params: Params, side: str) -> jax.Array:
         """The full params table (padding rows included) of ``side`` ("user" or "item")."""
@@ -98,15 +106,21 @@ class SequenceEncoder(Encoder):
     item_table: TableSpec | None = TableSpec("item_embedding", offset=1)
 
 
-def require_defaults(config: Any, keys: Any, why: str) -> None:
-    """``ConfigError`` naming the first of ``keys`` whose value in ``config`` differs from the
-    ``Config`` default: ``"<key>=<value>: <why>; leave it at its default <default>"``."""
-    from jaxrec.config import Config, ConfigError  # noqa: PLC0415
+@dataclasses.dataclass(frozen=True)
+class TableSettings(ModelSettings):
+    """Settings of a backbone over user and item embedding tables trained with BPR + L2 (MF and
+    the graph backbones): ``embedding_size`` K, ``reg_weight`` (the L2 term's weight; LightGCN
+    eq. 15 / RecBole's ``EmbLoss``) and ``require_pow`` (L2 as the sum of squared norms, True, or
+    of norms, RecBole's default)."""
 
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    for key in keys:
-        if getattr(config, key) != defaults[key]:
-            raise ConfigError(f"{key}={getattr(config, key)!r}: {why}; leave it at its default {defaults[key]!r}")
+    embedding_size: int = 128
+    reg_weight: float = 1e-5
+    require_pow: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect("embedding_size", self.embedding_size >= 1, "an integer >= 1")
+        self.expect("reg_weight", self.reg_weight >= 0 and math.isfinite(self.reg_weight), "a finite number >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +175,7 @@ def abstract_context(context: Any) -> Any:
 
 def xavier_uniform_table(key: jax.Array, rows: int, dim: int) -> jax.Array:
     """[rows, dim] table ~ U(-b, b), b = sqrt(6 / (rows + dim)) (torch's xavier_uniform_ on an nn.Embedding)."""
-    bound = (6.0 / (rows + dim)) ** 0.5
-    return jax.random.uniform(key, (rows, dim), jnp.float32, -bound, bound)
+    return xavier_uniform(key, (rows, dim))
 
 
 def init_tables(key: jax.Array, num_users: int, num_items: int, dim: int) -> Params:

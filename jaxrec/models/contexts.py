@@ -16,10 +16,10 @@ arguments, never closed over.
 
 Serving (``jaxrec.serve``) embeds from one more stage, ``"serve"``: everything known about
 the users, i.e. the train, valid and test interactions together, since a deployed model
-recommends after all of them. A kind declares it with ``@serves(kind)`` on a builder
-``(dataset, config) -> ctx``; it is built only when a run is served, never during training.
-``serve_context`` falls back to the kind's ``"test"`` stage (train + valid known) for a kind
-without one, and logs that it did.
+recommends after all of them. A kind declares it in its record (``ContextKind.serve``: a
+builder ``(dataset, config) -> ctx``); it is built only when a run is served, never during
+training. ``serve_context`` falls back to the kind's ``"test"`` stage (train + valid known) for
+a kind without one, and logs that it did.
 
 - ``"graph"`` serves from the graph of all known interactions (repeated pairs merged, as in
   training); the run's reported metrics were measured on the training graph.
@@ -27,69 +27,33 @@ without one, and logs that it did.
 - ``"sequences"`` serves from histories of everything known: training sequence, then the
   validation item, then the test item (``serve_histories``).
 
-A builder may carry ``context_fields`` (config fields its result depends on: the cache key of
-``PreparedData.contexts``), ``options`` (config keys only models over this kind read: another
-model changing one is refused by ``get_model``) and ``check(dataset, config)`` (raises
-``DataError`` before any compute when the dataset cannot give this context; ``check_run``).
+A kind is a ``jaxrec.registry.ContextKind`` record: ``build``, ``fields`` (config keys its result
+depends on: the cache key of ``PreparedData.contexts``), ``check(dataset, config)`` (raises
+``DataError`` before any compute when the dataset cannot give this context; ``check_run``) and
+``serve``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from jaxrec.data.sequences import histories, user_sequences
 from jaxrec.graph import build_graph
-from jaxrec.registry import CONTEXTS
+from jaxrec.registry import CONTEXTS, ContextKind
 
 STAGES = ("train", "valid", "test")
 log = logging.getLogger("jaxrec.models")
 
 
-@CONTEXTS.register("graph")
 def graph_context(dataset, config=None) -> dict:
     tr = dataset.train
     graph = build_graph(tr.user, tr.item, dataset.num_users, dataset.num_items)
     return dict.fromkeys(STAGES, graph)
 
 
-@CONTEXTS.register("none")
-def no_context(dataset, config=None) -> dict:
-    return dict.fromkeys(STAGES, None)
-
-
-@CONTEXTS.register("sequences")
-def sequence_context(dataset, config) -> dict:
-    seqs = user_sequences(dataset)
-    valid = histories(seqs, "valid", config.max_seq_len)
-    return {"train": valid, "valid": valid, "test": histories(seqs, "test", config.max_seq_len)}
-
-
-def _check_sequences(dataset, config) -> None:
-    """DataError unless ``dataset`` is a leave-one-out split by time with timestamps and at least
-    one user with 3 interactions (``jaxrec.data.sequences.user_sequences``)."""
-    user_sequences(dataset, log_report=False)
-
-
-sequence_context.context_fields = ("max_seq_len",)
-sequence_context.options = ("max_seq_len", "num_heads", "dropout_rate", "seq_norm", "dropout_rng")
-sequence_context.check = _check_sequences
-
-
-def serves(kind: str) -> Callable:
-    """Decorator: ``builder(dataset, config) -> context`` is how context ``kind`` serves
-    (the ``"serve"`` stage: everything known; module docstring)."""
-
-    def register(builder: Callable) -> Callable:
-        CONTEXTS.get(kind).serve = builder
-        return builder
-
-    return register
-
-
-@serves("graph")
 def graph_serve_context(dataset, config=None):
     parts = (dataset.train, dataset.valid, dataset.test)
     user = np.concatenate([p.user for p in parts])
@@ -97,23 +61,39 @@ def graph_serve_context(dataset, config=None):
     return build_graph(user, item, dataset.num_users, dataset.num_items)
 
 
-@serves("none")
-def no_serve_context(dataset, config=None):
-    return None
+def no_context(dataset, config=None) -> dict:
+    return dict.fromkeys(STAGES, None)
 
 
-def serve_context(kind: str, dataset, config=None) -> Any:
-    """The ``"serve"`` context of kind ``kind`` (its ``@serves`` builder), else its ``"test"`` stage."""
-    builder = CONTEXTS.get(kind)
-    serve = getattr(builder, "serve", None)
-    if serve is not None:
-        return serve(dataset, config)
-    log.warning("context %r has no serve stage (jaxrec.models.contexts.serves); serving from its 'test' stage "
-                "(train + valid interactions known, not test)", kind)
-    return builder(dataset, config)["test"]
+def sequence_context(dataset, config) -> dict:
+    seqs = user_sequences(dataset)
+    valid = histories(seqs, "valid", config.max_seq_len)
+    return {"train": valid, "valid": valid, "test": histories(seqs, "test", config.max_seq_len)}
 
-@serves("sequences")
+
+def check_sequences(dataset, config) -> None:
+    """DataError unless ``dataset`` is a leave-one-out split by time with timestamps and at least
+    one user with 3 interactions (``jaxrec.data.sequences.user_sequences``)."""
+    user_sequences(dataset, log_report=False)
+
+
 def serve_histories(dataset, config) -> np.ndarray:
     """int32 [U, max_seq_len]: every user's training sequence, then the validation item, then the
     test item (everything known when serving; ``jaxrec.data.sequences.histories(..., "serve")``)."""
     return histories(user_sequences(dataset, log_report=False), "serve", config.max_seq_len)
+
+
+CONTEXTS.register("graph", ContextKind(graph_context, serve=graph_serve_context))
+CONTEXTS.register("none", ContextKind(no_context, serve=lambda dataset, config=None: None))
+CONTEXTS.register("sequences", ContextKind(sequence_context, fields=("max_seq_len",), check=check_sequences,
+                                           serve=serve_histories))
+
+
+def serve_context(kind: str, dataset, config=None) -> Any:
+    """The ``"serve"`` context of kind ``kind`` (its ``ContextKind.serve``), else its ``"test"`` stage."""
+    spec = CONTEXTS.get(kind)
+    if spec.serve is not None:
+        return spec.serve(dataset, config)
+    log.warning("context %r has no serve stage (ContextKind.serve); serving from its 'test' stage "
+                "(train + valid interactions known, not test)", kind)
+    return spec.build(dataset, config)["test"]

@@ -11,13 +11,31 @@ The encoder also runs over SGL's augmented views: its context may be one graph, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxrec.config import Config
 from jaxrec.graph import BipartiteGraph, light_propagate, propagate
-from jaxrec.models.base import Encoder, Model, Params, init_tables
+from jaxrec.models.base import Encoder, Model, Params, TableSettings, init_tables
 from jaxrec.objectives import term, weighted_sum
+from jaxrec.registry import KERNELS
+
+
+@dataclasses.dataclass(frozen=True)
+class LightGCNSettings(TableSettings):
+    """LightGCN's settings: ``TableSettings`` plus ``num_layers`` L (propagation layers; the final
+    embedding is the mean of layers 0..L) and ``kernel`` (the propagation kernel,
+    ``jaxrec.registry.KERNELS``). SGL and SGCL extend it."""
+
+    num_layers: int = 2
+    kernel: str = "bcsr"
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect("num_layers", self.num_layers >= 0, "an integer >= 0")
+        KERNELS.check(self.kernel, "kernel")
 
 View = BipartiteGraph | tuple[BipartiteGraph, ...]
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxrec.config import Config
-from jaxrec.models.base import Encoder, Model, init_tables
+from jaxrec.models.base import Encoder, Model, TableSettings, init_tables
 from jaxrec.objectives import term, weighted_sum
+
+
+@dataclasses.dataclass(frozen=True)
+class MFSettings(TableSettings):
+    """MF's settings: ``embedding_size``, ``reg_weight``, ``require_pow`` (``TableSettings``)."""
 
 
 def mf_encoder(config: Config) -> Encoder:

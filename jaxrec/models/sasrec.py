@@ -28,14 +28,18 @@ Loss (reference ``main.py``): binary cross-entropy with logits of the positive (
 of one sampled negative (label 0) at every position where ``pos != 0``, each averaged over
 those positions, summed. No L2 on embeddings (A-LLMRec's ``l2_emb = 0``).
 
-Parameters are a plain nested dict (``nnx.split(module)[1].to_pure_dict()``); every function
-rebuilds the module inside with ``nnx.replace_by_pure_dict`` + ``nnx.merge``, so they jit
-with ``settings`` static (it is a frozen, hashable dataclass).
+Parameters are a plain nested dict (``jaxrec.nn``: ``init_params`` / ``PureModule.merge``); every
+function rebuilds the module inside, so they jit with ``arch`` static (``SASRecArch``: a frozen,
+hashable dataclass of the network's sizes). ``SASRecSettings`` is the backbone's part of a
+``jaxrec.Config`` (config keys ``embedding_size``, ``num_layers``, ``num_heads``,
+``dropout_rate``, ``max_seq_len``, ``seq_norm``, ``dropout_rng``); ``arch_from_config`` maps it
+onto a ``SASRecArch`` for a catalog of ``num_items``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import chex
@@ -43,24 +47,31 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrec.config import DROPOUT_RNGS, SEQ_NORMS, ConfigError
-from jaxrec.models.base import Model, SequenceEncoder, require_defaults
+from jaxrec.config import ConfigError, ModelSettings
+from jaxrec.errors import JaxrecError
+from jaxrec.models.base import Model, SequenceEncoder
 from jaxrec.models.dropout import HashDropout
+from jaxrec.models.sequential import check_sequences, chunked_users
+from jaxrec.nn import PureModule, normal, torch_uniform, xavier_normal
+from jaxrec.nn import init_params as _init_pure
 from jaxrec.objectives import term, weighted_sum
 from jaxrec.objectives.sequential import next_item_bce
 
-NORMS = SEQ_NORMS
+#: ``seq_norm`` values: LayerNorm placement in a block.
+NORMS = ("reference", "prenorm")
+#: ``dropout_rng`` values: where dropout masks come from (``jaxrec.models.dropout``).
+DROPOUT_RNGS = ("hash", "threefry")
 LN_EPS = 1e-8
 
 Params = dict
 
 
-class SASRecError(ValueError):
+class SASRecError(JaxrecError, ValueError):
     """A SASRec setting or input is invalid; the message names the field or argument."""
 
 
 @dataclasses.dataclass(frozen=True)
-class SASRecSettings:
+class SASRecArch:
     """SASRec hyperparameters (defaults: A-LLMRec's pretraining, DESIGN.md 6).
 
     num_items: I (the item table has I + 1 rows, row 0 = padding); hidden: d; num_blocks;
@@ -84,7 +95,7 @@ class SASRecSettings:
         def whole(name, low):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise SASRecError(f"SASRecSettings.{name}: expected an integer >= {low}, got {v!r}")
+                raise SASRecError(f"SASRecArch.{name}: expected an integer >= {low}, got {v!r}")
 
         whole("num_items", 1)
         whole("hidden", 1)
@@ -92,27 +103,18 @@ class SASRecSettings:
         whole("num_heads", 1)
         whole("max_len", 1)
         if self.hidden % self.num_heads:
-            raise SASRecError(f"SASRecSettings.hidden={self.hidden}: expected a multiple of "
+            raise SASRecError(f"SASRecArch.hidden={self.hidden}: expected a multiple of "
                               f"num_heads={self.num_heads}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise SASRecError(f"SASRecSettings.dropout: expected a rate in [0, 1), got {self.dropout!r}")
+            raise SASRecError(f"SASRecArch.dropout: expected a rate in [0, 1), got {self.dropout!r}")
         if self.norm not in NORMS:
-            raise SASRecError(f"SASRecSettings.norm: expected one of {NORMS}, got {self.norm!r}")
+            raise SASRecError(f"SASRecArch.norm: expected one of {NORMS}, got {self.norm!r}")
         if self.dropout_rng not in DROPOUT_RNGS:
-            raise SASRecError(f"SASRecSettings.dropout_rng: expected one of {DROPOUT_RNGS}, got {self.dropout_rng!r}")
+            raise SASRecError(f"SASRecArch.dropout_rng: expected one of {DROPOUT_RNGS}, got {self.dropout_rng!r}")
 
 
 # ----------------------------------------------------------------------------- modules
-def _normal(std: float):
-    return jax.nn.initializers.normal(stddev=std)
-
-
-def _xavier_normal_table(key, shape, dtype=jnp.float32):
-    """torch ``xavier_normal_`` on an [rows, d] embedding weight: N(0, 2 / (rows + d))."""
-    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / (shape[0] + shape[1]))
-
-
-def _dropout(s: SASRecSettings):
+def _dropout(s: SASRecArch):
     return HashDropout(s.dropout) if s.dropout_rng == "hash" else nnx.Dropout(s.dropout)
 
 
@@ -124,9 +126,8 @@ class PointWiseFeedForward(nnx.Module):
     """``Dropout(conv2(ReLU(Dropout(conv1(h)))))`` with 1x1 convolutions as [d, d] Linear layers."""
 
     def __init__(self, d: int, dropout: nnx.Module, rngs: nnx.Rngs):
-        bound = 1.0 / math.sqrt(d)  # torch Conv1d's default bias init, fan_in = d * 1
-        lin = dict(kernel_init=_normal(math.sqrt(1.0 / d)),
-                   bias_init=lambda k, s, dt=jnp.float32: jax.random.uniform(k, s, dt, -bound, bound), rngs=rngs)
+        # torch Conv1d's default bias init, fan_in = d * 1; xavier_normal_ kernel [d, d]
+        lin = dict(kernel_init=normal(math.sqrt(1.0 / d)), bias_init=torch_uniform(d), rngs=rngs)
         self.conv1 = nnx.Linear(d, d, **lin)
         self.conv2 = nnx.Linear(d, d, **lin)
         self.dropout = dropout
@@ -149,11 +150,11 @@ class CausalSelfAttention(nnx.Module):
 
     def __init__(self, d: int, heads: int, dropout: nnx.Module, rngs: nnx.Rngs):
         zeros = jax.nn.initializers.zeros
-        qkv = dict(kernel_init=_normal(math.sqrt(2.0 / (4 * d))), bias_init=zeros, rngs=rngs)  # xavier_normal_ [3d, d]
+        qkv = dict(kernel_init=normal(math.sqrt(2.0 / (4 * d))), bias_init=zeros, rngs=rngs)  # xavier_normal_ [3d, d]
         self.query = nnx.Linear(d, d, **qkv)
         self.key = nnx.Linear(d, d, **qkv)
         self.value = nnx.Linear(d, d, **qkv)
-        self.out = nnx.Linear(d, d, kernel_init=_normal(math.sqrt(1.0 / d)), bias_init=zeros, rngs=rngs)
+        self.out = nnx.Linear(d, d, kernel_init=normal(math.sqrt(1.0 / d)), bias_init=zeros, rngs=rngs)
         self.heads = heads
         self.dropout = dropout
 
@@ -184,7 +185,7 @@ class CausalSelfAttention(nnx.Module):
 class SASRecBlock(nnx.Module):
     """One self-attention block; ``norm`` picks the reference or the pre-norm placement."""
 
-    def __init__(self, s: SASRecSettings, rngs: nnx.Rngs):
+    def __init__(self, s: SASRecArch, rngs: nnx.Rngs):
         d = s.hidden
         self.norm = s.norm
         self.attention_norm = _layer_norm(d, rngs)
@@ -211,10 +212,10 @@ class SASRecNet(nnx.Module):
     (``params["item_embedding"]``: what LLM initialization writes, ``TableSpec`` offset 1).
     """
 
-    def __init__(self, s: SASRecSettings, rngs: nnx.Rngs):
+    def __init__(self, s: SASRecArch, rngs: nnx.Rngs):
         d = s.hidden
-        self.item_embedding = nnx.Param(_xavier_normal_table(rngs.params(), (s.num_items + 1, d)))
-        self.position_embedding = nnx.Param(_xavier_normal_table(rngs.params(), (s.max_len, d)))
+        self.item_embedding = nnx.Param(xavier_normal(rngs.params(), (s.num_items + 1, d)))
+        self.position_embedding = nnx.Param(xavier_normal(rngs.params(), (s.max_len, d)))
         self.dropout = _dropout(s)
         self.num_blocks = s.num_blocks
         for b in range(s.num_blocks):  # named attributes: the pure dict has string keys only
@@ -233,52 +234,37 @@ class SASRecNet(nnx.Module):
 
 
 # ----------------------------------------------------------------------------- pure API
-def _abstract(settings: SASRecSettings):
-    return nnx.split(nnx.eval_shape(lambda: SASRecNet(settings, rngs=nnx.Rngs(0))))
+@functools.lru_cache(maxsize=32)
+def _pure(settings: SASRecArch) -> PureModule:
+    return PureModule.of(lambda rngs: SASRecNet(settings, rngs=rngs))
 
 
-def as_module(params: Params, settings: SASRecSettings) -> SASRecNet:
-    """The NNX module holding ``params`` (abstract module of ``settings`` + ``nnx.replace_by_pure_dict``
-    + ``nnx.merge``); raises SASRecError if ``params`` does not have the structure ``init_params`` gives."""
-    graphdef, state = _abstract(settings)
-    want = jax.tree.structure(nnx.to_pure_dict(state))
-    got = jax.tree.structure(params)
-    if want != got:
-        raise SASRecError(f"params: structure does not match SASRecSettings{dataclasses.astuple(settings)}; "
-                          f"expected the dict init_params returns ({want.num_leaves} arrays), got "
-                          f"{got.num_leaves} leaves")
-    for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0], jax.tree.leaves(params)):
-        if tuple(w.shape) != tuple(jnp.shape(g)):
-            raise SASRecError(f"params{jax.tree_util.keystr(path)}: shape {tuple(jnp.shape(g))}; expected "
-                              f"{tuple(w.shape)} for {settings}")
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
+def as_module(params: Params, settings: SASRecArch) -> SASRecNet:
+    """The NNX module holding ``params`` (``jaxrec.nn.PureModule.merge``); raises SASRecError if
+    ``params`` does not have the structure and shapes ``init_params`` gives."""
+    return _pure(settings).merge(params, check=True, error=SASRecError, about=f"{settings}")
 
 
-def init_params(key: jax.Array, settings: SASRecSettings) -> Params:
+def init_params(key: jax.Array, settings: SASRecArch) -> Params:
     """A fresh parameter dict (reference initialization, see the module docstring).
 
     Keys: ``item_embedding`` [I+1, d] (row 0 = padding, zeros), ``position_embedding``
     [L, d], ``block_{b}/{attention_norm, attention/{query, key, value, out}, ffn_norm,
     ffn}/...`` (kernels [d, d] laid out [in, out]), ``final_norm/{scale, bias}``; all float32.
     """
-    state = nnx.split(SASRecNet(settings, rngs=nnx.Rngs(params=key)))[1]
-    params = nnx.to_pure_dict(state)
+    params = _init_pure(lambda rngs: SASRecNet(settings, rngs=rngs), key)
     params["item_embedding"] = params["item_embedding"].at[0].set(0.0)
     return params
 
 
-def _check_seq(seq, settings: SASRecSettings, name: str = "seq"):
-    seq = jnp.asarray(seq)
-    chex.assert_rank(seq, 2)
-    if not jnp.issubdtype(seq.dtype, jnp.integer):
-        raise SASRecError(f"{name}: expected integer item ids (+1, 0 = padding), got dtype {seq.dtype}")
+def _check_seq(seq, settings: SASRecArch, name: str = "seq"):
+    seq = check_sequences(seq, SASRecError, name)
     if seq.shape[1] > settings.max_len:
-        raise SASRecError(f"{name}: length {seq.shape[1]} exceeds SASRecSettings.max_len={settings.max_len}")
+        raise SASRecError(f"{name}: length {seq.shape[1]} exceeds SASRecArch.max_len={settings.max_len}")
     return seq
 
 
-def sequence_output(params: Params, seq, settings: SASRecSettings, *, key: jax.Array | None = None,
+def sequence_output(params: Params, seq, settings: SASRecArch, *, key: jax.Array | None = None,
                     train: bool = False) -> jax.Array:
     """float32 [B, L, d]: the network's output at every position of ``seq``.
 
@@ -293,7 +279,7 @@ def sequence_output(params: Params, seq, settings: SASRecSettings, *, key: jax.A
     return as_module(params, settings)(seq, train, rngs)
 
 
-def user_representation(params: Params, seq, settings: SASRecSettings) -> jax.Array:
+def user_representation(params: Params, seq, settings: SASRecArch) -> jax.Array:
     """float32 [B, d]: the output at the last position (SASRec.pytorch ``predict``: ``log_feats[:, -1]``)."""
     return sequence_output(params, seq, settings)[:, -1, :]
 
@@ -303,7 +289,7 @@ def item_table(params: Params) -> jax.Array:
     return params["item_embedding"]
 
 
-def bce_loss(params: Params, batch, settings: SASRecSettings, key: jax.Array | None,
+def bce_loss(params: Params, batch, settings: SASRecArch, key: jax.Array | None,
              train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Reference BCE loss of one batch of training windows -> (loss [], aux).
 
@@ -320,7 +306,7 @@ def bce_loss(params: Params, batch, settings: SASRecSettings, key: jax.Array | N
     return bce_pos + bce_neg, {"bce_pos": bce_pos, "bce_neg": bce_neg}
 
 
-def score_candidates(params: Params, seq, candidates, settings: SASRecSettings) -> jax.Array:
+def score_candidates(params: Params, seq, candidates, settings: SASRecArch) -> jax.Array:
     """float32 [B, C]: ``user_representation . item_emb`` for each user's candidate items.
 
     seq: int [B, L] (ids + 1, 0 = padding); candidates: int [B, C] **dense item ids**
@@ -333,7 +319,7 @@ def score_candidates(params: Params, seq, candidates, settings: SASRecSettings) 
     return jnp.einsum("bd,bcd->bc", user, item_table(params)[candidates + 1])
 
 
-def embed(params: Params, histories, settings: SASRecSettings, chunk_size: int = 1024):
+def embed(params: Params, histories, settings: SASRecArch, chunk_size: int = 1024):
     """(user_emb float32 [U, d], item_emb float32 [I, d]) for scoring by dot product.
 
     histories: int [U, L] (``jaxrec.data.sequences.histories`` of the stage); user_emb[u] is
@@ -342,45 +328,62 @@ def embed(params: Params, histories, settings: SASRecSettings, chunk_size: int =
     without its padding row (dense id i -> row i). Jit-compatible (``settings`` static).
     """
     histories = _check_seq(histories, settings, "histories")
-    if chunk_size < 1:
-        raise SASRecError(f"chunk_size: expected >= 1, got {chunk_size}")
-    num_users, length = histories.shape
-    chunk = max(1, min(chunk_size, num_users))
-    chunks = -(-num_users // chunk)
-    padded = jnp.pad(histories, ((0, chunks * chunk - num_users), (0, 0)))
-    user = jax.lax.map(lambda s: user_representation(params, s, settings), padded.reshape(chunks, chunk, length))
-    return user.reshape(chunks * chunk, -1)[:num_users], item_table(params)[1:]
+    users = chunked_users(lambda s: user_representation(params, s, settings), histories, chunk_size, SASRecError)
+    return users, item_table(params)[1:]
 
 
 # ----------------------------------------------------------------------------- the backbone
-#: Config keys only graph backbones read: a SASRec config refuses changes to them.
-GRAPH_ONLY_KEYS = ("kernel", "row_comm", "ssl_aug", "ssl_ratio", "ssl_tau", "ssl_weight", "ssl_negatives",
-                   "sgcl_tau", "contrast_unique", "reg_weight", "require_pow")
+@dataclasses.dataclass(frozen=True)
+class SASRecSettings(ModelSettings):
+    """SASRec's config keys (defaults: A-LLMRec's pretraining, DESIGN.md 6): ``embedding_size`` d
+    (50), ``num_layers`` (self-attention blocks, 2), ``num_heads`` (1; d must be a multiple),
+    ``dropout_rate`` (0.5: embeddings, attention weights, feed-forward), ``max_seq_len`` (50: the
+    longest history kept, the most recent items, and the learned positions), ``seq_norm``
+    (reference: LayerNorm on the queries only, A-LLMRec | prenorm) and ``dropout_rng`` (hash:
+    a keyed counter hash, fast on CPU | threefry)."""
+
+    embedding_size: int = 50
+    num_layers: int = 2
+    num_heads: int = 1
+    dropout_rate: float = 0.5
+    max_seq_len: int = 50
+    seq_norm: str = "reference"
+    dropout_rng: str = "hash"
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect("embedding_size", self.embedding_size >= 1, "an integer >= 1")
+        self.expect("num_layers", self.num_layers >= 1, "an integer >= 1 (SASRec needs at least one "
+                                                        "self-attention block)")
+        self.expect("num_heads", self.num_heads >= 1, "an integer >= 1")
+        self.expect("embedding_size", self.embedding_size % self.num_heads == 0,
+                    f"a multiple of num_heads={self.num_heads} (SASRec splits the hidden size over the heads)")
+        self.expect("dropout_rate", 0.0 <= self.dropout_rate < 1.0, "a rate in [0, 1)")
+        self.expect("max_seq_len", self.max_seq_len >= 1, "an integer >= 1 (the longest history a sequence "
+                                                          "model reads)")
+        self.expect("seq_norm", self.seq_norm in NORMS, f"one of {list(NORMS)}")
+        self.expect("dropout_rng", self.dropout_rng in DROPOUT_RNGS, f"one of {list(DROPOUT_RNGS)}")
 
 
-def settings_from_config(config, num_items: int) -> SASRecSettings:
-    """``SASRecSettings`` of a ``jaxrec.Config``: hidden = ``embedding_size``, blocks =
+def arch_from_config(config, num_items: int) -> SASRecArch:
+    """``SASRecArch`` of a config with SASRec's settings: hidden = ``embedding_size``, blocks =
     ``num_layers``, ``num_heads``, dropout = ``dropout_rate``, max_len = ``max_seq_len``,
     norm = ``seq_norm``, ``dropout_rng``."""
-    return SASRecSettings(num_items=int(num_items), hidden=config.embedding_size, num_blocks=config.num_layers,
-                          num_heads=config.num_heads, dropout=config.dropout_rate, max_len=config.max_seq_len,
-                          norm=config.seq_norm, dropout_rng=config.dropout_rng)
+    return SASRecArch(num_items=int(num_items), hidden=config.embedding_size, num_blocks=config.num_layers,
+                      num_heads=config.num_heads, dropout=config.dropout_rate, max_len=config.max_seq_len,
+                      norm=config.seq_norm, dropout_rng=config.dropout_rng)
 
 
-def check_config(config) -> None:
-    """``ConfigError`` naming the key when ``config`` asks SASRec for something it does not do:
-    fewer than one block, a hidden size the heads do not divide, graph-only options
-    (``GRAPH_ONLY_KEYS`` changed, ``sharding="row"``)."""
-    if config.num_layers < 1:
-        raise ConfigError(f"num_layers={config.num_layers}: SASRec needs at least one self-attention block")
-    if config.embedding_size % config.num_heads:
-        raise ConfigError(f"embedding_size={config.embedding_size}: expected a multiple of num_heads="
-                          f"{config.num_heads} (SASRec splits the hidden size over the heads)")
+settings_from_config = arch_from_config  # the name of jaxrec 0.1
+
+
+def check_no_graph(config) -> None:
+    """``ConfigError`` for ``sharding="row"`` (it splits a graph's nodes and edges): for the
+    sequence backbones, which have no graph."""
     if config.sharding == "row":
-        raise ConfigError("sharding='row': row sharding splits a graph's nodes and edges, and SASRec has no graph; "
-                          "use sharding='feature' (data-parallel batches over the mesh) or 'none'")
-    require_defaults(config, GRAPH_ONLY_KEYS, f"model={config.model!r} is a sequence backbone and does not read "
-                                              "this graph-backbone option")
+        raise ConfigError(f"sharding='row': row sharding splits a graph's nodes and edges, and model "
+                          f"{config.model!r} has no graph; use sharding='feature' (data-parallel batches over the "
+                          "mesh) or 'none'")
 
 
 def sasrec_encoder(config):
@@ -389,11 +392,11 @@ def sasrec_encoder(config):
     chunks of ``config.eval_chunk``; ``forward`` = ``sequence_output``."""
     chunk = config.eval_chunk
 
-    def settings_of(params) -> SASRecSettings:
-        return settings_from_config(config, params["item_embedding"].shape[0] - 1)
+    def settings_of(params) -> SASRecArch:
+        return arch_from_config(config, params["item_embedding"].shape[0] - 1)
 
     def init(key, num_users, num_items):
-        return init_params(key, settings_from_config(config, num_items))
+        return init_params(key, arch_from_config(config, num_items))
 
     def embed_fn(params, histories):
         return embed(params, histories, settings_of(params), chunk_size=chunk)
@@ -407,21 +410,20 @@ def sasrec_encoder(config):
 def make_sasrec(config):
     """SASRec: the ``SequenceEncoder`` trained with ``bce_seq`` (one sampled negative per
     position) over the ``"sequences"`` context and batch kind."""
-    check_config(config)
     return Model("sasrec", sasrec_encoder(config), weighted_sum(term("bce_seq", config)), context="sequences")
 
 
-#: ``register_model("sasrec", make_sasrec, defaults=...)``: A-LLMRec's SASRec pretraining
-#: (DESIGN.md 6) with early stopping on the candidate protocol's validation NDCG@10.
+#: ``register_model("sasrec", make_sasrec, defaults=...)``: A-LLMRec's SASRec pretraining protocol
+#: for shared keys (DESIGN.md 6) with early stopping on the candidate protocol's validation NDCG@10
+#: (the network's own defaults are ``SASRecSettings``').
 SASREC_DEFAULTS = dict(
-    embedding_size=50, num_layers=2, num_heads=1, dropout_rate=0.5, max_seq_len=50, seq_norm="reference",
     batch_size=128, epochs=200, learning_rate=1e-3, adam_b1=0.9, adam_b2=0.98,
     split="loo_time", evaluation="candidates", topk=(1, 5, 10), metrics=("hit", "ndcg", "mrr"),
     valid_metric="ndcg@10", patience=20,
 )
 
 
-__all__ = ["SASRecSettings", "SASRecError", "SASRecNet", "SASRecBlock", "CausalSelfAttention",
-           "PointWiseFeedForward", "NORMS", "init_params", "as_module", "sequence_output", "user_representation",
-           "item_table", "bce_loss", "score_candidates", "embed", "settings_from_config",
-           "check_config", "sasrec_encoder", "make_sasrec", "SASREC_DEFAULTS", "GRAPH_ONLY_KEYS"]
+__all__ = ["SASRecArch", "SASRecSettings", "SASRecError", "SASRecNet", "SASRecBlock", "CausalSelfAttention",
+           "PointWiseFeedForward", "NORMS", "DROPOUT_RNGS", "init_params", "as_module", "sequence_output",
+           "user_representation", "item_table", "bce_loss", "score_candidates", "embed", "arch_from_config",
+           "settings_from_config", "check_no_graph", "sasrec_encoder", "make_sasrec", "SASREC_DEFAULTS"]

@@ -7,11 +7,25 @@ the negatives). The objective's batch kind is "positives", so the loop samples n
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxrec.config import Config
 from jaxrec.models.base import Model
 from jaxrec.models.lightgcn import lightgcn_encoder
+from jaxrec.models.sgl import ContrastSettings
 from jaxrec.objectives import term, weighted_sum
 from jaxrec.objectives.ranking import reg_term
+
+
+@dataclasses.dataclass(frozen=True)
+class SGCLSettings(ContrastSettings):
+    """SGCL's settings: ``ContrastSettings`` plus the temperature ``sgcl_tau`` (DESIGN.md 2.1: 0.2)."""
+
+    sgcl_tau: float = 0.2
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect("sgcl_tau", self.sgcl_tau > 0, "a temperature > 0")
 
 
 def make_sgcl(config: Config) -> Model:

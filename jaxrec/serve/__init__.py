@@ -11,23 +11,37 @@
 - ``recommend``: ``recommend``, ``score``, ``write_recommendations`` (every user, in blocks,
   to parquet/csv);
 - ``export``: embeddings with their original ids;
-- ``initrecord``: what LLM initialization did (``init.json``) and new rows made the same way;
+- ``item_rows`` (``jaxrec.init.record``): new item rows made as the run's LLM initialization made its own;
 - ``update``: the long-short update (new interactions and items, cached text embeddings,
   rows carried over from the parent run, training continued through ``jaxrec.fit``).
 """
 
+from jaxrec.init.record import InitRecordError, init_record, item_rows
 from jaxrec.serve.export import export
-from jaxrec.serve.initrecord import InitRecordError, init_record, item_rows, load_init_record, save_init_record
-from jaxrec.serve.recommend import (Recommendations, WriteReport, format_recommendations, recommend, score,
-                                    title_field, write_recommendations)
+from jaxrec.serve.recommend import (
+                                    Recommendations,
+                                    WriteReport,
+                                    format_recommendations,
+                                    recommend,
+                                    score,
+                                    title_field,
+                                    write_recommendations,
+)
 from jaxrec.serve.run import Catalog, KnownItems, Run, ServeError, load_run
-from jaxrec.serve.update import (CarryReport, EmbeddingUpdate, MergeReport, UpdateReport, UpdateResult, carry_params,
-                                 update)
+from jaxrec.serve.update import (
+                                    CarryReport,
+                                    EmbeddingUpdate,
+                                    MergeReport,
+                                    UpdateReport,
+                                    UpdateResult,
+                                    carry_params,
+                                    update,
+)
 
 __all__ = [
     "Run", "Catalog", "KnownItems", "ServeError", "load_run",
     "Recommendations", "WriteReport", "recommend", "score", "write_recommendations", "format_recommendations",
     "title_field", "export",
-    "InitRecordError", "init_record", "item_rows", "load_init_record", "save_init_record",
+    "InitRecordError", "init_record", "item_rows",
     "update", "UpdateResult", "UpdateReport", "MergeReport", "EmbeddingUpdate", "CarryReport", "carry_params",
 ]

@@ -6,8 +6,9 @@
     jaxrec update --run DIR --interactions NEW.inter --items NEW.item --out DIR2 --epochs 20
 
 Bad input (unknown ids, a dataset that is not the run's, k larger than the catalog, files
-with other fields) is reported as ``jaxrec: error: ...`` with exit status 2 before any
-compute. ``jaxrec.cli`` adds these parsers and calls ``run_command``.
+with other fields) raises a ``jaxrec.errors.JaxrecError`` before any compute; ``jaxrec.cli``
+adds these parsers, calls ``run_command`` and reports such errors as ``jaxrec: error: ...``
+with exit status 2.
 """
 
 from __future__ import annotations
@@ -141,16 +142,11 @@ def _update(args, run) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed ``recommend`` / ``export`` / ``update`` command; errors -> exit status 2."""
-    from jaxrec.cli import input_errors
-    from jaxrec.serve import InitRecordError, ServeError, load_run
+    """Run a parsed ``recommend`` / ``export`` / ``update`` command (bad input raises a ``JaxrecError``)."""
+    from jaxrec.serve import load_run
 
-    try:
-        run = load_run(args.run, dataset=args.dataset)
-        return {"recommend": _recommend, "export": _export, "update": _update}[args.command](args, run)
-    except (ServeError, InitRecordError) + input_errors() as e:
-        print(f"jaxrec: error: {e}", file=sys.stderr)
-        return 2
+    run = load_run(args.run, dataset=args.dataset)
+    return {"recommend": _recommend, "export": _export, "update": _update}[args.command](args, run)
 
 
 __all__ = ["add_parsers", "run_command", "COMMANDS"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,15 +25,16 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxrec.config import Config, ConfigError
+from jaxrec.config import Config
 from jaxrec.data import DataError, Dataset, load_dataset
-from jaxrec.data.fingerprint import dataset_fingerprint
+from jaxrec.errors import JaxrecError
 from jaxrec.models import Model, Params, get_model
+from jaxrec.train.runfolder import RunFolder, RunFolderError
 
 log = logging.getLogger("jaxrec.serve")
 
 
-class ServeError(ValueError):
+class ServeError(JaxrecError, ValueError):
     """A run folder, id, or request cannot be served; the message names the folder, ids or argument."""
 
 
@@ -239,51 +239,6 @@ class Run:
                 f"{self.dataset!r})")
 
 
-def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ServeError(f"{path}: unreadable {what} ({e})") from None
-    if not isinstance(data, dict):
-        raise ServeError(f"{path}: expected a JSON object ({what})")
-    return data
-
-
-def run_identity(out_dir: str | Path) -> dict:
-    """The ``run.json`` of a run folder; ``ServeError`` naming the folder when there is none."""
-    path = Path(out_dir)
-    if path.is_file():
-        raise ServeError(f"run folder {path}: a file, not a folder; expected the folder given to "
-                         f"`jaxrec train --out` (e.g. {path.parent})")
-    if not path.is_dir():
-        raise ServeError(f"run folder {path}: not found; expected the folder given to `jaxrec train --out` "
-                         "(default checkpoints/<dataset>-<model>-<init>-s<seed>)")
-    ident = path / "run.json"
-    if not ident.is_file():
-        raise ServeError(f"run folder {path}: no run.json; expected a folder written by `jaxrec train --out` "
-                         "or jaxrec.fit(out_dir=...)")
-    identity = read_json(ident, "run identity")
-    for key in ("config", "dataset", "model"):
-        if key not in identity:
-            raise ServeError(f"{ident}: no {key!r} field; expected the run identity jaxrec writes")
-    return identity
-
-
-def fingerprint_differences(saved: dict, now: dict) -> list[str]:
-    return [f"{k}: run {saved.get(k)!r}, given {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-            if saved.get(k) != now.get(k)]
-
-
-def check_fingerprint(path: Path, saved: dict, dataset: Dataset) -> dict:
-    """``dataset``'s fingerprint; ``ServeError`` naming the differing fields when it is not ``saved``."""
-    now = dataset_fingerprint(dataset)
-    diffs = fingerprint_differences(saved, now)
-    if diffs:
-        raise ServeError(f"run folder {path} was trained on another dataset than the one given ("
-                         + "; ".join(diffs) + "). Pass the dataset (and config) the run was trained with")
-    return now
-
-
 def run_dataset(path: Path, config: Config) -> Dataset:
     """The run's dataset from its config; a dataset folder that moved with the run
     (``<run>/data/<name>``, written by ``jaxrec update``) is found there too."""
@@ -297,23 +252,6 @@ def run_dataset(path: Path, config: Config) -> Dataset:
         raise
 
 
-def restore_best(path: Path, model: Model, num_users: int, num_items: int) -> Params:
-    """The ``ckpt/best`` parameters onto the model's structure (``CheckpointMismatchError``
-    naming the leaf when shapes differ)."""
-    from jaxrec.train.checkpoint import RunCheckpoints  # noqa: PLC0415
-
-    best = path / "ckpt" / "best"
-    if not best.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in best.iterdir()):
-        raise ServeError(f"run folder {path}: no complete best checkpoint under {best} (the run stopped before its "
-                         "first validation); resume it with `jaxrec train --resume`")
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), num_users, num_items))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
-    with RunCheckpoints(path / "ckpt") as ck:
-        state, _ = ck.restore("best", {"params": abstract})
-    return state["params"]
-
-
 def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -> Run:
     """The run in ``out_dir``: config, model, dataset (reloaded from the config unless given,
     then checked against the run's fingerprint) and best parameters.
@@ -321,36 +259,45 @@ def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -
     ``dataset``: a ``Dataset``, or a dataset name / folder loaded with the run's config
     (instead of the config's ``dataset``).
 
+    The folder is read through ``jaxrec.train.runfolder.RunFolder.read`` (the one reader of run
+    folders); its ``RunFolderError`` reaches the caller as ``ServeError``.
+
     Raises:
       ServeError: no such run folder, no run.json or no best checkpoint, or a dataset that is
         not the one the run was trained on (the differing fingerprint fields named).
-        Also for a model whose parameter shapes come from its context
-        (``Encoder.init_reads_context``: A-LLMRec stage 2, served through ``jaxrec.align``).
+        Also for a model whose outputs are not dot-product scores (``Encoder.dot_scores=False``:
+        A-LLMRec stage 2, served through ``jaxrec.methods.allmrec``).
       ConfigError / DataError: the stored config is invalid here (e.g. a plugin that cannot be
         imported) or its dataset cannot be loaded.
       CheckpointMismatchError: the checkpoint does not fit the model the config builds.
     """
-    path = Path(out_dir)
-    identity = run_identity(path)
     try:
-        config = Config.from_dict(identity["config"], source=f"{path / 'run.json'} config")
-    except ConfigError as e:
-        raise ConfigError(f"run folder {path}: {e}") from None
-    model = get_model(config)
-    if model.encoder.init_reads_context:  # A-LLMRec stage 2: parameter shapes from the context (the LM)
-        raise ServeError(f"run folder {path}: model {config.model!r} ranks through its frozen LM and needs its "
-                         "context to restore; serve it through jaxrec.align (stage2.evaluate_lm / rerank.rerank), "
-                         "not jaxrec.serve")
-    if dataset is None:
-        dataset = run_dataset(path, config)
-    elif isinstance(dataset, (str, Path)):
-        dataset = load_dataset(dataset, config)
-    fingerprint = check_fingerprint(path, identity["dataset"], dataset)
-    params = restore_best(path, model, dataset.num_users, dataset.num_items)
-    results = read_json(path / "results.json", "results") if (path / "results.json").is_file() else None
-    from jaxrec.serve.initrecord import load_init_record  # noqa: PLC0415
+        folder = RunFolder.read(out_dir)
+        config = folder.config
+        model = get_model(config)
+        if not model.encoder.dot_scores:  # e.g. A-LLMRec stage 2: soft tokens ranked by its LM
+            raise ServeError(f"run folder {folder.path}: model {config.model!r} does not score items by dot product "
+                             "(its outputs feed another scorer); serve it through its method package (A-LLMRec: "
+                             "jaxrec.methods.allmrec stage2.evaluate_lm / rerank.rerank), not jaxrec.serve")
+        if dataset is None:
+            dataset = run_dataset(folder.path, config)
+        elif isinstance(dataset, (str, Path)):
+            dataset = load_dataset(dataset, config)
+        fingerprint = folder.check_dataset(dataset)
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shapes = None
+        if model.encoder.init_reads_context:  # parameter shapes from the (serve) context
+            from jaxrec.models.base import abstract_context  # noqa: PLC0415
+            from jaxrec.models.contexts import serve_context  # noqa: PLC0415
 
-    return Run(path, config, model, params, dataset, fingerprint, results, load_init_record(path))
+            shapes = abstract_context(serve_context(model.context, dataset, config))
+        abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dataset.num_users, dataset.num_items,
+                                                     shapes))
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
+        params = folder.restore_params(abstract, "best")
+        return Run(folder.path, config, model, params, dataset, fingerprint, folder.results, folder.init_record)
+    except RunFolderError as e:
+        raise ServeError(str(e)) from None
 
 
-__all__ = ["Run", "Catalog", "KnownItems", "IdIndex", "ServeError", "load_run", "run_identity", "check_fingerprint"]
+__all__ = ["Run", "Catalog", "KnownItems", "IdIndex", "ServeError", "load_run", "run_dataset"]

@@ -21,7 +21,7 @@ cheap CF model often. ``update(run, interactions, out_dir, items=..., users=...)
    the run's best parameters (old dense id -> new dense id by original id; padding rows and
    every parameter that is not an embedding table copied as they are). New item rows:
    ``new_items="llm"`` maps their text embeddings exactly as the run's own items were
-   (``jaxrec.serve.initrecord.item_rows``: the stored selected dims and scaling);
+   (``jaxrec.init.record.item_rows``: the stored selected dims and scaling);
    ``"random"`` takes them from ``model.init`` with the run's init key (the rows a fresh
    run would draw); ``"auto"`` is ``llm`` for an LLM-initialized run, else ``random``.
    New users (models with a user table) start as the mean of their training items' rows
@@ -53,15 +53,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.config import Config, ConfigError
+from jaxrec.config import ConfigError
 from jaxrec.data import DataError, Dataset, load_dataset
 from jaxrec.data.atomic import read_atomic_header, read_atomic_table
 from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.data.locate import inter_file
 from jaxrec.data.textio import decoded_lines, file_sha256, sniff_encoding
+from jaxrec.errors import RunExistsError
+from jaxrec.init.record import item_rows
 from jaxrec.models import Model, Params, get_model
-from jaxrec.serve.initrecord import item_rows, save_init_record
 from jaxrec.serve.run import IdIndex, Run, ServeError
+from jaxrec.train.runfolder import RunFolder
 
 log = logging.getLogger("jaxrec.serve")
 
@@ -564,7 +566,6 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
     ``overwrite``), ``EmbeddingFileError`` (new items without a precomputed row).
     """
     from jaxrec.train import check_run, fit  # noqa: PLC0415
-    from jaxrec.train.runfiles import write_json_atomic  # noqa: PLC0415
     from jaxrec.train.state import run_keys  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -572,7 +573,7 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
     if out.resolve() == run.path.resolve():
         raise ServeError(f"out_dir {out}: that is the run's own folder; write the update to a new folder")
     if (out / "ckpt").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a run; choose another folder or pass overwrite (--overwrite)")
+        raise RunExistsError(f"{out} already holds a run; choose another folder or pass overwrite (--overwrite)")
     mode = resolve_new_items(run, new_items)
     if new_row_scale not in NEW_ROW_SCALES:
         raise ServeError(f"new_row_scale={new_row_scale!r}: expected one of {', '.join(NEW_ROW_SCALES)}")
@@ -613,26 +614,22 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
                     "update's test metrics are optimistic; split=loo_time avoids it", report.test_seen_by_parent,
                     config.split)
     if jax.process_index() == 0:
-        write_json_atomic(out / UPDATE_FILE, dataclasses.asdict(report))
-        save_init_record(out, {**(run.init or {"strategy": "none"}), "inherited_from": str(run.path.resolve())})
-        _add_parent(out, run, report)
+        folder = RunFolder.read(out)
+        folder.write_json(UPDATE_FILE, dataclasses.asdict(report))
+        folder.write_init_record({**(run.init or {"strategy": "none"}), "inherited_from": str(run.path.resolve())})
+        _add_parent(folder, run, report)
     return UpdateResult(result, report, dataset)
 
 
-def _add_parent(out: Path, run: Run, report: UpdateReport) -> None:
+def _add_parent(folder: RunFolder, run: Run, report: UpdateReport) -> None:
     """``results.json`` of the update gets ``parent`` and ``update``."""
-    import json  # noqa: PLC0415
-
-    from jaxrec.train.runfiles import write_json_atomic  # noqa: PLC0415
-
-    path = out / "results.json"
-    results = json.loads(path.read_text())
+    results = folder.finished_results()
     parent = run.results or {}
     results["parent"] = {"run": str(run.path.resolve()), "dataset": run.fingerprint,
                          "best_epoch": parent.get("best_epoch"), "test": parent.get("test"),
                          "parent": parent.get("parent", {}).get("run") if parent.get("parent") else None}
     results["update"] = {k: v for k, v in dataclasses.asdict(report).items() if k != "parent"}
-    write_json_atomic(path, results)
+    folder.write_json("results.json", results)
 
 
 __all__ = ["update", "UpdateResult", "UpdateReport", "MergeReport", "EmbeddingUpdate", "CarryReport",

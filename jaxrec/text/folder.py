@@ -28,6 +28,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxrec.errors import JaxrecError
+
 #: Pooling modes of sentence-transformers' ``Pooling`` module (sentence_transformer/modules/pooling.py).
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 #: Legacy boolean keys of ``1_Pooling/config.json`` in sentence-transformers' concatenation order.
@@ -44,7 +46,7 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 MODEL_TYPES = ("bert", "mpnet")
 
 
-class SentenceModelError(ValueError):
+class SentenceModelError(JaxrecError, ValueError):
     """A folder is not a usable sentence-transformers BERT/MPNet model; the message names the file and field."""
 
 

@@ -22,7 +22,7 @@ The token outputs are the last hidden state [B, T, H] (what sentence-transformer
 module passes on as ``token_embeddings``; the pooler is not used). Sentence embeddings are
 ``pooling.pool`` of them, then ``pooling.l2_normalize`` if the folder has a Normalize module.
 
-Parameters are a plain nested dict (``nnx.to_pure_dict(nnx.split(module)[1])``); ``load_params``
+Parameters are a plain nested dict (``jaxrec.nn``: ``PureModule``); ``load_params``
 reads them from ``model.safetensors`` (torch ``Linear.weight`` [out, in] transposed to the
 NNX kernel [in, out]). ``SentenceModel.encode`` is pure: dropout only with ``train=True`` and
 an explicit key.
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrec.nn import PureModule
 from jaxrec.text.folder import SentenceFolder, SentenceModelError, TransformerConfig
 from jaxrec.text.pooling import l2_normalize, pool
 
@@ -218,20 +219,17 @@ class TransformerEncoder(nnx.Module):
 class SentenceModel:
     """A record of pure functions over a params pytree (closes over static structure only).
 
-    ``folder``: the checked folder spec; ``graphdef``/``abstract_state``: ``nnx.split`` of an
-    abstract ``TransformerEncoder`` (shapes only, no arrays); ``dtype``: the params' dtype.
+    ``folder``: the checked folder spec; ``module``: the abstract ``TransformerEncoder``
+    (``jaxrec.nn.PureModule``: shapes only, no arrays); ``dtype``: the params' dtype.
     """
 
     folder: SentenceFolder
-    graphdef: Any
-    abstract_state: Any
+    module: PureModule
     dtype: Any
 
     @classmethod
     def build(cls, folder: SentenceFolder, dtype=jnp.float32) -> "SentenceModel":
-        abstract = nnx.eval_shape(lambda: TransformerEncoder(folder.config, dtype, nnx.Rngs(0)))
-        graphdef, state = nnx.split(abstract)
-        return cls(folder, graphdef, state, jnp.dtype(dtype))
+        return cls(folder, PureModule.of(lambda rngs: TransformerEncoder(folder.config, dtype, rngs)), jnp.dtype(dtype))
 
     @property
     def dim(self) -> int:
@@ -239,12 +237,10 @@ class SentenceModel:
 
     def param_shapes(self) -> dict:
         """The params layout: the same nested dict as ``load_params`` returns, with ``jax.ShapeDtypeStruct`` leaves."""
-        return nnx.to_pure_dict(self.abstract_state)
+        return self.module.shapes()
 
     def _module(self, params: dict) -> TransformerEncoder:
-        state = jax.tree.map(lambda x: x, self.abstract_state)  # a fresh State to fill
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state)
+        return self.module.merge(params)
 
     def token_embeddings(self, params: dict, input_ids: jnp.ndarray, attention_mask: jnp.ndarray, *,
                          train: bool = False, key: jax.Array | None = None) -> jnp.ndarray:

@@ -20,8 +20,10 @@ arrays), each passed through the model objective's ``prepare_batch`` hook:
   order, the last batch completed with padding rows so that every batch has ``batch_size``
   rows (one compiled step).
 
-A factory may carry ``check(dataset, config)``: raises ``DataError`` before any compute when
-the dataset cannot give this batch kind (``jaxrec.train.check_run``).
+A kind is a ``jaxrec.registry.BatchKind`` record: ``build(prepared, config, model) ->
+BatchSource`` and ``check(dataset, config)`` (raises ``DataError`` before any compute when the
+dataset cannot give such batches; ``jaxrec.train.check_run``): "pairs" refuses a user who has
+every item (no negative to sample), "sequences" a dataset without a user of 2 training items.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from jaxrec.data import PositiveIndex, exclusion_pairs, sample_negatives, truth
+from jaxrec.data import DataError, PositiveIndex, exclusion_pairs, sample_negatives, truth
 from jaxrec.data.sequences import training_windows, user_sequences, window_batches
-from jaxrec.registry import BATCH_KINDS, CONTEXTS
+from jaxrec.registry import BATCH_KINDS, CONTEXTS, BatchKind
 
 Batch = dict[str, Any]
 
@@ -52,6 +54,7 @@ class PreparedData:
     """
 
     def __init__(self, dataset: Any, exclude: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+        """``dataset``: a split ``jaxrec.data.Dataset``; ``exclude``: see the class docstring."""
         self.dataset = dataset
         self._cache: dict[tuple, Any] = {("exclude", s): pairs for s, pairs in (exclude or {}).items()}
 
@@ -62,10 +65,9 @@ class PreparedData:
     def contexts(self, kind: str, config: Any = None) -> dict[str, Any]:
         """``{"train", "valid", "test"} -> context`` of the registered kind (cached per kind and
         the config fields the kind declares in ``context_fields``)."""
-        builder = CONTEXTS.get(kind)
-        fields = getattr(builder, "context_fields", ())
-        key = ("context", kind, tuple(getattr(config, f) for f in fields))
-        return self._once(key, lambda: builder(self.dataset, config))
+        spec = CONTEXTS.get(kind)
+        key = ("context", kind, tuple(getattr(config, f) for f in spec.fields))
+        return self._once(key, lambda: spec.build(self.dataset, config))
 
     @property
     def graph(self):
@@ -148,15 +150,23 @@ def _pairs(negatives: bool):
     return factory
 
 
-BATCH_KINDS.register("pairs", _pairs(negatives=True))
-BATCH_KINDS.register("positives", _pairs(negatives=False))
+def check_negatives(dataset: Any, config: Any) -> None:
+    """``DataError`` naming a user who has every item in training: no negative can be sampled."""
+    tr, n = dataset.train, dataset.num_items
+    distinct = np.bincount(np.unique(tr.user.astype(np.int64) * n + tr.item) // n, minlength=dataset.num_users)
+    full = np.flatnonzero(distinct >= n)
+    if full.size:
+        raise DataError(
+            f"dataset {dataset.name}: user {dataset.user_ids[full[0]]!r}"
+            + (f" (and {full.size - 1} more)" if full.size > 1 else "")
+            + f" has interacted with every one of the {n} items in training, so {config.model!r} cannot sample "
+            "a negative for them; drop such users or use a backbone without negatives (sgcl)")
 
 
 def _windows(dataset: Any, config: Any):
     return training_windows(user_sequences(dataset, log_report=False), config.max_seq_len)
 
 
-@BATCH_KINDS.register("sequences")
 def sequence_batches(prepared: PreparedData, config: Any, model: Any) -> BatchSource:
     windows = prepared._once(("windows", config.max_seq_len), lambda: _windows(prepared.dataset, config))
     size = config.batch_size
@@ -164,12 +174,15 @@ def sequence_batches(prepared: PreparedData, config: Any, model: Any) -> BatchSo
                        prepared.sizes)
 
 
-sequence_batches.check = _windows  # DataError: no user with 2 training items, or one with every item
+BATCH_KINDS.register("pairs", BatchKind(_pairs(negatives=True), check=check_negatives))
+BATCH_KINDS.register("positives", BatchKind(_pairs(negatives=False)))
+# check: DataError when no user has 2 training items, or one has every item
+BATCH_KINDS.register("sequences", BatchKind(sequence_batches, check=_windows))
 
 
 def batch_source(model: Any, prepared: PreparedData, config: Any) -> BatchSource:
     """The ``BatchSource`` of the model's batch kind."""
-    return BATCH_KINDS.get(model.batch_kind)(prepared, config, model)
+    return BATCH_KINDS.get(model.batch_kind).build(prepared, config, model)
 
 
 __all__ = ["PreparedData", "prepare", "Sizes", "BatchSource", "epoch_batches", "batch_source", "Batch"]

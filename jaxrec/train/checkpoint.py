@@ -21,7 +21,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxrec.errors import JaxrecError
 from jaxrec.train.runfiles import CheckpointMismatchError
+
+
+class MissingCheckpointError(JaxrecError, FileNotFoundError):
+    """No complete checkpoint of the kind asked for; the message names the folder."""
 
 
 class RunCheckpoints:
@@ -65,12 +70,20 @@ class RunCheckpoints:
     def latest_step(self, which: str = "latest") -> int | None:
         return self._managers[which].latest_step()
 
+    def state_metadata(self, which: str, step: int | None = None) -> Any:
+        """The saved ``state`` tree's metadata (leaf shapes and dtypes; no arrays read)."""
+        mngr = self._managers[which]
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise MissingCheckpointError(f"no complete {which} checkpoint under {self.root}")
+        return mngr.item_metadata(step)["state"]
+
     def restore(self, which: str, target: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restore ``(state, meta)`` of ``which`` (``latest``/``best``) onto ``target``'s structure."""
         mngr = self._managers[which]
         step = mngr.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no complete {which} checkpoint under {self.root}")
+            raise MissingCheckpointError(f"no complete {which} checkpoint under {self.root}")
         check_compatible(mngr.item_metadata(step)["state"], target, where=f"{self.root / which}/{step}")
         abstract = jax.tree.map(_abstract, target)
         restored = mngr.restore(

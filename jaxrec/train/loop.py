@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.config import Config, ConfigError
+from jaxrec._version import __version__
+from jaxrec.config import Config
 from jaxrec.data import DataError, Dataset
 from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.eval.protocols import make_evaluator
@@ -111,8 +112,8 @@ def fit(
     contexts = _placed_contexts(data.contexts(model.context, config), part)
     optimizer = optimizer or make_optimizer(config)
     if params is None:
-        shapes = abstract_context(contexts["train"]) if model.encoder.init_reads_context else None
-        params = part.init(model.init, keys.init, dataset.num_users, dataset.num_items, shapes)
+        params = part.init(model.init, keys.init, dataset.num_users, dataset.num_items,
+                           abstract_context(contexts["train"]))
     state = init_state(params, optimizer, keys.train, part)
     run = open_run(out_dir, run_identity(model, config, dataset), resume=resume, overwrite=overwrite,
                    primary=part.is_primary)
@@ -189,25 +190,11 @@ def check_run(model: Model, dataset: Dataset, config: Config) -> None:
                 f"dataset {name}: the split (split={config.split!r}"
                 + (f", split_ratios={list(config.split_ratios)}" if config.split == "ratio" else "")
                 + f") leaves no {stage} interactions to evaluate on; give the {stage} part a share")
-    if config.evaluation == "full" and max(config.topk) > dataset.num_items:
-        raise ConfigError(f"topk={list(config.topk)}: k={max(config.topk)} exceeds the {dataset.num_items} items "
-                          f"of dataset {name}; use cutoffs <= {dataset.num_items}")
-    if model.batch_kind == "pairs":
-        tr, n = dataset.train, dataset.num_items
-        distinct = np.bincount(np.unique(tr.user.astype(np.int64) * n + tr.item) // n, minlength=dataset.num_users)
-        full = np.flatnonzero(distinct >= n)
-        if full.size:
-            raise DataError(
-                f"dataset {name}: user {dataset.user_ids[full[0]]!r}"
-                + (f" (and {full.size - 1} more)" if full.size > 1 else "")
-                + f" has interacted with every one of the {n} items in training, so {config.model!r} cannot sample "
-                "a negative for them; drop such users or use a backbone without negatives (sgcl)")
-    # The checks the model's context, batch kind and evaluation protocol declare (``check``).
+    # The checks the model's context, batch kind and evaluation protocol declare (their records' ``check``).
     for component in (CONTEXTS.get(model.context), BATCH_KINDS.get(model.batch_kind),
                       EVALUATIONS.get(config.evaluation, "evaluation")):
-        check = getattr(component, "check", None)
-        if check is not None:
-            check(dataset, config)
+        if component.check is not None:
+            component.check(dataset, config)
     _check_initializer(dataset, config)
 
 
@@ -246,7 +233,7 @@ def results_record(result: RunResult, dataset: Dataset) -> dict:
         "stopped_epoch": result.stopped_epoch,
         "valid": result.valid_metrics,
         "test": result.test_metrics,
-        "versions": {"jax": jax.__version__, "jaxrec": _jaxrec_version()},
+        "versions": {"jax": jax.__version__, "jaxrec": __version__},
     }
 
 
@@ -270,12 +257,6 @@ def _check_finite(state: TrainState, record: dict, run: Any) -> None:
             f"epoch {record['epoch']}: {what}; stopped without saving this epoch. Last good checkpoint: "
             f"{run.last_good()}. Lower learning_rate or check the inputs."
         )
-
-
-def _jaxrec_version() -> str:
-    from jaxrec import __version__
-
-    return __version__
 
 
 class _ProgressBar:

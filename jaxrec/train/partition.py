@@ -223,9 +223,10 @@ def _mesh_partitioner(config: Config, devices: Sequence[jax.Device] | None = Non
     mesh = make_mesh(config, devices=devices)
     part = MeshPartitioner(config.sharding, mesh, config.data_axis, config.model_axis, config.row_comm)
     n = part.model_size
-    if config.sharding == "feature" and config.embedding_size % n:
+    dim = getattr(config.settings, "embedding_size", None)  # a model with embedding tables of that width
+    if config.sharding == "feature" and dim is not None and dim % n:
         raise ConfigError(
-            f"embedding_size={config.embedding_size}: feature sharding splits it over the {n} devices of mesh "
+            f"embedding_size={dim}: feature sharding splits it over the {n} devices of mesh "
             f"axis {config.model_axis!r}; use a multiple of {n}, another mesh_shape, or sharding=row"
         )
     return part

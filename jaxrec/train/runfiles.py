@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from jaxrec.errors import JaxrecError
+
 # Config fields that may change between an interrupted run and its resumption without
 # changing the result of the epochs already done.
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk"})
@@ -23,7 +25,7 @@ LAUNCH_FIELDS = frozenset({"coordinator_address", "num_processes", "process_id"}
 FORMAT1_BEHAVIOUR = {"contrast_unique": ("table", ("sgl", "sgcl"))}
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(JaxrecError, ValueError):
     """A checkpoint folder belongs to a different model, config or dataset."""
 
 
@@ -107,20 +109,25 @@ def check_identity(path: Path, identity: dict, resuming: bool) -> None:
 def _differences(saved: dict, now: dict, ignore: Iterable[str]) -> list[tuple[str, Any, Any]]:
     """(field, saved, now) of every difference; a config key the saved identity lacks (added to
     jaxrec since) counts as its default value."""
-    from jaxrec.config import Config  # noqa: PLC0415
+    from jaxrec.config import Config, ConfigError, _legacy_default  # noqa: PLC0415
 
     out = []
     ignore = set(ignore) | LAUNCH_FIELDS
     for section in ("model", "dataset"):
         if saved.get(section) != now.get(section):
             out.append((section, saved.get(section), now.get(section)))
-    defaults = Config().to_dict()
+    sc, nc = saved.get("config", {}), now.get("config", {})
+    try:  # the keys of the run's model (shared + its settings) at their defaults
+        defaults = Config(nc.get("model", "lightgcn"), plugins=tuple(nc.get("plugins", ()))).to_dict()
+    except ConfigError:
+        defaults = {}
     if "format" not in saved:  # written by jaxrec 0.1: what its runs did where a key is missing
         defaults.update({k: v for k, (v, models) in FORMAT1_BEHAVIOUR.items() if saved.get("model") in models})
-    sc, nc = saved.get("config", {}), now.get("config", {})
     for k in sorted(set(sc) | set(nc)):
         if k in ignore:
             continue
+        if k not in nc and k not in defaults and _legacy_default(k, sc[k]):
+            continue  # jaxrec 0.1 stored every model's keys; this one is not the run's model's
         a, b = sc.get(k, defaults.get(k)), nc.get(k, defaults.get(k))
         if a != b:
             out.append((f"config.{k}", a, b))

@@ -16,10 +16,19 @@ seed). ``RunFolder.open`` decides what an existing folder means:
 In a multi-process run every process opens the folder and saves checkpoints (Orbax writes
 each process's shards); only process 0 (``primary``) writes ``run.json``, the log and
 ``results.json``. ``NullRunFolder`` is the in-memory stand-in when there is no folder.
+
+The same type reads a finished (or interrupted) run: ``RunFolder.read(path)`` checks that the
+folder holds a run and gives its ``identity`` (run.json), ``config`` (``Config.from_dict``),
+``model_name``, ``fingerprint``, ``results`` (results.json, None while training), ``init_record``
+(init.json, ``jaxrec.init.record``), ``check_dataset(dataset)`` and ``restore_params(target)``
+(the best parameters onto a structure). Serving (``jaxrec.serve.load_run``) and the method
+packages (A-LLMRec reads its SASRec and stage-1 runs) read runs only through it; errors are
+``RunFolderError`` naming the folder and the file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -28,7 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrec.train.checkpoint import RunCheckpoints
+from jaxrec.errors import JaxrecError, RunExistsError
+from jaxrec.train.checkpoint import MissingCheckpointError, RunCheckpoints
 from jaxrec.train.runfiles import JsonlLog, check_identity, write_json_atomic
 from jaxrec.train.state import TrainState
 
@@ -37,6 +47,13 @@ log = logging.getLogger("jaxrec.train")
 #: run.json format: 2 = written by jaxrec >= 0.2 (format 1 folders have no "format" key and
 #: the same checkpoint layout; they are read as they are).
 FORMAT = 2
+#: The files of a run folder besides ``ckpt/``.
+IDENTITY, LOG, RESULTS, INIT = "run.json", "log.jsonl", "results.json", "init.json"
+
+
+class RunFolderError(JaxrecError, ValueError):
+    """A run folder that cannot be read as asked (missing, unfinished, another model or dataset);
+    the message names the folder or file and what was expected."""
 
 
 class NullRunFolder:
@@ -69,7 +86,141 @@ class RunFolder(NullRunFolder):
         self.primary = primary
         self._resume = False
         self.ckpt: RunCheckpoints | None = None
-        self.jsonl = JsonlLog(self.path / "log.jsonl")
+        self.jsonl = JsonlLog(self.path / LOG)
+        self.identity: dict | None = None
+
+    # -- reading a run -------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | Path, what: str = "run folder") -> "RunFolder":
+        """The run in ``path``, for reading (nothing is written or cleaned). Raises
+        ``RunFolderError`` when ``path`` is not a folder holding a ``run.json`` with the model,
+        config and dataset fields jaxrec writes (``what`` names the setting it came from)."""
+        path = Path(path).expanduser()
+        if path.is_file():
+            raise RunFolderError(f"{what} {path}: a file, not a folder; expected the folder given to "
+                                 f"`jaxrec train --out` (e.g. {path.parent})")
+        if not path.is_dir():
+            raise RunFolderError(f"{what} {path}: not found; expected the folder given to `jaxrec train --out` "
+                                 "(default checkpoints/<dataset>-<model>-<init>-s<seed>)")
+        run = cls(path, primary=False)
+        ident = path / IDENTITY
+        if not ident.is_file():
+            raise RunFolderError(f"{what} {path}: no {IDENTITY}; expected a folder written by `jaxrec train --out` "
+                                 "or jaxrec.fit(out_dir=...)")
+        run.identity = _read_json(ident, "run identity")
+        for key in ("config", "dataset", "model"):
+            if key not in run.identity:
+                raise RunFolderError(f"{ident}: no {key!r} field; expected the run identity jaxrec writes")
+        return run
+
+    @property
+    def model_name(self) -> str:
+        return self.identity["model"]
+
+    @property
+    def fingerprint(self) -> dict:
+        """The dataset fingerprint the run was trained on (``jaxrec.data.fingerprint``)."""
+        return self.identity["dataset"]
+
+    @property
+    def config(self):
+        """The run's ``jaxrec.Config`` (``Config.from_dict`` of run.json's config; plugins imported).
+        ``ConfigError`` naming the folder when it is not valid here (e.g. its model is not registered)."""
+        from jaxrec.config import Config, ConfigError  # noqa: PLC0415
+
+        try:
+            return Config.from_dict(self.identity["config"], source=f"{self.path / IDENTITY} config")
+        except ConfigError as e:
+            raise ConfigError(f"run folder {self.path}: {e}") from None
+
+    @property
+    def results(self) -> dict | None:
+        """results.json (test metrics, config, seed), or None while the run has not finished."""
+        path = self.path / RESULTS
+        return _read_json(path, "results") if path.is_file() else None
+
+    def finished_results(self, what: str = "run folder") -> dict:
+        """results.json; ``RunFolderError`` when the run has not finished."""
+        results = self.results
+        if results is None:
+            raise RunFolderError(f"{self.path / RESULTS}: missing; {what} {self.path} has not finished training "
+                                 "(jaxrec.fit writes results.json when training ends)")
+        return results
+
+    @property
+    def init_record(self) -> dict | None:
+        """init.json (how the run was initialized: ``jaxrec.init.record``), or None if absent;
+        ``InitRecordError`` naming the file when it is unreadable or not an init record."""
+        from jaxrec.init.record import InitRecordError, check_record  # noqa: PLC0415
+
+        path = self.path / INIT
+        if not path.is_file():
+            return None
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InitRecordError(f"{path}: unreadable ({e})") from None
+        return check_record(rec, path)
+
+    def write_init_record(self, record: dict) -> Path:
+        """Write init.json (atomically; ``jaxrec.init.record.init_record`` builds ``record``)."""
+        return self.write_json(INIT, dict(record))
+
+    def read_json(self, name: str, what: str | None = None) -> dict:
+        """A JSON file of the run folder (``RunFolderError`` naming it when unreadable)."""
+        return _read_json(self.path / name, what or name)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a JSON file into the run folder atomically (never half-written)."""
+        path = self.path / name
+        write_json_atomic(path, obj)
+        return path
+
+    def require_model(self, *names: str, what: str = "run folder") -> None:
+        """``RunFolderError`` unless the run's model is one of ``names``."""
+        if self.model_name not in names:
+            raise RunFolderError(f"{self.path / IDENTITY}: model {self.model_name!r}; expected "
+                                 f"{' or '.join(repr(n) for n in names)} ({what})")
+
+    def check_dataset(self, dataset: Any, what: str = "run folder") -> dict:
+        """``dataset``'s fingerprint; ``RunFolderError`` naming the differing fields when the run was
+        trained on another dataset or split."""
+        from jaxrec.data.fingerprint import dataset_fingerprint  # noqa: PLC0415
+
+        now = dataset_fingerprint(dataset)
+        saved = self.fingerprint
+        diffs = [f"{k}: run {saved.get(k)!r}, given {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                 if saved.get(k) != now.get(k)]
+        if diffs:
+            raise RunFolderError(f"{what} {self.path} was trained on another dataset than the one given ("
+                                 + "; ".join(diffs) + "). Pass the dataset (and config) the run was trained with")
+        return now
+
+    def has_best(self) -> bool:
+        best = self.path / "ckpt" / "best"
+        return best.is_dir() and any(p.is_dir() and p.name.isdigit() for p in best.iterdir())
+
+    def restore_params(self, target: Any, which: str = "best") -> Any:
+        """The ``which`` ("best" / "latest") checkpoint's parameters onto ``target`` (arrays or
+        ``jax.ShapeDtypeStruct`` leaves, optionally with shardings). ``RunFolderError`` when there is
+        no complete checkpoint; ``CheckpointMismatchError`` naming the leaf when shapes differ."""
+        if which == "best" and not self.has_best():
+            raise RunFolderError(f"run folder {self.path}: no complete best checkpoint under {self.path / 'ckpt' / 'best'} "
+                                 "(the run stopped before its first validation); resume it with `jaxrec train --resume`")
+        with RunCheckpoints(self.path / "ckpt") as ck:
+            try:
+                state, _ = ck.restore(which, {"params": target})
+            except MissingCheckpointError as e:
+                raise RunFolderError(f"run folder {self.path}: {e}") from None
+        return state["params"]
+
+    def saved_param_shapes(self, which: str = "best") -> Any:
+        """The ``which`` checkpoint's parameter metadata (leaves with ``.shape``; no arrays read)."""
+        with RunCheckpoints(self.path / "ckpt") as ck:
+            try:
+                return ck.state_metadata(which)["params"]
+            except MissingCheckpointError as e:
+                raise RunFolderError(f"run folder {self.path}: {e}") from None
 
     @classmethod
     def open(cls, path: str | Path, identity: dict, *, resume: bool = False, overwrite: bool = False,
@@ -82,7 +233,7 @@ class RunFolder(NullRunFolder):
         if complete:
             check_identity(run.path / "run.json", identity, resuming=resume)
             if not resume:
-                raise FileExistsError(
+                raise RunExistsError(
                     f"{run.path} already holds checkpoints of this run; resume it (--resume) or start afresh "
                     "(--overwrite)"
                 )
@@ -174,6 +325,16 @@ class RunFolder(NullRunFolder):
             self.ckpt.close()
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{path}: unreadable {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
 def open_run(out_dir: str | Path | None, identity: dict, *, resume: bool = False, overwrite: bool = False,
              primary: bool = True) -> NullRunFolder:
     """``RunFolder.open`` for a path, ``NullRunFolder()`` for None."""
@@ -182,4 +343,4 @@ def open_run(out_dir: str | Path | None, identity: dict, *, resume: bool = False
     return RunFolder.open(out_dir, identity, resume=resume, overwrite=overwrite, primary=primary)
 
 
-__all__ = ["RunFolder", "NullRunFolder", "open_run", "FORMAT"]
+__all__ = ["RunFolder", "NullRunFolder", "RunFolderError", "open_run", "FORMAT"]

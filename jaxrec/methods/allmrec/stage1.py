@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 from pathlib import Path
@@ -60,51 +59,45 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
-from jaxrec.config import ConfigError
+from jaxrec.config import ConfigError, ModelSettings
 from jaxrec.data import DataError
 from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.data.sequences import histories, user_sequences
-from jaxrec.models.base import Encoder, Model, require_defaults
+from jaxrec.errors import JaxrecError
 from jaxrec.models import sasrec as _sasrec
+from jaxrec.models.base import Encoder, Model
+from jaxrec.nn import PureModule, torch_uniform
+from jaxrec.nn import init_params as _init_pure
 from jaxrec.objectives import LossInputs, Term, term, weighted_sum
-from jaxrec.registry import CONTEXTS, OBJECTIVES
+from jaxrec.registry import ContextKind
+from jaxrec.train.runfolder import RunFolder, RunFolderError
 
-log = logging.getLogger("jaxrec.align")
+log = logging.getLogger("jaxrec.methods.allmrec")
 
 JOINT_DIM = 128
 POSITIONS = ("last", "all")
 ITEM_SIDES = ("joint", "text")
 FALLBACK_TEXT = "No Title, No Description"
-#: Config keys only the stage-1 backbone reads (other backbones refuse changes to them).
-STAGE1_KEYS = ("sasrec_run", "align_alpha", "align_beta", "joint_dim", "text_finetune", "align_positions",
-               "align_items")
 #: Term names, in the order of the total loss.
 TERMS = ("align_rec", "align_match", "align_item_recon", "align_text_recon")
 
 Params = dict
 
 
-class Stage1Error(ValueError):
+class Stage1Error(JaxrecError, ValueError):
     """A stage-1 input is invalid (run folder, encoder, shapes); the message names it."""
 
 
 # ----------------------------------------------------------------------------- networks
-def _torch_linear_init(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
 class TwoLayerMLP(nnx.Module):
     """``__call__(x [..., dim]) -> (z = sigmoid(fc1 x) [..., joint], x_hat = fc2 z [..., dim])``
     (reference ``two_layer_mlp``)."""
 
     def __init__(self, dim: int, joint: int, rngs: nnx.Rngs):
-        self.fc1 = nnx.Linear(dim, joint, kernel_init=_torch_linear_init(dim), bias_init=_torch_linear_init(dim),
-                              rngs=rngs)
-        self.fc2 = nnx.Linear(joint, dim, kernel_init=_torch_linear_init(joint),
-                              bias_init=_torch_linear_init(joint), rngs=rngs)
+        self.fc1 = nnx.Linear(dim, joint, kernel_init=torch_uniform(dim), bias_init=torch_uniform(dim), rngs=rngs)
+        self.fc2 = nnx.Linear(joint, dim, kernel_init=torch_uniform(joint), bias_init=torch_uniform(joint), rngs=rngs)
 
     def encode(self, x):
         return jax.nn.sigmoid(self.fc1(x))
@@ -123,8 +116,8 @@ class AlignmentNet(nnx.Module):
 
 
 @functools.lru_cache(maxsize=32)
-def _abstract(item_dim: int, text_dim: int, joint_dim: int):
-    return nnx.split(nnx.eval_shape(lambda: AlignmentNet(item_dim, text_dim, joint_dim, nnx.Rngs(0))))
+def _pure(item_dim: int, text_dim: int, joint_dim: int) -> PureModule:
+    return PureModule.of(lambda rngs: AlignmentNet(item_dim, text_dim, joint_dim, rngs))
 
 
 def _dims(params: Params) -> tuple[int, int, int]:
@@ -140,14 +133,8 @@ def _dims(params: Params) -> tuple[int, int, int]:
 def as_module(params: Params) -> AlignmentNet:
     """The ``AlignmentNet`` holding ``params["item_ae"]`` / ``params["text_ae"]`` (other keys,
     e.g. ``text_encoder``, are ignored); Stage1Error if their structure is not ``init_params``'s."""
-    graphdef, state = _abstract(*_dims(params))
     ae = {"item_ae": params["item_ae"], "text_ae": params["text_ae"]}
-    want = jax.tree.structure(nnx.to_pure_dict(state))
-    if jax.tree.structure(ae) != want:
-        raise Stage1Error(f"params: autoencoder structure differs from init_params' ({want.num_leaves} arrays)")
-    state = jax.tree.map(lambda x: x, state)
-    nnx.replace_by_pure_dict(state, ae)
-    return nnx.merge(graphdef, state)
+    return _pure(*_dims(params)).merge(ae, check=True, error=Stage1Error, about="init_params' autoencoders")
 
 
 def init_params(key: jax.Array, item_dim: int, text_dim: int, joint_dim: int = JOINT_DIM) -> Params:
@@ -156,7 +143,7 @@ def init_params(key: jax.Array, item_dim: int, text_dim: int, joint_dim: int = J
     for name, v in (("item_dim", item_dim), ("text_dim", text_dim), ("joint_dim", joint_dim)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise Stage1Error(f"{name}: expected an integer >= 1, got {v!r}")
-    return nnx.to_pure_dict(nnx.split(AlignmentNet(item_dim, text_dim, joint_dim, nnx.Rngs(params=key)))[1])
+    return _init_pure(lambda rngs: AlignmentNet(item_dim, text_dim, joint_dim, rngs), key)
 
 
 def item_latents(params: Params, item_vectors) -> jax.Array:
@@ -235,7 +222,8 @@ def stage1_losses(params: Params, user, pos_item, neg_item, pos_text, neg_text, 
 @dataclasses.dataclass(frozen=True)
 class SASRecRun:
     """A finished SASRec run folder: its ``config`` (dict of results.json), ``settings``
-    (``SASRecSettings``), best ``params`` and the ``fingerprint`` of the dataset it was trained on."""
+    (``SASRecArch``: the network's sizes), best ``params`` and the ``fingerprint`` of the dataset
+    it was trained on."""
 
     path: Path
     config: dict
@@ -244,42 +232,34 @@ class SASRecRun:
     fingerprint: dict
 
 
-def _read_results(path: Path, what: str) -> dict:
-    results = path / "results.json"
-    if not path.is_dir():
-        raise Stage1Error(f"{what}={str(path)!r}: not a folder; expected a finished run folder written by jaxrec.fit "
-                          "(results.json, ckpt/best)")
-    if not results.is_file():
-        raise Stage1Error(f"{results}: missing; expected a finished run folder written by jaxrec.fit "
-                          "(it writes results.json when training ends)")
+def _finished_run(path, what: str, model: str) -> tuple[RunFolder, dict]:
+    """(the run folder, its results.json) of a finished ``model`` run; Stage1Error otherwise."""
     try:
-        data = json.loads(results.read_text())
-        _ = data["config"], data["dataset"], data["model"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise Stage1Error(f"{results}: not a jaxrec results file ({type(e).__name__}: {e})") from None
-    return data
+        folder = RunFolder.read(path, what)
+        results = folder.finished_results(what)
+        folder.require_model(model, what=what)
+    except RunFolderError as e:
+        raise Stage1Error(str(e)) from None
+    return folder, results
 
 
 def sasrec_settings_of(run_config: dict, num_items: int):
-    """``SASRecSettings`` of a stored SASRec config dict (results.json ``config``)."""
+    """``SASRecArch`` of a stored SASRec config dict (results.json ``config``)."""
     from jaxrec.config import Config  # noqa: PLC0415
 
-    return _sasrec.settings_from_config(Config.from_dict(run_config, "SASRec run config"), num_items)
+    return _sasrec.arch_from_config(Config.from_dict(run_config, "SASRec run config"), num_items)
 
 
 def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRun:
-    """Read a finished SASRec run folder (``jaxrec.fit`` with ``model="sasrec"``).
+    """Read a finished SASRec run folder (``jaxrec.fit`` with ``model="sasrec"``), through
+    ``jaxrec.train.runfolder.RunFolder``.
 
     dataset: when given, the folder must have been trained on it (same dataset fingerprint:
     name, sizes and split hash), else ``DataError`` naming the differing fields.
     Raises Stage1Error for a folder that is not a finished SASRec run.
     """
-    from jaxrec.train.checkpoint import RunCheckpoints  # noqa: PLC0415
-
     path = Path(path).expanduser()
-    data = _read_results(path, "sasrec_run")
-    if data["model"] != "sasrec":
-        raise Stage1Error(f"{path / 'results.json'}: model {data['model']!r}; expected a 'sasrec' run folder")
+    folder, data = _finished_run(path, "sasrec_run", "sasrec")
     fp = data["dataset"]
     if dataset is not None:
         ours = dataset_fingerprint(dataset)
@@ -292,12 +272,10 @@ def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRu
     params = None
     if with_params:
         shapes = jax.eval_shape(lambda k: _sasrec.init_params(k, settings), jax.random.key(0))
-        with RunCheckpoints(path / "ckpt") as ckpt:
-            try:
-                state, _ = ckpt.restore("best", {"params": shapes})
-            except FileNotFoundError as e:
-                raise Stage1Error(f"sasrec_run={str(path)!r}: {e}") from None
-        params = jax.tree.map(jnp.asarray, state["params"])
+        try:
+            params = jax.tree.map(jnp.asarray, folder.restore_params(shapes, "best"))
+        except RunFolderError as e:
+            raise Stage1Error(f"sasrec_run={str(path)!r}: {e}") from None
     return SASRecRun(path, data["config"], settings, params, fp)
 
 
@@ -403,40 +381,73 @@ def item_tokens(dataset, config) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- context
-@CONTEXTS.register("allmrec_stage1")
+@struct.dataclass
+class Stage1Context:
+    """What the stage-1 backbone reads besides the batch, per stage (a pytree; ``arch`` and
+    ``text_model`` are static):
+
+    - ``sasrec``: the frozen SASRec params (never optimized); ``arch``: its ``SASRecArch``;
+    - ``histories`` int32 [U, L] (valid: the training sequence; test: + the validation item);
+    - ``warm`` bool [I]: items with training interactions;
+    - ``text`` float32 [I, N] (frozen encoder), or ``tokens`` / ``mask`` int32 [I, T] with the
+      ``text_model`` (a ``jaxrec.text.SentenceModel``) for a fine-tuned encoder.
+    """
+
+    sasrec: dict
+    histories: Any
+    warm: Any
+    text: Any = None
+    tokens: Any = None
+    mask: Any = None
+    arch: Any = struct.field(pytree_node=False, default=None)
+    text_model: Any = struct.field(pytree_node=False, default=None)
+
+    @property
+    def text_dim(self) -> int:
+        """N: the width of the item text embeddings."""
+        return int(self.text.shape[1]) if self.text_model is None else int(self.text_model.dim)
+
+
+def _text_model_from(encoder):
+    from jaxrec.text import SentenceModel, read_sentence_folder  # noqa: PLC0415
+
+    return SentenceModel.build(read_sentence_folder(encoder_folder(encoder)))
+
+
 def stage1_context(dataset, config) -> dict:
-    """``{"train"/"valid": ctx, "test": ctx}`` with ``ctx`` = ``sasrec`` (the frozen SASRec
-    params), ``histories`` int32 [U, L] (valid: training sequence; test: + the validation
-    item), ``warm`` bool [I] (items with training interactions), and ``text`` float32 [I, N]
-    (frozen encoder) or ``tokens`` / ``mask`` int32 [I, T] (fine-tuned encoder)."""
+    """``{"train"/"valid": ctx, "test": ctx}`` of ``Stage1Context``: the SASRec run of
+    ``config.sasrec_run`` (its params and architecture), the stage's histories, the warm items,
+    and the item text (frozen: embeddings from ``embeddings`` / ``encoder`` through the cache;
+    fine-tuned: tokens of ``encoder``'s tokenizer and its ``SentenceModel``)."""
     run = load_sasrec_run(config.sasrec_run, dataset)
     seqs = user_sequences(dataset)
     warm = np.bincount(dataset.train.item, minlength=dataset.num_items) > 0
     if config.text_finetune:
         tokens, mask = item_tokens(dataset, config)
-        text = {"tokens": tokens, "mask": mask}
+        text = {"tokens": tokens, "mask": mask, "text_model": _text_model_from(config.encoder)}
     else:
         emb = frozen_text_embeddings(dataset, config)
         want = text_dim_of(config)
         if emb.shape != (dataset.num_items, want):
             raise Stage1Error(f"text embeddings: shape {emb.shape}; expected [{dataset.num_items}, {want}]")
         text = {"text": emb}
-    base = {"sasrec": run.params, "warm": warm, **text}
-    valid = {**base, "histories": histories(seqs, "valid", config.max_seq_len)}
-    return {"train": valid, "valid": valid, "test": {**base, "histories": histories(seqs, "test", config.max_seq_len)}}
+    valid = Stage1Context(sasrec=run.params, histories=histories(seqs, "valid", config.max_seq_len), warm=warm,
+                          arch=run.settings, **text)
+    return {"train": valid, "valid": valid,
+            "test": valid.replace(histories=histories(seqs, "test", config.max_seq_len))}
 
 
-def evaluation_context(context: dict, eval_dataset, config) -> dict:
+def evaluation_context(context: Stage1Context, eval_dataset, config) -> Stage1Context:
     """A stage-1 context (of the training data) scoring the users of ``eval_dataset`` (e.g. a
     cold-user scenario's dataset, whose users were kept out of training): its ``test``
     histories, the same frozen SASRec, text and warm items. Raises Stage1Error when the item
     spaces differ."""
-    n = len(context["warm"])
+    n = len(context.warm)
     if eval_dataset.num_items != n:
         raise Stage1Error(f"eval_dataset {eval_dataset.name!r}: {eval_dataset.num_items} items; the stage-1 context "
                           f"has {n} (the same item id space is needed)")
-    return {**context, "histories": histories(user_sequences(eval_dataset, log_report=False), "test",
-                                              config.max_seq_len)}
+    return context.replace(histories=histories(user_sequences(eval_dataset, log_report=False), "test",
+                                               config.max_seq_len))
 
 
 def cross_domain_embeddings(params: Params, sasrec_params: Params, settings, target_text, target_histories,
@@ -468,6 +479,9 @@ def cross_domain_embeddings(params: Params, sasrec_params: Params, settings, tar
 def _check_stage1(dataset, config) -> None:
     """Before any compute: the SASRec run matches the dataset and ``max_seq_len``; the dataset
     gives sequences (``DataError`` / ``ConfigError`` / ``Stage1Error`` naming the key)."""
+    if not config.sasrec_run:
+        raise ConfigError("sasrec_run=None: stage 1 needs the folder of a finished SASRec run (jaxrec.fit, "
+                          "model='sasrec') on the same dataset and split")
     run = load_sasrec_run(config.sasrec_run, dataset, with_params=False)
     if run.settings.max_len != config.max_seq_len:
         raise ConfigError(f"max_seq_len={config.max_seq_len}: the SASRec run {config.sasrec_run} was trained with "
@@ -475,166 +489,162 @@ def _check_stage1(dataset, config) -> None:
     user_sequences(dataset, log_report=False)
 
 
-stage1_context.context_fields = ("max_seq_len", "sasrec_run", "embeddings", "encoder", "text_finetune")
-stage1_context.options = ("max_seq_len",) + STAGE1_KEYS
-stage1_context.check = _check_stage1
+#: The registered context kind ``"allmrec_stage1"`` (``jaxrec.methods.allmrec.register``).
+STAGE1_CONTEXT = ContextKind(stage1_context, fields=("max_seq_len", "sasrec_run", "embeddings", "encoder",
+                                                     "text_finetune"), check=_check_stage1)
 
 
 # ----------------------------------------------------------------------------- terms
-def _text_rows(x_params, ctx, rows, text_model, key, train):
+def _text_rows(x_params, ctx: Stage1Context, rows, key, train):
     """Text embeddings [..., N] of items ``rows`` (dense ids, any shape)."""
-    if text_model is None:
-        return ctx["text"][rows]
+    if ctx.text_model is None:
+        return ctx.text[rows]
     flat = rows.reshape(-1)
-    out = text_model.encode(x_params["text_encoder"], ctx["tokens"][flat], ctx["mask"][flat], train=train, key=key)
+    out = ctx.text_model.encode(x_params["text_encoder"], ctx.tokens[flat], ctx.mask[flat], train=train, key=key)
     return out.reshape(*rows.shape, -1)
 
 
-def _batch_losses(x: LossInputs, settings, positions: str, text_model) -> dict[str, jax.Array]:
+def _batch_losses(x: LossInputs, positions: str) -> dict[str, jax.Array]:
     ctx, batch = x.context, x.batch
     seq, pos, neg = (jnp.asarray(batch[k]) for k in ("seq", "pos", "neg"))
-    out = _sasrec.sequence_output(ctx["sasrec"], seq, settings, train=False)  # [B, L, d], frozen, no dropout
+    out = _sasrec.sequence_output(ctx.sasrec, seq, ctx.arch, train=False)  # [B, L, d], frozen, no dropout
     if positions == "last":
         out, pos, neg = out[:, -1], pos[:, -1], neg[:, -1]
     else:
         out, pos, neg = out.reshape(-1, out.shape[-1]), pos.reshape(-1), neg.reshape(-1)
     mask = pos != 0  # padding rows / positions
-    table = ctx["sasrec"]["item_embedding"]  # [I + 1, d], ids + 1
+    table = ctx.sasrec["item_embedding"]  # [I + 1, d], ids + 1
     rows = jnp.maximum(jnp.stack([pos, neg]) - 1, 0)  # dense ids, padding -> item 0 (masked)
-    text = _text_rows(x.params, ctx, rows, text_model, x.key, True)
+    text = _text_rows(x.params, ctx, rows, x.key, True)
     return stage1_losses(x.params, out, table[pos], table[neg], text[0], text[1], mask)
 
 
 def _term(name: str):
     def builder(config) -> Term:
-        settings, positions, text_model = _static(config)
+        positions = config.align_positions
 
         def loss(x: LossInputs):
-            return x.shared("allmrec_stage1", lambda: _batch_losses(x, settings, positions, text_model))[name]
+            return x.shared("allmrec_stage1", lambda: _batch_losses(x, positions))[name]
 
         return Term(name, loss, batch_kind="sequences")
 
     return builder
 
 
-for _name in TERMS:
-    OBJECTIVES.register(_name, _term(_name))
-
-
-@functools.lru_cache(maxsize=16)
-def _static_cached(sasrec_run: str, positions: str, finetune: bool, encoder: str | None, stamp: int):
-    data = _read_results(Path(sasrec_run).expanduser(), "sasrec_run")
-    settings = sasrec_settings_of(data["config"], int(data["dataset"]["num_items"]))
-    return settings, positions, (_text_model_from(encoder) if finetune else None)
-
-
-def _text_model_from(encoder):
-    from jaxrec.text import SentenceModel, read_sentence_folder  # noqa: PLC0415
-
-    return SentenceModel.build(read_sentence_folder(encoder_folder(encoder)))
-
-
-def _static(config):
-    """(SASRecSettings of the run, positions, SentenceModel or None): scalars and structure only."""
-    if not config.sasrec_run:
-        raise ConfigError("sasrec_run=None: stage 1 needs the folder of a finished SASRec run (jaxrec.fit, "
-                          "model='sasrec') on the same dataset and split")
-    results = Path(config.sasrec_run).expanduser() / "results.json"
-    stamp = results.stat().st_mtime_ns if results.is_file() else 0  # a rewritten run folder is read again
-    return _static_cached(str(config.sasrec_run), config.align_positions, bool(config.text_finetune),
-                          config.encoder, stamp)
+#: The registered loss terms ``align_rec``, ``align_match``, ``align_item_recon``, ``align_text_recon``.
+TERM_BUILDERS = {name: _term(name) for name in TERMS}
 
 
 # ----------------------------------------------------------------------------- backbone
+@dataclasses.dataclass(frozen=True)
+class Stage1Settings(ModelSettings):
+    """Stage 1's config keys (``train_model.py`` of the reference; DESIGN.md 6):
+
+    - ``sasrec_run``: the folder of a finished SASRec run on the same dataset and split (frozen);
+    - ``align_alpha`` (0.5) / ``align_beta`` (0.2): weights of the item / text reconstruction;
+    - ``joint_dim`` (128): the joint latent size;
+    - ``text_finetune``: the text encoder frozen (False: item text embeddings precomputed once,
+      from ``embeddings`` or ``encoder`` through the cache) or fine-tuned end to end (True:
+      ``encoder`` a jaxrec.text folder, ``minilm`` or ``mpnet``);
+    - ``align_positions``: ``last`` (the reference) or ``all`` (the paper's section 5.4.2);
+    - ``align_items``: items scored through the joint embedding (``joint``: e for items with
+      training interactions, q from text otherwise) or through q for every item (``text``, the
+      "SBERT" variant);
+    - ``max_seq_len``: must equal the SASRec run's.
+    """
+
+    sasrec_run: str | None = None
+    align_alpha: float = 0.5
+    align_beta: float = 0.2
+    joint_dim: int = JOINT_DIM
+    text_finetune: bool = False
+    align_positions: str = "last"
+    align_items: str = "joint"
+    max_seq_len: int = 50
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect("align_positions", self.align_positions in POSITIONS, f"one of {list(POSITIONS)}")
+        self.expect("align_items", self.align_items in ITEM_SIDES, f"one of {list(ITEM_SIDES)}")
+        for key in ("align_alpha", "align_beta"):
+            v = getattr(self, key)
+            self.expect(key, v >= 0 and math.isfinite(v), "a finite weight >= 0")
+        self.expect("joint_dim", self.joint_dim >= 1, "an integer >= 1")
+        self.expect("max_seq_len", self.max_seq_len >= 1, "an integer >= 1 (the SASRec run's)")
+
+
 def check_config(config) -> None:
-    """``ConfigError`` naming the key for values stage 1 cannot use."""
-    if config.align_positions not in POSITIONS:
-        raise ConfigError(f"align_positions={config.align_positions!r}: expected one of {list(POSITIONS)}")
-    if config.align_items not in ITEM_SIDES:
-        raise ConfigError(f"align_items={config.align_items!r}: expected one of {list(ITEM_SIDES)}")
-    for key in ("align_alpha", "align_beta"):
-        v = getattr(config, key)
-        if not (v >= 0 and math.isfinite(v)):
-            raise ConfigError(f"{key}={v!r}: expected a finite weight >= 0")
-    if config.joint_dim < 1:
-        raise ConfigError(f"joint_dim={config.joint_dim}: expected an integer >= 1")
+    """``ConfigError`` naming the key for shared values stage 1 cannot use (``ModelSpec.check``)."""
     if config.sharding == "row":
         raise ConfigError("sharding='row': stage 1 has no graph; use sharding='feature' (data-parallel) or 'none'")
     if config.text_finetune and not config.encoder:
         raise ConfigError("text_finetune=True: set encoder (minilm, mpnet or a sentence-transformers folder) to "
                           "fine-tune")
-    require_defaults(config, _sasrec.GRAPH_ONLY_KEYS, "model='allmrec_stage1' does not read this graph-backbone option")
-    require_defaults(config, ("init",), "stage 1 starts its autoencoders from the reference initialization")
+    if config.init != "none":
+        raise ConfigError(f"init={config.init!r}: stage 1 starts its autoencoders from the reference "
+                          "initialization; leave it at its default 'none'")
 
 
-def item_text_vectors(params: Params, ctx, text_model, chunk: int = 256) -> jax.Array:
+def item_text_vectors(params: Params, ctx: Stage1Context, chunk: int = 256) -> jax.Array:
     """float32 [I, N]: every item's text embedding (the context's, or the fine-tuned encoder's
     output in chunks of ``chunk`` items)."""
-    if text_model is None:
-        return ctx["text"]
-    tokens, mask = ctx["tokens"], ctx["mask"]
+    if ctx.text_model is None:
+        return ctx.text
+    tokens, mask = ctx.tokens, ctx.mask
     n = tokens.shape[0]
     c = max(1, min(chunk, n))
     k = -(-n // c)
     pad = ((0, k * c - n), (0, 0))
     t, m = jnp.pad(tokens, pad).reshape(k, c, -1), jnp.pad(mask, pad).reshape(k, c, -1)
-    out = jax.lax.map(lambda tm: text_model.encode(params["text_encoder"], tm[0], tm[1]), (t, m))
+    out = jax.lax.map(lambda tm: ctx.text_model.encode(params["text_encoder"], tm[0], tm[1]), (t, m))
     return out.reshape(k * c, -1)[:n]
 
 
 def stage1_encoder(config) -> Encoder:
-    """``init(key, U, I)`` -> autoencoder params (+ ``text_encoder`` when fine-tuned, loaded from
-    the encoder folder); ``embed(params, ctx)`` -> (SASRec user representations [U, d],
-    decoded joint item embeddings ``f_I^dec(z_i)`` [I, d])."""
-    settings, _, text_model = _static(config)
+    """``init(key, U, I, context_shapes)`` -> autoencoder params (+ ``text_encoder`` when fine-tuned,
+    loaded from the encoder folder), sizes from the context (SASRec's hidden size, the text
+    width); ``embed(params, ctx)`` -> (SASRec user representations [U, d], decoded joint item
+    embeddings ``f_I^dec(z_i)`` [I, d]). Reads no file: the SASRec run and the text come in the
+    context."""
     joint, side, chunk = config.joint_dim, config.align_items, config.eval_chunk
-    text_dim = text_dim_of(config)
 
-    def init(key, num_users, num_items):
-        params = init_params(key, settings.hidden, text_dim, joint)
-        if text_model is not None:
+    def init(key, num_users, num_items, ctx: Stage1Context):
+        params = init_params(key, int(ctx.sasrec["item_embedding"].shape[1]), ctx.text_dim, joint)
+        if ctx.text_model is not None:
             from jaxrec.text import load_params  # noqa: PLC0415
 
-            params["text_encoder"] = load_params(text_model)
+            params["text_encoder"] = load_params(ctx.text_model)
         return params
 
-    def embed(params, ctx):
-        user, items = _sasrec.embed(ctx["sasrec"], ctx["histories"], settings, chunk_size=chunk)
-        text = item_text_vectors(params, ctx, text_model)
+    def embed(params, ctx: Stage1Context):
+        user, items = _sasrec.embed(ctx.sasrec, ctx.histories, ctx.arch, chunk_size=chunk)
+        text = item_text_vectors(params, ctx)
         if side == "text":
             z = text_latents(params, text)
         else:
-            z = joint_item_embeddings(params, items, text, ctx["warm"])
+            z = joint_item_embeddings(params, items, text, ctx.warm)
         return user, decode_items(params, z)
 
-    return Encoder(name="allmrec_stage1", init=init, embed=embed, user_table=None, item_table=None)
+    return Encoder(name="allmrec_stage1", init=init, embed=embed, user_table=None, item_table=None,
+                   init_reads_context=True)
 
 
 def make_stage1(config) -> Model:
     """A-LLMRec stage 1 over the ``"allmrec_stage1"`` context: ``align_rec + align_match +
     alpha * align_item_recon + beta * align_text_recon`` (batch kind "sequences")."""
-    check_config(config)
     objective = weighted_sum(term("align_rec", config), term("align_match", config),
                              (term("align_item_recon", config), config.align_alpha),
                              (term("align_text_recon", config), config.align_beta))
     return Model("allmrec_stage1", stage1_encoder(config), objective, context="allmrec_stage1")
 
 
-#: The reference's stage-1 protocol (``train_model.py``; DESIGN.md 6) over SASRec's split/evaluation.
+#: The reference's stage-1 protocol for shared keys (``train_model.py``; DESIGN.md 6) over
+#: SASRec's split/evaluation.
 STAGE1_DEFAULTS = dict(
-    max_seq_len=50, batch_size=32, epochs=10, learning_rate=1e-4, adam_b1=0.9, adam_b2=0.98,
+    batch_size=32, epochs=10, learning_rate=1e-4, adam_b1=0.9, adam_b2=0.98,
     split="loo_time", evaluation="candidates", topk=(1, 5, 10), metrics=("hit", "ndcg", "mrr"),
     valid_metric="ndcg@10", patience=10,
 )
-
-
-def _register() -> None:
-    from jaxrec.models import register_model  # noqa: PLC0415 (jaxrec.models imports this module)
-
-    register_model("allmrec_stage1", make_stage1, defaults=STAGE1_DEFAULTS)
-
-
-_register()
 
 
 # ----------------------------------------------------------------------------- stage-1 runs (stage 2's inputs)
@@ -654,10 +664,9 @@ class Stage1Run:
         """float32 [I, J] (J = joint_dim, 128): ``e_i`` for items with training interactions,
         ``q_i`` from text for the others; row i = dense item id i."""
         ctx = self.contexts["test"]
-        _, _, text_model = _static(self.config)
-        text = item_text_vectors(self.params, ctx, text_model)
-        items = ctx["sasrec"]["item_embedding"][1:]
-        return np.asarray(joint_item_embeddings(self.params, items, text, ctx["warm"]))
+        text = item_text_vectors(self.params, ctx)
+        items = ctx.sasrec["item_embedding"][1:]
+        return np.asarray(joint_item_embeddings(self.params, items, text, ctx.warm))
 
     def target_text(self, target_dataset, embeddings=None) -> np.ndarray:
         """float32 [I_t, N]: the text embeddings of another dataset's items by this run's encoder.
@@ -683,9 +692,8 @@ class Stage1Run:
                               "a precomputed file")
         if cfg.text_finetune:
             tokens, mask = item_tokens(target_dataset, cfg)
-            _, _, text_model = _static(cfg)
-            out = item_text_vectors(self.params, {"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)},
-                                    text_model)
+            ctx = self.contexts["test"].replace(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask))
+            out = item_text_vectors(self.params, ctx)
         elif embeddings is not None:
             out = frozen_text_embeddings(target_dataset, cfg.replace(embeddings=str(embeddings), encoder=None))
         elif cfg.embeddings and is_reference_embeddings(cfg.embeddings):
@@ -714,7 +722,7 @@ class Stage1Run:
             raise Stage1Error(f"target_text: {target_text.shape[0]} rows; expected one per item of "
                               f"{target_dataset.name!r} ({target_dataset.num_items})")
         hist = histories(user_sequences(target_dataset, log_report=False), "test", self.sasrec.settings.max_len)
-        user, items = cross_domain_embeddings(self.params, self.contexts["test"]["sasrec"], self.sasrec.settings,
+        user, items = cross_domain_embeddings(self.params, self.contexts["test"].sasrec, self.sasrec.settings,
                                               target_text, hist)
         return np.asarray(user), np.asarray(items)
 
@@ -733,7 +741,7 @@ class Stage1Run:
         if stage not in ("train", "valid", "test"):
             raise Stage1Error(f"stage={stage!r}: expected 'train', 'valid' or 'test'")
         ctx = self.contexts[stage]
-        return np.asarray(_sasrec.embed(ctx["sasrec"], ctx["histories"], self.sasrec.settings)[0])
+        return np.asarray(_sasrec.embed(ctx.sasrec, ctx.histories, self.sasrec.settings)[0])
 
 
 def load_stage1_run(path, dataset, **overrides) -> Stage1Run:
@@ -746,42 +754,37 @@ def load_stage1_run(path, dataset, **overrides) -> Stage1Run:
     """
     from jaxrec.config import Config  # noqa: PLC0415
     from jaxrec.models import get_model  # noqa: PLC0415
-    from jaxrec.train.checkpoint import RunCheckpoints  # noqa: PLC0415
+    from jaxrec.models.base import abstract_context  # noqa: PLC0415
 
     path = Path(path).expanduser()
-    data = _read_results(path, "stage-1 run")
-    if data["model"] != "allmrec_stage1":
-        raise Stage1Error(f"{path / 'results.json'}: model {data['model']!r}; expected an 'allmrec_stage1' run")
+    folder, data = _finished_run(path, "stage-1 run", "allmrec_stage1")
     ours = dataset_fingerprint(dataset)
     if data["dataset"] != ours:
         raise DataError(f"stage-1 run {path}: trained on dataset {data['dataset']}, not on {ours}")
     config = Config.from_dict({**data["config"], **overrides}, f"{path / 'results.json'} config")
-    with RunCheckpoints(path / "ckpt") as ckpt:
-        step = ckpt.latest_step("best")
-        if step is None:
-            raise Stage1Error(f"stage-1 run {path}: no complete best checkpoint under {path / 'ckpt' / 'best'}")
-        import orbax.checkpoint as ocp  # noqa: PLC0415
-
-        saved = ocp.StandardCheckpointer().metadata(path / "ckpt" / "best" / str(step) / "state")
-        saved = getattr(saved, "item_metadata", saved)
-        n_saved = int(saved["params"]["text_ae"]["fc1"]["kernel"].shape[0])
-        n_now = text_dim_of(config)
-        if n_saved != n_now:
-            raise Stage1Error(f"stage-1 run {path}: its text autoencoder takes {n_saved}-d text embeddings, but "
-                              f"encoder={config.encoder!r} / embeddings={config.embeddings!r} give {n_now}-d; use "
-                              "the encoder the run was trained with")
-        model = get_model(config)
-        shapes = jax.eval_shape(lambda k: model.init(k, ours["num_users"], ours["num_items"]), jax.random.key(0))
-        state, _ = ckpt.restore("best", {"params": shapes})
+    try:
+        saved = folder.saved_param_shapes("best")
+    except RunFolderError as e:
+        raise Stage1Error(f"stage-1 run {path}: {e}") from None
+    n_saved = int(saved["text_ae"]["fc1"]["kernel"].shape[0])
+    n_now = text_dim_of(config)
+    if n_saved != n_now:
+        raise Stage1Error(f"stage-1 run {path}: its text autoencoder takes {n_saved}-d text embeddings, but "
+                          f"encoder={config.encoder!r} / embeddings={config.embeddings!r} give {n_now}-d; use "
+                          "the encoder the run was trained with")
+    model = get_model(config)
     contexts = stage1_context(dataset, config)
+    shapes = jax.eval_shape(lambda k: model.init(k, ours["num_users"], ours["num_items"],
+                                                 abstract_context(contexts["train"])), jax.random.key(0))
+    params = folder.restore_params(shapes, "best")
     sasrec = load_sasrec_run(config.sasrec_run, dataset, with_params=False)
-    return Stage1Run(path, config, jax.tree.map(jnp.asarray, state["params"]), model, sasrec, contexts)
+    return Stage1Run(path, config, jax.tree.map(jnp.asarray, params), model, sasrec, contexts)
 
 
 __all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun", "init_params", "as_module",
            "item_latents", "text_latents", "decode_items", "joint_item_embeddings", "stage1_losses",
-           "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context",
-           "cross_domain_embeddings", "make_stage1", "stage1_encoder",
-           "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of",
-           "uses_precomputed_text", "encoder_folder",
-           "STAGE1_DEFAULTS", "STAGE1_KEYS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]
+           "load_sasrec_run", "load_stage1_run", "stage1_context", "evaluation_context", "Stage1Context",
+           "Stage1Settings", "cross_domain_embeddings", "make_stage1", "stage1_encoder", "check_config",
+           "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "item_text_vectors",
+           "uses_precomputed_text", "encoder_folder", "STAGE1_CONTEXT", "TERM_BUILDERS",
+           "STAGE1_DEFAULTS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]

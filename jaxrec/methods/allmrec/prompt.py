@@ -31,6 +31,7 @@ compile once per bucket, not once per batch.
 
 from __future__ import annotations
 
+from jaxrec.errors import JaxrecError
 import dataclasses
 import logging
 import re
@@ -40,7 +41,7 @@ import numpy as np
 
 from jaxrec.lm import LMError, Tokenizer
 
-log = logging.getLogger("jaxrec.align")
+log = logging.getLogger("jaxrec.methods.allmrec")
 
 USER_TOKEN = "[UserRep]"
 HISTORY_TOKEN = "[HistoryEmb]"
@@ -49,7 +50,7 @@ SPECIAL_TOKENS = (USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN)
 MISSING_TITLE = "No Title"  # the reference's fallback (find_item_text: text_name_dict[t].get(i, 'No Title'))
 
 
-class PromptError(ValueError):
+class PromptError(JaxrecError, ValueError):
     """A prompt cannot be built: a tokenizer without the placeholder tokens, a title that
     breaks the prompt, or a prompt longer than the model's context. The message names them."""
 
@@ -164,7 +165,7 @@ class PromptBuilder:
             self.eos_id = tokenizer.require("eos")
         except LMError as e:
             raise PromptError(f"{e}; the stage-2 prompt needs {', '.join(SPECIAL_TOKENS)} and an eos token "
-                              f"(jaxrec.align.stage2.prepare_lm adds them)") from None
+                              f"(jaxrec.methods.allmrec.stage2.prepare_lm adds them)") from None
         if history < 1 or bucket < 1:
             raise PromptError(f"PromptBuilder: history={history}, bucket={bucket}; expected both >= 1")
         self.tokenizer = tokenizer

@@ -1,6 +1,7 @@
 """What a run's LLM initialization did, stored with the run, and new item rows made the same way.
 
-``jaxrec.pipeline.train_run`` writes ``init.json`` into the run folder: the initializer
+``jaxrec.pipeline.train_run`` writes ``init.json`` into the run folder (``RunFolder.write_init_record``;
+``RunFolder.init_record`` reads it back through ``check_record``): the initializer
 (``strategy``), K and N, the selected encoder dims (``indices``), the rescaling and its
 parameters, the embedding source (precomputed file or encoder) and the run's table layout.
 ``item_rows(record, emb)`` maps text embeddings of *new* items [m, N] to rows [m, K] exactly
@@ -24,18 +25,19 @@ refuses them (``InitRecordError``). A run trained with ``init="none"`` stores
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from jaxrec.errors import JaxrecError
+
 INIT_FILE = "init.json"
 FORMAT = 1
 
 
-class InitRecordError(ValueError):
+class InitRecordError(JaxrecError, ValueError):
     """An ``init.json`` is unreadable or cannot initialize new rows; the message names the file or field."""
 
 
@@ -140,30 +142,14 @@ def item_rows(record: Mapping[str, Any], emb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(table, np.float32)
 
 
-def save_init_record(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    """Write ``<run_dir>/init.json`` (atomically)."""
-    from jaxrec.train.runfiles import write_json_atomic  # noqa: PLC0415
-
-    path = Path(run_dir) / INIT_FILE
-    write_json_atomic(path, dict(record))
-    return path
-
-
-def load_init_record(run_dir: str | Path) -> dict | None:
-    """``<run_dir>/init.json`` as a dict; None when the run has none (trained without
-    ``train_run``). ``InitRecordError`` naming the file when it is unreadable."""
-    path = Path(run_dir) / INIT_FILE
-    if not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InitRecordError(f"{path}: unreadable ({e})") from None
+def check_record(rec: Any, where: str | Path) -> dict:
+    """``rec`` (an ``init.json`` read from ``where``) if it is an init record; ``InitRecordError``
+    naming ``where`` and the field otherwise."""
     if not isinstance(rec, dict) or "strategy" not in rec:
-        raise InitRecordError(f"{path}: expected a JSON object with a 'strategy' field")
+        raise InitRecordError(f"{where}: expected a JSON object with a 'strategy' field")
     if rec.get("reusable") and rec.get("n") is None:
-        raise InitRecordError(f"{path}: field 'n' (the encoder's dims) is missing")
+        raise InitRecordError(f"{where}: field 'n' (the encoder's dims) is missing")
     return rec
 
 
-__all__ = ["INIT_FILE", "InitRecordError", "init_record", "item_rows", "save_init_record", "load_init_record"]
+__all__ = ["INIT_FILE", "InitRecordError", "init_record", "item_rows", "check_record"]

@@ -13,7 +13,7 @@ missing from the list: such a user counts as a miss in every metric of both orde
   ``jaxrec`` model's ``embed(params, context)`` (a ``jaxrec.fit`` result); ``run_top`` from a
   run folder (``jaxrec.serve.load_run``).
 - ``rerank``: the LM's log-likelihood of each listed item's target text (``"title"`` + eos)
-  given the A-LLMRec prompt whose candidate set is the list (``jaxrec.align.stage2.evaluate_lm``,
+  given the A-LLMRec prompt whose candidate set is the list (``jaxrec.methods.allmrec.stage2.evaluate_lm``,
   ranking view (b)), shown in a seeded random order (``order="shuffled"``, as the reference
   shuffles its candidates; ``"recommender"`` shows them best first).
 - ``RerankResult.metrics``: ``recall@K`` (share of targets in the list: the ceiling of both),
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxrec.align.stage2 import SCORES, Stage2Context, Stage2Error, evaluate_lm
+from jaxrec.methods.allmrec.stage2 import SCORES, Stage2Context, Stage2Error, evaluate_lm
 from jaxrec.data import exclusion_pairs
 from jaxrec.eval.candidates import metrics_from_ranks
 from jaxrec.eval.ranking import topk_full_ranking

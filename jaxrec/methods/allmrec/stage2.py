@@ -15,7 +15,7 @@ with E the LM's token-embedding width (``LMConfig.embed_dim``; the reference's
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LayerNorm eps 1e-5 (torch's default).
 
 Soft prompt (``soft_embeds``): the token embeddings of the tokenized prompt
-(``jaxrec.align.prompt``) with every placeholder position replaced by its soft token: the
+(``jaxrec.methods.allmrec.prompt``) with every placeholder position replaced by its soft token: the
 projected user representation at ``[UserRep]``, the projected joint embedding of each
 history / candidate item at its ``[HistoryEmb]`` / ``[CandidateEmb]``.
 
@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -60,12 +59,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxrec.align.prompt import SPECIAL_TOKENS, PromptBuilder
+from jaxrec.errors import JaxrecError
 from jaxrec.eval.candidates import DEFAULT_METRICS, candidate_ranks, metrics_from_ranks
-from jaxrec.lm import LanguageModel, LMError, greedy_generate, load_gguf, load_hf, resize_vocab, sequence_logprob, \
-    smollm2_path
+from jaxrec.lm import (
+    LanguageModel,
+    LMError,
+    greedy_generate,
+    load_gguf,
+    load_hf,
+    resize_vocab,
+    sequence_logprob,
+    smollm2_path,
+)
+from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, PromptBuilder
+from jaxrec.nn import PureModule, torch_uniform, xavier_normal
+from jaxrec.nn import init_params as _init_pure
 
-log = logging.getLogger("jaxrec.align")
+log = logging.getLogger("jaxrec.methods.allmrec")
 
 Params = dict
 LN_EPS = 1e-5
@@ -73,14 +83,14 @@ LEAKY_SLOPE = 0.01
 SCORES = ("sum", "mean")
 
 
-class Stage2Error(ValueError):
+class Stage2Error(JaxrecError, ValueError):
     """Stage-2 input that cannot be used (settings, shapes, stage-1 outputs of another dataset,
     an LM without a tokenizer); the message names the argument or file and what was expected."""
 
 
 # ----------------------------------------------------------------------------- projectors
 @dataclasses.dataclass(frozen=True)
-class Stage2Settings:
+class Stage2Arch:
     """Projector sizes: ``user_dim`` d (the recommender's user representation), ``item_dim`` k
     (the joint item embedding, 128 in A-LLMRec), ``lm_dim`` E (the LM's token-embedding width)."""
 
@@ -92,18 +102,12 @@ class Stage2Settings:
         for name in ("user_dim", "item_dim", "lm_dim"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise Stage2Error(f"Stage2Settings.{name}: expected an integer >= 1, got {v!r}")
-
-
-def _xavier_normal(key, shape, dtype=jnp.float32):
-    """torch ``xavier_normal_`` of a Linear weight (shape here [in, out]): N(0, 2 / (in + out))."""
-    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / (shape[0] + shape[1]))
+                raise Stage2Error(f"Stage2Arch.{name}: expected an integer >= 1, got {v!r}")
 
 
 def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-    bound = 1.0 / math.sqrt(n_in)  # torch nn.Linear's default bias init
-    return nnx.Linear(n_in, n_out, kernel_init=_xavier_normal, rngs=rngs,
-                      bias_init=lambda k, s, dt=jnp.float32: jax.random.uniform(k, s, dt, -bound, bound))
+    # xavier_normal_ weight (laid out [in, out]); torch nn.Linear's default bias init
+    return nnx.Linear(n_in, n_out, kernel_init=xavier_normal, bias_init=torch_uniform(n_in), rngs=rngs)
 
 
 class Projector(nnx.Module):
@@ -124,37 +128,28 @@ class Projector(nnx.Module):
 class Projectors(nnx.Module):
     """``user`` (LeakyReLU) and ``item`` (GELU) projectors."""
 
-    def __init__(self, s: Stage2Settings, rngs: nnx.Rngs):
+    def __init__(self, s: Stage2Arch, rngs: nnx.Rngs):
         self.user = Projector(s.user_dim, s.lm_dim, "leaky_relu", rngs)
         self.item = Projector(s.item_dim, s.lm_dim, "gelu", rngs)
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract(settings: Stage2Settings):
-    return nnx.split(nnx.eval_shape(lambda: Projectors(settings, rngs=nnx.Rngs(0))))
+def _pure(settings: Stage2Arch) -> PureModule:
+    return PureModule.of(lambda rngs: Projectors(settings, rngs=rngs))
 
 
-def init_params(key: jax.Array, settings: Stage2Settings) -> Params:
+def init_params(key: jax.Array, settings: Stage2Arch) -> Params:
     """Fresh projector parameters (module docstring): ``{"user": {...}, "item": {...}}``, each
     ``fc1/{kernel [n_in, E], bias [E]}``, ``norm/{scale, bias} [E]``, ``fc2/{kernel [E, E], bias}``."""
-    return nnx.to_pure_dict(nnx.split(Projectors(settings, rngs=nnx.Rngs(params=key)))[1])
+    return _init_pure(lambda rngs: Projectors(settings, rngs=rngs), key)
 
 
-def as_module(params: Params, settings: Stage2Settings) -> Projectors:
+def as_module(params: Params, settings: Stage2Arch) -> Projectors:
     """The NNX module holding ``params``; Stage2Error when a shape does not fit ``settings``."""
-    graphdef, abstract = _abstract(settings)
-    want = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(abstract))
-    got = dict((jax.tree_util.keystr(p), jnp.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params))
-    for path, leaf in want:
-        name = jax.tree_util.keystr(path)
-        if got.get(name) != tuple(leaf.shape):
-            raise Stage2Error(f"projector params{name}: shape {got.get(name)}; expected {tuple(leaf.shape)} for {settings}")
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
+    return _pure(settings).merge(params, check=True, error=Stage2Error, what="projector params", about=f"{settings}")
 
 
-def project(params: Params, settings: Stage2Settings, user_rep=None, item_emb=None):
+def project(params: Params, settings: Stage2Arch, user_rep=None, item_emb=None):
     """(user tokens [..., E] of ``user_rep`` [..., d], item tokens [..., E] of ``item_emb`` [..., k]);
     either input may be None (its output is then None). Pure; jit-compatible."""
     module = as_module(params, settings)
@@ -216,7 +211,7 @@ class Stage2Context:
     user_rep: jax.Array
     item_emb: jax.Array
     lm: LanguageModel = struct.field(pytree_node=False)
-    settings: Stage2Settings = struct.field(pytree_node=False)
+    settings: Stage2Arch = struct.field(pytree_node=False)
     prompts: PromptBuilder = struct.field(pytree_node=False)
 
 
@@ -228,7 +223,7 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
     if item_emb.shape[0] != prompts.num_items:
         raise Stage2Error(f"item_emb has {item_emb.shape[0]} rows; the prompt builder has {prompts.num_items} titles; "
                           f"expected one per item")
-    settings = Stage2Settings(int(user_rep.shape[1]), int(item_emb.shape[1]), int(lm.config.embed_dim))
+    settings = Stage2Arch(int(user_rep.shape[1]), int(item_emb.shape[1]), int(lm.config.embed_dim))
     return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts)
 
 
@@ -426,7 +421,7 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
     return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times)
 
 
-__all__ = ["Stage2Error", "Stage2Settings", "Projector", "Projectors", "init_params", "as_module", "project",
+__all__ = ["Stage2Error", "Stage2Arch", "Projector", "Projectors", "init_params", "as_module", "project",
            "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
            "next_title_loss", "prompt_embeds", "answer_text", "normalize_title", "reference_hit", "match_candidate",
            "LMEvaluation", "evaluate_lm", "SCORES"]

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrec.align.stage2 import Stage2Error
+from jaxrec.methods.allmrec.stage2 import Stage2Error
+from jaxrec.train.runfolder import RunFolder
 from jaxrec.data import Dataset
 from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.data.sequences import Sequences, histories, left_pad, user_sequences
@@ -167,10 +168,10 @@ def sasrec_inputs(params, settings, dataset: Dataset, source: str = "SASRec para
 
 
 def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
-    """``sasrec_inputs`` of a finished SASRec run folder (``jaxrec.align.stage1.load_sasrec_run``:
+    """``sasrec_inputs`` of a finished SASRec run folder (``jaxrec.methods.allmrec.stage1.load_sasrec_run``:
     DataError when it was trained on another dataset or split; Stage1Error for a folder that is
     not a finished SASRec run)."""
-    from jaxrec.align.stage1 import load_sasrec_run  # noqa: PLC0415
+    from jaxrec.methods.allmrec.stage1 import load_sasrec_run  # noqa: PLC0415
 
     run = load_sasrec_run(run_dir, dataset)
     return sasrec_inputs(run.params, run.settings, dataset, source=f"{run.path} (SASRec fallback: no stage 1)")
@@ -178,7 +179,7 @@ def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
 
 def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
     """Stage 2's inputs (kind ``"stage1"``) from a finished ``allmrec_stage1`` run (a
-    ``Stage1Run`` or its folder, ``jaxrec.align.stage1.load_stage1_run``):
+    ``Stage1Run`` or its folder, ``jaxrec.methods.allmrec.stage1.load_stage1_run``):
 
     - ``item_emb`` float32 [I, joint_dim] = ``Stage1Run.joint_item_embeddings()`` (``e_i`` for
       items with training interactions, ``q_i`` from text otherwise; A-LLMRec section 3.2);
@@ -191,13 +192,13 @@ def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
     The fingerprint is the stage-1 run's (``results.json``), so another dataset or split is
     refused (Stage2Error); a folder that is not a finished stage-1 run raises Stage1Error.
     """
-    from jaxrec.align.stage1 import Stage1Run, load_stage1_run  # noqa: PLC0415
+    from jaxrec.methods.allmrec.stage1 import Stage1Run, load_stage1_run  # noqa: PLC0415
 
     run = stage1_run if isinstance(stage1_run, Stage1Run) else load_stage1_run(stage1_run, dataset)
-    frozen = run.contexts["test"]["sasrec"]
+    frozen = run.contexts["test"].sasrec
     reps = {"train": sasrec_user_reps(frozen, run.sasrec.settings, dataset, ("train",))["train"],
             "valid": run.user_representations("valid"), "test": run.user_representations("test")}
-    fingerprint = json.loads((Path(run.path) / "results.json").read_text())["dataset"]
+    fingerprint = RunFolder.read(run.path, "stage-1 run").fingerprint
     return Stage2Inputs({k: np.asarray(v, np.float32) for k, v in reps.items()},
                         np.asarray(run.joint_item_embeddings(), np.float32), "stage1",
                         f"{run.path} (stage-1 run)", fingerprint).check(dataset)
@@ -262,7 +263,7 @@ def resolve_inputs(config, dataset: Dataset) -> Stage2Inputs:
             return from_folder(path, dataset)
         if path.suffix == ".npz" and path.is_file():
             return load_inputs(path, dataset)
-        raise Stage2Error(f"{key}={value!r}: expected {what} or a stage-2 inputs .npz (jaxrec.align.stage2_inputs."
+        raise Stage2Error(f"{key}={value!r}: expected {what} or a stage-2 inputs .npz (jaxrec.methods.allmrec.stage2_inputs."
                           f"save_inputs); {'no such file or folder' if not path.exists() else 'not a .npz file'}")
     raise Stage2Error("stage 2 needs user representations and joint item embeddings: set stage1_run (or "
                       "sasrec_run for the fallback on SASRec's own item table)")

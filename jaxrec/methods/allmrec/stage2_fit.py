@@ -20,7 +20,7 @@ stopping and ``results.json``. The pieces, each registered in its registry:
   draws outside the user's history window; here outside all training items, which also
   keeps the target from appearing twice). The last batch is padded with rows that carry no
   loss (fixed shapes: one compilation per prompt-length bucket).
-- term ``"next_title"``: ``jaxrec.align.stage2.next_title_loss``.
+- term ``"next_title"``: ``jaxrec.methods.allmrec.stage2.next_title_loss``.
 - evaluation ``"lm_candidates"``: the stored candidate lists of the stage
   (``jaxrec.eval.candidates.candidates_for``, ``prompt_candidates - 1`` negatives; the same
   lists as SASRec's and stage 1's) for the stage's users with a history (``eval_users`` /
@@ -39,23 +39,25 @@ protocol whose "embeddings" are the soft tokens) fits the protocol as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import numpy as np
 
-from jaxrec.align.prompt import PromptBuilder, get_domain, item_titles
-from jaxrec.align.stage2 import (evaluate_lm, init_params, load_lm, make_context, next_title_loss,
+from jaxrec.methods.allmrec.prompt import PromptBuilder, get_domain, item_titles
+from jaxrec.methods.allmrec.stage2 import (evaluate_lm, init_params, load_lm, make_context, next_title_loss,
                                  prepare_lm, project)
-from jaxrec.align.stage2_inputs import STAGES, StageExamples, resolve_inputs, stage_examples
-from jaxrec.config import Config, ConfigError
+from jaxrec.methods.allmrec.stage2_inputs import STAGES, StageExamples, resolve_inputs, stage_examples
+from jaxrec.config import Config, ConfigError, ModelSettings
 from jaxrec.data import DataError
 from jaxrec.data.sequences import user_sequences
-from jaxrec.models import Encoder, Model, register_model
+from jaxrec.fetch import cache_root
+from jaxrec.models import Encoder, Model
 from jaxrec.objectives import Term, weighted_sum
-from jaxrec.registry import BATCH_KINDS, CONTEXTS, EVALUATIONS, OBJECTIVES
+from jaxrec.registry import BatchKind, ContextKind, EvaluationProtocol
 
-log = logging.getLogger("jaxrec.align")
+log = logging.getLogger("jaxrec.methods.allmrec")
 
 NAME = "allmrec_stage2"
 CONTEXT = "allmrec_stage2"
@@ -68,8 +70,64 @@ DEFAULTS = dict(split="loo_time", evaluation="lm_candidates", epochs=10, batch_s
                 metrics=("hit", "ndcg", "mrr"), topk=(1, 5), valid_metric="hit@1", patience=3)
 
 
+#: ``lm_dtype`` / ``prompt_domain`` / ``lm_score`` values.
+LM_DTYPES = ("float32", "bfloat16")
+PROMPT_DOMAINS = ("auto", "movie", "game", "item")
+LM_SCORES = ("sum", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Settings(ModelSettings):
+    """Stage 2's config keys: the frozen LM (``lm``: smollm2 | a .gguf file | a Hugging Face
+    safetensors folder; ``lm_dtype`` float32 | bfloat16), its inputs (``stage1_run``: a stage-1
+    run folder or saved ``.npz``; else ``sasrec_run``: the fallback on SASRec's own item table),
+    the prompt (``prompt_domain`` movie | game | item | auto from the dataset name;
+    ``prompt_history`` history titles, the most recent; ``prompt_candidates`` candidate titles:
+    the target + that many - 1 others), the LM evaluation (``lm_score`` sum | mean log-likelihood
+    of a candidate's title; ``lm_generate`` also decode greedily at test, the paper's Hit@1;
+    ``lm_max_new_tokens``; ``lm_repetition_penalty``, the reference's 1.5; ``lm_batch_size``
+    prompts per LM call) and the users (``train_users`` / ``eval_users`` / ``valid_users``: a
+    seeded sample of that many, 0 = every user; ``valid_users`` 0 = as ``eval_users``)."""
+
+    lm: str = "smollm2"
+    lm_dtype: str = "float32"
+    stage1_run: str | None = None
+    sasrec_run: str | None = None
+    prompt_domain: str = "auto"
+    prompt_history: int = 10
+    prompt_candidates: int = 20
+    lm_score: str = "sum"
+    lm_generate: bool = True
+    lm_max_new_tokens: int = 48
+    lm_repetition_penalty: float = 1.5
+    lm_batch_size: int = 8
+    train_users: int = 0
+    eval_users: int = 0
+    valid_users: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect("lm_dtype", self.lm_dtype in LM_DTYPES, f"one of {list(LM_DTYPES)}")
+        self.expect("prompt_domain", self.prompt_domain in PROMPT_DOMAINS, f"one of {list(PROMPT_DOMAINS)}")
+        self.expect("prompt_history", self.prompt_history >= 1, "an integer >= 1")
+        self.expect("prompt_candidates", self.prompt_candidates >= 2,
+                    "an integer >= 2 (the target and at least one other item)")
+        self.expect("lm_score", self.lm_score in LM_SCORES, f"one of {list(LM_SCORES)}")
+        for name in ("lm_max_new_tokens", "lm_batch_size"):
+            self.expect(name, getattr(self, name) >= 1, "an integer >= 1")
+        self.expect("lm_repetition_penalty", self.lm_repetition_penalty > 0, "a number > 0 (1 = no penalty)")
+        for name in ("train_users", "eval_users", "valid_users"):
+            self.expect(name, getattr(self, name) >= 0, "an integer >= 0 (0: every user)")
+
+
+def check_config(config: Config) -> None:
+    """Stage 2 is evaluated through its LM (``ModelSpec.check``)."""
+    if config.evaluation != "lm_candidates":
+        raise ConfigError(f"evaluation={config.evaluation!r}: model {NAME!r} is evaluated through the LM; expected "
+                          f"'lm_candidates'")
+
+
 # ----------------------------------------------------------------------------- context
-@CONTEXTS.register(CONTEXT)
 def stage2_contexts(dataset, config) -> dict:
     """``{"train", "valid", "test"} -> Stage2Context`` (module docstring); the LM is loaded once."""
     inputs = resolve_inputs(config, dataset)
@@ -84,8 +142,9 @@ def stage2_contexts(dataset, config) -> dict:
     return {s: make_context(lm, lm_params, inputs.user_rep[s], inputs.item_emb, prompts) for s in STAGES}
 
 
-stage2_contexts.context_fields = ("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain", "prompt_history")
-stage2_contexts.options = ("stage1_run", "sasrec_run")  # stage-2-only keys (sasrec_run shared with stage 1)
+#: The registered context kind ``"allmrec_stage2"``.
+STAGE2_CONTEXT = ContextKind(stage2_contexts, fields=("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain",
+                                                      "prompt_history"))
 
 
 # ----------------------------------------------------------------------------- users and candidates
@@ -147,11 +206,11 @@ def prompt_batches(prepared, config, model):
     return BatchSource(draw, None, prepared.sizes)
 
 
-BATCH_KINDS.register("prompts", prompt_batches)
+#: The registered batch kind ``"prompts"``.
+PROMPTS = BatchKind(prompt_batches)
 
 
 # ----------------------------------------------------------------------------- objective
-@OBJECTIVES.register("next_title")
 def next_title_term(config=None) -> Term:
     """Teacher-forcing cross-entropy of the target title (``next_title_loss``), batch kind "prompts"."""
     return Term("next_title", lambda x: next_title_loss(x.params, x.context, x.batch)[0], batch_kind="prompts")
@@ -166,7 +225,6 @@ def candidate_metric_names(config) -> tuple[str, ...]:
 def evaluation_lists(dataset, stage: str, config, folder=None):
     """(examples, candidate items int32 [M, C] target first, shown order [M, C]) of the users
     ``lm_candidates`` evaluates at ``stage`` (module docstring), in user order."""
-    from jaxrec.data.locate import cache_root
     from jaxrec.eval.candidates import candidates_for
 
     folder = folder or getattr(config, "candidates_dir", None) or cache_root() / "candidates"
@@ -220,7 +278,8 @@ def lm_candidate_protocol(prepared, config, partitioner) -> Any:
     return evaluate
 
 
-EVALUATIONS.register("lm_candidates", lm_candidate_protocol)
+#: The registered evaluation ``"lm_candidates"``.
+LM_CANDIDATES = EvaluationProtocol(lm_candidate_protocol)
 
 
 # ----------------------------------------------------------------------------- backbone
@@ -233,16 +292,13 @@ def _embed(params, ctx):
 
 
 def make_stage2(config: Config) -> Model:
-    """The ``allmrec_stage2`` backbone (module docstring)."""
-    if config.evaluation != "lm_candidates":
-        raise ConfigError(f"evaluation={config.evaluation!r}: model {NAME!r} is evaluated through the LM; expected "
-                          f"'lm_candidates'")
-    encoder = Encoder(NAME, _init, _embed, user_table=None, item_table=None, init_reads_context=True)
+    """The ``allmrec_stage2`` backbone (module docstring). Its outputs are soft tokens, not
+    dot-product scores (``Encoder.dot_scores=False``): it ranks through its LM."""
+    encoder = Encoder(NAME, _init, _embed, user_table=None, item_table=None, init_reads_context=True,
+                      dot_scores=False)
     return Model(NAME, encoder, weighted_sum(next_title_term(config)), context=CONTEXT)
 
-
-register_model(NAME, make_stage2, defaults=DEFAULTS)
-
-__all__ = ["NAME", "CONTEXT", "DEFAULTS", "stage2_contexts", "sample_rows", "training_examples",
+__all__ = ["NAME", "CONTEXT", "DEFAULTS", "Stage2Settings", "check_config", "STAGE2_CONTEXT", "PROMPTS",
+           "LM_CANDIDATES", "LM_DTYPES", "PROMPT_DOMAINS", "LM_SCORES", "stage2_contexts", "sample_rows", "training_examples",
            "training_candidates", "prompt_batches", "next_title_term", "candidate_metric_names", "evaluation_lists",
            "item_groups", "lm_candidate_protocol", "make_stage2"]

@@ -1,0 +1,44 @@
+"""What every sequence backbone (SASRec, GRU4Rec, ...) shares: scoring users from their histories.
+
+A sequence backbone's ``embed`` is (the output at the last position of each user's history,
+the item table without its padding row). ``chunked_users`` computes the first part a chunk of
+users at a time with ``lax.map`` (so 10^5 users need only one chunk's activations at once);
+``check_sequences`` is the input check of every sequence forward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def check_sequences(seq, error: type[Exception], name: str = "seq", max_len: int | None = None) -> jax.Array:
+    """``seq`` as an int array [B, L] (item ids + 1, 0 = padding); ``error`` naming ``name`` when it
+    is not rank 2, not integer, or longer than ``max_len``."""
+    seq = jnp.asarray(seq)
+    if seq.ndim != 2:
+        raise error(f"{name}: expected int item ids [B, L], got shape {seq.shape}")
+    if not jnp.issubdtype(seq.dtype, jnp.integer):
+        raise error(f"{name}: expected integer item ids (+1, 0 = padding), got dtype {seq.dtype}")
+    if max_len is not None and seq.shape[1] > max_len:
+        raise error(f"{name}: length {seq.shape[1]} exceeds max_len={max_len}")
+    return seq
+
+
+def chunked_users(user_fn: Callable[[jax.Array], jax.Array], histories: jax.Array, chunk_size: int,
+                  error: type[Exception] = ValueError) -> jax.Array:
+    """float [U, d]: ``user_fn(histories[chunk])`` ([c, L] -> [c, d]) over chunks of ``chunk_size``
+    users (the last chunk padded with empty histories, their rows dropped). Jit-compatible."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise error(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    num_users, length = histories.shape
+    chunk = max(1, min(chunk_size, num_users))
+    chunks = -(-num_users // chunk)
+    padded = jnp.pad(histories, ((0, chunks * chunk - num_users), (0, 0)))
+    user = jax.lax.map(user_fn, padded.reshape(chunks, chunk, length))
+    return user.reshape(chunks * chunk, -1)[:num_users]
+
+
+__all__ = ["check_sequences", "chunked_users"]
