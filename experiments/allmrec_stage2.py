@@ -58,6 +58,18 @@ from jaxrec.config import Config, ConfigError
 log = logging.getLogger("experiments")
 EXPERIMENT = "allmrec_stage2"
 METRICS = ("hit@1", "hit@5", "ndcg@5", "mrr")
+_INDEX = {"answer": "index", "input_norm": "standardize", "token_norm": "match"}
+#: ``--variant``: (description, stage-2 config overrides). ``reference`` is the paper's protocol.
+VARIANTS = {
+    "reference": ("the paper's prompt, title answer (generation + title likelihood)", {}),
+    "index": ("index answer, standardized inputs, LM-norm soft tokens", _INDEX),
+    "lora": ("index + LoRA r=8 on q/v", {**_INDEX, "lora_rank": 8}),
+    "lora_all": ("index + LoRA, every training position a prompt", {**_INDEX, "lora_rank": 8, "train_targets": "all"}),
+}
+DEFAULT_VARIANT = "lora"
+#: Minutes of a --budget-minutes run kept for the test evaluation (measured: ~0.2 s per user for
+#: the index answer on this machine; the reference's 20 title scorings + generation take far more).
+TEST_RESERVE_MINUTES = {"title": 12.0, "index": 4.0}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-users", type=int, default=100, help="test users compared (0: all)")
     p.add_argument("--rerank-k", type=int, default=20, help="filter-then-rerank list length (default 20)")
     p.add_argument("--no-rerank", action="store_true", help="skip filter-then-rerank")
+    p.add_argument("--variant", choices=tuple(VARIANTS), default=DEFAULT_VARIANT,
+                   help=f"stage-2 setting: {'; '.join(f'{k} = {v[0]}' for k, v in VARIANTS.items())} "
+                        f"(default {DEFAULT_VARIANT})")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="wall-clock budget of the whole command: stage 2 trains until it is spent (less a "
+                        "reserve for its test evaluation), then is tested; writes OUT/summary.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="stage-2 config overrides (repeatable), e.g. lm_max_new_tokens=32")
     p.add_argument("--out", type=Path, default=None,
@@ -111,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrec.methods.allmrec import stage2_fit
     from jaxrec.methods.allmrec.rerank import recommender_top, rerank
     from jaxrec.methods.allmrec.stage1 import load_sasrec_run, load_stage1_run
-    from jaxrec.methods.allmrec.stage2 import project
     from jaxrec.methods.allmrec.stage2_inputs import load_inputs, sasrec_inputs, save_inputs, stage1_inputs
     from jaxrec.models.sasrec import arch_from_config
     from jaxrec.train import prepare
@@ -123,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("sasrec_epochs", "stage2_epochs", "rerank_k", "stage1_epochs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
+    if args.budget_minutes is not None and args.budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes {args.budget_minutes}: expected a number of minutes > 0")
+    started = time.perf_counter()
     out = args.out or cli.default_out_dir(EXPERIMENT, f"{report.dataset_label(args.dataset)}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     command = cli.command_line(f"experiments.{EXPERIMENT}", argv)
@@ -172,9 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     # 3. stage 2
     c2 = Config.for_model("allmrec_stage2", dataset=str(args.dataset), seed=args.seed, lm=args.lm,
                           epochs=args.stage2_epochs, train_users=args.train_users, eval_users=args.eval_users,
-                          valid_users=args.valid_users,
+                          valid_users=args.valid_users, **VARIANTS[args.variant][1],
                           **({"stage1_run": str(args.stage1_run or inputs_path)} if inputs.kind == "stage1" else
                              {"sasrec_run": str(inputs_path)})).with_overrides(args.set)
+    if args.budget_minutes:
+        left = args.budget_minutes - (time.perf_counter() - started) / 60 - TEST_RESERVE_MINUTES[c2.answer]
+        if left <= 0:
+            raise ConfigError(f"--budget-minutes {args.budget_minutes}: {left + TEST_RESERVE_MINUTES[c2.answer]:.1f} "
+                              f"min left after SASRec / stage 1, less than the test evaluation's "
+                              f"{TEST_RESERVE_MINUTES[c2.answer]} min")
+        c2 = c2.replace(time_budget_minutes=left, epochs=max(c2.epochs, 1000))
+        log.info("stage 2 trains for %.1f min (budget %.0f min)", left, args.budget_minutes)
     t0 = time.perf_counter()
     r2 = jaxrec.fit(jaxrec.get_model(c2), ds, c2, out_dir=out / "stage2", resume=args.resume,
                     overwrite=not args.resume, prepared=prepared)
@@ -207,14 +235,24 @@ def main(argv: list[str] | None = None) -> int:
                "hit@1_substring": t2.get(("" if g == "overall" else f"{g}/") + "hit@1_generate_substring"),
                "on_list": t2.get(("" if g == "overall" else f"{g}/") + "generate_on_list")} for g in rows}
 
-    # 5. filter-then-rerank of SASRec's top-k
+    counts = np.bincount(ds.train.item, minlength=ds.num_items).astype(np.float64)
+    popularity = _group_metrics(candidate_ranks(counts[items]), rows, items.shape[1])
+    summary = {"users": int(len(ex)), "lm_hit@1": t2.get("hit@1"), "popularity_hit@1": popularity["overall"]["hit@1"],
+               "sasrec_hit@1": sasrec["overall"]["hit@1"], "stage1_hit@1": stage1.get("overall", {}).get("hit@1"),
+               "minutes": (time.perf_counter() - started) / 60, "variant": args.variant,
+               "budget_minutes": args.budget_minutes, "stage2_epochs": len(r2.history),
+               "stage2_train_examples": len(stage2_fit.training_examples(ds, c2)) * len(r2.history), "seed": args.seed,
+               "config": c2.to_dict()}
+    if args.budget_minutes:  # the headline claim, checkable in one file
+        report.write_json(out / "summary.json", summary)
+
+    # 5. filter-then-rerank of SASRec's top-k (a title answer ranks any K; an index answer its labels' count)
     rr_metrics = {}
-    if not args.no_rerank:
+    if not args.no_rerank and (c2.answer == "title" or args.rerank_k == c2.prompt_candidates):
         ctx = prepared.contexts(stage2_fit.CONTEXT, c2)["test"]
-        tokens = project(r2.params, ctx.settings, ctx.user_rep, ctx.item_emb)
         top = recommender_top(s_inputs.user_rep["test"], s_inputs.item_emb, ex.users, ds, "test", args.rerank_k)
         t0 = time.perf_counter()
-        rr = rerank(ctx, tokens, ex.users, ex.history, top, ex.target, seed=args.seed, user_names=ex.user_ids,
+        rr = rerank(ctx, r2.params, ex.users, ex.history, top, ex.target, seed=args.seed, user_names=ex.user_ids,
                     batch_size=c2.lm_batch_size)
         seconds["rerank"] = time.perf_counter() - t0
         rr_metrics = {g: rr.metrics(c2.lm_score, rows=sel) for g, sel in rows.items()}
@@ -232,17 +270,21 @@ def main(argv: list[str] | None = None) -> int:
                     + [report.fmt(ov.get(m)) if ov.get(m) is not None else "-" for m in ("hit@5", "ndcg@5", "mrr")]
                     + [str(int(ov.get("users", 0)))])
 
+    line("Popularity (training counts)", popularity)
     line("SASRec", sasrec)
     if stage1:
         line("A-LLMRec stage 1 (u . f_I^dec(z))", stage1)
     else:
         body.append(["A-LLMRec stage 1"] + ["n/a (no stage-1 run)"] + ["n/a"] * (len(head) - 2))
-    line("A-LLMRec stage 2, LM rank (sum log-lik)", lm_sum)
-    line("A-LLMRec stage 2, LM rank (mean log-lik)", lm_mean)
-    line("A-LLMRec stage 2, generation (exact title)", {g: {"hit@1": v["hit@1"], "users": lm_sum[g]["users"]}
-                                                        for g, v in gen.items()})
-    line("A-LLMRec stage 2, generation (ref. substring)",
-         {g: {"hit@1": v["hit@1_substring"], "users": lm_sum[g]["users"]} for g, v in gen.items()})
+    if c2.answer == "index":
+        line(f"A-LLMRec stage 2 ({args.variant}), LM rank (label logits)", lm_group(""))
+    else:
+        line("A-LLMRec stage 2, LM rank (sum log-lik)", lm_sum)
+        line("A-LLMRec stage 2, LM rank (mean log-lik)", lm_mean)
+        line("A-LLMRec stage 2, generation (exact title)", {g: {"hit@1": v["hit@1"], "users": lm_sum[g]["users"]}
+                                                            for g, v in gen.items()})
+        line("A-LLMRec stage 2, generation (ref. substring)",
+             {g: {"hit@1": v["hit@1_substring"], "users": lm_sum[g]["users"]} for g, v in gen.items()})
     text = report.format_table(head, body, title=(
         f"A-LLMRec rows on {report.dataset_label(args.dataset)}, LM {args.lm}, inputs: {kind}; "
         f"stage 2 trained on {r2.config.train_users or 'all'} users x {len(r2.history)} epoch(s); "
@@ -260,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(a target outside it is a miss)"))
     text += (f"\n\ntimes (s): SASRec fit {seconds['sasrec_fit']:.0f}, stage-2 fit (train + valid + test) "
              f"{seconds['stage2_fit']:.0f}" + (f", rerank {seconds['rerank']:.0f}" if "rerank" in seconds else ""))
-    results = {"command": command, "inputs": {"kind": inputs.kind, "source": inputs.source},
+    results = {"command": command, "inputs": {"kind": inputs.kind, "source": inputs.source}, "summary": summary,
+               "popularity": popularity,
                "sasrec": sasrec, "stage1": stage1, "stage2_sum": lm_sum, "stage2_mean": lm_mean, "stage2_generate": gen,
                "rerank": rr_metrics, "stage2_test_metrics": t2, "stage2_valid_metrics": r2.valid_metrics,
                "stage2_history": r2.history, "sasrec_test_metrics": s_test, "sasrec_run": str(s_dir),

@@ -138,6 +138,7 @@ class Method:
     on_sasrec: bool = False
     on_stage1: bool = False
     cross_domain: bool = False
+    inputs: str = "stage1"  # a stage-2 row's inputs: the stage-1 run ("stage1") or SASRec's own tables ("sasrec")
 
 
 #: Text of the frozen-encoder stage-1 rows: the dataset's reference MPNet embeddings when present
@@ -145,6 +146,8 @@ class Method:
 #: The fine-tuned row fine-tunes MiniLM end to end (the paper fine-tunes SBERT nq-distilbert-base-v1,
 #: which jaxrec.text does not implement); "frozen MiniLM" is its equal-budget frozen counterpart.
 _S1 = dict(score=stage1_scores, on_sasrec=True, cross_domain=True)
+#: The index-answer stage 2 with its input and output scaling fixed (issue 22's diagnostics).
+_INDEX = {"lm": "smollm2", "answer": "index", "input_norm": "standardize", "token_norm": "match"}
 METHODS = (
     Method("sasrec", "SASRec", "sasrec", paper="sasrec"),
     Method("stage1", "A-LLMRec stage 1 (e, frozen text)", "allmrec_stage1", **_S1),
@@ -158,6 +161,23 @@ METHODS = (
            {"encoder": "minilm", "text_finetune": True, "align_items": "text"}, **_S1),
     Method("allmrec", "A-LLMRec (stage 2, LM rank)", "allmrec_stage2", {"lm": "smollm2"},
            paper="allmrec", score=None, on_stage1=True),
+    # stage-2 variants (issue 22): the index answer (labelled candidates, one scored position),
+    # standardized projector inputs and LM-norm soft tokens, LoRA on the frozen LM, LLaRA's curriculum
+    Method("allmrec_index", "A-LLMRec, index answer (+ input/token norm)", "allmrec_stage2", _INDEX,
+           score=None, on_stage1=True),
+    Method("allmrec_lora", "A-LLMRec, index answer + LoRA r=8", "allmrec_stage2", {**_INDEX, "lora_rank": 8},
+           score=None, on_stage1=True),
+    Method("allmrec_curriculum", "A-LLMRec, index + LoRA + curriculum", "allmrec_stage2",
+           {**_INDEX, "lora_rank": 8, "curriculum_steps": 100}, score=None, on_stage1=True),
+    Method("allmrec_probe", "probe: index + SASRec score as item input", "allmrec_stage2",
+           {**_INDEX, "score_probe": True}, score=None, on_stage1=True),
+    Method("mlp_llm", "MLP-LLM (no stage 1: SASRec tables, index + LoRA)", "allmrec_stage2",
+           {**_INDEX, "lora_rank": 8}, score=None, on_stage1=True, inputs="sasrec"),
+    Method("tallrec", "TALLRec (titles only, index + LoRA r=8)", "allmrec_stage2",
+           {"lm": "smollm2", "answer": "index", "soft_tokens": False, "lora_rank": 8}, score=None, on_stage1=True),
+    Method("llm_only", "LLM-Only (titles only, frozen LM, zero-shot)", "allmrec_stage2",
+           {"lm": "smollm2", "answer": "index", "soft_tokens": False, "epochs": 1, "train_users": 8},
+           score=None, on_stage1=True),
 )
 #: The default rows (the fine-tuned-encoder row costs an encoder forward and backward per step).
 DEFAULT_METHODS = ("sasrec", "stage1", "stage1_sbert")
@@ -316,12 +336,17 @@ def check_target(args: argparse.Namespace, methods, target) -> None:
                               f"{m.name}'s text {cfg.embeddings} is {text_dim_of(cfg)}-d (expected the same encoder)")
 
 
-def stage2_config(config: Config, stage1_run: Path, args: argparse.Namespace) -> Config:
-    """The stage-2 row's config: ``stage1_run``, the user samples and epochs of the --stage2-*
-    options, then --stage2-set. ConfigError when its candidate lists would not be the table's."""
-    config = config.replace(stage1_run=str(stage1_run), train_users=args.stage2_train_users,
-                            valid_users=args.stage2_valid_users, eval_users=args.stage2_eval_users,
-                            epochs=args.stage2_epochs).with_overrides(args.stage2_set)
+def stage2_config(config: Config, run: Path, args: argparse.Namespace, method: Method | None = None) -> Config:
+    """A stage-2 row's config: its inputs (``stage1_run``, or ``sasrec_run`` for the MLP-LLM row),
+    the user samples and epochs of the --stage2-* options (a row's own ``train_users`` / ``epochs``
+    override win: LLM-Only trains nothing), then --stage2-set. ConfigError when its candidate lists
+    would not be the table's."""
+    own = {k: v for k, v in (method.overrides if method else {}).items() if k in ("train_users", "epochs")}
+    inputs = method.inputs if method else "stage1"
+    where = {"stage1_run": str(run)} if inputs == "stage1" else {"sasrec_run": str(run), "stage1_run": None}
+    config = config.replace(**where, train_users=args.stage2_train_users, valid_users=args.stage2_valid_users,
+                            eval_users=args.stage2_eval_users, epochs=args.stage2_epochs)
+    config = config.replace(**own).with_overrides(args.stage2_set)
     if config.prompt_candidates - 1 != config.candidate_negatives:
         raise ConfigError(f"prompt_candidates={config.prompt_candidates}: the stage-2 row must score the table's "
                           f"candidate lists (candidate_negatives={config.candidate_negatives} + the target)")
@@ -351,9 +376,10 @@ def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache
                                                                            "seed": seed}))
                     if getattr(args, "stage1_epochs", None):
                         cell_config = cell_config.replace(epochs=args.stage1_epochs)
-                if m.on_stage1:  # the stage-1 cell (frozen text, e) of this setting and seed
-                    cell_config = stage2_config(config, runs / grid._slug({"method": "stage1", "setting": s,
-                                                                          "seed": seed}), args)
+                if m.on_stage1:  # the stage-1 cell (frozen text, e) of this setting and seed, or SASRec's
+                    source = "stage1" if m.inputs == "stage1" else "sasrec"
+                    cell_config = stage2_config(config, runs / grid._slug({"method": source, "setting": s,
+                                                                          "seed": seed}), args, m)
                 cells.append(grid.Cell({"method": m.name, "setting": s, "seed": seed}, cell_config,
                                        {} if s == "standard" else {"setting": s}))
     return cells
@@ -423,16 +449,21 @@ def stage2_extra(ctx: grid.CellContext) -> dict:
     """A stage-2 cell's ``extra``: ``groups`` / ``counts`` from ``fit``'s ``lm_candidates`` test
     metrics (overall, cold and warm items: the same 35 % item groups as ``ColdWarmItems``),
     ``lm`` the LM_EXTRA metrics per group, ``sample`` the dense test users the LM scored per
-    group (``stage2_fit.evaluation_lists``: the table's stored candidate lists for them)."""
+    group (``stage2_fit.evaluation_lists``: the table's stored candidate lists for them), and the
+    per-user views for the same-users table: ``lm_ranks`` (by ``lm_score``; ``lm_ranks_mean``,
+    ``generate_hit``, ``substring_hit`` for a title answer) and ``popularity_ranks`` (the
+    candidates ranked by their training interaction counts)."""
     from jaxrec.methods.allmrec import stage2_fit
 
     t, config = ctx.result.test_metrics, ctx.cell.config
-    ex, _, _ = stage2_fit.evaluation_lists(ctx.dataset, "test", config)
+    ex, items, _ = stage2_fit.evaluation_lists(ctx.dataset, "test", config)
     sample = {"all": ex.users, **{g: ex.users[np.isin(ex.target, m)]
                                   for g, m in stage2_fit.item_groups(ctx.dataset).items()}}
+    what = "zero-shot (nothing trained)" if not config.soft_tokens and not config.lora_rank else \
+        f"trained on {config.train_users or 'all'} users"
     out: dict[str, Any] = {"groups": {}, "counts": {}, "lm": {}, "sample": {g: u.tolist() for g, u in sample.items()},
-                           "notes": [f"A-LLMRec stage 2: LM {config.lm}, trained on "
-                                     f"{config.train_users or 'all'} users, tested on {len(ex)} sampled users"]}
+                           "notes": [f"{ctx.cell.key['method']}: LM {config.lm}, answer {config.answer}, {what}, "
+                                     f"tested on {len(ex)} sampled users"]}
     for g, users in sample.items():
         p = "" if g == "all" else f"{g}/"
         if len(users) == 0 or f"{p}{METRIC}" not in t:
@@ -440,6 +471,15 @@ def stage2_extra(ctx: grid.CellContext) -> dict:
         out["groups"][g] = {m: float(t[f"{p}{m}"]) for m in TABLE_METRICS}
         out["counts"][g] = int(len(users))
         out["lm"][g] = {m: (float(t[f"{p}{m}"]) if f"{p}{m}" in t else None) for m in LM_EXTRA}
+    res = getattr(ctx.result.evaluator, "results", {}).get("test")
+    if res is not None:
+        out["lm_ranks"] = res.ranks(config.lm_score).tolist()
+        if res.choice is not None:
+            out["lm_ranks_mean"] = res.ranks("mean").tolist()
+            out["generate_hit"] = (res.choice == 0).astype(int).tolist()
+            out["substring_hit"] = res.substring_hit.astype(int).tolist()
+    counts = np.bincount(ctx.dataset.train.item, minlength=ctx.dataset.num_items).astype(np.float64)
+    out["popularity_ranks"] = candidate_ranks(counts[items]).tolist()
     return out
 
 
@@ -470,65 +510,134 @@ def summarize(records, methods, cols, paper_key: str | None) -> list[dict]:
 
 
 SAME_GROUPS = (("overall", "all"), ("cold items", "cold_items"), ("warm items", "warm_items"))
+#: Bootstrap resamples of the same-users confidence intervals and paired differences.
+BOOTSTRAP = 2000
+
+
+def _hits(ranks) -> dict[str, np.ndarray]:
+    """Per-user hit@1, hit@5, ndcg@5, mrr of 0-based target ranks (``jaxrec.eval.candidates``)."""
+    r = np.asarray(ranks, np.float64)
+    return {"hit@1": (r < 1).astype(float), "hit@5": (r < 5).astype(float),
+            "ndcg@5": np.where(r < 5, 1 / np.log2(r + 2), 0.0), "mrr": 1 / (r + 1)}
+
+
+def bootstrap_ci(x: np.ndarray, seed: int = 0, reps: int = BOOTSTRAP) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``x`` (resampling users)."""
+    x = np.asarray(x, np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, (reps, x.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Paired comparison of per-user Hit@1 of two rows on the same users: mean difference a - b, its
+    95% bootstrap interval, and the exact McNemar p-value (two-sided binomial test on the
+    discordant users, ``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    lo, hi = bootstrap_ci(a - b, seed=1)
+    wins, losses = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return {"diff": float(np.mean(a - b)), "diff_lo": lo, "diff_hi": hi, "wins": wins, "losses": losses,
+            "p": float(p)}
 
 
 def same_users_rows(records, methods, num_candidates: int) -> list[dict]:
-    """Every row on exactly the test users the stage-2 row scored (standard setting, per seed;
-    mean ± std over seeds): the other rows' metrics recomputed from their per-user target ranks
-    on the same stored candidate lists, A-LLMRec's from its LM ranking (summed and per-token
-    mean log-likelihood) and its greedy generation (exact title; the reference's substring
-    rule). [] when no stage-2 cell ran."""
+    """Every row on exactly the test users the stage-2 rows scored (standard setting; the users of
+    every stage-2 cell of a seed are the same seeded sample): per-user target ranks from each
+    row's stored ranks on the same stored candidate lists; the popularity ranking of those lists;
+    every stage-2 row's LM ranking (and, for a title answer, its per-token mean ranking and greedy
+    generation). Per row and item group: Hit@1 with a 95% bootstrap interval over users (users of
+    every seed pooled), hit@5, ndcg@5, mrr, and a paired comparison of Hit@1 with SASRec (mean
+    difference, its interval, McNemar's exact p). [] when no stage-2 cell ran."""
     lm_cells = [r for r in records if r["key"]["setting"] == "standard" and "sample" in r.get("extra", {})]
     if not lm_cells:
         return []
-    per_row: dict[tuple[str, str], list[dict]] = {}
+    by_method = {m.name: m for m in methods}
+    per_row: dict[tuple[str, str], dict[str, list]] = {}
+
+    def add(name, label, seed, group_users, values):
+        row = per_row.setdefault((name, label), {})
+        for g, users in group_users.items():
+            row.setdefault(g, []).extend((seed, u, v) for u, v in zip(users, values[g]))
+
+    seeds_done = set()
     for r2 in lm_cells:
-        sample, seed = r2["extra"]["sample"], r2["key"]["seed"]
-        for m in methods:
-            if m.on_stage1:
-                continue
-            rec = next((r for r in records if r["key"] == {"method": m.name, "setting": "standard", "seed": seed}
-                        and "ranks" in r.get("extra", {})), None)
-            if rec is None:
-                continue
-            rank_of: dict[int, int] = {}
-            for name, d in rec["extra"]["ranks"].items():
-                if name != "cross_domain":
-                    rank_of.update(zip(d["users"], d["ranks"]))
-            per_row.setdefault((m.name, m.label), []).append(
-                {g: metrics_from_ranks([rank_of[u] for u in sample[g]], num_candidates, TABLE_METRICS)
-                 for _, g in SAME_GROUPS if sample.get(g)})
-        lm, groups = r2["extra"]["lm"], r2["extra"]["groups"]
-        per_row.setdefault(("allmrec_sum", "A-LLMRec, LM rank (sum log-lik)"), []).append(groups)
-        for name, label, keys in (("allmrec_mean", "A-LLMRec, LM rank (mean log-lik)",
-                                   {"hit@1": "hit@1_mean", "hit@5": "hit@5_mean", "ndcg@5": "ndcg@5_mean"}),
-                                  ("allmrec_generate", "A-LLMRec, generation (exact title)",
-                                   {"hit@1": "hit@1_generate"}),
-                                  ("allmrec_substring", "A-LLMRec, generation (ref. substring rule)",
-                                   {"hit@1": "hit@1_generate_substring"})):
-            per_row.setdefault((name, label), []).append(
-                {g: {k: lm[g][v] for k, v in keys.items() if lm[g].get(v) is not None} for g in lm})
+        seed = r2["key"]["seed"]
+        sample = r2["extra"]["sample"]
+        order = {u: k for k, u in enumerate(sample["all"])}
+        groups = {g: sample[g] for _, g in SAME_GROUPS if sample.get(g)}
+
+        def pick(values):
+            return {g: [values[order[u]] for u in users] for g, users in groups.items()}
+
+        if seed not in seeds_done:  # the non-LM rows and popularity once per seed
+            seeds_done.add(seed)
+            for m in methods:
+                if m.on_stage1:
+                    continue
+                rec = next((r for r in records if r["key"] == {"method": m.name, "setting": "standard", "seed": seed}
+                            and "ranks" in r.get("extra", {})), None)
+                if rec is None:
+                    continue
+                rank_of: dict[int, int] = {}
+                for name, d in rec["extra"]["ranks"].items():
+                    if name != "cross_domain":
+                        rank_of.update(zip(d["users"], d["ranks"]))
+                add(m.name, m.label, seed, groups, {g: [rank_of[u] for u in users] for g, users in groups.items()})
+            if "popularity_ranks" in r2["extra"]:
+                add("popularity", "Popularity (training interaction counts)", seed, groups,
+                    pick(r2["extra"]["popularity_ranks"]))
+        m = by_method.get(r2["key"]["method"])
+        if m is None or "lm_ranks" not in r2["extra"]:
+            continue
+        ex = r2["extra"]
+        if "generate_hit" in ex:  # a title answer: the reference's views
+            add(m.name + "_sum", f"{m.label}: LM rank (sum log-lik)", seed, groups, pick(ex["lm_ranks"]))
+            add(m.name + "_mean", f"{m.label}: LM rank (mean log-lik)", seed, groups, pick(ex["lm_ranks_mean"]))
+            add(m.name + "_generate", f"{m.label}: generation (exact title)", seed, groups,
+                pick([0 if h else num_candidates for h in ex["generate_hit"]]))
+            add(m.name + "_substring", f"{m.label}: generation (ref. substring rule)", seed, groups,
+                pick([0 if h else num_candidates for h in ex["substring_hit"]]))
+        else:
+            add(m.name, m.label, seed, groups, pick(ex["lm_ranks"]))
+    base = per_row.get(("sasrec", by_method["sasrec"].label)) if "sasrec" in by_method else None
     rows = []
-    for (name, label), seeds in per_row.items():
-        row: dict[str, Any] = {"method": name, "label": label, "n": len(seeds)}
-        for col, g in SAME_GROUPS:
-            row[f"{g}/users"] = [int(len(r2["extra"]["sample"].get(g, []))) for r2 in lm_cells]
+    for (name, label), groups in per_row.items():
+        row: dict[str, Any] = {"method": name, "label": label, "n": len({s for s, _, _ in groups.get("all", [])})}
+        for _, g in SAME_GROUPS:
+            entries = groups.get(g, [])
+            row[f"{g}/users"] = len(entries)
+            hits = _hits([v for _, _, v in entries])
             for metric in TABLE_METRICS:
-                vals = [d[g][metric] for d in seeds if metric in d.get(g, {})]
-                row[f"{g}/{metric}_mean"], row[f"{g}/{metric}_std"] = report.mean_std(vals)
+                row[f"{g}/{metric}"] = float(hits[metric].mean()) if entries else float("nan")
+            row[f"{g}/hit@1_lo"], row[f"{g}/hit@1_hi"] = bootstrap_ci(hits["hit@1"])
+            if base is not None and name != "sasrec" and entries:
+                mine = {(s, u): v for s, u, v in entries}
+                theirs = {(s, u): v for s, u, v in base.get(g, [])}
+                both = [k for k in mine if k in theirs]
+                if both:
+                    test = paired_test(_hits([mine[k] for k in both])["hit@1"],
+                                       _hits([theirs[k] for k in both])["hit@1"])
+                    row.update({f"{g}/vs_sasrec_{k}": v for k, v in test.items()})
         rows.append(row)
     return rows
 
 
 def same_users_text(rows: list[dict], title: str) -> str:
-    headers = ["on the stage-2 test users"] + [f"{c} hit@1" for c, _ in SAME_GROUPS] + ["hit@5", "ndcg@5", "mrr",
-                                                                                          "users"]
+    headers = (["on the stage-2 test users"] + [f"{c} hit@1 [95% CI]" for c, _ in SAME_GROUPS]
+               + ["hit@5", "ndcg@5", "mrr", "Δ hit@1 vs SASRec [95% CI], McNemar p", "users"])
     body = []
     for r in rows:
-        body.append([r["label"]] + [report.fmt_mean_std(r[f"{g}/hit@1_mean"], r[f"{g}/hit@1_std"])
-                                    for _, g in SAME_GROUPS]
-                    + [report.fmt(r[f"all/{m}_mean"]) for m in ("hit@5", "ndcg@5", "mrr")]
-                    + ["/".join(str(u) for u in r["all/users"])])
+        cells = [f"{r[f'{g}/hit@1']:.4f} [{r[f'{g}/hit@1_lo']:.3f}, {r[f'{g}/hit@1_hi']:.3f}]"
+                 if r[f"{g}/users"] else "-" for _, g in SAME_GROUPS]
+        vs = (f"{r['all/vs_sasrec_diff']:+.4f} [{r['all/vs_sasrec_diff_lo']:+.3f}, {r['all/vs_sasrec_diff_hi']:+.3f}], "
+              f"p={r['all/vs_sasrec_p']:.2g}" if "all/vs_sasrec_diff" in r else "-")
+        body.append([r["label"]] + cells + [report.fmt(r[f"all/{m}"]) for m in ("hit@5", "ndcg@5", "mrr")]
+                    + [vs, str(r["all/users"])])
     return report.format_table(headers, body, title=title)
 
 
@@ -577,8 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         if "sasrec" not in names:
             raise ConfigError(f"--methods {args.methods}: the stage-1 rows align the SASRec of the same setting and "
                               "seed; add sasrec")
-        if any(m.on_stage1 for m in methods) and "stage1" not in names:
-            raise ConfigError(f"--methods {args.methods}: the stage-2 row (allmrec) reads the stage-1 run of the same "
+        if any(m.on_stage1 and m.inputs == "stage1" for m in methods) and "stage1" not in names:
+            raise ConfigError(f"--methods {args.methods}: the stage-2 rows read the stage-1 run of the same "
                               "setting and seed; add stage1")
         # SASRec first, stage 2 last: the runs a row reads are saved before it trains
         methods = sorted(methods, key=lambda m: (m.name != "sasrec", m.on_stage1))
@@ -660,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"A-LLMRec Tables 1/2 layout: {name}, Hit@1 over {base.candidate_negatives + 1} candidates (test), "
              f"{report.over_seeds(seeds)}"
              + (f"; paper: {paper_key}" if paper_key else "; not one of the paper's datasets (no paper numbers)"))
-    counts = {c: sorted({u for r in rows if r["column"] == c and r["method"] != "allmrec" for u in r["users"]})
+    counts = {c: sorted({u for r in rows if r["column"] == c and not known[r["method"]].on_stage1 for u in r["users"]})
               for c, _, _ in cols}
     notes.append("users per column (per seed): " + "; ".join(f"{c} {'/'.join(map(str, u)) or '-'}"
                                                               for c, u in counts.items()))
@@ -678,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
              plot(rows, methods, cols, out / f"{EXPERIMENT}.png", f"{name}: Hit@1 by scenario"),
              out / "results.json"]
     if same:
-        files.append(report.write_csv(out / "same_users.csv", same, list(same[0])))
+        files.append(report.write_csv(out / "same_users.csv", same, list(dict.fromkeys(k for r in same for k in r))))
     report.finish(out, text, files + [out / "table.txt"])
     return 0
 

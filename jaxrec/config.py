@@ -111,6 +111,7 @@ class Config:
     eval_every: int = 1
     patience: int = 10  # evaluations without improvement before stopping
     min_epochs: int = 0  # no early stop before this many epochs (0: RecBole's rule as is)
+    time_budget_minutes: float = 0.0  # > 0: stop after the epoch at which training + validation used this long
     eval_chunk: int = 1024  # users per full-ranking chunk
     # Candidate evaluation (evaluation="candidates", A-LLMRec's protocol): the held-out item + this
     # many never-interacted items, drawn once per (split, stage, seed) and stored in candidates_dir
@@ -573,6 +574,8 @@ def _validate(c: Config) -> None:
         bad("patience", "an integer >= 1")
     if c.min_epochs < 0:
         bad("min_epochs", "an integer >= 0")
+    if not (c.time_budget_minutes >= 0 and math.isfinite(c.time_budget_minutes)):
+        bad("time_budget_minutes", "a finite number of minutes >= 0 (0: no budget)")
     if not c.learning_rate > 0 or not math.isfinite(c.learning_rate):
         bad("learning_rate", "a finite number > 0")
     for name in ("adam_b1", "adam_b2"):

@@ -241,13 +241,17 @@ def test_torch_style_initializers_match_torch_statistics():
     torch = pytest.importorskip("torch")
     from jaxrec.nn import torch_uniform, xavier_normal, xavier_uniform
 
+    torch.manual_seed(0)
     shape = (300, 500)
     t = torch.empty(shape[1], shape[0])  # torch weights are [out, in]
-    cases = [(xavier_normal, lambda: torch.nn.init.xavier_normal_(t)),
-             (xavier_uniform, lambda: torch.nn.init.xavier_uniform_(t)),
-             (torch_uniform(shape[0]), lambda: torch.nn.Linear(shape[0], shape[1]).weight.detach())]
-    for ours, theirs in cases:
+    cases = [(xavier_normal, lambda: torch.nn.init.xavier_normal_(t), None),
+             (xavier_uniform, lambda: torch.nn.init.xavier_uniform_(t), (6 / (shape[0] + shape[1])) ** 0.5),
+             (torch_uniform(shape[0]), lambda: torch.nn.Linear(shape[0], shape[1]).weight.detach(), shape[0] ** -0.5)]
+    for ours, theirs, bound in cases:
         a = np.asarray(ours(jax.random.key(1), shape))
         b = theirs().numpy()
-        assert abs(a.std() / b.std() - 1) < 0.01 and abs(a.mean()) < 3 * a.std() / np.sqrt(a.size)
-        assert abs(np.abs(a).max() / np.abs(b).max() - 1) < 0.05  # same support (uniform) / same tails (normal)
+        # 150,000 draws: the std's relative standard error is ~0.2%; the mean's is std / sqrt(n)
+        assert abs(a.std() / b.std() - 1) < 0.01 and abs(a.mean()) < 4 * a.std() / np.sqrt(a.size)
+        if bound is not None:  # uniform: the same support, reached
+            assert np.abs(a).max() <= bound and np.abs(b).max() <= bound * (1 + 1e-6)
+            assert np.abs(a).max() > 0.999 * bound and np.abs(b).max() > 0.999 * bound

@@ -243,3 +243,16 @@ def test_checkpoint_restore_from_a_fresh_manager_is_quiet_and_exact(tmp_path, ca
     np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
     assert int(restored["step"]) == 4
     assert not [r for r in caplog.records if "could not be restored" in r.getMessage()]
+
+
+def test_time_budget_stops_after_the_epoch_that_spends_it(tiny, tmp_path):
+    """``time_budget_minutes``: training stops after the epoch at which training + validation time
+    reached the budget (here: the first epoch), and the run still ends with test metrics."""
+    _, config, ds = tiny
+    config = config.replace(model="mf", epochs=50, patience=100)
+    model = get_model(config)
+    res = fit(model, ds, config.replace(time_budget_minutes=1e-6), out_dir=tmp_path / "b")
+    assert res.stopped_epoch == 0 and len(res.history) == 1 and "ndcg@10" in res.test_metrics
+    assert fit(model, ds, config.replace(epochs=3)).stopped_epoch == 2  # no budget: every epoch
+    with pytest.raises(ConfigError, match="time_budget_minutes=-1.0"):
+        config.replace(time_budget_minutes=-1)

@@ -60,6 +60,10 @@ class RunResult:
     out_dir: Path | None
     config: Config
     history: list[dict]
+    #: the evaluation protocol's evaluator this run used (``config.evaluation``); a protocol that
+    #: keeps per-user details (A-LLMRec's ``lm_candidates``: ``evaluator.results[stage]``) exposes
+    #: them here. Not saved to the run folder.
+    evaluator: Any = None
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -133,6 +137,9 @@ def fit(
                     if state.early.improved_at(epoch):
                         run.save_best(state, epoch, record["valid"])
                 stop = state.early.should_stop(config.patience) and epoch + 1 >= config.min_epochs
+                if config.time_budget_minutes > 0 and _spent(history, record) >= 60 * config.time_budget_minutes:
+                    stop = True  # the time budget is spent (training + validation so far, resumed epochs included)
+                    log.info("time budget of %.1f min spent at epoch %d", config.time_budget_minutes, epoch)
                 history.append(record)
                 run.log(record)
                 if (epoch + 1) % config.checkpoint_every == 0 or stop or epoch + 1 == config.epochs:
@@ -145,7 +152,7 @@ def fit(
         result = RunResult(
             params=state.best_params, test_metrics=test, valid_metrics=state.best_valid,
             best_epoch=state.early.best_epoch, stopped_epoch=state.epoch, out_dir=run.path, config=config,
-            history=history,
+            history=history, evaluator=evaluate,
         )
         run.finish(results_record(result, dataset))
     finally:
@@ -169,6 +176,11 @@ class EpochRunner:
                                                         batches, step_key)
         state = state.replace(params=params, opt_state=opt_state, key=train_key, epoch=epoch, step=state.step + steps)
         return state, {"epoch": epoch, "loss": loss, **aux, "train_seconds": time.perf_counter() - t0}
+
+
+def _spent(history: list[dict], record: dict) -> float:
+    """Seconds of training and validation of the epochs in ``history`` and ``record``."""
+    return sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in [*history, record])
 
 
 def epoch_rng(key: jax.Array) -> np.random.Generator:

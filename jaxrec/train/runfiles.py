@@ -17,7 +17,7 @@ from jaxrec.errors import JaxrecError
 
 # Config fields that may change between an interrupted run and its resumption without
 # changing the result of the epochs already done.
-RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk"})
+RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk", "time_budget_minutes"})
 # How a run is launched, not what it computes: never part of its identity.
 LAUNCH_FIELDS = frozenset({"coordinator_address", "num_processes", "process_id"})
 # Config keys added after run.json format 1 whose default changed the behaviour of some backbones:

@@ -313,6 +313,134 @@ class PromptBuilder:
         return ids, mask
 
 
+# ----------------------------------------------------------------------------- index answers
+#: Candidate labels of the index prompt: "(A)" ... "(Z)"; each letter is one token in byte-level BPE
+#: vocabularies (checked when a builder is made).
+LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def index_prompt_text(domain: PromptDomain, history_titles: Sequence[str] | int, candidate_titles: Sequence[str] | int,
+                      *, soft_tokens: bool = True, titles: bool = True) -> str:
+    """The index prompt (``IndexPromptBuilder``): an instruction first (so position 0 is text, not a
+    soft token), the history, the labelled options, then the user token right before the answer::
+
+        Recommend one next movie for this user to watch next. This user has watched [HistoryEmb]"t1",
+        [HistoryEmb]"t2". Options: (A) [CandidateEmb]"c1", (B) [CandidateEmb]"c2". The user is
+        [UserRep]. Answer: (
+
+    Each soft token precedes its title (the title's tokens can attend to it). ``titles=False``
+    drops the titles (soft tokens alone; ``history_titles`` / ``candidate_titles`` may then be
+    counts); ``soft_tokens=False`` drops the placeholders (a title-only prompt: LLM-Only, TALLRec).
+    The answer is one label letter.
+    """
+    d = domain
+    nh = history_titles if isinstance(history_titles, int) else len(history_titles)
+    nc = candidate_titles if isinstance(candidate_titles, int) else len(candidate_titles)
+    if nc > len(LABELS):
+        raise PromptError(f"index prompt: {nc} candidates; at most {len(LABELS)} labels")
+
+    def item(token: str, title: str | None) -> str:
+        soft = token if soft_tokens else ""
+        return soft + (f'"{title}"' if titles and title is not None else "")
+
+    hist = [item(HISTORY_TOKEN, None if isinstance(history_titles, int) else history_titles[j]) for j in range(nh)]
+    cands = [f"({LABELS[c]}) " + item(CANDIDATE_TOKEN, None if isinstance(candidate_titles, int)
+                                      else candidate_titles[c]) for c in range(nc)]
+    text = f"Recommend one next {d.noun} for this user to {d.verb} next."
+    if hist and (titles or soft_tokens):
+        text += f" This user has {d.past} " + ", ".join(hist) + "."
+    text += " Options: " + ", ".join(cands) + "."
+    if soft_tokens:
+        text += f" The user is {USER_TOKEN}."
+    return text + " Answer: ("
+
+
+class IndexPromptBuilder(PromptBuilder):
+    """Prompts whose answer is one candidate label (``index_prompt_text``): the LM ranks every
+    candidate with one forward pass, by the logits of the label tokens at the last position
+    (LlamaRec's verbalizer, Yue et al. 2023). Rows are left-padded, so the answer position is
+    always the last column. ``soft_tokens`` / ``titles``: as ``index_prompt_text``.
+
+    Batches (``training_batch`` / ``inference_batch``, same keys): ``user`` [S], ``valid`` [S],
+    ``ids`` / ``mask`` / ``slot`` [S, T], ``soft_items`` [S, history + C], ``target`` [S] (the
+    target's column among the shown candidates; -1 at inference and on padding rows).
+    ``label_ids`` int32 [C]: the token id of each label letter.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, titles: Sequence[str], domain: PromptDomain, *,
+                 max_positions: int | None = None, history: int = 10, bucket: int = 16, num_candidates: int = 20,
+                 soft_tokens: bool = True, item_titles: bool = True):
+        super().__init__(tokenizer, titles, domain, max_positions=max_positions, history=history, bucket=bucket)
+        if not (soft_tokens or item_titles):
+            raise PromptError("index prompt: soft_tokens=False and titles=False leave the LM nothing to rank by")
+        if not 2 <= num_candidates <= len(LABELS):
+            raise PromptError(f"index prompt: num_candidates={num_candidates}; expected 2..{len(LABELS)}")
+        ids = []
+        for label in LABELS[:num_candidates]:
+            tok = tokenizer.encode(label, add_bos=False)
+            if len(tok) != 1:
+                raise PromptError(f"index prompt: the label {label!r} is {len(tok)} tokens in {tokenizer.source}; "
+                                  "expected one token per label")
+            ids.append(tok[0])
+        if len(set(ids)) != len(ids):
+            raise PromptError(f"index prompt: label tokens {ids} are not distinct in {tokenizer.source}")
+        self.label_ids = np.asarray(ids, np.int32)
+        self.num_candidates = int(num_candidates)
+        self.soft_tokens, self.item_titles = bool(soft_tokens), bool(item_titles)
+
+    def text(self, history: Sequence[int], candidates: Sequence[int]) -> str:
+        if self.item_titles:
+            return index_prompt_text(self.domain, [self.titles[i] for i in history],
+                                     [self.titles[i] for i in candidates], soft_tokens=self.soft_tokens)
+        return index_prompt_text(self.domain, len(history), len(candidates), soft_tokens=self.soft_tokens,
+                                 titles=False)
+
+    def _encode_prompt(self, user_name, history: Sequence[int], candidates: Sequence[int]):
+        if self.soft_tokens:
+            return super()._encode_prompt(user_name, history, candidates)
+        ids = np.asarray(self.tokenizer.encode(self.text(history, candidates)), np.int32)
+        return ids, np.full(ids.shape, -1, np.int32)
+
+    def _batch(self, what: str, users, histories, candidates, targets, user_names, size):
+        candidates, b, size, names, rows = self._prompts(what, users, histories, candidates, user_names, size)
+        if candidates.shape[1] != self.num_candidates:
+            raise PromptError(f"{what}: {candidates.shape[1]} candidates per row; this builder labels "
+                              f"{self.num_candidates}")
+        for k, (ids, _) in enumerate(rows):
+            self._check_fits(names[k], len(ids), 0, "tokens")
+        width = _bucket(max(len(r[0]) for r in rows), self.bucket, self.max_positions)
+        out = {"user": np.zeros(size, np.int32), "valid": np.zeros(size, np.int32),
+               "ids": np.zeros((size, width), np.int32), "mask": np.zeros((size, width), np.int32),
+               "slot": np.full((size, width), -1, np.int32),
+               "soft_items": np.full((size, self.history + candidates.shape[1]), -1, np.int32),
+               "target": np.full(size, -1, np.int32)}
+        for k in range(size):
+            src = k if k < b else 0
+            ids, slot = rows[src]
+            n = len(ids)
+            out["user"][k], out["valid"][k] = users[src], int(k < b)
+            out["ids"][k, width - n:] = ids
+            out["mask"][k, width - n:] = 1
+            out["slot"][k, width - n:] = slot
+            out["soft_items"][k] = self._soft_items(histories[src], candidates[src])
+            if targets is not None and k < b:
+                hit = np.flatnonzero(candidates[src] == targets[src])
+                if hit.size != 1:
+                    raise PromptError(f"user {names[src]!r}: the target {int(targets[src])} is {hit.size} times among "
+                                      f"the candidates; expected once")
+                out["target"][k] = hit[0]
+        return out
+
+    def training_batch(self, users, histories, candidates, targets, *, user_names=None, size=None):
+        """Left-padded rows with ``target`` = the target's column among ``candidates`` (class docstring)."""
+        return self._batch("training_batch", users, histories, candidates, targets, user_names, size)
+
+    def inference_batch(self, users, histories, candidates, *, user_names=None, reserve: int = 0, size=None):
+        """Left-padded rows without targets (``target`` -1); ``reserve`` is unused (no tokens follow)."""
+        return self._batch("inference_batch", users, histories, candidates, None, user_names, size)
+
+
 __all__ = ["USER_TOKEN", "HISTORY_TOKEN", "CANDIDATE_TOKEN", "SPECIAL_TOKENS", "MISSING_TITLE", "PromptError",
+           "LABELS", "index_prompt_text", "IndexPromptBuilder",
            "PromptDomain", "DOMAINS", "domain_for", "get_domain", "prompt_text", "target_text", "item_titles",
            "PromptBuilder"]

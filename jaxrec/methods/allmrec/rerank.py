@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxrec.methods.allmrec.stage2 import SCORES, Stage2Context, Stage2Error, evaluate_lm
+from jaxrec.methods.allmrec.stage2 import SCORES, Stage2Context, Stage2Error, evaluate_lm, evaluate_stage2
 from jaxrec.data import exclusion_pairs
 from jaxrec.eval.candidates import metrics_from_ranks
 from jaxrec.eval.ranking import topk_full_ranking
@@ -151,11 +151,13 @@ class RerankResult:
         return out
 
 
-def rerank(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Sequence[int]], top, target, *,
+def rerank(ctx: Stage2Context, tokens, users, histories: Sequence[Sequence[int]], top, target, *,
            order: str = "shuffled", seed: int = 0, user_names=None, batch_size: int = 8) -> RerankResult:
     """Re-rank each user's list ``top`` [M, K] (best first) by the stage-2 LM (module docstring).
 
-    ctx / tokens: as ``evaluate_lm`` (the stage's context; the projected user and item tables);
+    ctx: the stage's context; ``tokens``: the trained stage-2 params (a dict: ``evaluate_stage2``,
+    any answer kind, LoRA included), or the projected (user, item) tables of a title-answer stage 2
+    (``evaluate_lm``); an index answer needs K equal to its number of labels;
     users [M] dense ids; histories: M lists of dense item ids (oldest first); target [M] the
     held-out item (-1 or any absent item: a miss). ``order``: how the list is shown in the prompt.
     """
@@ -173,8 +175,12 @@ def rerank(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Sequenc
         shown = np.stack([rng.permutation(top.shape[1]) for _ in range(m)]) if m else None
     else:
         shown = None
-    res = evaluate_lm(ctx, tokens, users, histories, top, shown=shown, user_names=user_names,
-                      batch_size=batch_size, generate=False)
+    if isinstance(tokens, dict):
+        res = evaluate_stage2(tokens, ctx, users, histories, top, shown=shown, user_names=user_names,
+                              batch_size=batch_size, generate=False)
+    else:
+        res = evaluate_lm(ctx, tokens, users, histories, top, shown=shown, user_names=user_names,
+                          batch_size=batch_size, generate=False)
     return RerankResult(np.asarray(users, np.int32), top, target, res.scores, res.lengths, res.seconds)
 
 

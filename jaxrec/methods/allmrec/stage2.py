@@ -71,7 +71,8 @@ from jaxrec.lm import (
     sequence_logprob,
     smollm2_path,
 )
-from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, PromptBuilder
+from jaxrec.lm.lora import apply_lora
+from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, IndexPromptBuilder, PromptBuilder
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal
 from jaxrec.nn import init_params as _init_pure
 
@@ -145,7 +146,9 @@ def init_params(key: jax.Array, settings: Stage2Arch) -> Params:
 
 
 def as_module(params: Params, settings: Stage2Arch) -> Projectors:
-    """The NNX module holding ``params``; Stage2Error when a shape does not fit ``settings``."""
+    """The NNX module holding ``params["user"]`` / ``params["item"]`` (other keys, e.g. ``lora``, are
+    not the projectors'); Stage2Error when a shape does not fit ``settings``."""
+    params = {k: params[k] for k in ("user", "item") if k in params}
     return _pure(settings).merge(params, check=True, error=Stage2Error, what="projector params", about=f"{settings}")
 
 
@@ -213,25 +216,104 @@ class Stage2Context:
     lm: LanguageModel = struct.field(pytree_node=False)
     settings: Stage2Arch = struct.field(pytree_node=False)
     prompts: PromptBuilder = struct.field(pytree_node=False)
+    score_items: Any = None  # float32 [I, d]: items scored against user_rep (the score probe), or None
+    token_norm: float = struct.field(pytree_node=False, default=0.0)  # > 0: every soft token has this norm
+    lora_alpha: float = struct.field(pytree_node=False, default=16.0)
+
+    @property
+    def index(self) -> bool:
+        """Whether the prompts answer with a candidate label (``IndexPromptBuilder``)."""
+        return isinstance(self.prompts, IndexPromptBuilder)
 
 
-def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder) -> Stage2Context:
-    """A ``Stage2Context`` after checking shapes (Stage2Error naming the array)."""
+def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder, *,
+                 score_items=None, token_norm: float = 0.0, lora_alpha: float = 16.0) -> Stage2Context:
+    """A ``Stage2Context`` after checking shapes (Stage2Error naming the array).
+
+    ``score_items`` [I, d] (optional): the recommender's item vectors; with them the item projector
+    also reads each candidate's score ``user_rep[u] . score_items[i]`` (the upper-bound probe:
+    ``Stage2Arch.item_dim`` = k + 1). ``token_norm`` > 0 rescales every soft token to that L2 norm
+    (``lm_token_norm``: the LM's own embedding rows' mean norm)."""
     user_rep, item_emb = jnp.asarray(user_rep, jnp.float32), jnp.asarray(item_emb, jnp.float32)
     if user_rep.ndim != 2 or item_emb.ndim != 2:
         raise Stage2Error(f"user_rep {user_rep.shape}, item_emb {item_emb.shape}: expected [U, d] and [I, k]")
     if item_emb.shape[0] != prompts.num_items:
         raise Stage2Error(f"item_emb has {item_emb.shape[0]} rows; the prompt builder has {prompts.num_items} titles; "
                           f"expected one per item")
-    settings = Stage2Arch(int(user_rep.shape[1]), int(item_emb.shape[1]), int(lm.config.embed_dim))
-    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts)
+    if score_items is not None:
+        score_items = jnp.asarray(score_items, jnp.float32)
+        if score_items.shape != (item_emb.shape[0], user_rep.shape[1]):
+            raise Stage2Error(f"score_items has shape {score_items.shape}; expected [{item_emb.shape[0]}, "
+                              f"{user_rep.shape[1]}] (items in the user representations' space)")
+    k = int(item_emb.shape[1]) + (score_items is not None)
+    settings = Stage2Arch(int(user_rep.shape[1]), k, int(lm.config.embed_dim))
+    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items, float(token_norm),
+                         float(lora_alpha))
+
+
+def lm_token_norm(lm: LanguageModel, lm_params: Params) -> float:
+    """The mean L2 norm of the LM's token-embedding rows (what ``token_norm="match"`` scales soft tokens to)."""
+    table = np.asarray(lm_params["embed_tokens"]["embedding"], np.float32)
+    return float(np.linalg.norm(table, axis=1).mean())
 
 
 def batch_vectors(params: Params, ctx: Stage2Context, user, soft_items):
     """(user_vec [B, E], item_vecs [B, S, E]): the projected user representation of ``user`` [B]
-    and joint embeddings of ``soft_items`` [B, S] (-1 slots get item 0's; they are never placed)."""
-    return project(params, ctx.settings, ctx.user_rep[jnp.asarray(user)],
-                   ctx.item_emb[jnp.maximum(jnp.asarray(soft_items), 0)])
+    and joint embeddings of ``soft_items`` [B, S] (-1 slots get item 0's; they are never placed).
+    With the score probe the item projector also reads each item's score for the row's user; with
+    ``ctx.token_norm`` every vector is rescaled to that norm."""
+    user = jnp.asarray(user)
+    items = jnp.maximum(jnp.asarray(soft_items), 0)
+    item_in = ctx.item_emb[items]
+    if ctx.score_items is not None:
+        score = jnp.einsum("bd,bsd->bs", ctx.user_rep[user], ctx.score_items[items])
+        item_in = jnp.concatenate([item_in, score[..., None]], axis=-1)
+    user_vec, item_vecs = project(params, ctx.settings, ctx.user_rep[user], item_in)
+    if ctx.token_norm > 0:
+        rescale = lambda v: v * (ctx.token_norm / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-6))  # noqa: E731
+        user_vec, item_vecs = rescale(user_vec), rescale(item_vecs)
+    return user_vec, item_vecs
+
+
+def frozen_lm_params(params: Params, ctx: Stage2Context) -> Params:
+    """The LM params the forward uses: the frozen ones, with ``params["lora"]`` applied when present
+    (``jaxrec.lm.lora.apply_lora``; the base params are never modified)."""
+    return apply_lora(ctx.lm_params, params.get("lora"), ctx.lora_alpha) if "lora" in params else ctx.lm_params
+
+
+def _hidden(params: Params, ctx: Stage2Context, batch) -> jax.Array:
+    """Final hidden states [B, T, E] of a batch's soft prompts (soft tokens where ``slot`` >= 0;
+    a row with ``use_soft`` 0 keeps its placeholder tokens: the curriculum's text-only rows)."""
+    user_vec, item_vecs = batch_vectors(params, ctx, batch["user"], batch["soft_items"])
+    lm_params = frozen_lm_params(params, ctx)
+    slot = jnp.asarray(batch["slot"])
+    if "use_soft" in batch:
+        slot = jnp.where(jnp.asarray(batch["use_soft"])[:, None] > 0, slot, -1)
+    embeds = soft_embeds(ctx.lm, lm_params, batch["ids"], slot, user_vec, item_vecs)
+    hidden, _ = ctx.lm.forward_hidden(lm_params, inputs_embeds=embeds, attention_mask=batch["mask"])
+    return hidden, lm_params
+
+
+def index_logits(params: Params, ctx: Stage2Context, batch) -> jax.Array:
+    """float32 [B, C]: the logit of each candidate's label token at the answer position (the last
+    column of an ``IndexPromptBuilder`` batch), in the shown order."""
+    hidden, lm_params = _hidden(params, ctx, batch)
+    logits = ctx.lm.logits(lm_params, hidden[:, -1])  # [B, V]
+    return logits[:, jnp.asarray(ctx.prompts.label_ids)]
+
+
+def index_loss(params: Params, ctx: Stage2Context, batch) -> tuple[jax.Array, dict]:
+    """Cross-entropy of the target's label among the C label tokens at the answer position (a
+    C-way softmax; LlamaRec's verbalizer), averaged over the batch's real rows -> (loss [], aux
+    ``label_accuracy``)."""
+    logits = index_logits(params, ctx, batch)
+    target = jnp.asarray(batch["target"])
+    valid = (target >= 0).astype(logits.dtype)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(target, 0)[:, None], axis=1)[:, 0]
+    count = jnp.maximum(valid.sum(), 1.0)
+    correct = (jnp.argmax(logits, axis=-1) == target).astype(logits.dtype)
+    return jnp.sum(nll * valid) / count, {"label_accuracy": jnp.sum(correct * valid) / count}
 
 
 def next_title_loss(params: Params, ctx: Stage2Context, batch) -> tuple[jax.Array, dict]:
@@ -240,12 +322,10 @@ def next_title_loss(params: Params, ctx: Stage2Context, batch) -> tuple[jax.Arra
     batch: ``PromptBuilder.training_batch`` arrays. aux: ``target_tokens`` (count),
     ``target_accuracy`` (share of target tokens that are the argmax).
     """
-    user_vec, item_vecs = batch_vectors(params, ctx, batch["user"], batch["soft_items"])
-    embeds = soft_embeds(ctx.lm, ctx.lm_params, batch["ids"], batch["slot"], user_vec, item_vecs)
-    hidden, _ = ctx.lm.forward_hidden(ctx.lm_params, inputs_embeds=embeds, attention_mask=batch["mask"])
+    hidden, lm_params = _hidden(params, ctx, batch)
     at = jnp.asarray(batch["target_pos"]) - 1  # the position whose output predicts each target token
     h = jnp.take_along_axis(hidden, at[..., None], axis=1)  # [B, Tt, E]
-    logp = jax.nn.log_softmax(ctx.lm.logits(ctx.lm_params, h))
+    logp = jax.nn.log_softmax(ctx.lm.logits(lm_params, h))
     tgt = jnp.asarray(batch["target_ids"])
     nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
     mask = jnp.asarray(batch["target_mask"]).astype(nll.dtype)
@@ -260,13 +340,81 @@ def _prompt_embeds(lm, lm_params, ids, slot, user_vec, item_vecs):
     return soft_embeds(lm, lm_params, ids, slot, user_vec, item_vecs)
 
 
-def prompt_embeds(ctx: Stage2Context, tokens: tuple, batch) -> jax.Array:
+def prompt_embeds(ctx: Stage2Context, tokens: tuple, batch, lm_params: Params | None = None) -> jax.Array:
     """[B, T, E] soft prompts of an inference batch from projected tables ``tokens`` =
-    (user tokens [U, E], item tokens [I, E]) (``Model.embed`` output, or ``project``)."""
+    (user tokens [U, E], item tokens [I, E]) (``soft_tables``, or ``project``)."""
     user_tok, item_tok = tokens
     user_vec = jnp.asarray(user_tok)[jnp.asarray(batch["user"])]
     item_vecs = jnp.asarray(item_tok)[jnp.maximum(jnp.asarray(batch["soft_items"]), 0)]
-    return _prompt_embeds(ctx.lm, ctx.lm_params, batch["ids"], batch["slot"], user_vec, item_vecs)
+    return _prompt_embeds(ctx.lm, ctx.lm_params if lm_params is None else lm_params, batch["ids"], batch["slot"],
+                          user_vec, item_vecs)
+
+
+def soft_tables(params: Params, ctx: Stage2Context) -> tuple[jax.Array, jax.Array]:
+    """(user tokens [U, E], item tokens [I, E]): every user's and item's soft token (``batch_vectors``
+    over the whole tables). Not defined with the score probe (an item's token depends on the user)."""
+    if ctx.score_items is not None:
+        raise Stage2Error("soft_tables: with the score probe an item's soft token depends on the user; "
+                          "use evaluate_stage2")
+    users = jnp.arange(ctx.user_rep.shape[0])
+    user_vec, _ = batch_vectors(params, ctx, users, jnp.zeros((users.shape[0], 1), jnp.int32))
+    _, item_vecs = batch_vectors(params, ctx, jnp.zeros(1, jnp.int32), jnp.arange(ctx.item_emb.shape[0])[None])
+    return user_vec, item_vecs[0]
+
+
+_index_logits_jit = jax.jit(lambda params, ctx, batch: index_logits(params, ctx, batch))
+
+
+def evaluate_index(params: Params, ctx: Stage2Context, users, histories: Sequence[Sequence[int]], candidates, *,
+                   shown=None, user_names=None, batch_size: int = 16, progress: bool = False) -> LMEvaluation:
+    """Rank every user's candidates by the label logits of one forward pass (``index_logits``).
+
+    Arguments as ``evaluate_lm`` (``params``: the stage-2 params, LoRA included); ``ctx`` must hold
+    an ``IndexPromptBuilder``. Scores are returned in ``candidates``' column order (target in
+    column 0); ``lengths`` are 1 and there is no generation. Stage2Error otherwise."""
+    if not ctx.index:
+        raise Stage2Error("evaluate_index: the context's prompts answer with titles; use evaluate_lm")
+    users = np.asarray(users, np.int32)
+    cands = np.asarray(candidates, np.int32)
+    m = len(users)
+    if cands.shape[0] != m or len(histories) != m:
+        raise Stage2Error(f"users {users.shape}, histories {len(histories)}, candidates {cands.shape}: expected "
+                          f"one row each")
+    shown = np.tile(np.arange(cands.shape[1]), (m, 1)) if shown is None else np.asarray(shown)
+    names = user_names if user_names is not None else users
+    scores = np.zeros(cands.shape, np.float32)
+    t0 = time.perf_counter()
+    rows_iter = list(_batches(m, batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows_iter = tqdm(rows_iter, desc="LM evaluation", unit="batch")
+    for rows in rows_iter:
+        shown_rows = shown[rows]
+        shown_items = np.take_along_axis(cands[rows], shown_rows, axis=1)
+        batch = ctx.prompts.inference_batch(users[rows], [histories[r] for r in rows], shown_items,
+                                            user_names=[names[r] for r in rows], size=batch_size)
+        logits = np.asarray(_index_logits_jit(params, ctx, batch))[:len(rows)]  # shown order
+        out = np.empty_like(logits)
+        np.put_along_axis(out, shown_rows, logits, axis=1)  # back to the candidates' column order
+        scores[rows] = out
+    return LMEvaluation(users, scores, np.ones(cands.shape, np.int32), None, None, None,
+                        {"score": time.perf_counter() - t0, "generate": 0.0})
+
+
+def evaluate_stage2(params: Params, ctx: Stage2Context, users, histories, candidates, *, shown=None, user_names=None,
+                    batch_size: int = 8, generate: bool = True, max_new_tokens: int = 48,
+                    repetition_penalty: float = 1.5, progress: bool = False) -> LMEvaluation:
+    """``evaluate_index`` for index prompts, else ``evaluate_lm`` with the soft tables of ``params``
+    and the (LoRA-adapted) LM params: the one evaluation entry of a trained stage 2."""
+    if ctx.index:
+        return evaluate_index(params, ctx, users, histories, candidates, shown=shown, user_names=user_names,
+                              batch_size=batch_size, progress=progress)
+    tokens = soft_tables(params, ctx)
+    return evaluate_lm(ctx, tokens, users, histories, candidates, shown=shown, user_names=user_names,
+                       batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens,
+                       repetition_penalty=repetition_penalty, progress=progress,
+                       lm_params=frozen_lm_params(params, ctx))
 
 
 _QUOTED = re.compile(r'"(.*)"', re.S)
@@ -359,7 +507,8 @@ def _batches(n: int, size: int):
 
 def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Sequence[int]], candidates, *,
                 shown=None, user_names=None, batch_size: int = 8, generate: bool = True, max_new_tokens: int = 48,
-                repetition_penalty: float = 1.5, progress: bool = False) -> LMEvaluation:
+                repetition_penalty: float = 1.5, progress: bool = False, lm_params: Params | None = None
+                ) -> LMEvaluation:
     """Score (and optionally generate for) every user's candidate list through the frozen LM.
 
     Args:
@@ -371,8 +520,10 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
         (default: as given). Scores are always returned in ``candidates``' column order.
       batch_size: prompts per LM call (the last batch is padded; padded rows are discarded).
       generate: also decode greedily (paper protocol (a)); max_new_tokens, repetition_penalty.
+      lm_params: the LM params to use instead of ``ctx.lm_params`` (LoRA-adapted: ``frozen_lm_params``).
     Returns an ``LMEvaluation``.
     """
+    lm_params = ctx.lm_params if lm_params is None else lm_params
     users = np.asarray(users, np.int32)
     cands = np.asarray(candidates, np.int32)
     m = len(users)
@@ -397,18 +548,18 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
         shown_items = np.take_along_axis(cands[rows], shown[rows], axis=1)
         batch = pb.inference_batch(users[rows], [histories[r] for r in rows], shown_items,
                                    user_names=[names[r] for r in rows], reserve=reserve, size=batch_size)
-        embeds = prompt_embeds(ctx, tokens, batch)
+        embeds = prompt_embeds(ctx, tokens, batch, lm_params)
         pad = batch_size - len(rows)
         t0 = time.perf_counter()
         ci = np.concatenate([cont_ids[rows], np.repeat(cont_ids[rows[:1]], pad, 0)])
         cm = np.concatenate([cont_mask[rows], np.repeat(cont_mask[rows[:1]], pad, 0)])
-        lp = sequence_logprob(ctx.lm, ctx.lm_params, prefix_embeds=embeds, prefix_mask=batch["mask"],
+        lp = sequence_logprob(ctx.lm, lm_params, prefix_embeds=embeds, prefix_mask=batch["mask"],
                               continuation_ids=ci, continuation_mask=cm)
         scores[rows] = np.asarray(lp)[:len(rows)]
         times["score"] += time.perf_counter() - t0
         if generate:
             t0 = time.perf_counter()
-            out = np.asarray(greedy_generate(ctx.lm, ctx.lm_params, None, batch["mask"], inputs_embeds=embeds,
+            out = np.asarray(greedy_generate(ctx.lm, lm_params, None, batch["mask"], inputs_embeds=embeds,
                                              max_new_tokens=max_new_tokens, eos_id=eos, pad_id=eos,
                                              repetition_penalty=repetition_penalty))
             generated += [pb.tokenizer.decode(r).strip() for r in out[:len(rows)]]
@@ -423,5 +574,6 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
 
 __all__ = ["Stage2Error", "Stage2Arch", "Projector", "Projectors", "init_params", "as_module", "project",
            "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
-           "next_title_loss", "prompt_embeds", "answer_text", "normalize_title", "reference_hit", "match_candidate",
+           "next_title_loss", "prompt_embeds", "answer_text", "index_logits", "index_loss", "evaluate_index",
+           "evaluate_stage2", "soft_tables", "frozen_lm_params", "lm_token_norm", "normalize_title", "reference_hit", "match_candidate",
            "LMEvaluation", "evaluate_lm", "SCORES"]

@@ -43,17 +43,20 @@ import dataclasses
 import logging
 from typing import Any
 
+import jax
 import numpy as np
+from flax import struct
 
-from jaxrec.methods.allmrec.prompt import PromptBuilder, get_domain, item_titles
-from jaxrec.methods.allmrec.stage2 import (evaluate_lm, init_params, load_lm, make_context, next_title_loss,
-                                 prepare_lm, project)
+from jaxrec.methods.allmrec.prompt import IndexPromptBuilder, PromptBuilder, get_domain, item_titles
+from jaxrec.methods.allmrec.stage2 import (Stage2Error, evaluate_stage2, index_loss, init_params, lm_token_norm,
+                                           load_lm, make_context, next_title_loss, prepare_lm)
 from jaxrec.methods.allmrec.stage2_inputs import STAGES, StageExamples, resolve_inputs, stage_examples
 from jaxrec.config import Config, ConfigError, ModelSettings
 from jaxrec.data import DataError
 from jaxrec.data.sequences import user_sequences
 from jaxrec.fetch import cache_root
-from jaxrec.models import Encoder, Model
+from jaxrec.lm.lora import init_lora
+from jaxrec.models import Encoder, Model, Params
 from jaxrec.objectives import Term, weighted_sum
 from jaxrec.registry import BatchKind, ContextKind, EvaluationProtocol
 
@@ -74,6 +77,16 @@ DEFAULTS = dict(split="loo_time", evaluation="lm_candidates", epochs=10, batch_s
 LM_DTYPES = ("float32", "bfloat16")
 PROMPT_DOMAINS = ("auto", "movie", "game", "item")
 LM_SCORES = ("sum", "mean")
+#: ``answer``: the LM names the title (the reference) or one candidate label (one scored position).
+ANSWERS = ("title", "index")
+#: ``input_norm``: the projectors' inputs as given, or standardized per dimension (training users'
+#: and all items' mean and std).
+INPUT_NORMS = ("none", "standardize")
+#: ``token_norm``: soft tokens as projected, or rescaled to the LM's mean token-embedding norm.
+TOKEN_NORMS = ("none", "match")
+#: ``train_targets``: one prompt per user (the last training item, the reference) or one per
+#: training position with at least one history item before it.
+TRAIN_TARGETS = ("last", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +117,35 @@ class Stage2Settings(ModelSettings):
     train_users: int = 0
     eval_users: int = 0
     valid_users: int = 0
+    # --- variants (issue 22): the defaults are the reference's protocol -------------------
+    answer: str = "title"
+    prompt_titles: bool = True
+    soft_tokens: bool = True
+    input_norm: str = "none"
+    token_norm: str = "none"
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    curriculum_steps: int = 0
+    score_probe: bool = False
+    train_targets: str = "last"
 
     def validate(self) -> None:
         super().validate()
+        self.expect("answer", self.answer in ANSWERS, f"one of {list(ANSWERS)}")
+        self.expect("input_norm", self.input_norm in INPUT_NORMS, f"one of {list(INPUT_NORMS)}")
+        self.expect("token_norm", self.token_norm in TOKEN_NORMS, f"one of {list(TOKEN_NORMS)}")
+        self.expect("lora_rank", self.lora_rank >= 0, "an integer >= 0 (0: no LoRA)")
+        self.expect("lora_alpha", self.lora_alpha > 0, "a number > 0")
+        self.expect("curriculum_steps", self.curriculum_steps >= 0, "an integer >= 0 (0: no curriculum)")
+        self.expect("train_targets", self.train_targets in TRAIN_TARGETS, f"one of {list(TRAIN_TARGETS)}")
+        self.expect("soft_tokens", self.soft_tokens or self.prompt_titles,
+                    "True when prompt_titles=False (the prompt would hold neither titles nor soft tokens)")
+        if self.answer == "title":
+            self.expect("prompt_titles", self.prompt_titles, "True with answer='title' (the answer is a title)")
+            self.expect("score_probe", not self.score_probe, "False with answer='title' (the probe is an index-answer "
+                                                              "diagnostic)")
+        self.expect("curriculum_steps", self.curriculum_steps == 0 or self.soft_tokens,
+                    "0 when soft_tokens=False (the curriculum moves from title-only to hybrid prompts)")
         self.expect("lm_dtype", self.lm_dtype in LM_DTYPES, f"one of {list(LM_DTYPES)}")
         self.expect("prompt_domain", self.prompt_domain in PROMPT_DOMAINS, f"one of {list(PROMPT_DOMAINS)}")
         self.expect("prompt_history", self.prompt_history >= 1, "an integer >= 1")
@@ -134,17 +173,50 @@ def stage2_contexts(dataset, config) -> dict:
     titles, _ = item_titles(dataset.item_features, dataset.num_items, source=dataset.source)
     loaded = load_lm(config.lm, config.lm_dtype)
     lm, lm_params, tokenizer = prepare_lm(loaded.model, loaded.params, loaded.tokenizer)
-    prompts = PromptBuilder(tokenizer, titles, get_domain(config.prompt_domain, dataset.name),
-                            max_positions=lm.config.max_position_embeddings, history=config.prompt_history)
-    log.info("stage 2: %s LM %s (%d layers, width %d), %s inputs from %s (user d=%d, item k=%d)", lm.config.arch,
-             config.lm, lm.config.num_layers, lm.config.embed_dim, inputs.kind, inputs.source, inputs.user_dim,
-             inputs.item_dim)
-    return {s: make_context(lm, lm_params, inputs.user_rep[s], inputs.item_emb, prompts) for s in STAGES}
+    domain = get_domain(config.prompt_domain, dataset.name)
+    if config.answer == "index":
+        prompts = IndexPromptBuilder(tokenizer, titles, domain, max_positions=lm.config.max_position_embeddings,
+                                     history=config.prompt_history, num_candidates=config.prompt_candidates,
+                                     soft_tokens=config.soft_tokens, item_titles=config.prompt_titles)
+    else:
+        prompts = PromptBuilder(tokenizer, titles, domain, max_positions=lm.config.max_position_embeddings,
+                                history=config.prompt_history)
+    user_rep, item_emb = inputs.user_rep, inputs.item_emb
+    if config.input_norm == "standardize":
+        user_rep, item_emb = standardize_inputs(user_rep, item_emb)
+    if config.score_probe and inputs.score_items is None:
+        raise Stage2Error(f"score_probe=True: {inputs.source} has no item vectors to score users against "
+                          "(a stage-1 run folder or a SASRec run folder gives them)")
+    norm = lm_token_norm(lm, lm_params) if config.token_norm == "match" else 0.0
+    log.info("stage 2: %s LM %s (%d layers, width %d), %s inputs from %s (user d=%d, item k=%d), answer %s",
+             lm.config.arch, config.lm, lm.config.num_layers, lm.config.embed_dim, inputs.kind, inputs.source,
+             inputs.user_dim, inputs.item_dim, config.answer)
+    score = dict(score_items=inputs.score_items) if config.score_probe else {}
+    return {s: make_context(lm, lm_params, user_rep[s], item_emb, prompts, token_norm=norm,
+                            lora_alpha=config.lora_alpha, **score) for s in STAGES}
+
+
+def standardize_inputs(user_rep: dict, item_emb: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Per-dimension z-scores of the projectors' inputs: users by the training stage's mean and std
+    (every stage), items by the whole table's (a std of 0 is left at 1). The stage-1 joint
+    embeddings are sigmoid outputs whose dimensions vary little across items; standardized, every
+    dimension reaches the projector at unit scale."""
+    def stats(x):
+        x = np.asarray(x, np.float64)
+        sd = x.std(axis=0)
+        return x.mean(axis=0), np.where(sd > 0, sd, 1.0)
+
+    mu, sd = stats(user_rep["train"])
+    users = {k: ((np.asarray(v, np.float64) - mu) / sd).astype(np.float32) for k, v in user_rep.items()}
+    imu, isd = stats(item_emb)
+    return users, ((np.asarray(item_emb, np.float64) - imu) / isd).astype(np.float32)
 
 
 #: The registered context kind ``"allmrec_stage2"``.
 STAGE2_CONTEXT = ContextKind(stage2_contexts, fields=("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain",
-                                                      "prompt_history"))
+                                                      "prompt_history", "prompt_candidates", "answer", "prompt_titles",
+                                                      "soft_tokens", "input_norm", "token_norm", "score_probe",
+                                                      "lora_alpha"))
 
 
 # ----------------------------------------------------------------------------- users and candidates
@@ -157,7 +229,14 @@ def sample_rows(n: int, k: int, seed: int, salt: str) -> np.ndarray:
 
 
 def training_examples(dataset, config) -> StageExamples:
-    """The users stage 2 trains on (module docstring); DataError when there are none."""
+    """The prompts stage 2 trains on (module docstring): per user the last training item as the
+    target (``train_targets="last"``) or every training position after the first (``"all"``);
+    DataError when there are none."""
+    if config.train_targets == "all":
+        ex = all_position_examples(user_sequences(dataset), config.prompt_history)
+        rows = sample_rows(len(np.unique(ex.users)), config.train_users, config.seed, "train")
+        keep_users = np.unique(ex.users)[rows]
+        return ex.take(np.flatnonzero(np.isin(ex.users, keep_users)))
     ex = stage_examples(user_sequences(dataset), "train", config.prompt_history)
     if len(ex) == 0:
         raise DataError(f"dataset {dataset.name}: no user has 2 training interactions; stage 2 needs a history item "
@@ -183,25 +262,49 @@ def training_candidates(rng: np.random.Generator, seen: list, targets, num: int,
     return out
 
 
+def all_position_examples(seqs, history: int) -> StageExamples:
+    """One training example per position t >= 1 of each user's training sequence: history = the
+    ``history`` items before t (oldest first), target = item t (SASRec's training windows, as
+    prompts). The user representation is the one of the stage ("train": the sequence without its
+    last item), the same for all of a user's examples."""
+    users, hist, target = [], [], []
+    for u in range(len(seqs.indptr) - 1):
+        items = seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]]
+        for t in range(1, len(items)):
+            users.append(u)
+            hist.append(items[max(0, t - history):t].astype(np.int32))
+            target.append(items[t])
+    users = np.asarray(users, np.int32)
+    return StageExamples(users, hist, np.asarray(target, np.int32), np.asarray(seqs.user_ids)[users])
+
+
 def prompt_batches(prepared, config, model):
-    """Batch kind ``"prompts"`` (module docstring)."""
+    """Batch kind ``"prompts"`` (module docstring). With ``curriculum_steps`` > 0, a row of batch
+    number n (counted from 0 over the whole run) is a text-only prompt (its soft tokens left out)
+    with probability ``max(0, 1 - n / curriculum_steps)`` (LLaRA's curriculum, Liao et al. 2024)."""
     from jaxrec.train.batches import BatchSource
 
     dataset = prepared.dataset
     ctx = prepared.contexts(model.context, config)["train"]
     ex = training_examples(dataset, config)
     seqs = user_sequences(dataset)
-    seen = [seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in ex.users]
+    seen = {u: seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in np.unique(ex.users)}
     size = config.batch_size
+    counter = {"batches": 0}
 
     def draw(rng: np.random.Generator):
         order = rng.permutation(len(ex))
         for start in range(0, len(order), size):
             rows = order[start:start + size]
-            cands = training_candidates(rng, [seen[r] for r in rows], ex.target[rows], config.prompt_candidates,
-                                        dataset.num_items)
-            yield ctx.prompts.training_batch(ex.users[rows], [ex.history[r] for r in rows], cands, ex.target[rows],
-                                             user_names=ex.user_ids[rows], size=size)
+            cands = training_candidates(rng, [seen[ex.users[r]] for r in rows], ex.target[rows],
+                                        config.prompt_candidates, dataset.num_items)
+            batch = ctx.prompts.training_batch(ex.users[rows], [ex.history[r] for r in rows], cands, ex.target[rows],
+                                               user_names=ex.user_ids[rows], size=size)
+            if config.curriculum_steps:
+                p_text = max(0.0, 1.0 - counter["batches"] / config.curriculum_steps)
+                batch["use_soft"] = (rng.random(size) >= p_text).astype(np.int32)
+                counter["batches"] += 1
+            yield batch
 
     return BatchSource(draw, None, prepared.sizes)
 
@@ -214,6 +317,11 @@ PROMPTS = BatchKind(prompt_batches)
 def next_title_term(config=None) -> Term:
     """Teacher-forcing cross-entropy of the target title (``next_title_loss``), batch kind "prompts"."""
     return Term("next_title", lambda x: next_title_loss(x.params, x.context, x.batch)[0], batch_kind="prompts")
+
+
+def next_label_term(config=None) -> Term:
+    """Cross-entropy of the target's label among the candidates' labels (``index_loss``), batch kind "prompts"."""
+    return Term("next_label", lambda x: index_loss(x.params, x.context, x.batch)[0], batch_kind="prompts")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -248,34 +356,44 @@ def item_groups(dataset, fraction: float = GROUP_FRACTION) -> dict[str, np.ndarr
     return {"cold_items": cold, "warm_items": warm}
 
 
-def lm_candidate_protocol(prepared, config, partitioner) -> Any:
-    """Evaluation ``"lm_candidates"`` (module docstring). The evaluator keeps the last
-    ``LMEvaluation`` of each stage in ``evaluate.results`` (per-user ranks and generations)."""
-    names = candidate_metric_names(config)
-    lists: dict[str, tuple] = {}
-    groups = item_groups(prepared.dataset)
+class LMCandidateEvaluator:
+    """Evaluation ``"lm_candidates"`` (module docstring): ``evaluator(embeddings, stage)`` -> metrics;
+    ``results[stage]`` keeps the last ``LMEvaluation`` of each stage (per-user scores, ranks and
+    generations) and ``lists[stage]`` the (examples, candidates, shown order) it evaluated
+    (``jaxrec.train.RunResult.evaluator`` hands it to the caller)."""
 
-    def evaluate(embeddings, stage: str) -> dict[str, float]:
-        if stage not in lists:
-            lists[stage] = evaluation_lists(prepared.dataset, stage, config)
-        ex, items, shown = lists[stage]
+    def __init__(self, prepared, config):
+        self.prepared, self.config = prepared, config
+        self.names = candidate_metric_names(config)
+        self.lists: dict[str, tuple] = {}
+        self.results: dict[str, Any] = {}
+        self.groups = item_groups(prepared.dataset)
+
+    def __call__(self, embeddings, stage: str) -> dict[str, float]:
+        config, dataset = self.config, self.prepared.dataset
+        if stage not in self.lists:
+            self.lists[stage] = evaluation_lists(dataset, stage, config)
+        ex, items, shown = self.lists[stage]
         if len(ex) == 0:
-            raise DataError(f"dataset {prepared.dataset.name}: no {stage} user with a history to evaluate")
-        ctx = prepared.contexts(CONTEXT, config)[stage]
-        res = evaluate_lm(ctx, embeddings, ex.users, ex.history, items, shown=shown, user_names=ex.user_ids,
-                          batch_size=config.lm_batch_size, generate=config.lm_generate and stage == "test",
-                          max_new_tokens=config.lm_max_new_tokens, repetition_penalty=config.lm_repetition_penalty)
-        evaluate.results[stage] = res
-        out = res.metrics(config.lm_score, metrics=names)
-        for g, members in groups.items():
-            sub = res.metrics(config.lm_score, rows=np.isin(ex.target, members), metrics=names)
+            raise DataError(f"dataset {dataset.name}: no {stage} user with a history to evaluate")
+        ctx = self.prepared.contexts(CONTEXT, config)[stage]
+        res = evaluate_stage2(params_of(embeddings), ctx, ex.users, ex.history, items, shown=shown,
+                              user_names=ex.user_ids, batch_size=config.lm_batch_size,
+                              generate=config.lm_generate and stage == "test", max_new_tokens=config.lm_max_new_tokens,
+                              repetition_penalty=config.lm_repetition_penalty)
+        self.results[stage] = res
+        out = res.metrics(config.lm_score, metrics=self.names)
+        for g, members in self.groups.items():
+            sub = res.metrics(config.lm_score, rows=np.isin(ex.target, members), metrics=self.names)
             out.update({f"{g}/{k}": v for k, v in sub.items()})
             out[f"{g}/users"] = float(np.isin(ex.target, members).sum())
         out["users"] = float(len(ex))
         return out
 
-    evaluate.results = {}
-    return evaluate
+
+def lm_candidate_protocol(prepared, config, partitioner) -> LMCandidateEvaluator:
+    """Evaluation ``"lm_candidates"``: an ``LMCandidateEvaluator``."""
+    return LMCandidateEvaluator(prepared, config)
 
 
 #: The registered evaluation ``"lm_candidates"``.
@@ -283,22 +401,39 @@ LM_CANDIDATES = EvaluationProtocol(lm_candidate_protocol)
 
 
 # ----------------------------------------------------------------------------- backbone
-def _init(key, num_users, num_items, context_shapes):
-    return init_params(key, context_shapes.settings)
+@struct.dataclass
+class Stage2Params:
+    """What stage 2's ``embed`` hands its evaluation: the trained parameters themselves (its
+    "representations" are soft tokens and LoRA adapters that only the LM can score)."""
+
+    params: Any
 
 
-def _embed(params, ctx):
-    return project(params, ctx.settings, ctx.user_rep, ctx.item_emb)
+def params_of(embeddings) -> Params:
+    """The stage-2 params inside ``embed``'s output (a ``Stage2Params``)."""
+    return embeddings.params if isinstance(embeddings, Stage2Params) else embeddings
 
 
 def make_stage2(config: Config) -> Model:
-    """The ``allmrec_stage2`` backbone (module docstring). Its outputs are soft tokens, not
-    dot-product scores (``Encoder.dot_scores=False``): it ranks through its LM."""
-    encoder = Encoder(NAME, _init, _embed, user_table=None, item_table=None, init_reads_context=True,
-                      dot_scores=False)
-    return Model(NAME, encoder, weighted_sum(next_title_term(config)), context=CONTEXT)
+    """The ``allmrec_stage2`` backbone (module docstring). Its parameters are the two projectors and,
+    with ``lora_rank`` > 0, LoRA adapters of the frozen LM (``jaxrec.lm.lora``; their own pytree
+    ``params["lora"]``, the base LM untouched). Its outputs are not dot-product scores
+    (``Encoder.dot_scores=False``): it ranks through its LM."""
+    rank, seed = config.lora_rank, config.seed
+
+    def init(key, num_users, num_items, context_shapes):
+        params = init_params(key, context_shapes.settings)
+        if rank:
+            params["lora"] = init_lora(jax.random.fold_in(key, seed), context_shapes.lm_params, rank)
+        return params
+
+    encoder = Encoder(NAME, init, lambda params, ctx: Stage2Params(params), user_table=None, item_table=None,
+                      init_reads_context=True, dot_scores=False)
+    term = next_label_term(config) if config.answer == "index" else next_title_term(config)
+    return Model(NAME, encoder, weighted_sum(term), context=CONTEXT)
 
 __all__ = ["NAME", "CONTEXT", "DEFAULTS", "Stage2Settings", "check_config", "STAGE2_CONTEXT", "PROMPTS",
            "LM_CANDIDATES", "LM_DTYPES", "PROMPT_DOMAINS", "LM_SCORES", "stage2_contexts", "sample_rows", "training_examples",
            "training_candidates", "prompt_batches", "next_title_term", "candidate_metric_names", "evaluation_lists",
-           "item_groups", "lm_candidate_protocol", "make_stage2"]
+           "item_groups", "lm_candidate_protocol", "LMCandidateEvaluator", "make_stage2", "next_label_term",
+           "all_position_examples", "standardize_inputs", "Stage2Params", "params_of"]

@@ -48,6 +48,10 @@ class Stage2Inputs:
     kind: str
     source: str
     fingerprint: dict | None = None
+    #: float32 [I, d] or None: the recommender's item vectors in the user representations' space
+    #: (its score of item i for user u is ``user_rep[u] . score_items[i]``): stage 1's decoded joint
+    #: embeddings, or SASRec's item table (the score probe reads them).
+    score_items: np.ndarray | None = None
 
     @property
     def user_dim(self) -> int:
@@ -164,7 +168,7 @@ def sasrec_inputs(params, settings, dataset: Dataset, source: str = "SASRec para
 
     reps = sasrec_user_reps(params, settings, sequences if sequences is not None else dataset)
     item = np.asarray(sasrec.item_table(params))[1:]
-    return Stage2Inputs(reps, item, "sasrec", source, dataset_fingerprint(dataset)).check(dataset)
+    return Stage2Inputs(reps, item, "sasrec", source, dataset_fingerprint(dataset), item).check(dataset)
 
 
 def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
@@ -199,9 +203,10 @@ def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
     reps = {"train": sasrec_user_reps(frozen, run.sasrec.settings, dataset, ("train",))["train"],
             "valid": run.user_representations("valid"), "test": run.user_representations("test")}
     fingerprint = RunFolder.read(run.path, "stage-1 run").fingerprint
+    decoded = np.asarray(run.recommender_embeddings("test")[1], np.float32)
     return Stage2Inputs({k: np.asarray(v, np.float32) for k, v in reps.items()},
                         np.asarray(run.joint_item_embeddings(), np.float32), "stage1",
-                        f"{run.path} (stage-1 run)", fingerprint).check(dataset)
+                        f"{run.path} (stage-1 run)", fingerprint, decoded).check(dataset)
 
 
 # ----------------------------------------------------------------------------- files
