@@ -287,7 +287,7 @@ class TuneResult:
 
 def _pruner(name: str, optuna: Any) -> Any:
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=10)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
     if name == "none":

@@ -179,8 +179,9 @@ def learning_rate(opt_state: Any, default: float) -> float:
     """The learning rate of the last step: the ``learning_rate`` hyperparameter of an
     ``optax.inject_hyperparams`` state inside ``opt_state`` (a schedule's current value), else
     ``default`` (the config's constant rate)."""
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState))
-             if isinstance(x, optax.InjectHyperparamsState) and "learning_rate" in x.hyperparams]
+    kinds = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
+             if isinstance(x, kinds) and "learning_rate" in x.hyperparams]
     return float(np.asarray(found[0].hyperparams["learning_rate"])) if found else float(default)
 
 

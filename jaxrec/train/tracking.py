@@ -23,12 +23,13 @@ Built in (``pip install 'jaxrec[track]'`` brings the packages):
   the store is ``$MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` in the
   working directory (``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows it; the UI is in
   the full ``mlflow`` package). Experiment = ``Tracking.group`` (default ``jaxrec``); config as
-  params; metric names as below with ``@`` written ``_at_`` (MLflow refuses ``@``:
-  ``valid/ndcg_at_10``). A resumed run continues the MLflow run of the same run folder.
+  params. A resumed run continues the MLflow run of the same run folder.
 - ``wandb``: Weights & Biases, offline unless ``$WANDB_MODE`` says otherwise (files under
   ``<run folder>/wandb/``; ``wandb sync`` uploads them later). Project = ``Tracking.group``.
 
-What is logged (the same names everywhere; step = the 0-based epoch of ``log.jsonl``):
+What is logged (the same names in every tracker; step = the 0-based epoch of ``log.jsonl``; a
+metric's ``@`` is written ``_at_``, since MLflow refuses ``@`` and tensorboardX rewrites it:
+``valid/ndcg_at_10``, ``tag_name``):
 ``train/loss`` and ``train/<term>`` for every loss term of the objective, ``train/learning_rate``
 (from an ``optax.inject_hyperparams`` state when the optimizer has one, else
 ``config.learning_rate``), ``train/steps_per_second``, ``train/examples_per_second`` (rows of the
@@ -228,7 +229,7 @@ def epoch_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         out["train/loss"] = float(record["loss"])
     for k, v in record.items():
         if k not in _NOT_TRAIN and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"train/{k}"] = float(v)
+            out[tag_name(f"train/{k}")] = float(v)
     if "learning_rate" in record:
         out["train/learning_rate"] = float(record["learning_rate"])
     secs = float(record.get("train_seconds", 0.0))
@@ -240,14 +241,19 @@ def epoch_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         if k in record:
             out[f"time/{k}"] = float(record[k])
     for k, v in (record.get("valid") or {}).items():
-        out[f"valid/{k}"] = float(v)
+        out[tag_name(f"valid/{k}")] = float(v)
     return out
 
 
 def test_scalars(test: Mapping[str, float], valid: Mapping[str, float]) -> dict[str, float]:
     """``test/<metric>`` and ``best/valid_<metric>`` (the selected epoch's validation metrics)."""
-    return {**{f"test/{k}": float(v) for k, v in test.items()},
-            **{f"best/valid_{k}": float(v) for k, v in valid.items()}}
+    return {**{tag_name(f"test/{k}"): float(v) for k, v in test.items()},
+            **{tag_name(f"best/valid_{k}"): float(v) for k, v in valid.items()}}
+
+
+def tag_name(name: str) -> str:
+    """The tracked name of a metric: ``@`` written ``_at_`` (``valid/ndcg@10`` -> ``valid/ndcg_at_10``)."""
+    return name.replace("@", "_at_")
 
 
 def config_params(config: Any) -> dict[str, str | float | int | bool]:
@@ -311,11 +317,6 @@ class TensorBoardTracker:
 
 
 # ----------------------------------------------------------------------------- MLflow
-def mlflow_name(tag: str) -> str:
-    """An MLflow metric name for ``tag``: ``@`` (which MLflow refuses) written ``_at_``."""
-    return tag.replace("@", "_at_")
-
-
 _MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
@@ -360,7 +361,7 @@ class MLflowTracker:
         from mlflow.entities import Metric  # noqa: PLC0415
 
         now = int(time.time() * 1000)
-        metrics = [Metric(mlflow_name(k), float(v), now, int(step)) for k, v in scalars.items()]
+        metrics = [Metric(k, float(v), now, int(step)) for k, v in scalars.items()]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
@@ -421,5 +422,5 @@ TRACKERS.register("wandb", TrackerKind(WandbTracker, requires=("wandb",)))
 
 
 __all__ = ["Tracker", "TrackerKind", "Tracking", "RunInfo", "TrackerGroup", "TrackingError", "open_trackers",
-           "check_trackers", "epoch_scalars", "test_scalars", "config_params", "mlflow_name",
+           "check_trackers", "epoch_scalars", "test_scalars", "config_params", "tag_name",
            "TensorBoardTracker", "MLflowTracker", "WandbTracker", "EXTRA"]
