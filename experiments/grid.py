@@ -256,7 +256,7 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
                      progress=progress, prepared=prepared, tracking=tracking)
         rec = results_record(result, dataset)
         if result.test_per_user is not None:
-            rec["per_user"] = save_per_user(Path(out_dir), slug, result.test_per_user, cell.config.valid_metric)
+            rec["per_user"] = str(save_per_user(Path(out_dir), slug, result.test_per_user, cell.config.valid_metric))
         rec.update(key=dict(cell.key), data={**cell.data, **info}, seconds=time.perf_counter() - t0,
                    epochs_run=len(result.history), curve=learning_curve(result.history, cell.config.valid_metric))
         if run_dir is not None:
@@ -293,10 +293,10 @@ def run_cells(args: argparse.Namespace, experiment: str, command: str, base: Con
                     progress=args.progress, checkpoint=checkpoint, experiment=experiment, **kw)
 
 
-def save_per_user(out_dir: Path, slug: str, per_user: dict, valid_metric: str) -> str:
+def save_per_user(out_dir: Path, slug: str, per_user: dict, valid_metric: str) -> Path:
     """Write a cell's per-user test metrics (``user`` and ``PER_USER_METRICS`` + the valid metric, as
-    many as the protocol gave, float64 [M]) to ``<out_dir>/per_user/<slug>.npz``; returns the path
-    relative to ``out_dir``."""
+    many as the protocol gave, float64 [M]) to ``<out_dir>/per_user/<slug>.npz``; returns its absolute
+    path (``results.json`` names it relative to ``out_dir``: ``experiments.report.write_results``)."""
     wanted = [*PER_USER_METRICS, valid_metric, *(f"full_{m}" for m in PER_USER_METRICS)]
     arrays = {"user": np.asarray(per_user["user"])}
     arrays.update({m: np.asarray(per_user[m], dtype=np.float64) for m in dict.fromkeys(wanted) if m in per_user})
@@ -306,7 +306,7 @@ def save_per_user(out_dir: Path, slug: str, per_user: dict, valid_metric: str) -
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
-    return str(rel)
+    return path.resolve()
 
 
 def learning_curve(history: Sequence[dict], valid_metric: str) -> dict[str, list]:

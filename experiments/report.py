@@ -374,6 +374,8 @@ def write_results(out_dir: Path, experiment: str, command: str, base: Config, re
 
     from jaxrec import __version__
 
+    root = Path(out_dir).resolve()
+    records = [_relative_per_user(r, root) for r in records]
     return write_json(Path(out_dir) / "results.json", {
         "experiment": experiment,
         "command": command,
@@ -385,6 +387,15 @@ def write_results(out_dir: Path, experiment: str, command: str, base: Config, re
         "cells": list(records),
         "versions": {"jax": jax.__version__, "jaxrec": __version__, "python": sys.version.split()[0]},
     })
+
+
+def _relative_per_user(record: dict, root: Path) -> dict:
+    """The record with its per-user file named relative to ``root`` when it lies there (the folder
+    stays movable; ``experiments.grid.load_previous_cells`` resolves it again)."""
+    path = record.get("per_user")
+    if not path or not Path(path).is_absolute() or not Path(path).is_relative_to(root):
+        return record
+    return {**record, "per_user": str(Path(path).relative_to(root))}
 
 
 def finish(out_dir: Path, printed: str, files: Sequence[Path]) -> None:
