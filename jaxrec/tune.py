@@ -260,6 +260,8 @@ class OptunaPruning:
         epoch = int(record["epoch"])
         self.trial.report(float(valid[self.metric]), epoch)
         if self.trial.should_prune():
+            log.info("trial %d: pruned at epoch %d (%s = %.4f)", self.trial.number, epoch, self.metric,
+                     valid[self.metric])
             err = _optuna().TrialPruned(f"pruned at epoch {epoch} ({self.metric} = {valid[self.metric]:.4f})")
             err.tracking_status = "pruned"
             raise err
