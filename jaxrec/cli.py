@@ -149,11 +149,9 @@ def _add_tune_parser(sub) -> None:
 
 
 def _tracker_names(text: str | None) -> tuple[str, ...] | None:
-    """``--track`` text -> tracker names (``none`` -> none)."""
-    if text is None:
-        return None
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    return () if names in ([], ["none"]) else tuple(names)
+    from jaxrec.train.tracking import parse_track  # noqa: PLC0415
+
+    return parse_track(text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

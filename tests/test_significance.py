@@ -110,3 +110,13 @@ def test_grid_stores_per_user_metrics_tracks_cells_and_tables_test_them(tmp_path
     assert [c["per_user"] for c in stored] == [f"per_user/{grid._slug(r['key'])}.npz" for r in records]
     again = grid.load_previous_cells(out)
     assert [c["per_user"] for c in again] == [r["per_user"] for r in records]
+
+
+def test_experiment_track_option_sets_every_cells_trackers():
+    from experiments import cli, llminit_table
+
+    args = llminit_table.build_parser().parse_args(["--track", "tensorboard,mlflow"])
+    assert cli.base_config(args).track == ("tensorboard", "mlflow")
+    args = llminit_table.build_parser().parse_args(["--track", "none"])
+    assert cli.base_config(args).track == ()
+    assert cli.base_config(llminit_table.build_parser().parse_args([])).track == ("tensorboard",)

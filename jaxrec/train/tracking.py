@@ -137,6 +137,15 @@ class Tracking:
     trackers: Sequence[Tracker] = ()
 
 
+def parse_track(text: str | None) -> tuple[str, ...] | None:
+    """``--track`` text -> tracker names: ``"tensorboard,mlflow"`` -> both, ``"none"`` or ``""`` -> ``()``,
+    None -> None (the config's own)."""
+    if text is None:
+        return None
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    return () if names in ([], ["none"]) else tuple(names)
+
+
 def check_trackers(names: Sequence[str]) -> None:
     """``TrackingError`` naming the tracker and the install command when a package a tracker in
     ``names`` needs is not installed (``ConfigError`` for an unknown name)."""
@@ -421,6 +430,6 @@ TRACKERS.register("mlflow", TrackerKind(MLflowTracker, requires=("mlflow", "sqla
 TRACKERS.register("wandb", TrackerKind(WandbTracker, requires=("wandb",)))
 
 
-__all__ = ["Tracker", "TrackerKind", "Tracking", "RunInfo", "TrackerGroup", "TrackingError", "open_trackers",
+__all__ = ["Tracker", "TrackerKind", "Tracking", "RunInfo", "TrackerGroup", "TrackingError", "open_trackers", "parse_track",
            "check_trackers", "epoch_scalars", "test_scalars", "config_params", "tag_name",
            "TensorBoardTracker", "MLflowTracker", "WandbTracker", "EXTRA"]
