@@ -32,7 +32,8 @@ launch keys) cannot be searched: every trial trains on the same split.
 - Objective: the validation metric ``config.valid_metric`` of the best epoch (maximized;
   ``RunResult.valid_metrics``), never the test metrics (recorded per trial, not used).
 - Pruning: each trial reports its validation metric after every evaluation to Optuna's pruner
-  (``median`` (default), ``hyperband`` or ``none``) through a tracker (``OptunaPruning``, passed
+  (``median`` (default: Optuna's MedianPruner after 3 finished trials and 10 warm-up epochs),
+  ``hyperband`` or ``none``) through a tracker (``OptunaPruning``, passed
   to ``fit`` as ``Tracking.trackers``), which stops a hopeless trial (state PRUNED).
 - Storage: the study lives in an Optuna RDB storage (``sqlite:///study.db``), so the search is
   resumable and shared: the same command again (or several processes at once, on the same
