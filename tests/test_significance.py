@@ -14,7 +14,7 @@ from helpers import write_tiny_dataset
 from scipy import stats
 
 from experiments import grid, report
-from jaxrec.config import Config
+from jaxrec.config import Config, ConfigError
 
 
 def test_paired_test_against_scipy_and_by_hand():
@@ -120,3 +120,31 @@ def test_experiment_track_option_sets_every_cells_trackers():
     args = llminit_table.build_parser().parse_args(["--track", "none"])
     assert cli.base_config(args).track == ()
     assert cli.base_config(llminit_table.build_parser().parse_args([])).track == ("tensorboard",)
+
+
+def test_compare_runs_pairs_two_run_folders(tmp_path, capsys):
+    from experiments import compare_runs
+    from jaxrec.data import load_dataset
+    from jaxrec.models import get_model
+    from jaxrec.train import fit
+
+    folder = write_tiny_dataset(tmp_path / "data")
+    base = Config(dataset=str(folder), epochs=2, batch_size=64, embedding_size=8, topk=(5, 10), track=())
+    ds = load_dataset(str(folder), base)
+    results = {}
+    for name in ("mf", "lightgcn"):
+        config = base.replace(model=name)
+        results[name] = fit(get_model(config), ds, config, out_dir=tmp_path / name)
+    assert compare_runs.main([str(tmp_path / "mf"), str(tmp_path / "lightgcn")]) == 0
+    text = capsys.readouterr().out
+    a, b = results["mf"].test_per_user, results["lightgcn"].test_per_user
+    t = stats.ttest_rel(b["ndcg@10"], a["ndcg@10"])
+    line = next(ln for ln in text.splitlines() if ln.startswith("ndcg@10"))
+    assert line.split()[1:4] == ["60", report.fmt(results["mf"].test_metrics["ndcg@10"]),
+                                 report.fmt(results["lightgcn"].test_metrics["ndcg@10"])]
+    assert line.split()[5:7] == [f"{t.statistic:.2f}", report.fmt_p(t.pvalue)]
+    other = write_tiny_dataset(tmp_path / "data2", seed=1)
+    config = base.replace(dataset=str(other))
+    fit(get_model(config), load_dataset(str(other), config), config, out_dir=tmp_path / "other")
+    with pytest.raises(ConfigError, match="trained on different data or splits"):
+        compare_runs.main([str(tmp_path / "mf"), str(tmp_path / "other")])
