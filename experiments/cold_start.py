@@ -149,7 +149,8 @@ def build_cells(base, backbones, inits, conditions, seeds, source: EmbeddingSour
 
 def summarize(records):
     rows = report.aggregate(records, by=("backbone", "condition", "init"))
-    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "condition": r["condition"], "init": "none"})
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "condition": r["condition"], "init": "none"},
+                     records=records, by=("backbone", "condition", "init"))
     # how much of the full-data score each cold row keeps
     for r in rows:
         full = next((f for f in rows if f["backbone"] == r["backbone"] and f["init"] == r["init"]
@@ -161,10 +162,12 @@ def summarize(records):
 
 
 def table_text(rows, title: str) -> str:
-    headers = ["model", "training data", "R@10", "N@10", "gain R@10", "gain N@10", "N@10 vs full data"]
+    headers = ["model", "training data", "R@10", "N@10", "gain R@10", "gain N@10", report.SIGNIFICANCE_HEADER,
+               "N@10 vs full data"]
     body = [[r["model"], r["condition"], report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
              report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]), report.fmt_gain(r["recall@10_gain"]),
-             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_gain(r["ndcg@10_vs_full"])] for r in rows]
+             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_significance(r), report.fmt_gain(r["ndcg@10_vs_full"])]
+            for r in rows]
     return report.format_table(headers, body, title=title, align_left=2)
 
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"LLMInit Figure 3 (cold start): {name}, K={base.embedding_size}, test metrics, "
              f"{report.over_seeds(seeds)}; 'cold' keeps max(1, ceil({args.keep_fraction:g} n)) of each user's n "
              f"training interactions (ranking still excludes all of them; 'cold-unmasked': only the kept ones)"
-             f"\ngain = vs the backbone's own init on the same data"
+             f"\ngain = vs the backbone's own init on the same data; {report.SIGNIFICANCE_NOTE}"
              + (f"; text embeddings: {source.description}" if llm else ""))
     text = table_text(rows, title)
     red = reduction_text(records)

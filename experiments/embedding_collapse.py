@@ -95,18 +95,21 @@ def collapse_measures(ctx: grid.CellContext) -> dict:
 
 def summarize(records):
     rows = report.aggregate(records, by=("backbone", "dim", "method", "init"), extras=EXTRAS)
-    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "dim": r["dim"], "method": "random"})
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "dim": r["dim"], "method": "random"},
+                     records=records, by=("backbone", "dim", "method", "init"))
     for r in rows:
         r["erank_item_ratio"] = r["erank_item_mean"] / r["dim"]
     return rows
 
 
 def table_text(rows, title: str) -> str:
-    headers = ["backbone", "K", "init", "R@10", "N@10", "gain N@10", "eff. rank", "eff. rank / K", "init eff. rank"]
+    headers = ["backbone", "K", "init", "R@10", "N@10", "gain N@10", report.SIGNIFICANCE_HEADER, "eff. rank",
+               "eff. rank / K", "init eff. rank"]
     body = [[report.backbone_label(r["backbone"]), str(r["dim"]), r["init"] if r["method"] == "llm" else "none (random)",
              report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
              report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
-             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_mean_std(r["erank_item_mean"], r["erank_item_std"], 1),
+             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_significance(r),
+             report.fmt_mean_std(r["erank_item_mean"], r["erank_item_std"], 1),
              report.fmt(r["erank_item_ratio"], 3), report.fmt(r["erank_item_init_mean"], 1)] for r in rows]
     return report.format_table(headers, body, title=title, align_left=3)
 
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     llm_desc = f"{args.select} for K<{n}, full at K={n}"
     title = (f"LLMInit Figure 1: {name}, test metrics and effective rank of the learned item table vs K; "
              f"{report.over_seeds(seeds)}\nLLM init: {llm_desc} "
-             f"({source.description}); gain = LLM vs random init at the same K"
+             f"({source.description}); gain = LLM vs random init at the same K\n{report.SIGNIFICANCE_NOTE}"
              + (f"; no LLM init for K={skipped} > N" if skipped else ""))
     table = table_text(rows, title)
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,

@@ -134,7 +134,8 @@ def build_cells(base, backbones, encoders, inits, seeds, paths: dict[str, Path],
 
 def summarize(records):
     rows = report.aggregate(records, by=("backbone", "encoder", "init"))
-    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"}, records=records,
+                     by=("backbone", "encoder", "init"))
     return rows
 
 

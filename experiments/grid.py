@@ -7,6 +7,15 @@ content plus the cell's key, data description, time and learning curve). ``Datas
 loads each (dataset, split seed) once and prepares it once for every cell that shares it.
 ``prepare_text_embeddings`` makes sure the cells' item text embeddings exist (encoding through
 jaxrec's embedding cache) and measures the encoding cost.
+
+Tracking: every cell is its own tracked run (``jaxrec.train.tracking``, the config's ``track``,
+TensorBoard by default) named by its key, in the group of the grid's name (MLflow experiment, W&B
+project); TensorBoard's event files go to the cell's run folder (``--save-runs``) or else to
+``<out>/tracking/<cell>/``, so ``tensorboard --logdir <out>`` shows the cells side by side.
+
+Per-user test metrics: when the evaluation protocol gives them, each cell's are written to
+``<out>/per_user/<cell>.npz`` (``user`` and the report's metrics, float64 [M]) and named in the
+record's ``per_user``; ``experiments.report`` reads them for the paired significance tests.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from experiments.report import write_results
+import numpy as np
+
+from experiments.report import PER_USER_METRICS, write_results
 from jaxrec.config import Config, ConfigError
 from jaxrec.init import EmbeddingSource
 
@@ -195,7 +206,7 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
              on_result: Callable[[CellContext], dict] | None = None, resume: bool = False,
              save_runs: bool = False, progress: bool = False,
              checkpoint: Callable[[list[dict]], None] | None = None,
-             reuse: Sequence[str | Path] = ()) -> list[dict]:
+             reuse: Sequence[str | Path] = (), experiment: str | None = None) -> list[dict]:
     """Train every cell (in order) and return one record per cell.
 
     A record is jaxrec's ``results.json`` content for that run (``model``, ``seed``, full
@@ -206,11 +217,14 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
     after each cell (the experiments write ``results.json`` there), so a killed job keeps
     its finished cells; with ``resume`` the cells already in ``out_dir/results.json`` with
     the same key, data and config are reused instead of retrained (also from the
-    ``reuse`` results files).
+    ``reuse`` results files). Each cell is tracked as run ``<cell>`` of group ``experiment``
+    (default: ``out_dir``'s name); ``per_user`` names its per-user test metrics file (module
+    docstring).
     """
     from jaxrec.models import get_model
     from jaxrec.train import fit
     from jaxrec.train.loop import results_record
+    from jaxrec.train.tracking import Tracking
 
     datasets = datasets or DatasetCache()
     own = load_previous_cells(out_dir) if resume else []
@@ -234,10 +248,15 @@ def run_grid(cells: Sequence[Cell], out_dir: Path, *, datasets: DatasetCache | N
         prepared = datasets.prepared(dataset)
         model = get_model(cell.config)
         params = _initial_params(model, dataset, cell.config)
-        run_dir = out_dir / "runs" / _slug(cell.key) if save_runs else None
+        slug = _slug(cell.key)
+        run_dir = out_dir / "runs" / slug if save_runs else None
+        tracking = Tracking(name=slug, group=experiment or Path(out_dir).name, log_dir=Path(out_dir) / "tracking",
+                            tags={str(k): v for k, v in cell.key.items()})
         result = fit(model, dataset, cell.config, out_dir=run_dir, params=params, overwrite=True,
-                     progress=progress, prepared=prepared)
+                     progress=progress, prepared=prepared, tracking=tracking)
         rec = results_record(result, dataset)
+        if result.test_per_user is not None:
+            rec["per_user"] = str(save_per_user(Path(out_dir), slug, result.test_per_user, cell.config.valid_metric))
         rec.update(key=dict(cell.key), data={**cell.data, **info}, seconds=time.perf_counter() - t0,
                    epochs_run=len(result.history), curve=learning_curve(result.history, cell.config.valid_metric))
         if run_dir is not None:
@@ -271,7 +290,23 @@ def run_cells(args: argparse.Namespace, experiment: str, command: str, base: Con
         write_results(out, experiment, command, base, records, meta=meta, complete=False)
 
     return run_grid(cells, out, datasets=datasets, resume=args.resume, reuse=args.reuse, save_runs=args.save_runs,
-                    progress=args.progress, checkpoint=checkpoint, **kw)
+                    progress=args.progress, checkpoint=checkpoint, experiment=experiment, **kw)
+
+
+def save_per_user(out_dir: Path, slug: str, per_user: dict, valid_metric: str) -> Path:
+    """Write a cell's per-user test metrics (``user`` and ``PER_USER_METRICS`` + the valid metric, as
+    many as the protocol gave, float64 [M]) to ``<out_dir>/per_user/<slug>.npz``; returns its absolute
+    path (``results.json`` names it relative to ``out_dir``: ``experiments.report.write_results``)."""
+    wanted = [*PER_USER_METRICS, valid_metric, *(f"full_{m}" for m in PER_USER_METRICS)]
+    arrays = {"user": np.asarray(per_user["user"])}
+    arrays.update({m: np.asarray(per_user[m], dtype=np.float64) for m in dict.fromkeys(wanted) if m in per_user})
+    rel = Path("per_user") / f"{slug}.npz"
+    path = out_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path.resolve()
 
 
 def learning_curve(history: Sequence[dict], valid_metric: str) -> dict[str, list]:
@@ -296,7 +331,11 @@ def load_previous_cells(out_dir: str | Path) -> list[dict]:
     except (OSError, ValueError) as e:
         log.warning("cannot reuse %s (%s); running every cell", path, e)
         return []
-    return [c for c in data.get("cells", []) if "key" in c and "config" in c]
+    cells = [c for c in data.get("cells", []) if "key" in c and "config" in c]
+    for c in cells:  # per-user files are named relative to their own folder
+        if c.get("per_user") and not Path(c["per_user"]).is_absolute():
+            c["per_user"] = str((path.parent / c["per_user"]).resolve())
+    return cells
 
 
 def same_cell(record: dict, cell: Cell) -> bool:
@@ -307,6 +346,9 @@ def same_cell(record: dict, cell: Cell) -> bool:
     data = {k: v for k, v in record.get("data", {}).items() if k in cell.data}
     if data != json.loads(json.dumps(cell.data)):
         return False
+    from jaxrec.train.runfiles import LAUNCH_FIELDS  # how a run is launched or tracked: not what it computes
+
     defaults = Config(cell.config.model, plugins=cell.config.plugins).to_dict()  # the model's keys
     stored = record["config"]
-    return all(stored.get(k, defaults[k]) == v for k, v in json.loads(json.dumps(cell.config.to_dict())).items())
+    return all(stored.get(k, defaults[k]) == v for k, v in json.loads(json.dumps(cell.config.to_dict())).items()
+               if k not in LAUNCH_FIELDS)

@@ -59,7 +59,8 @@ def build_cells(base, backbones, inits, scales, seeds, source: EmbeddingSource, 
 
 def summarize(records, paper_key: str | None) -> list[dict]:
     rows = report.aggregate(records, by=("backbone", "init", "scale"))
-    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"})
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "init": "none"}, records=records,
+                     by=("backbone", "init", "scale"))
     for r in rows:
         r["model"] = report.row_label(r["backbone"], r["init"], r["scale"])
         if paper_key is not None:
@@ -73,14 +74,14 @@ def summarize(records, paper_key: str | None) -> list[dict]:
 
 
 def table_text(rows, title: str, paper_key: str | None) -> str:
-    headers = ["model", "R@10", "N@10", "gain R@10", "gain N@10"]
+    headers = ["model", "R@10", "N@10", "gain R@10", "gain N@10", report.SIGNIFICANCE_HEADER]
     if paper_key:
         headers += [f"paper R@10 ({paper_key})", "paper N@10", "paper gain N@10"]
     body = []
     for r in rows:
         line = [r["model"], report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
                 report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]),
-                report.fmt_gain(r["recall@10_gain"]), report.fmt_gain(r["ndcg@10_gain"])]
+                report.fmt_gain(r["recall@10_gain"]), report.fmt_gain(r["ndcg@10_gain"]), report.fmt_significance(r)]
         if paper_key:
             line += [report.fmt(r.get("paper_recall@10")), report.fmt(r.get("paper_ndcg@10")),
                      report.fmt_gain(r.get("paper_ndcg@10_gain"))]
@@ -127,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     name = cli.dataset_label(base.dataset)
     dim = meta.get("text_embeddings", {}).get("dim")
     title = (f"LLMInit Table 1 layout: {name}, K={base.embedding_size}, test metrics, "
-             f"{report.over_seeds(seeds)}; gain = mean vs the backbone's own init"
+             f"{report.over_seeds(seeds)}; gain = mean vs the backbone's own init\n{report.SIGNIFICANCE_NOTE}"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else ""))
     text = table_text(rows, title, paper_key)
     files = [report.write_csv(out / f"{EXPERIMENT}.csv", rows,
                          ["model", "backbone", "init", "scale", "n", "seeds", "recall@10_mean", "recall@10_std",
-                          "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain"]
+                          "ndcg@10_mean", "ndcg@10_std", "recall@10_gain", "ndcg@10_gain", "ndcg@10_p_t", "ndcg@10_p_w",
+                          "ndcg@10_users"]
                          + (["paper_recall@10", "paper_ndcg@10", "paper_ndcg@10_gain"] if paper_key else [])),
              report.write_csv(out / "cells.csv", report.cell_rows(records)),
              plot(rows, out / f"{EXPERIMENT}.png", f"{name}: test metrics by initialization (K={base.embedding_size})"),

@@ -1,7 +1,10 @@
 """Experiment reports: aggregation over seeds, relative gains, tables, CSV and results.json.
 
 ``aggregate`` groups cell records and takes the mean and sample std of each metric;
-``add_gains`` adds the relative improvement over a base row; the ``fmt*`` helpers and
+``add_gains`` adds the relative improvement over a base row and, given the cell records, a
+paired significance test over users against that row (``paired_test``: paired t-test and
+Wilcoxon signed-rank from ``scipy.stats`` on the per-user test metrics the grid stores, so
+"A beats B" has a p-value); the ``fmt*`` helpers and
 ``format_table`` / ``markdown_table`` print; ``write_results`` / ``write_csv`` write the run
 folder (default ``checkpoints/<experiment>/<run-name>/``). The papers' published numbers to
 stand beside (DESIGN.md section 3) live here too.
@@ -28,6 +31,10 @@ def dataset_label(name: str) -> str:
 
 
 METRICS = ("recall@10", "ndcg@10")
+#: Per-user test metrics a grid keeps for each cell (``experiments.grid.save_per_user``).
+PER_USER_METRICS = METRICS
+#: The metric the tables' p-value column tests.
+SIGNIFICANCE_METRIC = "ndcg@10"
 
 
 METRIC_LABELS = {"recall@10": "R@10", "ndcg@10": "N@10"}
@@ -110,9 +117,15 @@ def aggregate(records: Sequence[dict], by: Sequence[str], metrics: Sequence[str]
 
 
 def add_gains(rows: list[dict], base_of: Callable[[dict], dict | None], metrics: Sequence[str] = METRICS,
-              base_label: Callable[[dict], str] | None = None) -> list[dict]:
+              base_label: Callable[[dict], str] | None = None, records: Sequence[dict] | None = None,
+              by: Sequence[str] | None = None, tested: Sequence[str] = (SIGNIFICANCE_METRIC,)) -> list[dict]:
     """Add ``<metric>_gain`` (% over the mean of the row ``base_of(row)`` returns matching
-    fields of; NaN where there is none) to every row, in place; returns ``rows``."""
+    fields of; NaN where there is none) to every row, in place; returns ``rows``.
+
+    With ``records`` (the cell records) and ``by`` (the fields ``aggregate`` grouped them by), also
+    the paired test over users of each row against its base row for each metric of ``tested``:
+    ``<metric>_p_t`` (paired t-test), ``<metric>_p_w`` (Wilcoxon), ``<metric>_users`` and
+    ``<metric>_seeds`` (``paired_over_seeds``; NaN / 0 where the cells have no per-user file)."""
     for row in rows:
         match = base_of(row)
         base = None
@@ -124,7 +137,106 @@ def add_gains(rows: list[dict], base_of: Callable[[dict], dict | None], metrics:
         for m in metrics:
             has_base = base is not None and base is not row
             row[f"{m}_gain"] = relative_gain(row[f"{m}_mean"], base[f"{m}_mean"]) if has_base else float("nan")
+        if records is not None and by is not None:
+            mine = _group(records, by, row)
+            theirs = _group(records, by, base) if base is not None and base is not row else []
+            for m in tested:
+                test = paired_over_seeds(theirs, mine, m) if theirs else None
+                row[f"{m}_p_t"] = test["p_t"] if test else float("nan")
+                row[f"{m}_p_w"] = test["p_w"] if test else float("nan")
+                row[f"{m}_users"] = test["users"] if test else 0
+                row[f"{m}_seeds"] = test["seeds"] if test else []
     return rows
+
+
+def _group(records: Sequence[dict], by: Sequence[str], row: dict) -> list[dict]:
+    return [r for r in records if all(r["key"].get(b) == row.get(b) for b in by)]
+
+
+# ----------------------------------------------------------------------------- significance
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Paired tests of ``b`` against ``a`` over the same units (users): ``{"n", "mean_a",
+    "mean_b", "diff" (mean of b - a), "t", "p_t"`` (``scipy.stats.ttest_rel``, two-sided)``,
+    "w", "p_w"`` (``scipy.stats.wilcoxon``, two-sided, zero differences dropped: Wilcoxon's
+    original rule)``}``. When every difference is zero the tests are undefined: p = 1.
+    Raises ValueError for arrays of different shapes or fewer than 2 pairs."""
+    from scipy import stats  # noqa: PLC0415
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_test: expected two 1-d arrays of the same length, got {a.shape} and {b.shape}")
+    if a.size < 2:
+        raise ValueError(f"paired_test: need at least 2 pairs, got {a.size}")
+    d = b - a
+    out = {"n": int(a.size), "mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": float(d.mean())}
+    if not np.any(d != 0):
+        return {**out, "t": 0.0, "p_t": 1.0, "w": 0.0, "p_w": 1.0}
+    t = stats.ttest_rel(b, a)
+    w = stats.wilcoxon(b, a, zero_method="wilcox")
+    return {**out, "t": float(t.statistic), "p_t": float(t.pvalue), "w": float(w.statistic), "p_w": float(w.pvalue)}
+
+
+def load_per_user(record: dict, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(users [M], values [M])`` of a cell's per-user test ``metric`` (its ``per_user`` file; the
+    full-ranking view ``full_<metric>`` when the cell was evaluated on candidates, as
+    ``ranking_view`` reads the means), or None when the cell has none."""
+    path = record.get("per_user")
+    if not path or not Path(path).is_file():
+        return None
+    with np.load(path) as f:
+        name = metric if metric in f.files else f"full_{metric}" if f"full_{metric}" in f.files else None
+        return (np.asarray(f["user"]), np.asarray(f[name])) if name else None
+
+
+def _seed_of(record: dict) -> Any:
+    return record.get("data", {}).get("split_seed", record["key"].get("seed", record.get("seed")))
+
+
+def paired_over_seeds(base: Sequence[dict], other: Sequence[dict], metric: str) -> dict | None:
+    """The paired test over users of ``other``'s cells against ``base``'s (``paired_test``).
+
+    Cells are paired by split seed (the same test users and held-out items); each user's value
+    is its mean over the seeds both sides have, over the users every one of those cells
+    evaluated, so one user is one pair. None when no seed has per-user files on both sides.
+    Adds ``"seeds"`` and ``"users"`` to ``paired_test``'s record."""
+    a_by = {_seed_of(r): r for r in base}
+    b_by = {_seed_of(r): r for r in other}
+    a_vals, b_vals, seeds = [], [], []
+    for seed in [s for s in a_by if s in b_by]:
+        a, b = load_per_user(a_by[seed], metric), load_per_user(b_by[seed], metric)
+        if a is None or b is None:
+            continue
+        a_vals.append(dict(zip(a[0].tolist(), a[1]))), b_vals.append(dict(zip(b[0].tolist(), b[1])))
+        seeds.append(seed)
+    if not seeds:
+        return None
+    users = sorted(set.intersection(*(set(v) for v in a_vals + b_vals)))
+    if len(users) < 2:
+        return None
+    a = np.mean([[v[u] for u in users] for v in a_vals], axis=0)
+    b = np.mean([[v[u] for u in users] for v in b_vals], axis=0)
+    return {**paired_test(a, b), "seeds": seeds, "users": len(users)}
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value for a table: ``0.003``, ``<1e-4``, or ``-``."""
+    if p is None or not math.isfinite(p):
+        return "-"
+    return "<1e-4" if p < 1e-4 else f"{p:.4f}" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_significance(row: dict, metric: str = SIGNIFICANCE_METRIC) -> str:
+    """The table cell ``p(t) / p(W)`` of ``row``'s paired tests on ``metric`` vs its base row."""
+    pt, pw = row.get(f"{metric}_p_t"), row.get(f"{metric}_p_w")
+    if pt is None or not math.isfinite(pt):
+        return "-"
+    return f"{fmt_p(pt)} / {fmt_p(pw)}"
+
+
+#: The header of ``fmt_significance``'s column and the line tables add under their title.
+SIGNIFICANCE_HEADER = "p N@10 (t / W)"
+SIGNIFICANCE_NOTE = ("p N@10: paired t-test / Wilcoxon signed-rank over test users (per-user NDCG@10 averaged over "
+                     "the seeds), this row vs the gain's base row")
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -262,6 +374,8 @@ def write_results(out_dir: Path, experiment: str, command: str, base: Config, re
 
     from jaxrec import __version__
 
+    root = Path(out_dir).resolve()
+    records = [_relative_per_user(r, root) for r in records]
     return write_json(Path(out_dir) / "results.json", {
         "experiment": experiment,
         "command": command,
@@ -273,6 +387,15 @@ def write_results(out_dir: Path, experiment: str, command: str, base: Config, re
         "cells": list(records),
         "versions": {"jax": jax.__version__, "jaxrec": __version__, "python": sys.version.split()[0]},
     })
+
+
+def _relative_per_user(record: dict, root: Path) -> dict:
+    """The record with its per-user file named relative to ``root`` when it lies there (the folder
+    stays movable; ``experiments.grid.load_previous_cells`` resolves it again)."""
+    path = record.get("per_user")
+    if not path or not Path(path).is_absolute() or not Path(path).is_relative_to(root):
+        return record
+    return {**record, "per_user": str(Path(path).relative_to(root))}
 
 
 def finish(out_dir: Path, printed: str, files: Sequence[Path]) -> None:

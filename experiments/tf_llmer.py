@@ -286,7 +286,8 @@ def ranking_view(record: dict) -> dict:
 def summarize(records, variants: Sequence[Variant]) -> list[dict]:
     records = [ranking_view(r) for r in records]
     rows = report.aggregate(records, by=("backbone", "variant"))
-    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "variant": "none"})
+    report.add_gains(rows, lambda r: {"backbone": r["backbone"], "variant": "none"}, records=records,
+                     by=("backbone", "variant"))
     by_name = {v.name: v for v in variants}
     for r in rows:
         recs = [c for c in records if c["key"]["backbone"] == r["backbone"] and c["key"]["variant"] == r["variant"]]
@@ -302,10 +303,11 @@ def summarize(records, variants: Sequence[Variant]) -> list[dict]:
 
 
 def metrics_text(rows, title: str) -> str:
-    headers = ["model", "R@10", "N@10", "gain R@10", "gain N@10", "best ep", "epochs"]
+    headers = ["model", "R@10", "N@10", "gain R@10", "gain N@10", report.SIGNIFICANCE_HEADER, "best ep", "epochs"]
     body = [[r["model"], report.fmt_mean_std(r["recall@10_mean"], r["recall@10_std"]),
              report.fmt_mean_std(r["ndcg@10_mean"], r["ndcg@10_std"]), report.fmt_gain(r["recall@10_gain"]),
-             report.fmt_gain(r["ndcg@10_gain"]), f"{r['best_epoch_mean']:.0f}", f"{r['epochs_run_mean']:.0f}"]
+             report.fmt_gain(r["ndcg@10_gain"]), report.fmt_significance(r), f"{r['best_epoch_mean']:.0f}",
+             f"{r['epochs_run_mean']:.0f}"]
             for r in rows]
     return report.format_table(headers, body, title=title)
 
@@ -500,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
              "K: " + ", ".join(f"{report.backbone_label(b)} {bases[b].embedding_size}" for b in backbones))
     stat = "mean ± std over seeds" if any(len(seeds_of[b]) > 1 for b in backbones) else "one seed, no std"
     title = (f"TF-LLMER: {name}, {k_txt}, test metrics, {stat} ({seeds_txt}); "
-             f"gain = mean vs the backbone's random init"
+             f"gain = mean vs the backbone's random init\n{report.SIGNIFICANCE_NOTE}"
              + (f"\ntext embeddings: {source.description} (N={dim})" if llm else "")
              + "".join(f"\n{report.backbone_label(b)}: full-ranking R@10 / N@10 on its own protocol's split "
                        f"(split {bases[b].split}, early stopping on {bases[b].evaluation}); compare within "

@@ -5,7 +5,9 @@ explicit options < ``--set key=value``, and the config is validated once, after 
 ``--plugin MODULE`` (or a ``.py`` path; repeatable) is imported first, so the components it
 registers (``jaxrec.register_model`` ...) are valid names. The command is a thin shell over
 ``jaxrec.pipeline.train_run``. ``jaxrec recommend | export | update`` serve and update a
-trained run (``jaxrec.serve.cli``).
+trained run (``jaxrec.serve.cli``). ``--track tensorboard,mlflow`` chooses the experiment
+trackers (config ``track``; ``jaxrec.train.tracking``; ``none`` for none). ``jaxrec tune``
+searches hyperparameters with Optuna (``jaxrec.tune``).
 
 Multi-host: ``--coordinator-address host:port --num-processes N --process-id I`` (or the
 config keys, or ``$JAXREC_COORDINATOR`` / ``$JAXREC_NUM_PROCESSES`` / ``$JAXREC_PROCESS_ID``)
@@ -43,7 +45,7 @@ from jaxrec.errors import JaxrecError
 # Options with their own flags (besides --set); the rest are reachable via --set.
 _FLAGGED = ("dataset", "model", "seed", "epochs", "batch_size", "learning_rate", "embedding_size",
             "num_layers", "reg_weight", "patience", "topk", "split", "kernel", "init", "encoder",
-            "embeddings", "coordinator_address", "num_processes", "process_id")
+            "embeddings", "track", "coordinator_address", "num_processes", "process_id")
 
 
 def _field_help() -> str:
@@ -76,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from jaxrec.registry import INITIALIZERS, MODELS  # noqa: PLC0415
 
+    from jaxrec.registry import TRACKERS  # noqa: PLC0415
+
     extra = {
+        "track": f"; comma-separated experiment trackers among {', '.join(TRACKERS)} (default tensorboard: "
+                 "event files in the run folder), or none",
         "model": f"; a registered backbone: {', '.join(sorted(MODELS))}",
         "init": f"; none or an LLM initializer: {', '.join(sorted(n for n in INITIALIZERS if n != 'none'))}",
         "embeddings": "; precomputed item text embeddings (.npy, <stem>.item_ids.txt beside it), or 'auto' "
@@ -102,7 +108,50 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxrec.serve.cli import add_parsers  # recommend, export, update
 
     add_parsers(sub)
+    _add_tune_parser(sub)
     return parser
+
+
+def _add_tune_parser(sub) -> None:
+    from jaxrec.tune import PRUNERS  # noqa: PLC0415
+
+    t = sub.add_parser(
+        "tune", help="search hyperparameters with Optuna (resumable; several processes may share a study)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search a space of config values with Optuna: the objective is the best validation "
+                    "valid_metric of each trial, hopeless trials are pruned, the study lives in --storage (resume "
+                    "by running the same command; run it in several processes to search together). Prints the top "
+                    "trials and writes the best config (--out) for `jaxrec train --config`.",
+        epilog="search space file (TOML): fixed config keys at the top level, then one table per searched key:\n"
+               "  [space.learning_rate]\n  type = \"float\"\n  low = 1e-4\n  high = 1e-2\n  log = true\n\n"
+               "  [space.num_layers]\n  type = \"int\"\n  low = 1\n  high = 4\n\n"
+               "  [space.reg_weight]\n  type = \"categorical\"\n  choices = [1e-5, 1e-4, 1e-3]")
+    t.add_argument("--space", type=Path, required=True, help="the search space (TOML; see below)")
+    t.add_argument("--trials", type=int, required=True,
+                   help="finished (complete or pruned) trials the study should hold; failed ones do not count")
+    t.add_argument("--storage", required=True, help="Optuna database URL, e.g. sqlite:///study.db")
+    t.add_argument("--study-name", default=None, help="default <dataset>-<model>")
+    t.add_argument("--model", default=None, help="backbone (overrides the space file's model)")
+    t.add_argument("--dataset", default=None, help="dataset name or folder (overrides the space file's)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a fixed config key")
+    t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
+    t.add_argument("--track", default=None, help="experiment trackers of every trial (config track; none for none)")
+    t.add_argument("--out", type=Path, default=None, help="write the best config here (TOML; default best.toml)")
+    t.add_argument("--pruner", default="median", choices=PRUNERS, help="Optuna pruner (default median)")
+    t.add_argument("--sampler-seed", type=int, default=None, help="seed of Optuna's TPE sampler (default random)")
+    t.add_argument("--runs", type=Path, default=None,
+                   help="keep each trial's run folder as RUNS/trial-<n> (TensorBoard writes there)")
+    t.add_argument("--top", type=int, default=10, help="rows of the printed table (default 10)")
+    t.add_argument("--grace-period", type=int, default=60,
+                   help="seconds without a heartbeat after which another machine's trial counts as failed")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _tracker_names(text: str | None) -> tuple[str, ...] | None:
+    from jaxrec.train.tracking import parse_track  # noqa: PLC0415
+
+    return parse_track(text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -119,7 +168,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     import_plugins(raw.get("plugins", ()) or ())
     file_layer = coerce_mapping(raw, source=f"config file {args.config}:", model=model) if raw else {}
     flags = {name: parse_value(name, getattr(args, name), source="--" + name.replace("_", "-"), model=model)
-             for name in _FLAGGED if getattr(args, name) is not None}
+             for name in _FLAGGED if getattr(args, name) is not None and name != "track"}
+    if args.track is not None:
+        flags["track"] = _tracker_names(args.track)
     if args.plugin:
         flags["plugins"] = tuple(dict.fromkeys([*file_layer.get("plugins", ()), *args.plugin]))
     return build_config(file_layer, flags, sets=args.set)
@@ -155,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrec.train import TrainingDivergedError
 
     try:
+        if args.command == "tune":
+            return _tune(args)
         if args.command != "train":
             from jaxrec.serve.cli import run_command
 
@@ -192,6 +245,32 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run files: {out}/ ({files}ckpt/)")
     print(f"recommendations: jaxrec recommend --run {out} --users {','.join(map(str, dataset.user_ids[:2]))} "
           f"--k 10   (or --all --out recs.parquet; jaxrec export --run {out} --out FOLDER)")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from jaxrec.tune import tune  # noqa: PLC0415
+
+    if args.verbose:
+        logging.getLogger("jaxrec.tune").setLevel(logging.INFO)
+    else:  # one line per trial
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("jaxrec tune: %(message)s"))
+        lg = logging.getLogger("jaxrec.tune")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        lg.propagate = False
+    out = args.out or Path("best.toml")
+    result = tune(args.space, trials=args.trials, storage=args.storage, model=args.model, dataset=args.dataset,
+                  sets=args.set, plugins=args.plugin, track=_tracker_names(args.track), study_name=args.study_name,
+                  out=out, pruner=args.pruner, sampler_seed=args.sampler_seed, runs_dir=args.runs, top=args.top,
+                  progress=False if args.no_progress else None, grace_period=args.grace_period)
+    print(result.table)
+    metric = result.best_config.valid_metric
+    test = ", ".join(f"{k} {v:.4f}" for k, v in result.best_test.items() if k in ("recall@10", "ndcg@10", metric))
+    print(f"best trial {result.best_number}: valid {metric} = {result.best_value:.4f}"
+          + (f"; its test metrics (not used for selection): {test}" if test else ""))
+    print(f"best config: {result.out}   (jaxrec train --config {result.out})")
     return 0
 
 

@@ -128,8 +128,11 @@ class Config:
     random_with_replacement: bool = False
     init_norm: str = "none"  # none | unit | typical: item rows after selection (jaxrec.registry.INIT_NORMS)
     recpca_lambda: float = 0.5  # Rec-PCA's Laplacian penalty (init recpca); 0 = plain PCA
-    # --- checkpoints ------------------------------------------------------------
+    # --- checkpoints and tracking -----------------------------------------------
     checkpoint_every: int = 1  # epochs between "latest" checkpoints
+    # Experiment trackers (jaxrec.registry.TRACKERS: tensorboard | mlflow | wandb); () = none.
+    # How a run is watched, not what it computes: not part of a run folder's identity.
+    track: tuple[str, ...] = ("tensorboard",)
     # --- sharding ---------------------------------------------------------------
     # See jaxrec.train.partition. "none": one device. "feature": embedding tables split
     # along the embedding dimension, graph replicated (no communication in propagation).
@@ -588,6 +591,10 @@ def _validate(c: Config) -> None:
         bad("metrics", f"a non-empty subset of {list(metrics)}")
     for m in c.metrics:
         R.METRICS.check(m, "metrics")
+    for t in c.track:
+        R.TRACKERS.check(t, "track")
+    if len(set(c.track)) != len(c.track):
+        bad("track", "distinct tracker names")
     if c.candidate_negatives < 1:
         bad("candidate_negatives", "an integer >= 1 (sampled items beside the held-out one)")
     if any(k < 1 for k in c.full_view_topk):

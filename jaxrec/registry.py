@@ -32,7 +32,7 @@ T = TypeVar("T")
 __all__ = [
     "Registry", "MODELS", "INITIALIZERS", "KERNELS", "OBJECTIVES", "AUGMENTATIONS", "METRICS",
     "INIT_SCALES", "INIT_NORMS", "SHARDINGS", "ROW_COMMS", "CONTRASTS", "SPLITS", "BATCH_KINDS", "CONTEXTS",
-    "EVALUATIONS", "CONTRAST_UNIQUE", "DATA_PROTOCOLS", "all_registries",
+    "EVALUATIONS", "CONTRAST_UNIQUE", "DATA_PROTOCOLS", "TRACKERS", "all_registries",
     "ModelSpec", "ContextKind", "BatchKind", "EvaluationProtocol",
 ]
 
@@ -102,11 +102,16 @@ class EvaluationProtocol:
     check: ``(dataset, config) -> None`` (``DataError`` / ``ConfigError`` before any compute).
     check_config: ``(config) -> None``, ``ConfigError`` when ``valid_metric`` / ``topk`` /
       ``metrics`` do not fit the protocol (None: ``<metric>@<k>`` of ``metrics`` x ``topk``).
+    per_user: the evaluator also takes ``per_user=True`` and then returns ``(metrics, per_user)``,
+      ``per_user`` = ``{"user": int [M] dense ids, "<metric>": float [M], ...}`` over the same
+      users the means average (``fit`` keeps the test stage's in ``RunResult.test_per_user``;
+      paired significance tests read them).
     """
 
     build: Callable[..., Any]
     check: Callable[..., None] | None = None
     check_config: Callable[..., None] | None = None
+    per_user: bool = False
 
 
 class Registry(Generic[T]):
@@ -250,6 +255,10 @@ EVALUATIONS: Registry[EvaluationProtocol] = Registry("evaluation", "evaluation",
 #: name -> ``jaxrec.data.amazon.AmazonProtocol``. Built in: "kcore" (LLMInit); a method package
 #: registers its own (A-LLMRec's "allmrec", ``jaxrec.methods.allmrec.register``).
 DATA_PROTOCOLS: Registry[Any] = Registry("Amazon preprocessing protocol", None, "jaxrec.data.amazon", method_kinds=True)
+
+#: Experiment trackers (config ``track``): name -> ``jaxrec.train.tracking.TrackerKind``
+#: (tensorboard, mlflow, wandb built in).
+TRACKERS: Registry[Any] = Registry("tracker", "track", "jaxrec.train.tracking")
 
 
 def all_registries() -> dict[str, Registry]:

@@ -89,7 +89,7 @@ def test_every_config_name_field_asks_its_registry():
     from jaxrec.config import models_with_setting, shared_field_names
 
     for reg in R.all_registries().values():
-        if reg.field and reg.field != "metrics":
+        if reg.field and reg.field not in ("metrics", "track"):  # the tuple fields: below
             if reg.field == "model":
                 kw = {"model": "nope"}
             else:  # a shared key, or a setting of the models that have it (e.g. ssl_aug: SGL's)
@@ -100,6 +100,8 @@ def test_every_config_name_field_asks_its_registry():
                 Config(**kw)
     with pytest.raises(ConfigError, match="metrics='nope': unknown metric"):
         Config(metrics=("recall", "nope"))
+    with pytest.raises(ConfigError, match="track='nope': unknown tracker; expected one of tensorboard, mlflow, wandb"):
+        Config(track=("tensorboard", "nope"))
 
 
 def test_registering_twice_refused_unless_replaced():

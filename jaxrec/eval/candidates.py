@@ -213,21 +213,26 @@ def candidate_ranks(scores) -> np.ndarray:
     return (~(s[:, :1] > s[:, 1:])).sum(axis=1).astype(np.int64)
 
 
-def metrics_from_ranks(ranks, num_candidates: int, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
-    """Mean candidate metrics (module docstring) of 0-based target ranks [M] (M >= 1)."""
+def per_user_from_ranks(ranks, num_candidates: int, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, np.ndarray]:
+    """Per-user candidate metrics ``{metric: float64 [M]}`` (module docstring) of 0-based target ranks [M]."""
     r = np.asarray(ranks, dtype=np.int64)
     if r.ndim != 1 or r.size == 0:
         raise ValueError(f"ranks: expected a non-empty 1-d array, got shape {r.shape}")
     out = {}
     for m in _check_metrics(metrics, num_candidates):
         if m == "mrr":
-            out[m] = float(np.mean(1.0 / (r + 1.0)))
+            out[m] = 1.0 / (r + 1.0)
             continue
         kind, k = m.split("@")
         hit = r < int(k)
         per_user = {"hit": hit, "recall": hit, "precision": hit / int(k)}.get(kind)
-        out[m] = float(np.mean(per_user if per_user is not None else hit / np.log2(r + 2.0)))
+        out[m] = np.asarray(per_user if per_user is not None else hit / np.log2(r + 2.0), dtype=np.float64)
     return out
+
+
+def metrics_from_ranks(ranks, num_candidates: int, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Mean candidate metrics (module docstring) of 0-based target ranks [M] (M >= 1)."""
+    return {m: float(np.mean(v)) for m, v in per_user_from_ranks(ranks, num_candidates, metrics).items()}
 
 
 def candidate_metrics(scores, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:

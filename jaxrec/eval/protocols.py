@@ -36,35 +36,48 @@ FULL_VIEW_PREFIX = "full_"
 
 
 class Evaluator(Protocol):
+    """``evaluate(embeddings, stage) -> {metric: float}``; a protocol registered with
+    ``per_user=True`` also takes ``per_user=True`` and returns ``(metrics, per_user)``
+    (``jaxrec.registry.EvaluationProtocol.per_user``)."""
+
     def __call__(self, embeddings: tuple[Any, Any], stage: str) -> dict[str, float]: ...
 
 
-def full_ranking(prepared: Any, config: Any, partitioner: Any) -> Callable[[tuple[Any, Any], str], dict]:
-    def evaluate(embeddings, stage: str) -> dict[str, float]:
+def full_ranking(prepared: Any, config: Any, partitioner: Any) -> Callable[..., Any]:
+    def evaluate(embeddings, stage: str, per_user: bool = False):
         user_emb, item_emb = embeddings
         return partitioner.rank(user_emb, item_emb, None, prepared.exclude(stage), prepared.truth(stage),
-                                config.topk, config.metrics, config.eval_chunk)
+                                config.topk, config.metrics, config.eval_chunk, per_user=per_user)
 
     return evaluate
 
 
 def candidate_protocol(prepared: Any, config: Any, partitioner: Any) -> Callable[[tuple[Any, Any], str], dict]:
-    from jaxrec.eval.candidates import candidate_metrics, candidates_for, dot_scores  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from jaxrec.eval.candidates import candidate_ranks, candidates_for, dot_scores, per_user_from_ranks  # noqa: PLC0415
 
     folder = config.candidates_dir or cache_root() / "candidates"
     names = candidate_metric_names(config)
     lists: dict[str, Any] = {}
 
-    def evaluate(embeddings, stage: str) -> dict[str, float]:
+    def evaluate(embeddings, stage: str, per_user: bool = False):
         if stage not in lists:
             lists[stage] = candidates_for(folder, prepared.dataset, stage, config.seed, config.candidate_negatives)
         user_emb, item_emb = partitioner.gather(embeddings)
-        out = candidate_metrics(dot_scores(user_emb, item_emb, lists[stage]), names)
+        scores = dot_scores(user_emb, item_emb, lists[stage])
+        values = per_user_from_ranks(candidate_ranks(scores), scores.shape[1], names)
+        out = {m: float(np.mean(v)) for m, v in values.items()}  # = candidate_metrics(scores, names)
+        users = {"user": np.asarray(lists[stage].users), **values}
         if config.full_view_topk:
             full = partitioner.rank(embeddings[0], embeddings[1], None, prepared.exclude(stage), prepared.truth(stage),
-                                    config.full_view_topk, FULL_VIEW_METRICS, config.eval_chunk)
+                                    config.full_view_topk, FULL_VIEW_METRICS, config.eval_chunk, per_user=per_user)
+            if per_user:
+                full, full_users = full
+                if np.array_equal(full_users["user"], users["user"]):  # the same users: one table
+                    users.update({FULL_VIEW_PREFIX + k: v for k, v in full_users.items() if k != "user"})
             out.update({FULL_VIEW_PREFIX + k: v for k, v in full.items()})
-        return out
+        return (out, users) if per_user else out
 
     return evaluate
 
@@ -114,9 +127,9 @@ def _full_check(dataset: Any, config: Any) -> None:
                           f"of dataset {dataset.name}; use cutoffs <= {dataset.num_items}")
 
 
-EVALUATIONS.register("full", EvaluationProtocol(full_ranking, check=_full_check))
+EVALUATIONS.register("full", EvaluationProtocol(full_ranking, check=_full_check, per_user=True))
 EVALUATIONS.register("candidates", EvaluationProtocol(candidate_protocol, check=_candidate_check,
-                                                      check_config=_candidate_check_config))
+                                                      check_config=_candidate_check_config, per_user=True))
 
 
 def make_evaluator(prepared: Any, config: Any, partitioner: Any) -> Evaluator:

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.eval.metrics import METRICS, _check_ks, _check_metrics, ranking_metrics
+from jaxrec.eval.metrics import METRICS, _check_ks, _check_metrics, mean_metrics, per_user_metrics, ranking_metrics
 
-__all__ = ["topk_full_ranking", "evaluate", "plan_chunks"]
+__all__ = ["topk_full_ranking", "evaluate", "plan_chunks", "metrics_of_topk"]
 
 _ROW_ALIGN = 8  # chunk sizes are rounded up to a multiple of this (when allowed)
 
@@ -334,7 +334,8 @@ def evaluate(
     ks: Sequence[int] = (10, 20, 50),
     metrics: Sequence[str] = METRICS,
     chunk_size: int = 1024,
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], dict[str, np.ndarray]]:
     """Full-ranking evaluation: top-max(ks) over all items, then ranking metrics.
 
     Args:
@@ -346,9 +347,13 @@ def evaluate(
       truth: ``(users_sorted [M], indptr [M+1], items [nnz])``: the truth users, unique
         and increasing, with their held-out items in CSR form (see ``build_truth``).
       ks, metrics, chunk_size: as in ``ranking_metrics`` / ``topk_full_ranking``.
+      per_user: also return the per-user values the means average (no extra work: the
+        means are computed from them).
 
     Returns:
-      ``{"recall@10": float, ...}`` averaged over the evaluated users.
+      ``{"recall@10": float, ...}`` averaged over the evaluated users; with ``per_user``,
+      ``(means, per_user)`` where ``per_user`` is ``{"user": int [M] the evaluated user ids,
+      "recall@10": float64 [M], ...}`` (``per_user_metrics``).
     """
     ks, metrics, truth_users, indptr, truth_items, ex_users, ex_items = prepare_evaluation(
         users, exclude, truth, ks, metrics
@@ -356,7 +361,15 @@ def evaluate(
     topk = topk_full_ranking(
         user_emb, item_emb, truth_users, ex_users, ex_items, k=max(ks), chunk_size=chunk_size
     )
-    return ranking_metrics(topk, indptr, truth_items, ks, metrics)
+    return metrics_of_topk(topk, truth_users, indptr, truth_items, ks, metrics, per_user)
+
+
+def metrics_of_topk(topk, truth_users, indptr, truth_items, ks, metrics, per_user: bool = False):
+    """``ranking_metrics`` of ``topk``, or ``(means, {"user": truth_users, metric: [M]})`` with ``per_user``."""
+    if not per_user:
+        return ranking_metrics(topk, indptr, truth_items, ks, metrics)
+    values = per_user_metrics(topk, indptr, truth_items, ks, metrics)
+    return mean_metrics(values), {"user": np.asarray(truth_users), **values}
 
 
 def _csr_take_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray):

@@ -26,8 +26,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.eval.metrics import METRICS, ranking_metrics
-from jaxrec.eval.ranking import check_topk_args, fill_chunks, plan_chunks, prepare_evaluation
+from jaxrec.eval.metrics import METRICS
+from jaxrec.eval.ranking import check_topk_args, fill_chunks, metrics_of_topk, plan_chunks, prepare_evaluation
 
 __all__ = ["topk_full_ranking_sharded", "evaluate_sharded"]
 
@@ -127,7 +127,8 @@ def evaluate_sharded(
     *,
     mesh: Mesh,
     axis: str,
-) -> dict[str, float]:
+    per_user: bool = False,
+):
     """``jaxrec.eval.evaluate`` with the ranking sharded over items (same arguments, same result)."""
     ks, metrics, truth_users, indptr, truth_items, ex_users, ex_items = prepare_evaluation(
         users, exclude, truth, ks, metrics
@@ -135,4 +136,4 @@ def evaluate_sharded(
     topk = topk_full_ranking_sharded(
         user_emb, item_emb, truth_users, ex_users, ex_items, k=max(ks), chunk_size=chunk_size, mesh=mesh, axis=axis
     )
-    return ranking_metrics(topk, indptr, truth_items, ks, metrics)
+    return metrics_of_topk(topk, truth_users, indptr, truth_items, ks, metrics, per_user)

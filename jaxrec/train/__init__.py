@@ -1,4 +1,4 @@
-"""Training: the train state, batch kinds, partitioners, run folders and the loop (``fit``)."""
+"""Training: the train state, batch kinds, partitioners, run folders, experiment tracking and the loop (``fit``)."""
 
 from jaxrec.train.batches import BatchSource, PreparedData, Sizes, batch_source, epoch_batches, prepare
 from jaxrec.train.checkpoint import RunCheckpoints
@@ -10,6 +10,7 @@ from jaxrec.train.runfiles import CheckpointMismatchError
 from jaxrec.train.runfolder import NullRunFolder, RunFolder, open_run
 from jaxrec.train.state import RunKeys, TrainState, init_state, run_keys
 from jaxrec.train.step import make_train_step, run_epoch, train_step
+from jaxrec.train.tracking import Tracker, TrackerKind, Tracking, TrackingError
 
 __all__ = [
     "fit", "prepare", "PreparedData", "RunResult", "evaluate_params", "make_optimizer", "check_run",
@@ -19,4 +20,5 @@ __all__ = [
     "RunFolder", "NullRunFolder", "open_run", "RunCheckpoints", "EarlyStopping", "CheckpointMismatchError",
     "BatchSource", "Sizes", "batch_source", "epoch_batches",
     "train_step", "make_train_step", "run_epoch",
+    "Tracking", "Tracker", "TrackerKind", "TrackingError",
 ]

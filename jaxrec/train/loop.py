@@ -3,9 +3,11 @@
 Any optax optimizer (default Adam at ``config.learning_rate``), a jitted step wrapped by the
 partitioner (one device or a mesh: the loop does not ask), the model's batch kind and context,
 evaluation on validation every ``eval_every`` epochs with the configured protocol, RecBole's
-early stopping on ``valid_metric``, best-model selection, a progress bar, and a run folder
+early stopping on ``valid_metric``, best-model selection, a progress bar, a run folder
 (``jaxrec.train.runfolder``: log, Orbax checkpoints of latest and best, exact resume,
-``results.json`` with the test metrics, the full config and the seed).
+``results.json`` with the test metrics, the full config and the seed), and the experiment
+trackers of ``config.track`` (``jaxrec.train.tracking``: TensorBoard by default, MLflow, W&B),
+called through one interface after each epoch's numbers are computed.
 
 Randomness: ``run_keys(config.seed)``; every epoch splits the training key, and the epoch's
 sub-key seeds the shuffling/negative sampling (numpy) and the model's own randomness. The key
@@ -40,6 +42,7 @@ from jaxrec.train.partition import Partitioner, make_partitioner
 from jaxrec.train.runfolder import open_run
 from jaxrec.train.state import TrainState, init_state, run_keys
 from jaxrec.train.step import run_epoch, train_step
+from jaxrec.train.tracking import Tracking, check_trackers, open_trackers
 
 log = logging.getLogger("jaxrec.train")
 
@@ -60,9 +63,12 @@ class RunResult:
     out_dir: Path | None
     config: Config
     history: list[dict]
+    #: Per-user test metrics ``{"user": int [M], "<metric>": float [M]}`` when the evaluation
+    #: protocol gives them (``EvaluationProtocol.per_user``), else None.
+    test_per_user: dict[str, np.ndarray] | None = None
     #: the evaluation protocol's evaluator this run used (``config.evaluation``); a protocol that
-    #: keeps per-user details (A-LLMRec's ``lm_candidates``: ``evaluator.results[stage]``) exposes
-    #: them here. Not saved to the run folder.
+    #: keeps per-user details of its own (A-LLMRec's ``lm_candidates``: ``evaluator.results[stage]``)
+    #: exposes them here. Not saved to the run folder.
     evaluator: Any = None
 
 
@@ -84,6 +90,7 @@ def fit(
     prepared: PreparedData | None = None,
     optimizer: optax.GradientTransformation | None = None,
     partitioner: Partitioner | None = None,
+    tracking: Tracking | None = None,
 ) -> RunResult:
     """Train ``model`` on ``dataset`` with ``config``; evaluate the best epoch on test.
 
@@ -102,11 +109,14 @@ def fit(
       prepared: ``prepare(dataset)`` to share between runs on the same split.
       optimizer: any ``optax.GradientTransformation`` (default ``make_optimizer(config)``).
       partitioner: where the run lives (default ``make_partitioner(config)``).
+      tracking: the run's name, group and extra trackers for the trackers of ``config.track``
+        (``jaxrec.train.tracking.Tracking``); process 0 alone tracks.
     Raises:
       ConfigError / DataError: the config does not fit the dataset (before any compute).
       TrainingDivergedError: the loss or parameters became non-finite (naming the epoch and
         the last good checkpoint; nothing non-finite is saved).
       FileExistsError / CheckpointMismatchError: ``out_dir`` holds another or a finished run.
+      TrackingError: a tracker of ``config.track`` lacks its package (before any compute).
     """
     check_run(model, dataset, config)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -123,11 +133,14 @@ def fit(
                    primary=part.is_primary)
     try:
         state, history = run.restore(state)
+        trackers, info = open_trackers(config, tracking, run.path, state.epoch + 1, part.is_primary)
         epoch_fn = EpochRunner(model, part, part.step(train_step(model, optimizer)), batch_source(model, data, config))
         evaluate, embed = make_evaluator(data, config, part), part.embed(model.embed)
-        with _ProgressBar(config, state.epoch + 1, progress) as bar:
+        with trackers, _ProgressBar(config, state.epoch + 1, progress) as bar:
+            trackers.start(config, info)
             for epoch in range(state.epoch + 1, config.epochs):
                 state, record = epoch_fn(state, contexts["train"], epoch)
+                record["learning_rate"] = learning_rate(state.opt_state, config.learning_rate)
                 _check_finite(state, record, run)
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                     t1 = time.perf_counter()
@@ -145,19 +158,38 @@ def fit(
                 if (epoch + 1) % config.checkpoint_every == 0 or stop or epoch + 1 == config.epochs:
                     run.save_latest(state)
                 bar.update(record, state.early)
+                trackers.log_epoch(record)
                 if stop:
                     log.info("early stop at epoch %d (best epoch %d)", epoch, state.early.best_epoch)
                     break
-        test = evaluate(embed(state.best_params, contexts["test"]), "test")
-        result = RunResult(
-            params=state.best_params, test_metrics=test, valid_metrics=state.best_valid,
-            best_epoch=state.early.best_epoch, stopped_epoch=state.epoch, out_dir=run.path, config=config,
-            history=history, evaluator=evaluate,
-        )
-        run.finish(results_record(result, dataset))
+            test, per_user = _evaluate_test(evaluate, embed(state.best_params, contexts["test"]), config)
+            result = RunResult(
+                params=state.best_params, test_metrics=test, valid_metrics=state.best_valid,
+                best_epoch=state.early.best_epoch, stopped_epoch=state.epoch, out_dir=run.path, config=config,
+                history=history, test_per_user=per_user, evaluator=evaluate,
+            )
+            run.finish(results_record(result, dataset))
+            trackers.log_test(test, state.best_valid, state.early.best_epoch)
     finally:
         run.close()
     return result
+
+
+def _evaluate_test(evaluate, embeddings, config: Config) -> tuple[dict[str, float], dict | None]:
+    """The test metrics, and the per-user values when the protocol gives them (at no extra cost)."""
+    if EVALUATIONS.get(config.evaluation, "evaluation").per_user:
+        return evaluate(embeddings, "test", per_user=True)
+    return evaluate(embeddings, "test"), None
+
+
+def learning_rate(opt_state: Any, default: float) -> float:
+    """The learning rate of the last step: the ``learning_rate`` hyperparameter of an
+    ``optax.inject_hyperparams`` state inside ``opt_state`` (a schedule's current value), else
+    ``default`` (the config's constant rate)."""
+    kinds = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
+             if isinstance(x, kinds) and "learning_rate" in x.hyperparams]
+    return float(np.asarray(found[0].hyperparams["learning_rate"])) if found else float(default)
 
 
 class EpochRunner:
@@ -171,11 +203,18 @@ class EpochRunner:
         train_key, epoch_key = jax.random.split(state.key)
         view_key, step_key = jax.random.split(epoch_key)
         views = self.model.epoch_views(context, view_key)
-        batches = map(self.part.place_batch, self.batches.epoch(epoch_rng(epoch_key)))
+        rows = [0]
+
+        def counted(batch):  # rows of the epoch's batches (throughput), counted on the host
+            rows[0] += int(np.shape(jax.tree.leaves(batch)[0])[0]) if jax.tree.leaves(batch) else 0
+            return batch
+
+        batches = map(self.part.place_batch, map(counted, self.batches.epoch(epoch_rng(epoch_key))))
         params, opt_state, loss, aux, steps = run_epoch(self.step, state.params, state.opt_state, context, views,
                                                         batches, step_key)
         state = state.replace(params=params, opt_state=opt_state, key=train_key, epoch=epoch, step=state.step + steps)
-        return state, {"epoch": epoch, "loss": loss, **aux, "train_seconds": time.perf_counter() - t0}
+        return state, {"epoch": epoch, "loss": loss, **aux, "train_seconds": time.perf_counter() - t0,
+                       "steps": steps, "examples": rows[0]}
 
 
 def _spent(history: list[dict], record: dict) -> float:
@@ -208,6 +247,7 @@ def check_run(model: Model, dataset: Dataset, config: Config) -> None:
         if component.check is not None:
             component.check(dataset, config)
     _check_initializer(dataset, config)
+    check_trackers(config.track)  # a tracker's package is missing: TrackingError naming the extra
 
 
 def _check_initializer(dataset: Dataset, config: Config) -> None:

@@ -76,11 +76,12 @@ class Partitioner:
     def embed(self, fn: Callable) -> Callable:
         return jax.jit(fn)  # JAX caches the compilation per function
 
-    def rank(self, user_emb, item_emb, users, exclude, truth, ks, metrics, chunk_size) -> dict[str, float]:
+    def rank(self, user_emb, item_emb, users, exclude, truth, ks, metrics, chunk_size, per_user: bool = False):
+        """Full-ranking metrics (``jaxrec.eval.evaluate``; with ``per_user``, also the per-user values)."""
         from jaxrec.eval import evaluate  # noqa: PLC0415
 
         return evaluate(user_emb, item_emb, users=users, exclude=exclude, truth=truth, ks=ks,
-                        metrics=metrics, chunk_size=chunk_size)
+                        metrics=metrics, chunk_size=chunk_size, per_user=per_user)
 
     # -- processes -------------------------------------------------------------------------
     def gather(self, tree: Any) -> Any:
@@ -212,11 +213,11 @@ class MeshPartitioner(Partitioner):
 
         return call
 
-    def rank(self, user_emb, item_emb, users, exclude, truth, ks, metrics, chunk_size) -> dict[str, float]:
+    def rank(self, user_emb, item_emb, users, exclude, truth, ks, metrics, chunk_size, per_user: bool = False):
         from jaxrec.eval.sharded import evaluate_sharded  # noqa: PLC0415
 
         return evaluate_sharded(user_emb, item_emb, users, exclude, truth, ks=ks, metrics=metrics,
-                                chunk_size=chunk_size, mesh=self.mesh, axis=self.model_axis)
+                                chunk_size=chunk_size, mesh=self.mesh, axis=self.model_axis, per_user=per_user)
 
 
 def _mesh_partitioner(config: Config, devices: Sequence[jax.Device] | None = None) -> MeshPartitioner:

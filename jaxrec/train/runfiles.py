@@ -19,7 +19,7 @@ from jaxrec.errors import JaxrecError
 # changing the result of the epochs already done.
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "data_dirs", "eval_chunk", "time_budget_minutes"})
 # How a run is launched, not what it computes: never part of its identity.
-LAUNCH_FIELDS = frozenset({"coordinator_address", "num_processes", "process_id"})
+LAUNCH_FIELDS = frozenset({"coordinator_address", "num_processes", "process_id", "track"})
 # Config keys added after run.json format 1 whose default changed the behaviour of some backbones:
 # a format-1 folder of those backbones ran as these values say (so resuming it asks for them).
 FORMAT1_BEHAVIOUR = {"contrast_unique": ("table", ("sgl", "sgcl"))}
