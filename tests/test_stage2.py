@@ -577,6 +577,7 @@ def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
     folder = write_tiny_dataset(tmp_path, users=12, items=40, per_user=7)  # 33 unseen items >= 19 negatives
     out = tmp_path / "exp"
     assert allmrec_stage2.main(["--dataset", str(folder), "--lm", str(tiny_lm[2]), "--sasrec-epochs", "2",
+                                "--variant", "reference",
                                 "--train-users", "6", "--valid-users", "3", "--eval-users", "5", "--rerank-k", "5",
                                 "--set", "prompt_history=3", "--set", "lm_max_new_tokens=3", "--set", "batch_size=3",
                                 "--out", str(out)]) == 0
@@ -619,9 +620,15 @@ def test_stage2_experiment_train_stage1_row(tiny_lm, monkeypatch, tmp_path):
                                 f"embeddings={tmp_path / 'text.npy'}", "--stage1-set", "joint_dim=16",
                                 "--train-users", "4", "--valid-users", "3", "--eval-users", "5", "--no-rerank",
                                 "--set", "prompt_history=3", "--set", "lm_max_new_tokens=2", "--set", "batch_size=2",
-                                "--out", str(out)]) == 0
+                                "--budget-minutes", "60", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["inputs"]["kind"] == "stage1" and res["stage1_run"] == str(out / "stage1")
+    # the default variant (index answer + LoRA) and the headline summary of a budgeted run
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"users", "lm_hit@1", "popularity_hit@1", "sasrec_hit@1", "minutes"} <= set(summary)
+    assert summary["users"] == 5 and summary["variant"] == "lora" and 0 < summary["minutes"] < 60
+    assert summary["config"]["answer"] == "index" and summary["config"]["lora_rank"] == 8
+    assert summary["sasrec_hit@1"] == res["sasrec"]["overall"]["hit@1"]
     run = s1.load_stage1_run(out / "stage1", ds)
     c2 = Config.for_model("allmrec_stage2", dataset=str(folder), seed=2020, eval_users=5, prompt_history=3)
     ex, items, _ = stage2_fit.evaluation_lists(ds, "test", c2)

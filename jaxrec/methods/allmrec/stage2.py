@@ -217,6 +217,7 @@ class Stage2Context:
     settings: Stage2Arch = struct.field(pytree_node=False)
     prompts: PromptBuilder = struct.field(pytree_node=False)
     score_items: Any = None  # float32 [I, d]: items scored against user_rep (the score probe), or None
+    label_prior: Any = None  # float32 [C]: the LM's label logits on content-free prompts (subtracted), or None
     token_norm: float = struct.field(pytree_node=False, default=0.0)  # > 0: every soft token has this norm
     lora_alpha: float = struct.field(pytree_node=False, default=16.0)
 
@@ -227,13 +228,15 @@ class Stage2Context:
 
 
 def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder, *,
-                 score_items=None, token_norm: float = 0.0, lora_alpha: float = 16.0) -> Stage2Context:
+                 score_items=None, token_norm: float = 0.0, lora_alpha: float = 16.0,
+                 label_prior=None) -> Stage2Context:
     """A ``Stage2Context`` after checking shapes (Stage2Error naming the array).
 
     ``score_items`` [I, d] (optional): the recommender's item vectors; with them the item projector
     also reads each candidate's score ``user_rep[u] . score_items[i]`` (the upper-bound probe:
     ``Stage2Arch.item_dim`` = k + 1). ``token_norm`` > 0 rescales every soft token to that L2 norm
-    (``lm_token_norm``: the LM's own embedding rows' mean norm)."""
+    (``lm_token_norm``: the LM's own embedding rows' mean norm). ``label_prior`` [C]: subtracted from
+    the index answer's label logits (``content_free_prior``)."""
     user_rep, item_emb = jnp.asarray(user_rep, jnp.float32), jnp.asarray(item_emb, jnp.float32)
     if user_rep.ndim != 2 or item_emb.ndim != 2:
         raise Stage2Error(f"user_rep {user_rep.shape}, item_emb {item_emb.shape}: expected [U, d] and [I, k]")
@@ -247,8 +250,12 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
                               f"{user_rep.shape[1]}] (items in the user representations' space)")
     k = int(item_emb.shape[1]) + (score_items is not None)
     settings = Stage2Arch(int(user_rep.shape[1]), k, int(lm.config.embed_dim))
-    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items, float(token_norm),
-                         float(lora_alpha))
+    if label_prior is not None:
+        label_prior = jnp.asarray(label_prior, jnp.float32)
+        if not isinstance(prompts, IndexPromptBuilder) or label_prior.shape != (len(prompts.label_ids),):
+            raise Stage2Error(f"label_prior {label_prior.shape}: expected one logit per label of an index prompt")
+    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items, label_prior,
+                         float(token_norm), float(lora_alpha))
 
 
 def lm_token_norm(lm: LanguageModel, lm_params: Params) -> float:
@@ -298,8 +305,27 @@ def index_logits(params: Params, ctx: Stage2Context, batch) -> jax.Array:
     """float32 [B, C]: the logit of each candidate's label token at the answer position (the last
     column of an ``IndexPromptBuilder`` batch), in the shown order."""
     hidden, lm_params = _hidden(params, ctx, batch)
-    logits = ctx.lm.logits(lm_params, hidden[:, -1])  # [B, V]
-    return logits[:, jnp.asarray(ctx.prompts.label_ids)]
+    logits = ctx.lm.logits(lm_params, hidden[:, -1])[:, jnp.asarray(ctx.prompts.label_ids)]  # [B, C]
+    return logits if ctx.label_prior is None else logits - ctx.label_prior
+
+
+@functools.partial(jax.jit, static_argnames=("lm",))
+def _content_free_logits(lm, lm_params, ids, mask, label_ids):
+    hidden, _ = lm.forward_hidden(lm_params, inputs_embeds=lm.embed_tokens(lm_params, ids), attention_mask=mask)
+    return lm.logits(lm_params, hidden[:, -1])[:, label_ids]
+
+
+def content_free_prior(lm: LanguageModel, lm_params: Params, prompts: IndexPromptBuilder, users, histories,
+                       candidates) -> np.ndarray:
+    """float32 [C]: the frozen LM's mean label logits at the answer position over these prompts with
+    every soft slot left as its placeholder token (no user or item information: "content-free").
+    The frozen LM prefers early labels by several logits (SmolLM2: "A" ~7 above "T" on ml-100k
+    prompts), a prior the soft tokens would have to overcome before they can move the ranking;
+    subtracting it (``label_prior``) is Zhao et al.'s contextual calibration ("Calibrate Before
+    Use", ICML 2021)."""
+    batch = prompts.inference_batch(users, histories, candidates)
+    out = _content_free_logits(lm, lm_params, batch["ids"], batch["mask"], jnp.asarray(prompts.label_ids))
+    return np.asarray(out, np.float32).mean(axis=0)
 
 
 def index_loss(params: Params, ctx: Stage2Context, batch) -> tuple[jax.Array, dict]:
@@ -575,5 +601,5 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
 __all__ = ["Stage2Error", "Stage2Arch", "Projector", "Projectors", "init_params", "as_module", "project",
            "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
            "next_title_loss", "prompt_embeds", "answer_text", "index_logits", "index_loss", "evaluate_index",
-           "evaluate_stage2", "soft_tables", "frozen_lm_params", "lm_token_norm", "normalize_title", "reference_hit", "match_candidate",
+           "evaluate_stage2", "soft_tables", "frozen_lm_params", "lm_token_norm", "content_free_prior", "normalize_title", "reference_hit", "match_candidate",
            "LMEvaluation", "evaluate_lm", "SCORES"]

@@ -48,8 +48,8 @@ import numpy as np
 from flax import struct
 
 from jaxrec.methods.allmrec.prompt import IndexPromptBuilder, PromptBuilder, get_domain, item_titles
-from jaxrec.methods.allmrec.stage2 import (Stage2Error, evaluate_stage2, index_loss, init_params, lm_token_norm,
-                                           load_lm, make_context, next_title_loss, prepare_lm)
+from jaxrec.methods.allmrec.stage2 import (Stage2Error, content_free_prior, evaluate_stage2, index_loss, init_params,
+                                           lm_token_norm, load_lm, make_context, next_title_loss, prepare_lm)
 from jaxrec.methods.allmrec.stage2_inputs import STAGES, StageExamples, resolve_inputs, stage_examples
 from jaxrec.config import Config, ConfigError, ModelSettings
 from jaxrec.data import DataError
@@ -128,6 +128,7 @@ class Stage2Settings(ModelSettings):
     curriculum_steps: int = 0
     score_probe: bool = False
     train_targets: str = "last"
+    calibrate: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -188,12 +189,32 @@ def stage2_contexts(dataset, config) -> dict:
         raise Stage2Error(f"score_probe=True: {inputs.source} has no item vectors to score users against "
                           "(a stage-1 run folder or a SASRec run folder gives them)")
     norm = lm_token_norm(lm, lm_params) if config.token_norm == "match" else 0.0
+    prior = calibration_prior(dataset, config, lm, lm_params, prompts) if config.answer == "index" and \
+        config.calibrate else None
     log.info("stage 2: %s LM %s (%d layers, width %d), %s inputs from %s (user d=%d, item k=%d), answer %s",
              lm.config.arch, config.lm, lm.config.num_layers, lm.config.embed_dim, inputs.kind, inputs.source,
              inputs.user_dim, inputs.item_dim, config.answer)
     score = dict(score_items=inputs.score_items) if config.score_probe else {}
     return {s: make_context(lm, lm_params, user_rep[s], item_emb, prompts, token_norm=norm,
-                            lora_alpha=config.lora_alpha, **score) for s in STAGES}
+                            lora_alpha=config.lora_alpha, label_prior=prior, **score) for s in STAGES}
+
+
+#: Content-free prompts averaged for the label prior (``calibrate``).
+CALIBRATION_PROMPTS = 16
+
+
+def calibration_prior(dataset, config, lm, lm_params, prompts) -> np.ndarray:
+    """The label prior of ``calibrate`` (``stage2.content_free_prior``) over ``CALIBRATION_PROMPTS``
+    training prompts (the first users with a training target, candidates drawn with the seed)."""
+    ex = stage_examples(user_sequences(dataset, log_report=False), "train", config.prompt_history)
+    rows = np.arange(min(CALIBRATION_PROMPTS, len(ex)))
+    rng = np.random.default_rng([config.seed, 11])
+    seqs = user_sequences(dataset, log_report=False)
+    seen = [seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in ex.users[rows]]
+    cands = training_candidates(rng, seen, ex.target[rows], config.prompt_candidates, dataset.num_items)
+    prior = content_free_prior(lm, lm_params, prompts, ex.users[rows], [ex.history[r] for r in rows], cands)
+    log.info("stage 2: label prior of the frozen LM (content-free prompts): %s", np.round(prior - prior.mean(), 2))
+    return prior
 
 
 def standardize_inputs(user_rep: dict, item_emb: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -216,7 +237,7 @@ def standardize_inputs(user_rep: dict, item_emb: np.ndarray) -> tuple[dict, np.n
 STAGE2_CONTEXT = ContextKind(stage2_contexts, fields=("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain",
                                                       "prompt_history", "prompt_candidates", "answer", "prompt_titles",
                                                       "soft_tokens", "input_norm", "token_norm", "score_probe",
-                                                      "lora_alpha"))
+                                                      "lora_alpha", "calibrate", "seed"))
 
 
 # ----------------------------------------------------------------------------- users and candidates
