@@ -42,6 +42,14 @@ Evaluation (``evaluate_lm``), two ways over the same prompts:
     always reported (``hit@1_sum``, ``hit@1_mean``, ...). Metrics as ``jaxrec.eval.candidates``
     (pessimistic ties): ``hit@1``, ``hit@5``, ``ndcg@5``, ``mrr`` — a full ordering that
     generation cannot give.
+
+Titles several items share (``prompt.item_titles`` appends the release year or brand where that
+tells them apart; what is left are the same item listed twice): an answer naming a title the
+target shares with another candidate names no single item, so it is a miss in every metric —
+generation (``match_candidate`` returns ``AMBIGUOUS``, never the target's column), the
+reference's substring rule (``hit@1_generate_substring`` is False for such a row) and the
+likelihood ranking (identical texts score identically and ties are pessimistic).
+``shared_title_targets`` reports the share of such rows.
 """
 
 from __future__ import annotations
@@ -71,7 +79,7 @@ from jaxrec.lm import (
     sequence_logprob,
     smollm2_path,
 )
-from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, PromptBuilder
+from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, PromptBuilder, normalize_title
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal
 from jaxrec.nn import init_params as _init_pure
 
@@ -279,12 +287,6 @@ def answer_text(generated: str) -> str:
     return m.group(1) if m else generated.strip().split("\n", 1)[0]
 
 
-def normalize_title(text: str) -> str:
-    """Lower case, quotes and surrounding punctuation stripped, whitespace collapsed."""
-    text = " ".join(text.lower().replace('"', " ").split())
-    return text.strip(" .,;:!?'")
-
-
 def reference_hit(generated: str, target_title: str) -> bool:
     """A-LLMRec ``eval.py``: the lower-cased target title is a substring of the lower-cased text
     between the generated text's first and last double quote (empty when there are fewer than two)."""
@@ -294,14 +296,22 @@ def reference_hit(generated: str, target_title: str) -> bool:
     return target_title.lower() in inside
 
 
+AMBIGUOUS = -2  # match_candidate: the answer names a title several candidates share
+
+
 def match_candidate(generated: str, titles: Sequence[str]) -> int:
-    """Index of the candidate whose normalized title equals the normalized answer
-    (``answer_text``), or -1 (the first one when several candidates share a title)."""
+    """Index of the one candidate whose normalized title (``normalize_title``) equals the
+    normalized answer (``answer_text``); -1 when none does; ``AMBIGUOUS`` (-2) when several
+    candidates share that title (the answer names no single item)."""
     answer = normalize_title(answer_text(generated))
-    for c, t in enumerate(titles):
-        if normalize_title(t) == answer:
-            return c
-    return -1
+    hits = [c for c, t in enumerate(titles) if normalize_title(t) == answer]
+    return hits[0] if len(hits) == 1 else (AMBIGUOUS if hits else -1)
+
+
+def shared_target(titles: Sequence[str]) -> bool:
+    """Whether the target (``titles[0]``) shares its normalized title with another candidate."""
+    key = normalize_title(titles[0])
+    return any(normalize_title(t) == key for t in titles[1:])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -311,7 +321,9 @@ class LMEvaluation:
 
     users int32 [M]; scores float32 [M, C] (sum log-likelihood); lengths int32 [M, C] (target
     tokens per candidate); generated: M strings or None; choice int32 [M]: the candidate column
-    a generation names (-1: none; None without generation); substring_hit bool [M] or None.
+    a generation names (-1: none; -2: a title several candidates share; None without
+    generation); substring_hit bool [M] or None; shared bool [M]: the target's title is also
+    another candidate's (such a row is a miss in every metric: module docstring).
     """
 
     users: np.ndarray
@@ -321,6 +333,7 @@ class LMEvaluation:
     choice: np.ndarray | None
     substring_hit: np.ndarray | None
     seconds: dict
+    shared: np.ndarray | None = None
 
     def ranks(self, score: str = "sum") -> np.ndarray:
         """int64 [M] 0-based target ranks by ``score`` ("sum" or "mean" log-likelihood)."""
@@ -348,7 +361,9 @@ class LMEvaluation:
         if self.choice is not None:
             out["hit@1_generate"] = float(np.mean(self.choice[sel] == 0))
             out["hit@1_generate_substring"] = float(np.mean(self.substring_hit[sel]))
-            out["generate_on_list"] = float(np.mean(self.choice[sel] >= 0))
+            out["generate_on_list"] = float(np.mean((self.choice[sel] >= 0) | (self.choice[sel] == AMBIGUOUS)))
+        if self.shared is not None:
+            out["shared_title_targets"] = float(np.mean(self.shared[sel]))
         return out
 
 
@@ -414,14 +429,17 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
             generated += [pb.tokenizer.decode(r).strip() for r in out[:len(rows)]]
             times["generate"] += time.perf_counter() - t0
     choice = substring = None
+    titles = [[pb.titles[i] for i in row] for row in cands]
+    shared = np.array([shared_target(t) for t in titles], bool).reshape(m)
     if generate:
-        titles = [[pb.titles[i] for i in row] for row in cands]
         choice = np.array([match_candidate(g, t) for g, t in zip(generated, titles)], np.int32)
-        substring = np.array([reference_hit(g, t[0]) for g, t in zip(generated, titles)], bool)
-    return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times)
+        substring = np.array([reference_hit(g, t[0]) for g, t in zip(generated, titles)], bool) & ~shared
+    return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times,
+                        shared)
 
 
 __all__ = ["Stage2Error", "Stage2Arch", "Projector", "Projectors", "init_params", "as_module", "project",
            "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
            "next_title_loss", "prompt_embeds", "answer_text", "normalize_title", "reference_hit", "match_candidate",
+           "AMBIGUOUS", "shared_target",
            "LMEvaluation", "evaluate_lm", "SCORES"]
