@@ -129,7 +129,7 @@ def held_out_items(dataset: Dataset, stage: str) -> np.ndarray:
     if (counts > 1).any():
         u = int(np.flatnonzero(counts > 1)[0])
         raise DataError(f"{dataset.source}: dataset.{stage} holds {int(counts[u])} interactions of user "
-                        f"{dataset.user_ids[u]!r}; expected at most one per user (a leave-one-out split, "
+                        f"{str(dataset.user_ids[u])!r}; expected at most one per user (a leave-one-out split, "
                         f"Config(split='loo_time'))")
     item = np.full(dataset.num_users, -1, dtype=np.int32)
     item[part.user] = part.item
@@ -170,7 +170,7 @@ def user_sequences(dataset: Dataset, log_report: bool = True) -> Sequences:
     bad = (has_v != has_t) | (has_v & (vts < last_tr)) | (has_t & has_v & (tts < vts))
     if bad.any():
         u = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{dataset.source}: user {dataset.user_ids[u]!r}: the validation / test interactions "
+        raise DataError(f"{dataset.source}: user {str(dataset.user_ids[u])!r}: the validation / test interactions "
                         f"are not the user's last two by time; expected a leave-one-out split by time "
                         f"(Config(split='loo_time'))")
     if not has_t.any():
@@ -267,7 +267,7 @@ def training_windows(data, max_len: int = 50) -> SequenceWindows:
     full = positives.counts[users] >= s.num_items
     if full.any():
         bad = s.user_ids[users[full]]
-        raise DataError(f"training_windows: user {bad[0]!r} ({int(full.sum())} such users) has interacted with "
+        raise DataError(f"training_windows: user {str(bad[0])!r} ({int(full.sum())} such users) has interacted with "
                         f"all {s.num_items} items in training; expected at least one item left to sample a "
                         f"negative from")
     return SequenceWindows(users.astype(np.int32), left_pad(w_indptr, inputs, max_len, "training_windows"),
