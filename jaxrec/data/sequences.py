@@ -136,9 +136,18 @@ def held_out_items(dataset: Dataset, stage: str) -> np.ndarray:
     return item
 
 
+def _no_time(n: int, like: np.ndarray, low: bool = False) -> np.ndarray:
+    """[n] in ``like``'s dtype (int64 timestamps stay exact): NaN for floats, or the lowest
+    value when ``low`` (-inf / the int64 minimum). Integers without ``low`` also get the
+    minimum: it only fills users a mask leaves out."""
+    if like.dtype.kind in "iu":
+        return np.full(n, np.iinfo(np.int64).min, np.int64)
+    return np.full(n, -np.inf if low else np.nan)
+
+
 def _held_out_time(dataset: Dataset, stage: str) -> np.ndarray:
     part = dataset.valid if stage == "valid" else dataset.test
-    ts = np.full(dataset.num_users, np.nan)
+    ts = _no_time(dataset.num_users, part.timestamp)
     ts[part.user] = part.timestamp
     return ts
 
@@ -165,7 +174,7 @@ def user_sequences(dataset: Dataset, log_report: bool = True) -> Sequences:
     valid, vts = held_out_items(dataset, "valid"), _held_out_time(dataset, "valid")
     test, tts = held_out_items(dataset, "test"), _held_out_time(dataset, "test")
     has_v, has_t = valid >= 0, test >= 0
-    last_tr = np.full(dataset.num_users, -np.inf)
+    last_tr = _no_time(dataset.num_users, tr.timestamp, low=True)
     np.maximum.at(last_tr, tr.user, tr.timestamp)
     bad = (has_v != has_t) | (has_v & (vts < last_tr)) | (has_t & has_v & (tts < vts))
     if bad.any():
