@@ -34,12 +34,11 @@ class WriteError(JaxrecError, OSError):
 def write_error(path, error: BaseException, what: str = "") -> WriteError:
     """A ``WriteError`` naming ``path`` for ``error`` (an ``OSError``, or a library's error
     wrapping one, e.g. Orbax's "RESOURCE_EXHAUSTED ... No space left on device")."""
-    reason = getattr(error, "strerror", None)
-    if not reason:
-        text = str(error).strip()
-        known = [r for r in ("No space left on device", "Disk quota exceeded", "Read-only file system",
-                             "Permission denied") if r in text]
-        reason = known[0] if known else (text.splitlines()[0] if text else type(error).__name__)
+    text = f"{getattr(error, 'strerror', None) or ''} {error}"
+    known = [r for r in ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                         "Permission denied", "File too large") if r in text]
+    reason = known[0] if known else (getattr(error, "strerror", None)
+                                     or (str(error).strip().splitlines() or [type(error).__name__])[0])
     full = any(w in reason.lower() for w in ("space", "quota"))
     return WriteError(f"{path}: cannot write{' ' + what if what else ''} ({reason})"
                       + ("; free some space or write elsewhere" if full else ""))

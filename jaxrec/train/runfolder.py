@@ -474,13 +474,18 @@ class RunFolder(NullRunFolder):
     @staticmethod
     def _open_version(path: Path, what: str) -> tuple[Path, int | None]:
         """(the folder to read, the fd holding its shared lock or None) of run folder ``path``."""
+        missing = None
         for _ in range(50):
             version = published_version(path)
             if version is None:
                 break
             try:
                 fd = os.open(version, os.O_RDONLY | os.O_DIRECTORY)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
+                if missing == version:
+                    raise RunFolderError(f"{what} {path}: {path / CURRENT} points to {version.name}, which is missing "
+                                         "or not a folder; the run folder is damaged (write the run again)") from None
+                missing = version
                 continue  # replaced and removed meanwhile: read current again
             fcntl.flock(fd, fcntl.LOCK_SH)  # a writer removing it holds it exclusively for a moment
             if os.fstat(fd).st_nlink > 0 and (version / IDENTITY).exists():
