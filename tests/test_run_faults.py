@@ -343,3 +343,30 @@ def test_recommend_users_file_with_100000_ids(data, tmp_path, capsys):
     assert main(["recommend", "--run", str(data["P"]), "--users-file", str(tmp_path / "absent.txt")]) == 2
     err = capsys.readouterr().err
     assert "--users-file" in err and "absent.txt: not found" in err
+
+
+# ------------------------------------------------------------------ folders written before publication
+def test_a_folder_of_the_old_layout_is_read_then_published_in_place(data, tmp_path, capsys):
+    """Run files directly in the folder (jaxrec before publication): read as they are; the next
+    writer (--resume) makes them a version (hard links), continues, publishes, and leaves the
+    folder's other files alone."""
+    old = tmp_path / "old"
+    shutil.copytree(data["P"] / os.readlink(data["P"] / "current"), old)
+    (old / "notes.txt").write_text("mine")
+    assert _recommend(old, capsys)[0] == 0  # readable as it is
+    epochs = json.loads((old / "results.json").read_text())["config"]["epochs"]
+    capsys.readouterr()
+    assert main(["train", "--dataset", str(data["folder"]), "--model", "mf", "--no-progress", "--epochs",
+                 str(epochs + 2), "--set", "embedding_size=8", "--set", "batch_size=32", "--set", "topk=5,10",
+                 "--out", str(old), "--resume"]) == 0
+    assert (old / "current").is_symlink() and (old / "notes.txt").read_text() == "mine"
+    assert [r["epoch"] for r in map(json.loads, (old / "log.jsonl").read_text().splitlines())] == list(
+        range(epochs + 2))
+    assert all((old / n).is_symlink() for n in ("run.json", "results.json", "ckpt", "log.jsonl"))
+    assert _recommend(old, capsys)[0] == 0
+    # a folder of the old layout left by a killed run (no results.json): resumable, not served
+    killed = tmp_path / "killed"
+    shutil.copytree(data["P"] / os.readlink(data["P"] / "current"), killed)
+    (killed / "results.json").unlink()
+    code, err = _recommend(killed, capsys)
+    assert code == 2 and "has not finished training" in err

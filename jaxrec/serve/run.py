@@ -287,13 +287,13 @@ def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -
     folder = None
     try:
         folder = RunFolder.read(out_dir)
-        results = folder.finished_results()
         config = folder.config
         model = get_model(config)
         if not model.encoder.dot_scores:  # e.g. A-LLMRec stage 2: soft tokens ranked by its LM
-            raise ServeError(f"run folder {folder.path}: model {config.model!r} does not score items by dot product "
-                             "(its outputs feed another scorer); serve it through its method package (A-LLMRec: "
-                             "jaxrec.methods.allmrec stage2.evaluate_lm / rerank.rerank), not jaxrec.serve")
+            raise ServeError(f"run folder {folder.published}: model {config.model!r} does not score items by dot "
+                             "product (its outputs feed another scorer); serve it through its method package "
+                             "(A-LLMRec: jaxrec.methods.allmrec stage2.evaluate_lm / rerank.rerank), not jaxrec.serve")
+        results = folder.finished_results()
         if dataset is None:
             dataset = run_dataset(folder.path, config, folder.published)
         elif isinstance(dataset, (str, Path)):
