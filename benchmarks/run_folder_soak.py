@@ -140,6 +140,7 @@ def writer(paths: dict, stop_at: float, kill_prob: float, epochs: int, rng: rand
     duration = 20.0
     problems = []
     kill_delays = []
+    phases: dict[str, int] = {}
     while time.time() < stop_at:
         cmd = [sys.executable, "-m", "jaxrec", "update", "--run", paths["P"], "--interactions", paths["inter"],
                "--items", paths["items"], "--out", paths["U"], "--overwrite", "--epochs", str(epochs),
@@ -147,8 +148,10 @@ def writer(paths: dict, stop_at: float, kill_prob: float, epochs: int, rng: rand
         t0 = time.time()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         kill_after = rng.uniform(0, 1.3 * duration) if rng.random() < kill_prob else None
+        phase = None
         while proc.poll() is None:
             if kill_after is not None and time.time() - t0 >= kill_after:
+                phase = _phase(U)
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)
@@ -166,15 +169,33 @@ def writer(paths: dict, stop_at: float, kill_prob: float, epochs: int, rng: rand
             killed += 1
             kill_delays.append(round(kill_after, 2))
             if now != last:  # killed after its publication: the complete new run (allowed), else a loss
+                phase = "after publication"
                 if (U / "current").exists() and (U / "current" / "update.json").is_file():
                     published.add(now)
                     last = now
                 else:
                     problems.append("a killed update changed U to something incomplete")
+            phases[phase] = phases.get(phase, 0) + 1
         else:
             problems.append(f"writer exit {proc.returncode}: {err[-800:]}")
     return {"finished": done, "killed": killed, "lost": lost, "published": sorted(published), "problems": problems,
-            "kill_delays": kill_delays, "update_seconds": round(duration, 1)}
+            "kill_delays": kill_delays, "killed_while": phases, "update_seconds": round(duration, 1)}
+
+
+def _phase(U: Path) -> str:
+    """What the update was doing when killed (seen from the files)."""
+    work = U / "in-progress"
+    if not work.exists():
+        return "starting (no in-progress/ yet)"
+    latest = work / "ckpt" / "latest"
+    try:
+        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+            return "training (checkpoints saved)"
+    except FileNotFoundError:
+        return "publishing"
+    if (work / "data").is_dir():
+        return "data merged, before its first checkpoint"
+    return "preparing in-progress/"
 
 
 def main() -> None:

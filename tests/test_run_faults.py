@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import jaxrec
-from helpers import clustered_interactions, write_tiny_dataset
+from helpers import clustered_interactions
 from jaxrec.cli import main
 from jaxrec.data import write_atomic
 

@@ -98,7 +98,8 @@ def time_ties(inter: Interactions) -> int:
         offset = lambda: (ts - ts.min()).astype(np.int64)  # noqa: E731
     else:
         lo, hi = float(ts.min()), float(ts.max())
-        small = bool(np.isfinite(hi - lo) and (ts == np.floor(ts)).all() and (hi - lo + 1) * inter.num_users < 2.0 ** 62)
+        small = bool(np.isfinite(hi - lo) and (ts == np.floor(ts)).all()
+                     and (hi - lo + 1) * inter.num_users < 2.0 ** 62)
         offset = lambda: (ts - lo).astype(np.int64)  # noqa: E731
     if small:
         span, rank = int(hi - lo) + 1, offset()  # whole numbers: the offset is the rank

@@ -628,7 +628,7 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
         seen = test_seen_by_parent(run, dataset)
         made: list[UpdateReport] = []
 
-        def before_publish(run_folder: RunFolder) -> None:  # update.json, init.json, results' parent: published together
+        def before_publish(run_folder: RunFolder) -> None:  # update.json, init.json, results' parent: one publication
             t_fit = time.perf_counter()
             report = UpdateReport(
                 parent=str(run.path.resolve()), parent_dataset=run.fingerprint, dataset=dataset_fingerprint(dataset),

@@ -207,8 +207,8 @@ class WriterLock:
 
     _held: dict[str, "WriterLock"] = {}
 
-    def __init__(self, root: Path, fd: int):
-        self.root, self.fd, self.count = root, fd, 1
+    def __init__(self, root: Path, fd: int, key: str):
+        self.root, self.fd, self.key, self.count = root, fd, key, 1
         self.prepared = False  # the caller prepared in-progress/ (e.g. the update's data): keep it
 
     @classmethod
@@ -237,7 +237,7 @@ class WriterLock:
             cmd = f"; command: {info['command']}" if info.get("command") else ""
             raise RunBusyError(f"run folder {root} is being written by another process ({_who(info)}{cmd}); one "
                                "writer per run folder: wait for it to finish, or stop it first") from None
-        lock = cls(root, fd)
+        lock = cls(root, fd, key)
         cls._held[key] = lock
         try:
             write_json_atomic(root / WRITER, {"pid": os.getpid(), "host": socket.gethostname(),
@@ -252,7 +252,7 @@ class WriterLock:
         self.count -= 1
         if self.count > 0:
             return
-        WriterLock._held.pop(os.path.realpath(self.root), None)
+        WriterLock._held.pop(self.key, None)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
@@ -487,7 +487,10 @@ class RunFolder(NullRunFolder):
                                          "or not a folder; the run folder is damaged (write the run again)") from None
                 missing = version
                 continue  # replaced and removed meanwhile: read current again
-            fcntl.flock(fd, fcntl.LOCK_SH)  # a writer removing it holds it exclusively for a moment
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # a writer removing it holds it exclusively for a moment
+            except OSError as e:  # a file system without flock on folders: read unprotected
+                log.debug("%s: no shared lock (%s)", version, e)
             if os.fstat(fd).st_nlink > 0 and (version / IDENTITY).exists():
                 return version, fd
             os.close(fd)

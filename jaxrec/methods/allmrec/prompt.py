@@ -286,9 +286,9 @@ class PromptBuilder:
                                   (CANDIDATE_TOKEN, 1 + self.history, len(candidates))):
             at = np.flatnonzero(ids == self.ids[token])
             if at.size != want:
-                raise PromptError(f"user {str(user_name)!r}: the prompt holds {at.size} {token} tokens; expected {want} "
-                                  f"(a title containing '{token}'? history {[int(i) for i in history]}, "
-                                  f"candidates {[int(i) for i in candidates]})")
+                raise PromptError(f"user {str(user_name)!r}: the prompt holds {at.size} {token} tokens; expected "
+                                  f"{want} (history {[int(i) for i in history]}, candidates "
+                                  f"{[int(i) for i in candidates]})")
             slot[at] = base + np.arange(want, dtype=np.int32)
         return ids, slot
 
@@ -401,6 +401,5 @@ class PromptBuilder:
 
 
 __all__ = ["USER_TOKEN", "HISTORY_TOKEN", "CANDIDATE_TOKEN", "SPECIAL_TOKENS", "MISSING_TITLE", "PromptError",
-           "PromptDomain", "DOMAINS", "domain_for", "get_domain", "prompt_pieces", "prompt_text", "target_text", "item_titles",
-           "DISTINGUISH_FIELDS", "normalize_title", "shared_titles",
-           "PromptBuilder"]
+           "PromptDomain", "DOMAINS", "domain_for", "get_domain", "prompt_pieces", "prompt_text", "target_text",
+           "item_titles", "DISTINGUISH_FIELDS", "normalize_title", "shared_titles", "PromptBuilder"]
