@@ -386,3 +386,33 @@ def test_a_folder_of_the_old_layout_is_read_then_published_in_place(data, tmp_pa
     (killed / "results.json").unlink()
     code, err = _recommend(killed, capsys)
     assert code == 2 and "has not finished training" in err
+
+
+@pytest.mark.parametrize("moment", ["_point_current", "_link_files"])
+def test_a_crash_inside_publication_leaves_the_old_run_or_the_new_one(data, tmp_path, monkeypatch, moment):
+    """The two steps of publication, interrupted as a ``kill -9`` would (nothing after runs):
+    between the rename and the swap of ``current`` the old run is still the one served (the
+    renamed folder is an orphan the next writer removes); after the swap, the new one, whole."""
+    from jaxrec.train import runfolder
+
+    cfg = jaxrec.Config.for_model("mf", dataset=str(data["folder"]), epochs=1, embedding_size=8, batch_size=32,
+                                  topk=(5, 10))
+    out = tmp_path / "U"
+    jaxrec.train_run(cfg, out_dir=out, progress=False)
+    old = _served(out)
+
+    def killed(*a, **k):
+        raise SystemExit("killed")  # not an OSError: no clean-up code runs, as after SIGKILL
+
+    monkeypatch.setattr(runfolder, moment, killed)
+    with pytest.raises(SystemExit):
+        jaxrec.train_run(cfg.replace(epochs=2), out_dir=out, overwrite=True, progress=False)
+    monkeypatch.undo()
+    now = _served(out)
+    if moment == "_point_current":
+        assert now == old and (out / "v2").is_dir() and os.readlink(out / "current") == "v1"
+    else:
+        assert now["results"]["stopped_epoch"] == 1 and os.readlink(out / "current") == "v2"
+    jaxrec.train_run(cfg.replace(epochs=3), out_dir=out, overwrite=True, progress=False)  # the next writer
+    assert _served(out)["results"]["stopped_epoch"] == 2
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("v")) == ["v3"]  # orphans removed
