@@ -416,3 +416,16 @@ def test_a_crash_inside_publication_leaves_the_old_run_or_the_new_one(data, tmp_
     jaxrec.train_run(cfg.replace(epochs=3), out_dir=out, overwrite=True, progress=False)  # the next writer
     assert _served(out)["results"]["stopped_epoch"] == 2
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("v")) == ["v3"]  # orphans removed
+
+
+def test_run_identity_of_the_wrong_shape_is_a_clear_error(data, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(data["P"], run, symlinks=True)
+    ident = Path(os.path.realpath(run / "run.json"))
+    saved = json.loads(ident.read_text())
+    for field, value, message in (("dataset", "x", "field 'dataset' is a str; expected a JSON object"),
+                                  ("config", 5, "field 'config' is a int; expected a JSON object"),
+                                  ("model", ["mf"], "field 'model' is a list; expected a string")):
+        ident.write_text(json.dumps({**saved, field: value}))
+        code, err = _recommend(run, capsys)
+        assert code == 2 and message in err, err

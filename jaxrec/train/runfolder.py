@@ -463,9 +463,13 @@ class RunFolder(NullRunFolder):
                                  "or jaxrec.fit(out_dir=...)")
         try:
             run.identity = _read_json(ident, "run identity")
-            for key in ("config", "dataset", "model"):
+            for key, kind in (("config", dict), ("dataset", dict), ("model", str)):
                 if key not in run.identity:
                     raise RunFolderError(f"{ident}: no {key!r} field; expected the run identity jaxrec writes")
+                if not isinstance(run.identity[key], kind):
+                    raise RunFolderError(f"{ident}: field {key!r} is a {type(run.identity[key]).__name__}; expected "
+                                         f"{'a JSON object' if kind is dict else 'a string'} (the run identity jaxrec "
+                                         "writes)")
         except BaseException:
             run.close()
             raise
