@@ -125,14 +125,20 @@ def test_shared_titles_get_the_year_and_count_alike_in_every_metric(caplog):
     # identical texts get identical likelihoods: a pessimistic tie, a miss for the ranking too
     scores = np.array([[-1.0, -5.0, -1.0], [-1.0, -5.0, -3.0]], np.float32)
     substring = np.array([reference_hit(g, titles[c[0]]) for g, c in zip(perfect, cands)]) & ~np.array([True, False])
-    res = LMEvaluation(np.array([0, 1]), scores, np.ones((2, 3), np.int32), perfect, choice.astype(np.int32),
-                       substring, {}, np.array([True, False]))
-    m = res.metrics(metrics=("hit@1", "mrr"))
-    from jaxrec.methods.allmrec.stage2 import shared_target
+    from jaxrec.methods.allmrec.stage2 import same_title, shared_target
 
+    same = np.stack([same_title([titles[i] for i in row]) for row in cands])
+    assert same.tolist() == [[True, False, True], [True, False, False]]
+    res = LMEvaluation(np.array([0, 1]), scores, np.ones((2, 3), np.int32), perfect, choice.astype(np.int32),
+                       substring, {}, same)
+    m = res.metrics(metrics=("hit@1", "mrr"))
     assert shared_target([titles[i] for i in cands[0]]) and not shared_target([titles[i] for i in cands[1]])
     assert m["hit@1"] == m["hit@1_generate"] == m["hit@1_generate_substring"] == 0.5
     assert m["generate_on_list"] == 1.0 and m["shared_title_targets"] == 0.5
+    # a title that reads the same but scores lower (another spelling of it) is a tie all the same
+    low = LMEvaluation(np.array([0, 1]), np.array([[-1.0, -5.0, -2.0], [-1.0, -5.0, -3.0]], np.float32),
+                       np.ones((2, 3), np.int32), None, None, None, {}, same)
+    assert low.ranks().tolist() == [1, 0] and low.metrics(metrics=("hit@1",))["hit@1"] == 0.5
 
 
 def test_evaluate_lm_reports_shared_targets():

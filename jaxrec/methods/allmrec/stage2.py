@@ -48,8 +48,9 @@ tells them apart; what is left are the same item listed twice): an answer naming
 target shares with another candidate names no single item, so it is a miss in every metric —
 generation (``match_candidate`` returns ``AMBIGUOUS``, never the target's column), the
 reference's substring rule (``hit@1_generate_substring`` is False for such a row) and the
-likelihood ranking (identical texts score identically and ties are pessimistic).
-``shared_title_targets`` reports the share of such rows.
+likelihood ranking (a candidate whose title reads the same as the target's, by
+``normalize_title``, counts as a tie, and ties are pessimistic; identical texts also score
+identically). ``shared_title_targets`` reports the share of such rows.
 """
 
 from __future__ import annotations
@@ -308,10 +309,16 @@ def match_candidate(generated: str, titles: Sequence[str]) -> int:
     return hits[0] if len(hits) == 1 else (AMBIGUOUS if hits else -1)
 
 
+def same_title(titles: Sequence[str]) -> np.ndarray:
+    """bool [C]: the candidates whose normalized title (``normalize_title``) is the target's
+    (``titles[0]``; column 0 itself included)."""
+    key = normalize_title(titles[0])
+    return np.array([normalize_title(t) == key for t in titles], bool)
+
+
 def shared_target(titles: Sequence[str]) -> bool:
     """Whether the target (``titles[0]``) shares its normalized title with another candidate."""
-    key = normalize_title(titles[0])
-    return any(normalize_title(t) == key for t in titles[1:])
+    return bool(same_title(titles)[1:].any())
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -322,8 +329,9 @@ class LMEvaluation:
     users int32 [M]; scores float32 [M, C] (sum log-likelihood); lengths int32 [M, C] (target
     tokens per candidate); generated: M strings or None; choice int32 [M]: the candidate column
     a generation names (-1: none; -2: a title several candidates share; None without
-    generation); substring_hit bool [M] or None; shared bool [M]: the target's title is also
-    another candidate's (such a row is a miss in every metric: module docstring).
+    generation); substring_hit bool [M] or None; same_title bool [M, C]: the candidates whose
+    title reads as the target's (column 0 True; another True: the row is a miss in every
+    metric, module docstring).
     """
 
     users: np.ndarray
@@ -333,14 +341,23 @@ class LMEvaluation:
     choice: np.ndarray | None
     substring_hit: np.ndarray | None
     seconds: dict
-    shared: np.ndarray | None = None
+    same_title: np.ndarray | None = None
+
+    @property
+    def shared(self) -> np.ndarray | None:
+        """bool [M]: the target's title is also another candidate's."""
+        return None if self.same_title is None else self.same_title[:, 1:].any(axis=1)
 
     def ranks(self, score: str = "sum") -> np.ndarray:
-        """int64 [M] 0-based target ranks by ``score`` ("sum" or "mean" log-likelihood)."""
+        """int64 [M] 0-based target ranks by ``score`` ("sum" or "mean" log-likelihood),
+        pessimistic; a candidate with the target's title counts as a tie (module docstring)."""
         if score not in SCORES:
             raise Stage2Error(f"score={score!r}: expected one of {SCORES}")
         s = self.scores if score == "sum" else self.scores / np.maximum(self.lengths, 1)
-        return candidate_ranks(s)
+        ranks = candidate_ranks(s)
+        if self.same_title is not None:  # same-title candidates scored below the target: ties too
+            ranks = ranks + (self.same_title[:, 1:] & (s[:, :1] > s[:, 1:])).sum(axis=1)
+        return ranks
 
     def metrics(self, score: str = "sum", rows=None, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
         """Ranking metrics by ``score`` (and ``_sum`` / ``_mean`` variants), and generation ones
@@ -430,16 +447,17 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
             times["generate"] += time.perf_counter() - t0
     choice = substring = None
     titles = [[pb.titles[i] for i in row] for row in cands]
-    shared = np.array([shared_target(t) for t in titles], bool).reshape(m)
+    same = np.array([same_title(t) for t in titles], bool).reshape(cands.shape)
+    shared = same[:, 1:].any(axis=1)
     if generate:
         choice = np.array([match_candidate(g, t) for g, t in zip(generated, titles)], np.int32)
         substring = np.array([reference_hit(g, t[0]) for g, t in zip(generated, titles)], bool) & ~shared
     return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times,
-                        shared)
+                        same)
 
 
 __all__ = ["Stage2Error", "Stage2Arch", "Projector", "Projectors", "init_params", "as_module", "project",
            "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
            "next_title_loss", "prompt_embeds", "answer_text", "normalize_title", "reference_hit", "match_candidate",
-           "AMBIGUOUS", "shared_target",
+           "AMBIGUOUS", "same_title", "shared_target",
            "LMEvaluation", "evaluate_lm", "SCORES"]
