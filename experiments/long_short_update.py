@@ -123,7 +123,7 @@ def cut_new_data(item: np.ndarray, timestamp: np.ndarray, seed: int, new_items: 
     item = np.asarray(item).astype(str)
     uniq = np.unique(item)
     held = np.random.default_rng(seed).choice(uniq, int(np.floor(new_items * uniq.size)), replace=False)
-    order = np.argsort(np.asarray(timestamp, np.float64), kind="stable")
+    order = np.argsort(np.asarray(timestamp), kind="stable")  # int64 timestamps compared exactly
     late = np.zeros(item.size, bool)
     late[order[item.size - int(np.floor(new_time * item.size)):]] = True
     return late | np.isin(item, held), np.sort(held)

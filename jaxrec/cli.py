@@ -15,8 +15,9 @@ start ``jax.distributed`` before anything runs; every process trains its shards,
 alone writes the run files and prints the table.
 
 Bad input (config, data, run folder: any ``jaxrec.errors.JaxrecError``) is reported as
-``jaxrec: error: ...`` with exit status 2, never a traceback; a run that diverges exits with
-status 1 and names its last checkpoint.
+``jaxrec: error: ...`` with exit status 2, never a traceback; so is a file that cannot be
+written or read (a full disk: ``WriteError`` naming the file; any other ``OSError`` with its
+file); a run that diverges exits with status 1 and names its last checkpoint.
 
 The method packages (``jaxrec.methods``: A-LLMRec's stages) are registered explicitly at
 start-up (``jaxrec.methods.register_all()``), so ``--model allmrec_stage1`` is a valid name here.
@@ -198,11 +199,19 @@ def default_out_dir(config: Config) -> Path:
     return Path("checkpoints") / f"{name}-{config.model}-{config.init}-s{config.seed}"
 
 
+def _quiet_unraisable(unraisable) -> None:
+    """Exceptions Python cannot raise (e.g. tensorstore's callbacks into a closed event loop
+    after a damaged checkpoint was refused): logged at DEBUG (``-v``), not printed as tracebacks."""
+    logging.getLogger("jaxrec").debug("ignored in %r: %r", unraisable.object, unraisable.exc_value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if argv is None:  # the command line (not a caller's own process): no stray tracebacks
+        sys.unraisablehook = _quiet_unraisable
     from jaxrec.train import TrainingDivergedError
 
     try:
@@ -219,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDivergedError as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the system's refusal (no space, no permission) of a file no check above names
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"jaxrec: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ from jaxrec.config import Config
 from jaxrec.data import Dataset, load_dataset
 from jaxrec.models import Model, Params, get_model
 from jaxrec.train import RunResult, check_run, fit
-from jaxrec.train.runfolder import RunFolder
 from jaxrec.train.state import run_keys, run_keys_from
 
 log = logging.getLogger("jaxrec.pipeline")
@@ -71,7 +70,7 @@ def train_run(
 ) -> tuple[RunResult, Dataset]:
     """Load ``config.dataset``, check the config against it, build ``config.model``, initialize
     and train it (what ``jaxrec train`` does). The run folder also gets ``init.json``, the
-    record of the initialization (``llm_initial_params``).
+    record of the initialization (``llm_initial_params``), written before the run is published.
 
     Raises ``ConfigError`` before reading data when an LLM ``init`` has no item text source
     (``embeddings`` / ``encoder``), and the data / config errors ``load_dataset`` and
@@ -84,9 +83,7 @@ def train_run(
     check_run(model, dataset, config)
     params, record = llm_initial_params(model, dataset, config)
     result = fit(model, dataset, config, out_dir=out_dir, params=params, resume=resume, overwrite=overwrite,
-                 progress=progress)
-    if result.out_dir is not None and jax.process_index() == 0:
-        RunFolder.read(result.out_dir).write_init_record(record)
+                 progress=progress, before_publish=lambda folder: folder.write_init_record(record))
     return result, dataset
 
 

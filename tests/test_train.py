@@ -164,7 +164,7 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     subprocess.run(common + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
     proc = subprocess.Popen(common + ["--out", str(tmp_path / "cut")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "cut" / "log.jsonl"
+    log = tmp_path / "cut" / "in-progress" / "log.jsonl"  # written beside, published when finished
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 5):
         time.sleep(0.05)
@@ -200,10 +200,11 @@ def test_diverging_run_stops_naming_epoch_and_last_good_checkpoint(tiny, tmp_pat
     explode = optax.adam(lambda count: jnp.where(count < steps_per_epoch, 1e-2, 1e38))
     with pytest.raises(FloatingPointError, match=r"epoch 1: .*not finite|epoch 1: training loss is") as err:
         fit(model, ds, config.replace(model="mf", epochs=5), out_dir=tmp_path, optimizer=explode)
-    assert "ckpt/latest/0 (epoch 0" in str(err.value)
-    with RunCheckpoints(tmp_path / "ckpt") as ck:  # nothing non-finite was saved
+    assert "in-progress/ckpt/latest/0 (epoch 0" in str(err.value)
+    assert not (tmp_path / "current").exists()  # a stopped run is not published; it stays in in-progress/
+    with RunCheckpoints(tmp_path / "in-progress" / "ckpt", read_only=True) as ck:  # nothing non-finite was saved
         assert ck.latest_step() == 0 and ck.latest_step("best") == 0
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "in-progress" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0]
 
 

@@ -4,7 +4,9 @@ Tab-separated text, no quoting. The first line is the header of ``name:type`` fi
 
 - ``token``      one string            -> numpy str array [n]
 - ``token_seq``  space-separated words -> list (length n) of lists of str
-- ``float``      one number            -> float64 array [n] (an empty cell reads as NaN)
+- ``float``      one number            -> float64 array [n] (an empty cell reads as NaN); a column
+  whose cells are all integers, some beyond 2**53 in magnitude (float64 cannot hold them
+  exactly: nanosecond timestamps), reads as int64 [n] instead, exact (``exact_integers``)
 - ``float_seq``  space-separated numbers -> list (length n) of float64 arrays
 
 Encodings, byte-order marks, line ends: as every reader, see :mod:`jaxrec.data.textio`
@@ -90,11 +92,52 @@ def read_atomic(path: str | Path, with_types: bool = False, engine: str = "auto"
 
 def read_atomic_table(path: str | Path, engine: str = "auto", reports: list | None = None) -> AtomicTable:
     """Parse an atomic file into an :class:`AtomicTable` (no per-row Python work on the
-    pyarrow path). See :func:`read_atomic` for ``engine`` and errors."""
+    pyarrow path). See :func:`read_atomic` for ``engine`` and errors. ``float`` columns of
+    integers beyond 2**53 are int64 (:func:`exact_integers`)."""
     path = Path(path)
     _must_exist(path)
-    return fast_then_exact(path, lambda enc: _arrow_table(path, enc), lambda enc: _exact_table(path, enc),
-                           reports, engine)
+    t = fast_then_exact(path, lambda enc: _arrow_table(path, enc), lambda enc: _exact_table(path, enc),
+                        reports, engine)
+    return exact_integers(t)
+
+
+#: Beyond this magnitude float64 does not hold every integer: 2**53 + 1 reads as 2**53.
+EXACT_FLOAT_LIMIT = 2.0 ** 53
+_INTEGER = r"^[+-]?[0-9]+$"
+
+
+def exact_integers(t: AtomicTable) -> AtomicTable:
+    """``t`` with each ``float`` column that holds an integer beyond 2**53 in magnitude read
+    again from the file's text: int64 when every non-empty cell is an integer that fits
+    (nulls stay nulls), else the float64 column as it was. Columns within 2**53 are exact in
+    float64 and are not read again (no cost for ordinary files)."""
+    for name, kind in t.types.items():
+        if kind != "float":
+            continue
+        col = t.table.column(name)
+        if not len(col) or not pc.any(pc.greater_equal(pc.abs(col), EXACT_FLOAT_LIMIT)).as_py():
+            continue
+        text = pc.utf8_trim(_text_column(t, name), " ")
+        filled = pc.drop_null(text)
+        if len(filled) and not pc.all(pc.match_substring_regex(filled, _INTEGER)).as_py():
+            continue  # a non-integer among them: a float column by nature
+        try:
+            ints = pc.cast(pc.replace_substring_regex(text, r"^\+", ""), pa.int64())
+        except pa.ArrowInvalid:  # beyond int64
+            continue
+        t = dataclasses.replace(t, table=t.table.set_column(t.table.column_names.index(name), name, ints))
+    return t
+
+
+def _text_column(t: AtomicTable, name: str) -> pa.ChunkedArray:
+    """Column ``name`` of the file as read, text (empty cells null), same rows as ``t.table``."""
+    types = {n: pa.string() for n in t.types}
+    if t.lines is None:
+        return arrow_csv(t.path, t.encoding, types, "\t", skip_rows=1, include=[name]).column(name)
+    lines = decoded_lines(t.path, t.encoding)
+    next(lines, None)
+    table, _ = exact_csv(t.path, lines, types, "\t", "tab-separated cells")
+    return pc.if_else(pc.equal(table.column(name), ""), pa.scalar(None, pa.string()), table.column(name))
 
 
 def fast_then_exact(path: Path, fast, exact, reports: list | None, engine: str = "auto"):
@@ -131,7 +174,9 @@ def column_values(t: AtomicTable, name: str):
     if kind == "token":
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=str) if len(col) else np.array([], dtype=str)
     if kind == "float":
-        return pc.fill_null(col, math.nan).to_numpy() if len(col) else np.zeros(0)
+        if pa.types.is_integer(col.type) and col.null_count == 0:
+            return col.to_numpy()  # int64: exact integers beyond 2**53 (exact_integers)
+        return pc.fill_null(pc.cast(col, pa.float64()), math.nan).to_numpy() if len(col) else np.zeros(0)
     if kind == "token_seq":
         return [[w for w in s.split(" ") if w] for s in col.to_pylist()]
     return _float_seqs(t, name, col)
@@ -254,9 +299,10 @@ def _exact_table(path: Path, enc: Encoding) -> AtomicTable:
 
 
 def arrow_csv(path: Path, enc: Encoding, types: Mapping[str, pa.DataType], delimiter: str,
-              skip_rows: int = 0) -> pa.Table:
+              skip_rows: int = 0, include: list[str] | None = None) -> pa.Table:
     """pyarrow's CSV reader without quoting: ``types`` gives the columns (float64 or string,
-    in order); empty lines are skipped; empty float cells are nulls. Raises pyarrow's errors."""
+    in order); empty lines are skipped; empty float cells are nulls; ``include``: only these
+    columns, their string cells null when empty. Raises pyarrow's errors."""
     stream = arrow_input(path, enc)
     try:
         return pcsv.read_csv(
@@ -265,7 +311,8 @@ def arrow_csv(path: Path, enc: Encoding, types: Mapping[str, pa.DataType], delim
             parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False,
                                             newlines_in_values=False, ignore_empty_lines=True),
             convert_options=pcsv.ConvertOptions(column_types=dict(types), null_values=[""],
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False))
+                                                strings_can_be_null=include is not None,
+                                                quoted_strings_can_be_null=False, include_columns=include))
     finally:
         stream.close()
 
@@ -330,6 +377,8 @@ def _float_seqs(t: AtomicTable, name: str, col) -> list[np.ndarray]:
 
 
 def _fmt(v, nan: str) -> str:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))  # exact, whatever its size (nanosecond timestamps)
     v = float(v)
     if math.isnan(v):
         return nan
@@ -351,4 +400,4 @@ def _check_text(path: Path, name: str, text: str, extra: str = "") -> None:
 
 
 __all__ = ["TYPES", "AtomicTable", "read_atomic", "read_atomic_header", "read_atomic_table", "write_atomic",
-           "column_values", "arrow_csv", "exact_csv", "fast_then_exact"]
+           "column_values", "arrow_csv", "exact_csv", "fast_then_exact", "exact_integers", "EXACT_FLOAT_LIMIT"]

@@ -38,7 +38,7 @@ from .textio import ReadReport, file_sha256
 
 log = logging.getLogger("jaxrec.data")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: integer timestamps beyond 2**53 are int64 (exact)
 REPORT_TYPES = {c.__name__: c for c in (FilterReport, SplitReport, ReadReport)}
 
 

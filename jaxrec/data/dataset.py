@@ -153,8 +153,10 @@ def interactions_from_columns(cols: Mapping[str, Any], path, missing: str = "err
                 raise DataError(f"{where(path, field=name)}: expected type float (one number per row), "
                                 f"got a sequence type")
             try:
-                arrays[name] = pa.array(np.asarray(v, dtype=np.float64))
-            except (TypeError, ValueError):
+                a = np.asarray(v)
+                arrays[name] = pa.array(a.astype(np.int64) if a.dtype.kind in "iu" and name == "timestamp"
+                                        else np.asarray(v, dtype=np.float64))
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(f"{where(path, field=name)}: expected numbers") from None
     return _interactions(pa.table(arrays), Path(str(path)), missing, reports, line_of)
 
@@ -188,8 +190,7 @@ def _interactions(table: pa.Table, path: Path, missing: str, reports: list | Non
         users, items = pc.fill_null(users, ""), pc.fill_null(items, "")
     with ThreadPoolExecutor(2) as pool:  # pyarrow hashes without the GIL: users and items at once
         (user_ids, user), (item_ids, item) = pool.map(dense_ids, (users, items))
-    num = {k: pc.fill_null(table.column(k), math.nan).to_numpy() if table.num_rows else np.zeros(0)
-           for k in ("rating", "timestamp") if k in table.column_names}
+    num = {k: _numbers(table.column(k)) for k in ("rating", "timestamp") if k in table.column_names}
     inter = Interactions(user, item, num.get("rating"), num.get("timestamp"), user_ids, item_ids)
     if keep is not None:
         inter, rep = filters._finish(inter, keep, "missing_values", detail)
@@ -197,6 +198,16 @@ def _interactions(table: pa.Table, path: Path, missing: str, reports: list | Non
         if reports is not None:
             reports.append(rep)
     return inter
+
+
+def _numbers(col) -> np.ndarray:
+    """A number column as numpy: int64 stays int64 (exact timestamps beyond 2**53; a missing
+    cell, whose row is dropped or refused by ``check_cells``, reads 0), floats float64 (NaN)."""
+    if not len(col):
+        return np.zeros(0, np.int64 if pa.types.is_integer(col.type) else np.float64)
+    if pa.types.is_integer(col.type):
+        return pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy()
+    return pc.fill_null(pc.cast(col, pa.float64()), math.nan).to_numpy()
 
 
 def dataset_from_interactions(name: str, inter: Interactions, config: Config | None = None,

@@ -19,7 +19,9 @@ class Interactions:
     """Parallel arrays of ``n`` interactions.
 
     user: int32 [n]; item: int32 [n]; rating: float32 [n] | None;
-    timestamp: float64 [n] | None; user_ids: str [num_users]; item_ids: str [num_items].
+    timestamp: int64 [n] (integer timestamps: exact at any size, e.g. nanoseconds since the
+    epoch) or float64 [n] (any other numbers) | None; user_ids: str [num_users]; item_ids: str [num_items].
+    Time orders sort by timestamp and keep the input order among equal ones (stable).
     """
 
     user: np.ndarray
@@ -39,7 +41,9 @@ class Interactions:
         for name, dtype in (("rating", np.float32), ("timestamp", np.float64)):
             v = getattr(self, name)
             if v is not None:
-                v = np.asarray(v, dtype=dtype)
+                v = np.asarray(v)
+                v = v.astype(np.int64, copy=False) if name == "timestamp" and v.dtype.kind in "iu" \
+                    else v.astype(dtype, copy=False)
                 if v.shape != (n,):
                     raise ValueError(f"{name}: expected shape ({n},) like user, got {v.shape}")
                 put(name, v)

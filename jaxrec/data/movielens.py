@@ -79,7 +79,7 @@ def read_ml100k_items(path: str | Path, reports: list | None = None) -> dict:
         row, j = (int(x[0]) for x in np.nonzero(bad))
         line_of = (lambda r: lines[r]) if lines is not None else (lambda r: row_lines(path, r))
         raise DataError(f"{where_row(path, line_of, row, GENRES[j])}: expected a genre flag 0 or 1, "
-                        f"got {flags[row, j]!r}")
+                        f"got {str(flags[row, j])!r}")
     ids, titles, years = [], [], []
     for item_id, raw_title, date in zip(table.column("item_id").to_pylist(), table.column("title").to_pylist(),
                                         table.column("release_date").to_pylist()):

@@ -129,16 +129,25 @@ def held_out_items(dataset: Dataset, stage: str) -> np.ndarray:
     if (counts > 1).any():
         u = int(np.flatnonzero(counts > 1)[0])
         raise DataError(f"{dataset.source}: dataset.{stage} holds {int(counts[u])} interactions of user "
-                        f"{dataset.user_ids[u]!r}; expected at most one per user (a leave-one-out split, "
+                        f"{str(dataset.user_ids[u])!r}; expected at most one per user (a leave-one-out split, "
                         f"Config(split='loo_time'))")
     item = np.full(dataset.num_users, -1, dtype=np.int32)
     item[part.user] = part.item
     return item
 
 
+def _no_time(n: int, like: np.ndarray, low: bool = False) -> np.ndarray:
+    """[n] in ``like``'s dtype (int64 timestamps stay exact): NaN for floats, or the lowest
+    value when ``low`` (-inf / the int64 minimum). Integers without ``low`` also get the
+    minimum: it only fills users a mask leaves out."""
+    if like.dtype.kind in "iu":
+        return np.full(n, np.iinfo(np.int64).min, np.int64)
+    return np.full(n, -np.inf if low else np.nan)
+
+
 def _held_out_time(dataset: Dataset, stage: str) -> np.ndarray:
     part = dataset.valid if stage == "valid" else dataset.test
-    ts = np.full(dataset.num_users, np.nan)
+    ts = _no_time(dataset.num_users, part.timestamp)
     ts[part.user] = part.timestamp
     return ts
 
@@ -165,12 +174,12 @@ def user_sequences(dataset: Dataset, log_report: bool = True) -> Sequences:
     valid, vts = held_out_items(dataset, "valid"), _held_out_time(dataset, "valid")
     test, tts = held_out_items(dataset, "test"), _held_out_time(dataset, "test")
     has_v, has_t = valid >= 0, test >= 0
-    last_tr = np.full(dataset.num_users, -np.inf)
+    last_tr = _no_time(dataset.num_users, tr.timestamp, low=True)
     np.maximum.at(last_tr, tr.user, tr.timestamp)
     bad = (has_v != has_t) | (has_v & (vts < last_tr)) | (has_t & has_v & (tts < vts))
     if bad.any():
         u = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{dataset.source}: user {dataset.user_ids[u]!r}: the validation / test interactions "
+        raise DataError(f"{dataset.source}: user {str(dataset.user_ids[u])!r}: the validation / test interactions "
                         f"are not the user's last two by time; expected a leave-one-out split by time "
                         f"(Config(split='loo_time'))")
     if not has_t.any():
@@ -267,7 +276,7 @@ def training_windows(data, max_len: int = 50) -> SequenceWindows:
     full = positives.counts[users] >= s.num_items
     if full.any():
         bad = s.user_ids[users[full]]
-        raise DataError(f"training_windows: user {bad[0]!r} ({int(full.sum())} such users) has interacted with "
+        raise DataError(f"training_windows: user {str(bad[0])!r} ({int(full.sum())} such users) has interacted with "
                         f"all {s.num_items} items in training; expected at least one item left to sample a "
                         f"negative from")
     return SequenceWindows(users.astype(np.int32), left_pad(w_indptr, inputs, max_len, "training_windows"),

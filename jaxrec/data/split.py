@@ -2,6 +2,8 @@
 
 The order inside a user's group is either time (timestamp, NaN last, ties by input
 position: a stable order; ties are counted in the report) or a seeded random permutation.
+Integer timestamps (int64, e.g. nanoseconds since the epoch) are compared exactly: they are
+never converted to float64, whose 53-bit mantissa would make neighbours beyond 2**53 tie.
 ``leave_one_out`` needs only each user's last two interactions in that order: it finds
 them in O(n) with ``np.maximum.at`` (no sort); ``ratio_split`` groups users with stable
 argsorts. Each split keeps its interactions in input order.
@@ -90,9 +92,17 @@ def time_ties(inter: Interactions) -> int:
     ts, user = inter.timestamp[ok], inter.user[ok].astype(np.int64)
     if ts.size < 2:
         return 0
-    lo, hi = float(ts.min()), float(ts.max())
-    if np.isfinite(hi - lo) and (ts == np.floor(ts)).all() and (hi - lo + 1) * inter.num_users < 2.0 ** 62:
-        span, rank = int(hi - lo) + 1, (ts - lo).astype(np.int64)  # whole seconds: the offset is the rank
+    if ts.dtype.kind in "iu":  # exact integers: offsets in int64 (python ints for the bound)
+        lo, hi = int(ts.min()), int(ts.max())
+        small = (hi - lo + 1) * inter.num_users < 2 ** 62
+        offset = lambda: (ts - ts.min()).astype(np.int64)  # noqa: E731
+    else:
+        lo, hi = float(ts.min()), float(ts.max())
+        small = bool(np.isfinite(hi - lo) and (ts == np.floor(ts)).all()
+                     and (hi - lo + 1) * inter.num_users < 2.0 ** 62)
+        offset = lambda: (ts - lo).astype(np.int64)  # noqa: E731
+    if small:
+        span, rank = int(hi - lo) + 1, offset()  # whole numbers: the offset is the rank
     else:
         values = np.unique(ts)
         span, rank = values.size, np.searchsorted(values, ts)
@@ -105,16 +115,26 @@ def _last_per_user(user: np.ndarray, keys: list[np.ndarray], active: np.ndarray,
     order of ``keys`` (most significant first; the last key must be unique per user); -1 if
     none. O(n) with ``np.maximum.at``: the group's maximum of each key in turn, keeping the
     rows that reach it (the first pass runs on whole arrays, later ones on the few left)."""
-    best = np.full(num_users, -np.inf)
-    np.maximum.at(best, user, np.where(active, keys[0], -np.inf))
+    lowest = _lowest(keys[0])
+    best = np.full(num_users, lowest, dtype=lowest.dtype)
+    np.maximum.at(best, user, np.where(active, keys[0], lowest))
     cand = np.flatnonzero(active & (keys[0] == best[user]))
     for k in keys[1:]:
-        best = np.full(num_users, -np.inf)
+        lowest = _lowest(k)
+        best = np.full(num_users, lowest, dtype=lowest.dtype)
         np.maximum.at(best, user[cand], k[cand])
         cand = cand[k[cand] == best[user[cand]]]
     out = np.full(num_users, -1, dtype=np.int64)
     out[user[cand]] = cand
     return out
+
+
+def _lowest(key: np.ndarray) -> np.generic:
+    """Below every value of ``key``, in its own dtype: -inf for floats, the int64 minimum for
+    integers (an integer key stays int64: exact beyond 2**53)."""
+    if key.dtype.kind in "iu":
+        return np.int64(np.iinfo(np.int64).min)
+    return np.float64(-np.inf)
 
 
 def _take3(inter, perm, part):
@@ -138,12 +158,12 @@ def leave_one_out(inter: Interactions, order: str = "random", rng=None):
         if inter.timestamp is None:
             raise DataError("split order='time': the interactions have no timestamp column; "
                             "expected timestamps, or order='random'")
-        idx = np.arange(n, dtype=np.float64)  # exact below 2**53
-        ts = inter.timestamp
+        idx = np.arange(n, dtype=np.int64)  # ties: the later in the input is the later
+        ts = inter.timestamp  # int64 stays int64 (exact), floats stay floats
         late = np.isnan(ts)  # NaN sorts after every number (as np.sort / np.lexsort do)
-        keys = ([late.astype(np.float64), np.where(late, 0.0, ts)] if late.any() else [ts]) + [idx]
+        keys = ([late.astype(np.int64), np.where(late, 0.0, ts)] if late.any() else [ts]) + [idx]
     else:
-        keys = [_rng(rng).permutation(n).astype(np.float64)]  # the draw the sorted version used
+        keys = [_rng(rng).permutation(n).astype(np.int64)]  # the draw the sorted version used
     counts = np.bincount(inter.user, minlength=inter.num_users)
     active = (counts >= 3)[inter.user]
     test_row = _last_per_user(inter.user, keys, active, inter.num_users)

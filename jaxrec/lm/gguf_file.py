@@ -60,14 +60,54 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def expected_size(path: Path) -> int | None:
+    """The bytes a GGUF file must hold: the end of its last tensor's data (header, tensor
+    infos, alignment and every tensor, as ``gguf.GGUFReader`` lays them out), read from the
+    header alone. None when the header itself cannot be read (cut short, or not GGUF)."""
+    import gguf
+
+    class _Header(gguf.GGUFReader):  # parses the header as GGUFReader does, maps no tensor data
+        end = 0
+
+        def _build_tensors(self, start_offs, fields):
+            for field in fields:
+                _, _, _, dims, raw_dtype, offset = field.parts
+                block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_dtype[0]))]
+                n_bytes = int(np.prod(dims, dtype=np.int64)) * size // block
+                self.end = max(self.end, int(start_offs + offset[0]) + n_bytes)
+            self.end = max(self.end, start_offs)
+
+    try:
+        return _Header(str(path)).end
+    except (ValueError, IndexError, KeyError, OSError, OverflowError):
+        return None
+
+
 def _reader(path: Path):
     import gguf
 
     if not path.is_file():
         raise LMError(f"{path}: no such file; expected a GGUF model file")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise LMError(f"{path}: cannot read ({e.strerror}); expected a GGUF model file") from None
+    if magic != b"GGUF":
+        what = f"{size} bytes" if size < 4 else f"starts with {magic!r}"
+        raise LMError(f"{path}: cannot read as GGUF: not a GGUF file ({what}); expected a GGUF v2/v3 file "
+                      f"(magic b'GGUF')")
+    want = expected_size(path)
+    if want is None:
+        raise LMError(f"{path}: truncated or damaged GGUF header (the file has {size:,} bytes and its header cannot "
+                      f"be read to the end); expected a complete GGUF file: download or copy it again")
+    if size < want:
+        raise LMError(f"{path}: truncated or incomplete: {size:,} bytes, expected {want:,} bytes (the header's "
+                      f"tensors end there; {want - size:,} bytes missing); download or copy the file again")
     try:
         return gguf.GGUFReader(str(path))
-    except (ValueError, OSError) as e:
+    except (ValueError, IndexError, KeyError, OSError) as e:
         raise LMError(f"{path}: cannot read as GGUF ({e}); expected a GGUF v2/v3 file") from None
 
 

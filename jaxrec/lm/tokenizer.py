@@ -61,6 +61,7 @@ class Tokenizer:
         self.add_bos = add_bos
         self.chat_template = chat_template
         self.source = source
+        self._plain = None  # the backend that encodes special-token strings as plain text (encode_plain)
         size = backend.get_vocab_size(with_added_tokens=True)
         for name in ("bos_id", "eos_id", "pad_id"):
             v = getattr(self, name)
@@ -190,11 +191,36 @@ class Tokenizer:
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of ``text``; special tokens written in the text map to their ids. ``add_bos``
-        (default: the file's ``add_bos``) prepends ``bos_id``."""
+        (default: the file's ``add_bos``) prepends ``bos_id``. For text that is data (catalogue
+        titles, user input), use ``encode_plain``: here ``<|im_end|>`` in the text is a control token."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if self.add_bos if add_bos is None else add_bos:
             ids = [self.require("bos")] + ids
         return ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of ``text`` as plain text: a special (control) token written in it, e.g.
+        ``<|im_end|>`` or ``[UserRep]``, is split into ordinary tokens like any other characters, so
+        data can never act as a control token (no bos is added). The ``tokenizers`` backend's
+        ``encode_special_tokens`` (transformers' ``split_special_tokens=True``); text without
+        special-token strings encodes exactly as ``encode``."""
+        if self._plain is None:
+            from tokenizers import Tokenizer as Backend
+
+            backend = Backend.from_str(self.backend.to_str())
+            backend.encode_special_tokens = True
+            self._plain = backend
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def special_ids(self) -> set[int]:
+        """Ids of every special (control) token: the file's control tokens and those added by
+        ``add_special_tokens``."""
+        return {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
+
+    def special_tokens(self) -> list[str]:
+        """The strings of every special (control) token, by id."""
+        dec = self.backend.get_added_tokens_decoder()
+        return [dec[i].content for i in sorted(dec) if dec[i].special]
 
     def encode_batch(self, texts: Sequence[str], *, padding_side: str = "left", add_bos: bool | None = None,
                      pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:

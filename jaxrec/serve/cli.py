@@ -1,6 +1,7 @@
 """``jaxrec recommend | export | update``: the command-line shell over ``jaxrec.serve``.
 
     jaxrec recommend --run DIR --users 196,186 --k 10          # a table (with titles when the dataset has them)
+    jaxrec recommend --run DIR --users-file ids.txt --k 10 --out recs.parquet   # one id per line (any number)
     jaxrec recommend --run DIR --all --k 10 --out recs.parquet  # every user, in blocks, with a progress bar
     jaxrec export --run DIR --out FOLDER                        # embeddings + original ids (.npy, .txt, .parquet)
     jaxrec update --run DIR --interactions NEW.inter --items NEW.item --out DIR2 --epochs 20
@@ -36,6 +37,9 @@ def add_parsers(sub) -> None:
     _run_args(rec)
     who = rec.add_mutually_exclusive_group(required=True)
     who.add_argument("--users", metavar="U1,U2,...", help="comma-separated original user ids")
+    who.add_argument("--users-file", type=Path, metavar="FILE",
+                     help="original user ids, one per line (UTF-8; empty lines skipped): for lists too long for "
+                          "one argument")
     who.add_argument("--all", action="store_true", help="every user of the run's dataset (needs --out)")
     rec.add_argument("--k", type=int, default=10, help="items per user (default 10)")
     rec.add_argument("--out", type=Path, default=None,
@@ -76,6 +80,27 @@ def add_parsers(sub) -> None:
     upd.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _users_file(path: Path) -> list[str]:
+    """The ids of ``--users-file`` (one per line); ``ServeError`` naming the file when unreadable or empty."""
+    from jaxrec.serve import ServeError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ServeError(f"--users-file {path}: not found; expected a text file of user ids, one per line") from None
+    except IsADirectoryError:
+        raise ServeError(f"--users-file {path}: a folder; expected a text file of user ids, one per line") from None
+    except UnicodeDecodeError as e:
+        raise ServeError(f"--users-file {path}: not UTF-8 text (byte {e.start}); expected user ids, one per "
+                         "line") from None
+    except OSError as e:
+        raise ServeError(f"--users-file {path}: cannot read ({e.strerror})") from None
+    users = [line.strip() for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    if not users:
+        raise ServeError(f"--users-file {path}: no user ids; expected one per line")
+    return users
+
+
 def _candidates(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -98,8 +123,15 @@ def _recommend(args, run) -> int:
         print(write_recommendations(run, args.out, k=args.k, exclude_seen=not args.include_seen, candidates=cand,
                                     progress=progress, **block))
         return 0
-    users = [u.strip() for u in args.users.split(",") if u.strip()]
     fmt = output_format(args.out) if args.out is not None else None  # a bad suffix fails before any compute
+    if args.users_file is not None:
+        users = args.users_from_file
+        if args.out is not None:  # any number of users: in blocks, straight to the file
+            print(write_recommendations(run, args.out, k=args.k, users=users, exclude_seen=not args.include_seen,
+                                        candidates=cand, progress=progress, **block))
+            return 0
+    else:
+        users = [u.strip() for u in args.users.split(",") if u.strip()]
     recs = recommend(run, users, k=args.k, exclude_seen=not args.include_seen, candidates=cand)
     field = title_field(run.dataset)
     print(format_recommendations(recs, run.dataset.item_features[field] if field else None))
@@ -145,6 +177,8 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed ``recommend`` / ``export`` / ``update`` command (bad input raises a ``JaxrecError``)."""
     from jaxrec.serve import load_run
 
+    if args.command == "recommend" and args.users_file is not None:
+        args.users_from_file = _users_file(args.users_file)  # read before the run is loaded
     run = load_run(args.run, dataset=args.dataset)
     return {"recommend": _recommend, "export": _export, "update": _update}[args.command](args, run)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
 
+from jaxrec.errors import write_error
 from jaxrec.eval.ranking import topk_full_ranking
 from jaxrec.serve.run import Catalog, Run, ServeError
 
@@ -198,32 +200,61 @@ def long_table(user_ids: pa.Array, rows: np.ndarray, idx: np.ndarray, scores: np
 
 
 class _Writer:
+    """Writes ``path`` beside it (``.<name>.partial-<pid>``) and renames it into place on
+    ``commit``: the file is complete or absent (an existing one is kept) whatever happens. A
+    full disk is a ``WriteError`` naming ``path``; the partial file is removed."""
+
     def __init__(self, path: Path, fmt: str):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "parquet":
-            import pyarrow.parquet as pq  # noqa: PLC0415
+        self.path = path
+        self.tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "parquet":
+                import pyarrow.parquet as pq  # noqa: PLC0415
 
-            self.w = pq.ParquetWriter(str(path), SCHEMA)
-        else:
-            import pyarrow.csv as pcsv  # noqa: PLC0415
+                self.w = pq.ParquetWriter(str(self.tmp), SCHEMA)
+            else:
+                import pyarrow.csv as pcsv  # noqa: PLC0415
 
-            self.w = pcsv.CSVWriter(str(path), SCHEMA)
+                self.w = pcsv.CSVWriter(str(self.tmp), SCHEMA)
+        except OSError as e:
+            self.tmp.unlink(missing_ok=True)
+            raise write_error(path, e) from None
 
     def write(self, table: pa.Table) -> None:
-        self.w.write_table(table)
+        try:
+            self.w.write_table(table)
+        except OSError as e:
+            self.abort()
+            raise write_error(self.path, e) from None
 
-    def close(self) -> None:
-        self.w.close()
+    def commit(self) -> None:
+        try:
+            self.w.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.tmp.unlink(missing_ok=True)
+            raise write_error(self.path, e) from None
+
+    def abort(self) -> None:
+        try:
+            self.w.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_table(table: pa.Table, path: str | Path, fmt: str | None = None) -> Path:
-    """Write one table to ``path`` (.parquet or .csv)."""
+    """Write one table to ``path`` (.parquet or .csv): complete or absent (``WriteError`` naming it
+    when the disk is full)."""
     path = Path(path)
     writer = _Writer(path, fmt or output_format(path))
     try:
         writer.write(table)
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
     return path
 
 
@@ -248,7 +279,10 @@ def write_recommendations(run: Run | Catalog, path: str | Path, k: int = 10, use
     .csv; columns ``user_id``, ``rank``, ``item_id``, ``score``), ``block_users`` users at a
     time with a progress bar: memory stays bounded by the embeddings and one block.
 
-    Raises ``ServeError`` (unknown ids, bad ``k``, unknown format) before any compute.
+    Raises ``ServeError`` (unknown ids, bad ``k``, unknown format) before any compute. The
+    file is written beside ``path`` and renamed into place when complete: ``path`` is never
+    left partial or empty (a full disk is a ``WriteError`` naming it, and an existing file
+    of that name stays as it was).
     """
     import sys  # noqa: PLC0415
 
@@ -271,6 +305,7 @@ def write_recommendations(run: Run | Catalog, path: str | Path, k: int = 10, use
         bar = tqdm(total=num_users, desc="recommending", unit="user", dynamic_ncols=True)
     writer = _Writer(path, fmt)
     rows = empty = short = 0
+    done = False
     try:
         for sl in _blocks(num_users, block_users):
             block = np.arange(sl.start, sl.stop, dtype=np.int64) if dense is None else dense[sl]
@@ -288,8 +323,11 @@ def write_recommendations(run: Run | Catalog, path: str | Path, k: int = 10, use
             short += int((missing > 0).sum())
             if bar is not None:
                 bar.update(block.size)
+        writer.commit()
+        done = True
     finally:
-        writer.close()
+        if not done:
+            writer.abort()
         if bar is not None:
             bar.close()
     report = WriteReport(path, fmt, num_users, rows, empty, short, time.perf_counter() - t0)

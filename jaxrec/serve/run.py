@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -165,6 +166,8 @@ class Run:
     unfinished run) and ``init`` (init.json: how it was initialized; None if absent).
 
     ``catalog`` (built on first use) is what ``recommend`` / ``score`` / ``export`` read.
+    ``folder``: the ``RunFolder`` read (its published version is held, so no writer removes
+    it, while this ``Run`` lives; ``folder.path`` is that version folder).
     """
 
     path: Path
@@ -175,6 +178,7 @@ class Run:
     fingerprint: dict
     results: dict | None = None
     init: dict | None = None
+    folder: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -239,13 +243,19 @@ class Run:
                 f"{self.dataset!r})")
 
 
-def run_dataset(path: Path, config: Config) -> Dataset:
-    """The run's dataset from its config; a dataset folder that moved with the run
-    (``<run>/data/<name>``, written by ``jaxrec update``) is found there too."""
+def run_dataset(path: Path, config: Config, published: Path | None = None) -> Dataset:
+    """The run's dataset from its config. A dataset inside the run folder (``<run>/data/<name>``,
+    written by ``jaxrec update``) is read from the version being read (``path``: a later
+    publication cannot change it under the reader), and is found there too when the run folder
+    moved."""
+    local = path / "data" / Path(config.dataset).name
+    if published is not None and local.is_dir():
+        inside = Path(os.path.abspath(config.dataset)).parent == Path(os.path.abspath(published)) / "data"
+        if inside:
+            return load_dataset(local, config)
     try:
         return load_dataset(config.dataset, config)
     except DataError:
-        local = path / "data" / Path(config.dataset).name
         if local.is_dir():
             log.info("dataset %s not found; using %s (moved with the run folder)", config.dataset, local)
             return load_dataset(local, config)
@@ -260,27 +270,32 @@ def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -
     (instead of the config's ``dataset``).
 
     The folder is read through ``jaxrec.train.runfolder.RunFolder.read`` (the one reader of run
-    folders); its ``RunFolderError`` reaches the caller as ``ServeError``.
+    folders): only a published, finished run (results.json) is served; while a run is still
+    being written the error says so. Its ``RunFolderError`` reaches the caller as ``ServeError``.
 
     Raises:
-      ServeError: no such run folder, no run.json or no best checkpoint, or a dataset that is
-        not the one the run was trained on (the differing fingerprint fields named).
+      ServeError: no such run folder, no run.json or no best checkpoint, a run still being
+        written or never finished, or a dataset that is not the one the run was trained on
+        (the differing fingerprint fields named).
         Also for a model whose outputs are not dot-product scores (``Encoder.dot_scores=False``:
         A-LLMRec stage 2, served through ``jaxrec.methods.allmrec``).
       ConfigError / DataError: the stored config is invalid here (e.g. a plugin that cannot be
         imported) or its dataset cannot be loaded.
       CheckpointMismatchError: the checkpoint does not fit the model the config builds.
+      CheckpointDamagedError: the checkpoint's files cannot be read.
     """
+    folder = None
     try:
         folder = RunFolder.read(out_dir)
         config = folder.config
         model = get_model(config)
         if not model.encoder.dot_scores:  # e.g. A-LLMRec stage 2: soft tokens ranked by its LM
-            raise ServeError(f"run folder {folder.path}: model {config.model!r} does not score items by dot product "
-                             "(its outputs feed another scorer); serve it through its method package (A-LLMRec: "
-                             "jaxrec.methods.allmrec stage2.evaluate_lm / rerank.rerank), not jaxrec.serve")
+            raise ServeError(f"run folder {folder.published}: model {config.model!r} does not score items by dot "
+                             "product (its outputs feed another scorer); serve it through its method package "
+                             "(A-LLMRec: jaxrec.methods.allmrec stage2.evaluate_lm / rerank.rerank), not jaxrec.serve")
+        results = folder.finished_results()
         if dataset is None:
-            dataset = run_dataset(folder.path, config)
+            dataset = run_dataset(folder.path, config, folder.published)
         elif isinstance(dataset, (str, Path)):
             dataset = load_dataset(dataset, config)
         fingerprint = folder.check_dataset(dataset)
@@ -295,9 +310,14 @@ def load_run(out_dir: str | Path, dataset: Dataset | str | Path | None = None) -
                                                      shapes))
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
         params = folder.restore_params(abstract, "best")
-        return Run(folder.path, config, model, params, dataset, fingerprint, folder.results, folder.init_record)
-    except RunFolderError as e:
-        raise ServeError(str(e)) from None
+        return Run(folder.published, config, model, params, dataset, fingerprint, results, folder.init_record,
+                   folder)
+    except BaseException as e:
+        if folder is not None:
+            folder.close()
+        if isinstance(e, RunFolderError):
+            raise ServeError(str(e)) from None
+        raise
 
 
 __all__ = ["Run", "Catalog", "KnownItems", "IdIndex", "ServeError", "load_run", "run_dataset"]

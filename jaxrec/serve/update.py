@@ -35,6 +35,14 @@ cheap CF model often. ``update(run, interactions, out_dir, items=..., users=...)
    ``results.json`` with ``parent`` (the parent run, its dataset fingerprint and metrics)
    and ``update``.
 
+Publication (``jaxrec.train.runfolder``): the update holds ``out_dir``'s writers' lock from
+before it writes the merged data until the new run is published; everything (``data/``, the
+checkpoints, the JSON files above) is written into ``out_dir/in-progress/`` and published in
+one atomic step when training ends. With ``overwrite`` the run already in ``out_dir`` stays
+readable (and served) until then; a process killed at any moment leaves it, or the complete
+update. ``config.dataset`` of the updated run is ``<out_dir>/data/<name>``, read from the
+version being read.
+
 Evaluation caveat: the merged data is split again by the run's ``split``. With a time-ordered
 leave-one-out split (``loo_time``) the parent's training interactions stay training
 interactions; with a random split some of the new test interactions may be ones the parent
@@ -45,6 +53,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -63,7 +73,7 @@ from jaxrec.errors import RunExistsError
 from jaxrec.init.record import item_rows
 from jaxrec.models import Model, Params, get_model
 from jaxrec.serve.run import IdIndex, Run, ServeError
-from jaxrec.train.runfolder import RunFolder
+from jaxrec.train.runfolder import WORK, RunFolder, WriterLock, _sync, complete_checkpoint, published_version
 
 log = logging.getLogger("jaxrec.serve")
 
@@ -572,8 +582,6 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
     out = Path(out_dir)
     if out.resolve() == run.path.resolve():
         raise ServeError(f"out_dir {out}: that is the run's own folder; write the update to a new folder")
-    if (out / "ckpt").exists() and not overwrite:
-        raise RunExistsError(f"{out} already holds a run; choose another folder or pass overwrite (--overwrite)")
     mode = resolve_new_items(run, new_items)
     if new_row_scale not in NEW_ROW_SCALES:
         raise ServeError(f"new_row_scale={new_row_scale!r}: expected one of {', '.join(NEW_ROW_SCALES)}")
@@ -582,48 +590,85 @@ def update(run: Run, interactions: str | Path, out_dir: str | Path, *, items: st
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs={epochs!r}: expected an integer >= 1")
         config = config.replace(epochs=epochs)
-    folder, merges = merge_files(run, interactions, items, users, out / "data")
-    config = config.replace(dataset=str(folder.resolve()))
-    dataset = load_dataset(folder, config)
-    model = get_model(config)
-    check_run(model, dataset, config)
-    t_data = time.perf_counter()
-    new_items_dense = np.flatnonzero(old_positions(run.dataset.item_ids, dataset.item_ids) < 0)
-    rows, emb_report = None, None
-    if mode == "llm" and new_items_dense.size:
-        emb, emb_report = new_item_embeddings(run, dataset, new_items_dense, encoder, cache_dir, bool(progress))
-        log.info("%s", emb_report)
-        rows = item_rows(run.init, emb)
-    t_emb = time.perf_counter()
-    params, carry = carry_params(run, dataset, model, run_keys(config.seed).init, rows, mode, new_row_scale)
-    log.info("%s", carry)
-    t_carry = time.perf_counter()
-    result = fit(model, dataset, config, out_dir=out, params=params, overwrite=overwrite, progress=progress)
-    t_fit = time.perf_counter()
-    report = UpdateReport(
-        parent=str(run.path.resolve()), parent_dataset=run.fingerprint, dataset=dataset_fingerprint(dataset),
-        inputs={"interactions": _sha(Path(interactions)), "items": _sha(items), "users": _sha(users)},
-        merge=[dataclasses.asdict(m) for m in merges],
-        embeddings=None if emb_report is None else dataclasses.asdict(emb_report),
-        carry=dataclasses.asdict(carry), test_seen_by_parent=test_seen_by_parent(run, dataset),
-        seconds={"data": t_data - t0, "embeddings": t_emb - t_data, "params": t_carry - t_emb, "fit": t_fit - t_carry,
-                 "total": t_fit - t0},
-    )
-    if report.test_seen_by_parent:
-        log.warning("%d test interactions of the update were training interactions of the parent (split %r): the "
-                    "update's test metrics are optimistic; split=loo_time avoids it", report.test_seen_by_parent,
-                    config.split)
-    if jax.process_index() == 0:
-        folder = RunFolder.read(out)
-        folder.write_json(UPDATE_FILE, dataclasses.asdict(report))
-        folder.write_init_record({**(run.init or {"strategy": "none"}), "inherited_from": str(run.path.resolve())})
-        _add_parent(folder, run, report)
+    primary = jax.process_index() == 0
+    existed = out.exists()
+    lock = WriterLock.acquire(out) if primary else None  # one writer of out_dir, from here to publication
+    work = out / WORK
+    try:
+        if primary:
+            if (published_version(out) is not None or (out / "ckpt").exists()) and not overwrite:
+                raise RunExistsError(f"{out} already holds a run; choose another folder or pass overwrite "
+                                     "(--overwrite)")
+            if complete_checkpoint(work) and not overwrite:
+                raise RunExistsError(f"{out} holds an unfinished run in {work}; pass overwrite (--overwrite) to "
+                                     "replace it")
+            if work.exists():
+                shutil.rmtree(work)
+            lock.prepared = True  # fit keeps the data written into in-progress/ below
+            folder, merges = merge_files(run, interactions, items, users, work / "data")
+        _sync("jaxrec-update-data")
+        if not primary:
+            folder, merges = work / "data" / dataset_files(run)[1], []
+        # the published path: readers of a published update read it from the version they read
+        config = config.replace(dataset=os.path.abspath(out / "data" / folder.name))
+        dataset = load_dataset(folder, config)
+        model = get_model(config)
+        check_run(model, dataset, config)
+        t_data = time.perf_counter()
+        new_items_dense = np.flatnonzero(old_positions(run.dataset.item_ids, dataset.item_ids) < 0)
+        rows, emb_report = None, None
+        if mode == "llm" and new_items_dense.size:
+            emb, emb_report = new_item_embeddings(run, dataset, new_items_dense, encoder, cache_dir, bool(progress))
+            log.info("%s", emb_report)
+            rows = item_rows(run.init, emb)
+        t_emb = time.perf_counter()
+        params, carry = carry_params(run, dataset, model, run_keys(config.seed).init, rows, mode, new_row_scale)
+        log.info("%s", carry)
+        t_carry = time.perf_counter()
+        seen = test_seen_by_parent(run, dataset)
+        made: list[UpdateReport] = []
+
+        def before_publish(run_folder: RunFolder) -> None:  # update.json, init.json, results' parent: one publication
+            t_fit = time.perf_counter()
+            report = UpdateReport(
+                parent=str(run.path.resolve()), parent_dataset=run.fingerprint, dataset=dataset_fingerprint(dataset),
+                inputs={"interactions": _sha(Path(interactions)), "items": _sha(items), "users": _sha(users)},
+                merge=[dataclasses.asdict(m) for m in merges],
+                embeddings=None if emb_report is None else dataclasses.asdict(emb_report),
+                carry=dataclasses.asdict(carry), test_seen_by_parent=seen,
+                seconds={"data": t_data - t0, "embeddings": t_emb - t_data, "params": t_carry - t_emb,
+                         "fit": t_fit - t_carry, "total": t_fit - t0},
+            )
+            made.append(report)
+            run_folder.write_json(UPDATE_FILE, dataclasses.asdict(report))
+            run_folder.write_init_record({**(run.init or {"strategy": "none"}),
+                                          "inherited_from": str(run.path.resolve())})
+            _add_parent(run_folder, run, report)
+
+        if seen:
+            log.warning("%d test interactions of the update were training interactions of the parent (split %r): "
+                        "the update's test metrics are optimistic; split=loo_time avoids it", seen, config.split)
+        result = fit(model, dataset, config, out_dir=out, params=params, overwrite=overwrite, progress=progress,
+                     before_publish=before_publish)
+    except BaseException:
+        if lock is not None and not complete_checkpoint(work):  # nothing trained yet: leave no half-made folder
+            shutil.rmtree(work, ignore_errors=True)
+            if not existed and published_version(out) is None:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    if made:
+        report = made[0]
+    else:  # another process than 0: the report as process 0 wrote it
+        report = UpdateReport(**RunFolder.read(out).read_json(UPDATE_FILE))
     return UpdateResult(result, report, dataset)
 
 
 def _add_parent(folder: RunFolder, run: Run, report: UpdateReport) -> None:
     """``results.json`` of the update gets ``parent`` and ``update``."""
-    results = folder.finished_results()
+    results = folder.read_json("results.json", "results")
     parent = run.results or {}
     results["parent"] = {"run": str(run.path.resolve()), "dataset": run.fingerprint,
                          "best_epoch": parent.get("best_epoch"), "test": parent.get("test"),

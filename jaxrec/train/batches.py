@@ -157,7 +157,7 @@ def check_negatives(dataset: Any, config: Any) -> None:
     full = np.flatnonzero(distinct >= n)
     if full.size:
         raise DataError(
-            f"dataset {dataset.name}: user {dataset.user_ids[full[0]]!r}"
+            f"dataset {dataset.name}: user {str(dataset.user_ids[full[0]])!r}"
             + (f" (and {full.size - 1} more)" if full.size > 1 else "")
             + f" has interacted with every one of the {n} items in training, so {config.model!r} cannot sample "
             "a negative for them; drop such users or use a backbone without negatives (sgcl)")

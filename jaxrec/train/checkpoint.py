@@ -10,10 +10,19 @@ Orbax writes each step into a temporary folder and renames it when complete, so 
 process killed mid-save leaves the previous step as the latest usable one.
 Restoring takes a target pytree (arrays or ``jax.ShapeDtypeStruct``s, optionally with
 shardings) and refuses one whose structure or shapes differ, naming the leaf.
+
+A reader opens them with ``read_only=True``: nothing is created, cleaned or deleted (a writer's
+own Orbax managers remove their unfinished temporary folders; a reader doing that would pull
+a step out from under the writer). A save that fails (a full disk) is a ``WriteError`` naming
+the step folder; a checkpoint that cannot be read (truncated, corrupted files) a
+``CheckpointDamagedError`` naming it. Orbax's own tracebacks of such failures are not logged
+(the error says it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxrec.errors import JaxrecError
+from jaxrec.errors import JaxrecError, write_error
 from jaxrec.train.runfiles import CheckpointMismatchError
 
 
@@ -29,31 +38,70 @@ class MissingCheckpointError(JaxrecError, FileNotFoundError):
     """No complete checkpoint of the kind asked for; the message names the folder."""
 
 
-class RunCheckpoints:
-    """The ``latest`` and ``best`` checkpoints of one run under ``root``."""
+class CheckpointDamagedError(JaxrecError, ValueError):
+    """A checkpoint folder whose files cannot be read (truncated, corrupted, half-copied); the
+    message names it and the reader's complaint."""
 
-    def __init__(self, root: str | Path, async_save: bool = False):
+
+class _DropOrbaxErrors(logging.Filter):
+    """Drops the absl records (ERROR, with tracebacks) Orbax logs for a failure it also raises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR and "read only" not in record.getMessage() \
+            and "read_only=True" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    logger = logging.getLogger("absl")
+    filt = _DropOrbaxErrors()
+    logger.addFilter(filt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filt)
+
+
+class RunCheckpoints:
+    """The ``latest`` and ``best`` checkpoints of one run under ``root`` (``read_only``: a reader's)."""
+
+    def __init__(self, root: str | Path, async_save: bool = False, read_only: bool = False):
         self.root = Path(root).absolute()
-        opts = ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
-        )
-        self._managers = {
-            name: ocp.CheckpointManager(  # handlers named up front: reading metadata needs no prior save
-                self.root / name, options=opts,
-                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
-            for name in ("latest", "best")
-        }
+        self.read_only = read_only
+        if read_only:
+            opts = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0, create=False,
+                                                cleanup_tmp_directories=False, read_only=True)
+        else:
+            opts = ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+            )
+        with _quiet_orbax():
+            self._managers = {
+                name: ocp.CheckpointManager(  # handlers named up front: reading metadata needs no prior save
+                    self.root / name, options=opts,
+                    item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+                for name in ("latest", "best")
+            }
 
     # -- saving ----------------------------------------------------------------
     def save(self, which: str, step: int, state: Any, meta: dict) -> None:
+        """Save step ``step`` of ``which``; ``WriteError`` naming the step folder when the disk is
+        full (the previous step stays the latest complete one)."""
         mngr = self._managers[which]
-        if int(step) in mngr.all_steps():
-            mngr.delete(int(step))
-        mngr.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        try:
+            with _quiet_orbax():
+                if int(step) in mngr.all_steps():
+                    mngr.delete(int(step))
+                mngr.save(
+                    int(step),
+                    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=True,
+                )
+                mngr.wait_until_finished()
+        except JaxrecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Orbax / tensorstore report a full disk as ValueError
+            raise write_error(self.root / which / str(int(step)), e, "the checkpoint") from e
 
     def discard_after(self, which: str, step: int) -> None:
         """Delete ``which`` checkpoints newer than ``step`` (left by a run killed after ``step``)."""
@@ -76,25 +124,44 @@ class RunCheckpoints:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise MissingCheckpointError(f"no complete {which} checkpoint under {self.root}")
-        return mngr.item_metadata(step)["state"]
+        return self._reading(which, step, lambda: mngr.item_metadata(step)["state"])
 
     def restore(self, which: str, target: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restore ``(state, meta)`` of ``which`` (``latest``/``best``) onto ``target``'s structure."""
+        """Restore ``(state, meta)`` of ``which`` (``latest``/``best``) onto ``target``'s structure.
+        ``CheckpointDamagedError`` naming the step folder when its files cannot be read."""
         mngr = self._managers[which]
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise MissingCheckpointError(f"no complete {which} checkpoint under {self.root}")
-        check_compatible(mngr.item_metadata(step)["state"], target, where=f"{self.root / which}/{step}")
+        saved = self.state_metadata(which, step)
+        check_compatible(saved, target, where=f"{self.root / which}/{step}")
         abstract = jax.tree.map(_abstract, target)
-        restored = mngr.restore(
+        restored = self._reading(which, step, lambda: mngr.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
-        return restored["state"], dict(restored["meta"])
+        ))
+        meta = restored["meta"]
+        if not isinstance(meta, dict):
+            raise CheckpointDamagedError(f"checkpoint {self.root / which / str(step)}: its meta is not a JSON object; "
+                                         "expected the one jaxrec writes")
+        return restored["state"], dict(meta)
+
+    def _reading(self, which: str, step: int, read):
+        try:
+            with _quiet_orbax():
+                return read()
+        except JaxrecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Orbax / tensorstore raise many kinds for damaged files
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise CheckpointDamagedError(
+                f"checkpoint {self.root / which / str(step)} cannot be read ({type(e).__name__}: {first}); expected "
+                "a complete Orbax checkpoint as jaxrec writes it (truncated or corrupted files?)") from e
 
     def close(self) -> None:
-        self.wait()
-        for m in self._managers.values():
-            m.close()
+        with _quiet_orbax():
+            self.wait()
+            for m in self._managers.values():
+                m.close()
 
     def __enter__(self) -> "RunCheckpoints":
         return self

@@ -91,6 +91,7 @@ def fit(
     optimizer: optax.GradientTransformation | None = None,
     partitioner: Partitioner | None = None,
     tracking: Tracking | None = None,
+    before_publish: Any = None,
 ) -> RunResult:
     """Train ``model`` on ``dataset`` with ``config``; evaluate the best epoch on test.
 
@@ -111,12 +112,19 @@ def fit(
       partitioner: where the run lives (default ``make_partitioner(config)``).
       tracking: the run's name, group and extra trackers for the trackers of ``config.track``
         (``jaxrec.train.tracking.Tracking``); process 0 alone tracks.
+      before_publish: ``f(run_folder)`` called (process 0) once ``results.json`` is written and
+        before the run is published, to add files of its own (``RunFolder.write_json``): the
+        published run holds them from its first moment (``jaxrec.pipeline.train_run``'s init.json).
+    The run is written in ``out_dir/in-progress/`` and published when finished
+    (``jaxrec.train.runfolder``): a reader of ``out_dir`` sees the previous run or this complete one.
     Raises:
       ConfigError / DataError: the config does not fit the dataset (before any compute).
       TrainingDivergedError: the loss or parameters became non-finite (naming the epoch and
         the last good checkpoint; nothing non-finite is saved).
       FileExistsError / CheckpointMismatchError: ``out_dir`` holds another or a finished run.
       TrackingError: a tracker of ``config.track`` lacks its package (before any compute).
+      RunBusyError: another process is writing ``out_dir``.
+      WriteError: a file could not be written (a full disk), naming it.
     """
     check_run(model, dataset, config)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -165,11 +173,12 @@ def fit(
             test, per_user = _evaluate_test(evaluate, embed(state.best_params, contexts["test"]), config)
             result = RunResult(
                 params=state.best_params, test_metrics=test, valid_metrics=state.best_valid,
-                best_epoch=state.early.best_epoch, stopped_epoch=state.epoch, out_dir=run.path, config=config,
+                best_epoch=state.early.best_epoch, stopped_epoch=state.epoch, out_dir=run.published, config=config,
                 history=history, test_per_user=per_user, evaluator=evaluate,
             )
-            run.finish(results_record(result, dataset))
             trackers.log_test(test, state.best_valid, state.early.best_epoch)
+        # the trackers are closed (their files complete) before the run is published
+        run.finish(results_record(result, dataset), before_publish)
     finally:
         run.close()
     return result

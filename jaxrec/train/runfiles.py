@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from jaxrec.errors import JaxrecError
+from jaxrec.errors import JaxrecError, write_error
 
 # Config fields that may change between an interrupted run and its resumption without
 # changing the result of the epochs already done.
@@ -30,10 +30,14 @@ class CheckpointMismatchError(JaxrecError, ValueError):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename: never half-written."""
+    """Write JSON to ``path`` via a temporary file and rename: never half-written. A full disk
+    (or any OSError) is a ``jaxrec.errors.WriteError`` naming ``path``; the old file stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True, default=_default)
@@ -42,6 +46,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; run files are read by others too
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -62,10 +69,15 @@ class JsonlLog:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True, default=_default) + "\n")
-            f.flush()
+        """Append one line (a full disk is a ``WriteError`` naming the log; a torn last line is
+        skipped by ``records``)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True, default=_default) + "\n")
+                f.flush()
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def records(self) -> list[dict]:
         if not self.path.exists():
@@ -82,8 +94,12 @@ class JsonlLog:
     def truncate_after(self, epoch: int) -> None:
         kept = [r for r in self.records() if r.get("epoch", -1) <= epoch]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(self.path, e) from None
 
     def reset(self) -> None:
         self.path.unlink(missing_ok=True)

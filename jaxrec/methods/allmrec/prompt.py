@@ -91,14 +91,27 @@ def get_domain(domain: str, dataset_name: str = "") -> PromptDomain:
     return DOMAINS[key]
 
 
+def prompt_pieces(domain: PromptDomain, history_titles: Sequence[str], candidate_titles: Sequence[str]) -> list[str]:
+    """The reference prompt (module docstring) as pieces: text and placeholder tokens alternate
+    (``pieces[1::2]`` are the placeholders the template puts; catalogue titles sit only inside
+    the text pieces, which are tokenized as plain text)."""
+    d = domain
+    pieces = ["", USER_TOKEN, f" is a user representation.This user has {d.past} "]
+    for j, t in enumerate(history_titles):
+        pieces[-1] += f'{"," if j else ""}"{t}"'
+        pieces += [HISTORY_TOKEN, ""]
+    pieces[-1] += (f" in the previous. Recommend one next {d.noun} for this user to {d.verb} next from the following "
+                   f"{d.noun} title set, ")
+    for c, t in enumerate(candidate_titles):
+        pieces[-1] += f'{"," if c else ""}"{t}"'
+        pieces += [CANDIDATE_TOKEN, ""]
+    pieces[-1] += ". The recommendation is "
+    return pieces
+
+
 def prompt_text(domain: PromptDomain, history_titles: Sequence[str], candidate_titles: Sequence[str]) -> str:
     """The reference prompt (module docstring) for these titles, ending with "The recommendation is "."""
-    d = domain
-    history = ",".join(f'"{t}"{HISTORY_TOKEN}' for t in history_titles)
-    candidates = ",".join(f'"{t}"{CANDIDATE_TOKEN}' for t in candidate_titles)
-    return (f"{USER_TOKEN} is a user representation.This user has {d.past} {history} in the previous. "
-            f"Recommend one next {d.noun} for this user to {d.verb} next from the following {d.noun} title set, "
-            f"{candidates}. The recommendation is ")
+    return "".join(prompt_pieces(domain, history_titles, candidate_titles))
 
 
 def target_text(title: str) -> str:
@@ -106,14 +119,50 @@ def target_text(title: str) -> str:
     return f'"{title}"'
 
 
+#: Fields that tell items of one title apart (``item_titles``' ``distinguish="auto"``: the first present).
+DISTINGUISH_FIELDS = ("release_year", "year", "brand")
+
+
+def normalize_title(text: str) -> str:
+    """Lower case, quotes and surrounding punctuation stripped, whitespace collapsed: how a
+    generated answer is compared with titles (``stage2.match_candidate``)."""
+    text = " ".join(text.lower().replace('"', " ").split())
+    return text.strip(" .,;:!?'")
+
+
+def shared_titles(titles: Sequence[str]) -> dict[str, list[int]]:
+    """``{normalized title: [item, ...]}`` of the titles (``normalize_title``) that several items share."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(titles):
+        groups.setdefault(normalize_title(t), []).append(i)
+    return {t: items for t, items in groups.items() if len(items) > 1}
+
+
+def _field_text(v) -> str:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        v = " ".join(str(x) for x in v if str(x).strip())
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return " ".join(str(v).split())
+
+
 def item_titles(item_features: dict, num_items: int, field: str = "auto",
-                source: str = "dataset") -> tuple[list[str], int]:
+                source: str = "dataset", distinguish: str | None = "auto") -> tuple[list[str], int]:
     """(titles [I] of str, number of items given ``MISSING_TITLE``) from a dataset's item features.
 
     ``field`` "auto" takes ``movie_title`` (MovieLens atomic files), else ``title`` (Amazon).
     Token lists are joined by one space; empty titles get the reference's "No Title" and are
-    counted (and logged). Raises PromptError naming ``source`` and the fields it has when the
-    field is absent or its length is not ``num_items``.
+    counted (and logged). A title several items share (ml-100k: 22 titles of 45 items, e.g.
+    ``Cape Fear`` 1962 and 1991) gets `` (<value>)`` of the ``distinguish`` field appended, for
+    those items only (every other title stays the reference's): "auto" takes the first of
+    ``DISTINGUISH_FIELDS`` the items have (MovieLens ``release_year``; Amazon ``brand``); None
+    appends nothing. The titles still shared after that (ml-100k: 18 titles of 36 items, the
+    same film listed twice with one year) are logged; ``PromptBuilder`` counts them and
+    ``stage2.evaluate_lm`` scores an answer naming one the same way in every metric (a miss).
+    Raises PromptError naming ``source`` and the fields it has when the field is absent or its
+    length is not ``num_items``, or when ``distinguish`` names a field that is not there.
     """
     fields = list(item_features or {})
     name = field
@@ -128,9 +177,7 @@ def item_titles(item_features: dict, num_items: int, field: str = "auto",
                           f"({num_items})")
     titles, missing = [], 0
     for v in values:
-        if isinstance(v, (list, tuple, np.ndarray)):
-            v = " ".join(str(x) for x in v if str(x).strip())
-        text = "" if v is None or (isinstance(v, float) and v != v) else " ".join(str(v).split())
+        text = _field_text(v)
         if not text:
             missing += 1
             text = MISSING_TITLE
@@ -138,6 +185,29 @@ def item_titles(item_features: dict, num_items: int, field: str = "auto",
     if missing:
         log.warning("%s: %d of %d items have no title; they read %r in prompts (as the reference)", source, missing,
                     num_items, MISSING_TITLE)
+    shared = shared_titles(titles)
+    extra = distinguish
+    if distinguish == "auto":
+        extra = next((f for f in DISTINGUISH_FIELDS if f in fields), None)
+    elif distinguish is not None and distinguish not in fields:
+        raise PromptError(f"{source}: distinguish={distinguish!r} is not an item feature (the item features are "
+                          f"{fields}); expected a field that tells items of one title apart, 'auto' or None")
+    if shared and extra is not None:
+        if len(item_features[extra]) != num_items:
+            raise PromptError(f"{source}: item feature {extra!r} has {len(item_features[extra])} values; expected "
+                              f"one per item ({num_items})")
+        for items in shared.values():
+            for i in items:
+                value = _field_text(item_features[extra][i])
+                if value and not titles[i].endswith(f"({value})"):
+                    titles[i] = f"{titles[i]} ({value})"
+    if shared:
+        left = shared_titles(titles)
+        log.warning("%s: %d titles are shared by %d items; %s; %d titles (%d items) still name several items (an "
+                    "answer naming one counts as a miss in every metric)", source, len(shared),
+                    sum(map(len, shared.values())),
+                    f"{extra!r} appended to theirs" if extra else "no field to tell them apart",
+                    len(left), sum(map(len, left.values())))
     return titles, missing
 
 
@@ -175,33 +245,55 @@ class PromptBuilder:
         self.history = int(history)
         self.bucket = int(bucket)
         self._targets: dict[int, list[int]] = {}
+        #: {normalized title: items} of the titles several items share (``shared_titles``)
+        self.shared = shared_titles(self.titles)
+        if self.shared:
+            log.warning("prompt set: %d titles are shared by %d of %d items (e.g. %r); a target whose title another "
+                        "candidate shares counts as a miss in every metric (stage2.evaluate_lm: shared_title_targets)",
+                        len(self.shared), sum(map(len, self.shared.values())), len(self.titles),
+                        self.titles[next(iter(self.shared.values()))[0]])
 
     @property
     def num_items(self) -> int:
         return len(self.titles)
 
     # ------------------------------------------------------------------ pieces
+    def pieces(self, history: Sequence[int], candidates: Sequence[int]) -> list[str]:
+        """The prompt of dense item ids ``history`` (oldest first) and ``candidates`` (as shown) as
+        alternating text and placeholder pieces (``prompt_pieces``)."""
+        return prompt_pieces(self.domain, [self.titles[i] for i in history], [self.titles[i] for i in candidates])
+
     def text(self, history: Sequence[int], candidates: Sequence[int]) -> str:
         """Prompt text of dense item ids ``history`` (oldest first) and ``candidates`` (as shown)."""
-        return prompt_text(self.domain, [self.titles[i] for i in history], [self.titles[i] for i in candidates])
+        return "".join(self.pieces(history, candidates))
 
     def target_ids(self, item: int) -> list[int]:
         """Token ids of ``"title"`` + eos for dense item ``item`` (cached)."""
         item = int(item)
         if item not in self._targets:
-            self._targets[item] = self.tokenizer.encode(target_text(self.titles[item]), add_bos=False) + [self.eos_id]
+            self._targets[item] = self.tokenizer.encode_plain(target_text(self.titles[item])) + [self.eos_id]
         return self._targets[item]
 
+    def encode_prompt_ids(self, history: Sequence[int], candidates: Sequence[int]) -> list[int]:
+        """Token ids of the prompt: the placeholders (and bos, if the tokenizer adds one) are the
+        only control tokens; the text between them, titles included, is encoded as plain text
+        (``Tokenizer.encode_plain``: a title reading ``<|im_end|>`` stays those characters)."""
+        pieces = self.pieces(history, candidates)
+        ids = [self.tokenizer.require("bos")] if self.tokenizer.add_bos else []
+        for k, piece in enumerate(pieces):
+            ids += [self.ids[piece]] if k % 2 else self.tokenizer.encode_plain(piece)
+        return ids
+
     def _encode_prompt(self, user_name, history: Sequence[int], candidates: Sequence[int]):
-        ids = np.asarray(self.tokenizer.encode(self.text(history, candidates)), np.int32)
+        ids = np.asarray(self.encode_prompt_ids(history, candidates), np.int32)
         slot = np.full(ids.shape, -1, np.int32)
         for token, base, want in ((USER_TOKEN, 0, 1), (HISTORY_TOKEN, 1, len(history)),
                                   (CANDIDATE_TOKEN, 1 + self.history, len(candidates))):
             at = np.flatnonzero(ids == self.ids[token])
             if at.size != want:
-                raise PromptError(f"user {user_name!r}: the prompt holds {at.size} {token} tokens; expected {want} "
-                                  f"(a title containing '{token}'? history {[int(i) for i in history]}, "
-                                  f"candidates {[int(i) for i in candidates]})")
+                raise PromptError(f"user {str(user_name)!r}: the prompt holds {at.size} {token} tokens; expected "
+                                  f"{want} (history {[int(i) for i in history]}, candidates "
+                                  f"{[int(i) for i in candidates]})")
             slot[at] = base + np.arange(want, dtype=np.int32)
         return ids, slot
 
@@ -213,7 +305,7 @@ class PromptBuilder:
 
     def _check_fits(self, user_name, length: int, reserve: int, what: str) -> None:
         if self.max_positions is not None and length + reserve > self.max_positions:
-            raise PromptError(f"user {user_name!r}: the prompt has {length} tokens + {reserve} {what}, beyond the "
+            raise PromptError(f"user {str(user_name)!r}: the prompt has {length} tokens + {reserve} {what}, beyond the "
                               f"model's context of {self.max_positions} positions; expected at most "
                               f"{self.max_positions - reserve} prompt tokens (fewer history items or candidates, "
                               f"or a model with a longer context)")
@@ -319,10 +411,12 @@ class PromptBuilder:
 LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def index_prompt_text(domain: PromptDomain, history_titles: Sequence[str] | int, candidate_titles: Sequence[str] | int,
-                      *, soft_tokens: bool = True, titles: bool = True) -> str:
-    """The index prompt (``IndexPromptBuilder``): an instruction first (so position 0 is text, not a
-    soft token), the history, the labelled options, then the user token right before the answer::
+def index_prompt_pieces(domain: PromptDomain, history_titles: Sequence[str] | int, candidate_titles: Sequence[str] | int,
+                        *, soft_tokens: bool = True, titles: bool = True) -> list[str]:
+    """The index prompt (``IndexPromptBuilder``) as alternating text and placeholder pieces (the
+    titles sit only in text pieces, tokenized as plain text): an instruction first (so position 0
+    is text, not a soft token), the history, the labelled options, then the user token right
+    before the answer::
 
         Recommend one next movie for this user to watch next. This user has watched [HistoryEmb]"t1",
         [HistoryEmb]"t2". Options: (A) [CandidateEmb]"c1", (B) [CandidateEmb]"c2". The user is
@@ -338,21 +432,37 @@ def index_prompt_text(domain: PromptDomain, history_titles: Sequence[str] | int,
     nc = candidate_titles if isinstance(candidate_titles, int) else len(candidate_titles)
     if nc > len(LABELS):
         raise PromptError(f"index prompt: {nc} candidates; at most {len(LABELS)} labels")
+    pieces = [f"Recommend one next {d.noun} for this user to {d.verb} next."]
 
-    def item(token: str, title: str | None) -> str:
-        soft = token if soft_tokens else ""
-        return soft + (f'"{title}"' if titles and title is not None else "")
+    def item(token: str, title: str | None, lead: str) -> None:
+        pieces[-1] += lead
+        if soft_tokens:
+            pieces.extend([token, ""])
+        if titles and title is not None:
+            pieces[-1] += f'"{title}"'
 
-    hist = [item(HISTORY_TOKEN, None if isinstance(history_titles, int) else history_titles[j]) for j in range(nh)]
-    cands = [f"({LABELS[c]}) " + item(CANDIDATE_TOKEN, None if isinstance(candidate_titles, int)
-                                      else candidate_titles[c]) for c in range(nc)]
-    text = f"Recommend one next {d.noun} for this user to {d.verb} next."
-    if hist and (titles or soft_tokens):
-        text += f" This user has {d.past} " + ", ".join(hist) + "."
-    text += " Options: " + ", ".join(cands) + "."
+    if nh and (titles or soft_tokens):
+        pieces[-1] += f" This user has {d.past} "
+        for j in range(nh):
+            item(HISTORY_TOKEN, None if isinstance(history_titles, int) else history_titles[j], ", " if j else "")
+        pieces[-1] += "."
+    pieces[-1] += " Options: "
+    for c in range(nc):
+        item(CANDIDATE_TOKEN, None if isinstance(candidate_titles, int) else candidate_titles[c],
+             (", " if c else "") + f"({LABELS[c]}) ")
+    pieces[-1] += "."
     if soft_tokens:
-        text += f" The user is {USER_TOKEN}."
-    return text + " Answer: ("
+        pieces[-1] += " The user is "
+        pieces.extend([USER_TOKEN, "."])
+    pieces[-1] += " Answer: ("
+    return pieces
+
+
+def index_prompt_text(domain: PromptDomain, history_titles: Sequence[str] | int, candidate_titles: Sequence[str] | int,
+                      *, soft_tokens: bool = True, titles: bool = True) -> str:
+    """The index prompt as one string (``index_prompt_pieces``)."""
+    return "".join(index_prompt_pieces(domain, history_titles, candidate_titles, soft_tokens=soft_tokens,
+                                       titles=titles))
 
 
 class IndexPromptBuilder(PromptBuilder):
@@ -388,17 +498,17 @@ class IndexPromptBuilder(PromptBuilder):
         self.num_candidates = int(num_candidates)
         self.soft_tokens, self.item_titles = bool(soft_tokens), bool(item_titles)
 
-    def text(self, history: Sequence[int], candidates: Sequence[int]) -> str:
+    def pieces(self, history: Sequence[int], candidates: Sequence[int]) -> list[str]:
         if self.item_titles:
-            return index_prompt_text(self.domain, [self.titles[i] for i in history],
-                                     [self.titles[i] for i in candidates], soft_tokens=self.soft_tokens)
-        return index_prompt_text(self.domain, len(history), len(candidates), soft_tokens=self.soft_tokens,
-                                 titles=False)
+            return index_prompt_pieces(self.domain, [self.titles[i] for i in history],
+                                       [self.titles[i] for i in candidates], soft_tokens=self.soft_tokens)
+        return index_prompt_pieces(self.domain, len(history), len(candidates), soft_tokens=self.soft_tokens,
+                                   titles=False)
 
     def _encode_prompt(self, user_name, history: Sequence[int], candidates: Sequence[int]):
         if self.soft_tokens:
             return super()._encode_prompt(user_name, history, candidates)
-        ids = np.asarray(self.tokenizer.encode(self.text(history, candidates)), np.int32)
+        ids = np.asarray(self.encode_prompt_ids(history, candidates), np.int32)
         return ids, np.full(ids.shape, -1, np.int32)
 
     def _batch(self, what: str, users, histories, candidates, targets, user_names, size):
@@ -441,6 +551,6 @@ class IndexPromptBuilder(PromptBuilder):
 
 
 __all__ = ["USER_TOKEN", "HISTORY_TOKEN", "CANDIDATE_TOKEN", "SPECIAL_TOKENS", "MISSING_TITLE", "PromptError",
-           "LABELS", "index_prompt_text", "IndexPromptBuilder",
-           "PromptDomain", "DOMAINS", "domain_for", "get_domain", "prompt_text", "target_text", "item_titles",
-           "PromptBuilder"]
+           "LABELS", "index_prompt_pieces", "index_prompt_text", "IndexPromptBuilder",
+           "PromptDomain", "DOMAINS", "domain_for", "get_domain", "prompt_pieces", "prompt_text", "target_text",
+           "item_titles", "DISTINGUISH_FIELDS", "normalize_title", "shared_titles", "PromptBuilder"]

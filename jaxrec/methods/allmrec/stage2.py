@@ -42,6 +42,15 @@ Evaluation (``evaluate_lm``), two ways over the same prompts:
     always reported (``hit@1_sum``, ``hit@1_mean``, ...). Metrics as ``jaxrec.eval.candidates``
     (pessimistic ties): ``hit@1``, ``hit@5``, ``ndcg@5``, ``mrr`` — a full ordering that
     generation cannot give.
+
+Titles several items share (``prompt.item_titles`` appends the release year or brand where that
+tells them apart; what is left are the same item listed twice): an answer naming a title the
+target shares with another candidate names no single item, so it is a miss in every metric —
+generation (``match_candidate`` returns ``AMBIGUOUS``, never the target's column), the
+reference's substring rule (``hit@1_generate_substring`` is False for such a row) and the
+likelihood ranking (a candidate whose title reads the same as the target's, by
+``normalize_title``, counts as a tie, and ties are pessimistic; identical texts also score
+identically). ``shared_title_targets`` reports the share of such rows.
 """
 
 from __future__ import annotations
@@ -72,7 +81,7 @@ from jaxrec.lm import (
     smollm2_path,
 )
 from jaxrec.lm.lora import apply_lora
-from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, IndexPromptBuilder, PromptBuilder
+from jaxrec.methods.allmrec.prompt import SPECIAL_TOKENS, IndexPromptBuilder, PromptBuilder, normalize_title
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal
 from jaxrec.nn import init_params as _init_pure
 
@@ -453,12 +462,6 @@ def answer_text(generated: str) -> str:
     return m.group(1) if m else generated.strip().split("\n", 1)[0]
 
 
-def normalize_title(text: str) -> str:
-    """Lower case, quotes and surrounding punctuation stripped, whitespace collapsed."""
-    text = " ".join(text.lower().replace('"', " ").split())
-    return text.strip(" .,;:!?'")
-
-
 def reference_hit(generated: str, target_title: str) -> bool:
     """A-LLMRec ``eval.py``: the lower-cased target title is a substring of the lower-cased text
     between the generated text's first and last double quote (empty when there are fewer than two)."""
@@ -468,14 +471,28 @@ def reference_hit(generated: str, target_title: str) -> bool:
     return target_title.lower() in inside
 
 
+AMBIGUOUS = -2  # match_candidate: the answer names a title several candidates share
+
+
 def match_candidate(generated: str, titles: Sequence[str]) -> int:
-    """Index of the candidate whose normalized title equals the normalized answer
-    (``answer_text``), or -1 (the first one when several candidates share a title)."""
+    """Index of the one candidate whose normalized title (``normalize_title``) equals the
+    normalized answer (``answer_text``); -1 when none does; ``AMBIGUOUS`` (-2) when several
+    candidates share that title (the answer names no single item)."""
     answer = normalize_title(answer_text(generated))
-    for c, t in enumerate(titles):
-        if normalize_title(t) == answer:
-            return c
-    return -1
+    hits = [c for c, t in enumerate(titles) if normalize_title(t) == answer]
+    return hits[0] if len(hits) == 1 else (AMBIGUOUS if hits else -1)
+
+
+def same_title(titles: Sequence[str]) -> np.ndarray:
+    """bool [C]: the candidates whose normalized title (``normalize_title``) is the target's
+    (``titles[0]``; column 0 itself included)."""
+    key = normalize_title(titles[0])
+    return np.array([normalize_title(t) == key for t in titles], bool)
+
+
+def shared_target(titles: Sequence[str]) -> bool:
+    """Whether the target (``titles[0]``) shares its normalized title with another candidate."""
+    return bool(same_title(titles)[1:].any())
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -485,7 +502,10 @@ class LMEvaluation:
 
     users int32 [M]; scores float32 [M, C] (sum log-likelihood); lengths int32 [M, C] (target
     tokens per candidate); generated: M strings or None; choice int32 [M]: the candidate column
-    a generation names (-1: none; None without generation); substring_hit bool [M] or None.
+    a generation names (-1: none; -2: a title several candidates share; None without
+    generation); substring_hit bool [M] or None; same_title bool [M, C]: the candidates whose
+    title reads as the target's (column 0 True; another True: the row is a miss in every
+    metric, module docstring).
     """
 
     users: np.ndarray
@@ -495,13 +515,23 @@ class LMEvaluation:
     choice: np.ndarray | None
     substring_hit: np.ndarray | None
     seconds: dict
+    same_title: np.ndarray | None = None
+
+    @property
+    def shared(self) -> np.ndarray | None:
+        """bool [M]: the target's title is also another candidate's."""
+        return None if self.same_title is None else self.same_title[:, 1:].any(axis=1)
 
     def ranks(self, score: str = "sum") -> np.ndarray:
-        """int64 [M] 0-based target ranks by ``score`` ("sum" or "mean" log-likelihood)."""
+        """int64 [M] 0-based target ranks by ``score`` ("sum" or "mean" log-likelihood),
+        pessimistic; a candidate with the target's title counts as a tie (module docstring)."""
         if score not in SCORES:
             raise Stage2Error(f"score={score!r}: expected one of {SCORES}")
         s = self.scores if score == "sum" else self.scores / np.maximum(self.lengths, 1)
-        return candidate_ranks(s)
+        ranks = candidate_ranks(s)
+        if self.same_title is not None:  # same-title candidates scored below the target: ties too
+            ranks = ranks + (self.same_title[:, 1:] & (s[:, :1] > s[:, 1:])).sum(axis=1)
+        return ranks
 
     def metrics(self, score: str = "sum", rows=None, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
         """Ranking metrics by ``score`` (and ``_sum`` / ``_mean`` variants), and generation ones
@@ -522,7 +552,9 @@ class LMEvaluation:
         if self.choice is not None:
             out["hit@1_generate"] = float(np.mean(self.choice[sel] == 0))
             out["hit@1_generate_substring"] = float(np.mean(self.substring_hit[sel]))
-            out["generate_on_list"] = float(np.mean(self.choice[sel] >= 0))
+            out["generate_on_list"] = float(np.mean((self.choice[sel] >= 0) | (self.choice[sel] == AMBIGUOUS)))
+        if self.shared is not None:
+            out["shared_title_targets"] = float(np.mean(self.shared[sel]))
         return out
 
 
@@ -591,15 +623,19 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
             generated += [pb.tokenizer.decode(r).strip() for r in out[:len(rows)]]
             times["generate"] += time.perf_counter() - t0
     choice = substring = None
+    titles = [[pb.titles[i] for i in row] for row in cands]
+    same = np.array([same_title(t) for t in titles], bool).reshape(cands.shape)
+    shared = same[:, 1:].any(axis=1)
     if generate:
-        titles = [[pb.titles[i] for i in row] for row in cands]
         choice = np.array([match_candidate(g, t) for g, t in zip(generated, titles)], np.int32)
-        substring = np.array([reference_hit(g, t[0]) for g, t in zip(generated, titles)], bool)
-    return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times)
+        substring = np.array([reference_hit(g, t[0]) for g, t in zip(generated, titles)], bool) & ~shared
+    return LMEvaluation(users, scores, cont_mask.sum(-1).astype(np.int32), generated, choice, substring, times,
+                        same)
 
 
 __all__ = ["Stage2Error", "Stage2Arch", "Projector", "Projectors", "init_params", "as_module", "project",
            "load_lm", "prepare_lm", "soft_embeds", "Stage2Context", "make_context", "batch_vectors",
            "next_title_loss", "prompt_embeds", "answer_text", "index_logits", "index_loss", "evaluate_index",
-           "evaluate_stage2", "soft_tables", "frozen_lm_params", "lm_token_norm", "content_free_prior", "normalize_title", "reference_hit", "match_candidate",
+           "evaluate_stage2", "soft_tables", "frozen_lm_params", "lm_token_norm", "content_free_prior",
+           "normalize_title", "reference_hit", "match_candidate", "AMBIGUOUS", "same_title", "shared_target",
            "LMEvaluation", "evaluate_lm", "SCORES"]
