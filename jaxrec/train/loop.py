@@ -141,7 +141,9 @@ def fit(
                    primary=part.is_primary)
     try:
         state, history = run.restore(state)
-        trackers, info = open_trackers(config, tracking, run.path, state.epoch + 1, part.is_primary)
+        # trackers write into the run folder given (its name names the run; TensorBoard shows it live),
+        # not into the version being written: their files are a log, not part of the published run
+        trackers, info = open_trackers(config, tracking, run.published, state.epoch + 1, part.is_primary)
         epoch_fn = EpochRunner(model, part, part.step(train_step(model, optimizer)), batch_source(model, data, config))
         evaluate, embed = make_evaluator(data, config, part), part.embed(model.embed)
         with trackers, _ProgressBar(config, state.epoch + 1, progress) as bar:
