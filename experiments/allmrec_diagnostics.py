@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora", default="0,8", help="LoRA ranks to run (synthetic, overfit; 0 = frozen LM)")
     p.add_argument("--users", type=int, default=32, help="users of the overfit check")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="synthetic: leave the LM's label prior in the logits (calibrate=False)")
+    p.add_argument("--probe", action="store_true", help="synthetic: the item projector also reads the score")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-users", type=int, default=160, help="held-out users of the synthetic check")
     p.add_argument("--out", type=Path, default=None)
@@ -176,7 +179,12 @@ def synthetic(args, lm) -> dict:
     u_tr, t_tr, c_tr = users_for(ntrain)
     u_ev, t_ev, c_ev = users_for(args.eval_users)
     pb = P.IndexPromptBuilder(tok, titles, P.DOMAINS["movie"], history=1, num_candidates=cands_n, item_titles=False)
-    ctx = s2.make_context(model, lp, np.concatenate([u_tr, u_ev]), items, pb, token_norm=s2.lm_token_norm(model, lp))
+    # contextual calibration (as stage2_fit): the content-free label prior of 64 training prompts
+    prior = (s2.content_free_prior(model, lp, pb, np.arange(64), [[] for _ in range(64)], c_tr[:64])
+             if args.calibrate else None)
+    # the probe: the item projector also reads <u, items[i] @ mix> (the "recommender's" score)
+    ctx = s2.make_context(model, lp, np.concatenate([u_tr, u_ev]), items, pb, token_norm=s2.lm_token_norm(model, lp),
+                          label_prior=prior, score_items=(items @ mix) if args.probe else None)
     shown = np.stack([rng.permutation(cands_n) for _ in range(args.eval_users)])
     eval_users = np.arange(ntrain, ntrain + args.eval_users)
 
@@ -195,7 +203,8 @@ def synthetic(args, lm) -> dict:
         params = s2.init_params(key, ctx.settings)
         if rank:
             params["lora"] = init_lora(jax.random.fold_in(key, 1), lp, rank)
-        label = f"synthetic, {'frozen LM' if not rank else f'LoRA r={rank}'}"
+        label = (f"synthetic, {'frozen LM' if not rank else f'LoRA r={rank}'}"
+                 f"{', calibrated' if args.calibrate else ''}{', score probe' if args.probe else ''}")
         out[label] = _train_loop(ctx, params, batches, args.steps, args.lr, evaluate, args.eval_every, label)
     return out
 

@@ -65,11 +65,17 @@ VARIANTS = {
     "index": ("index answer, standardized inputs, LM-norm soft tokens", _INDEX),
     "lora": ("index + LoRA r=8 on q/v", {**_INDEX, "lora_rank": 8}),
     "lora_all": ("index + LoRA, every training position a prompt", {**_INDEX, "lora_rank": 8, "train_targets": "all"}),
+    "probe": ("index + the recommender's score of each candidate as an extra item-projector input",
+              {**_INDEX, "score_probe": True}),
+    "lora_probe": ("probe + LoRA r=8 on q/v", {**_INDEX, "score_probe": True, "lora_rank": 8}),
 }
 DEFAULT_VARIANT = "lora"
 #: Minutes of a --budget-minutes run kept for the test evaluation (measured: ~0.2 s per user for
 #: the index answer on this machine; the reference's 20 title scorings + generation take far more).
 TEST_RESERVE_MINUTES = {"title": 12.0, "index": 4.0}
+#: Shares of --budget-minutes SASRec and stage 1 may take when trained here (each stops after the
+#: epoch that spends its share, keeping its best checkpoint; quiet, SASRec needs ~3 min on ml-100k).
+BUDGET_SHARE = {"sasrec": 0.25, "stage1": 0.1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. SASRec (the one of --stage1-run when given)
     s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs)
+    if args.budget_minutes:
+        s_cfg = s_cfg.replace(time_budget_minutes=BUDGET_SHARE["sasrec"] * args.budget_minutes)
     ds = load_dataset(s_cfg.dataset, s_cfg)
     prepared = prepare(ds)
     t0 = time.perf_counter()
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                               max_seq_len=s_cfg.max_seq_len,
                               **({"epochs": args.stage1_epochs} if args.stage1_epochs else {})
                               ).with_overrides(args.stage1_set)
+        if args.budget_minutes:
+            c1 = c1.replace(time_budget_minutes=BUDGET_SHARE["stage1"] * args.budget_minutes)
         t0 = time.perf_counter()
         jaxrec.fit(jaxrec.get_model(c1), ds, c1, out_dir=out / "stage1", resume=args.resume,
                    overwrite=not args.resume, prepared=prepared)

@@ -178,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def with_text_source(config: Config) -> tuple[Config, str | None]:
-    """``embeddings=auto``, or an LLM ``init`` given neither ``embeddings`` nor ``encoder``: the
+    """``embeddings=auto``, or an LLM ``init`` or a model that reads item text
+    (``ModelSettings.reads_item_text``) given neither ``embeddings`` nor ``encoder``: the
     config with the source the experiments use by default (``jaxrec.init.resolve_embedding_source``:
     the dataset's reference MPNet file ``<dataset>.all-mpnet-base-v2.npy`` when it is in the data
     folder, else the ``minilm`` encoder), written into the config so run.json records it; plus a
@@ -188,7 +189,8 @@ def with_text_source(config: Config) -> tuple[Config, str | None]:
     auto = str(config.embeddings or "").lower() == "auto"
     if auto:
         config = config.replace(embeddings=None)
-    if config.embeddings or config.encoder or get_initializer(config.init).build is None:
+    reads_text = get_initializer(config.init).build is not None or type(config.settings).reads_item_text
+    if config.embeddings or config.encoder or not reads_text:
         return config, None
     source = resolve_embedding_source(config, "auto")
     return config.replace(embeddings=source.embeddings, encoder=source.encoder), f"text embeddings: {source.description}"

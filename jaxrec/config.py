@@ -35,7 +35,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from jaxrec import registry as R
 from jaxrec.errors import JaxrecError
@@ -56,7 +56,13 @@ class ModelSettings:
     contrast") go in the model's registered ``check`` instead. Values are normalized as
     ``Config``'s are (paths -> str, sequences -> tuples, ints in float fields -> float) and
     type-checked before ``validate`` runs.
+
+    ``reads_item_text`` (a class attribute, default False): the model reads item text embeddings
+    through the shared ``embeddings`` / ``encoder`` keys even without an LLM ``init`` (A-LLMRec's
+    stage 1); ``jaxrec train`` then resolves a default text source for it as for an LLM init.
     """
+
+    reads_item_text: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _normalize(self)

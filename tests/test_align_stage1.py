@@ -358,3 +358,24 @@ def test_align_stage1_cross_domain_target_users_and_items_from_text(tiny, traine
     np.testing.assert_array_equal(run.target_text(target, tmp_path / "t.npy"), text)
     u2, _ = run.cross_domain(target, run.target_text(target, tmp_path / "t.npy"))
     np.testing.assert_array_equal(u2, user)
+
+
+def test_cli_resolves_stage1_text_source_and_the_library_names_a_missing_one(tmp_path):
+    """`jaxrec train --model allmrec_stage1` without embeddings/encoder used to hand encoder=None to the
+    hub ("encoder 'None': could not be fetched"): the CLI now resolves the default text source for a
+    model that reads item text (the dataset's reference MPNet file, else minilm), and the library
+    refuses neither-given with an error naming both keys."""
+    from jaxrec.cli import with_text_source
+
+    folder = write_tiny_dataset(tmp_path, users=6, items=16, per_user=4)
+    cfg = Config.for_model("allmrec_stage1", dataset=str(folder), sasrec_run="x")
+    resolved, note = with_text_source(cfg)
+    assert resolved.encoder == "minilm" and resolved.embeddings is None and "minilm" in note
+    ref = folder / f"{folder.name}.all-mpnet-base-v2.npy"
+    np.save(ref, np.zeros((16, 4), np.float32))
+    ref.with_name(f"{folder.name}.all-mpnet-base-v2.item_ids.txt").write_text("\n".join(map(str, range(16))) + "\n")
+    resolved, note = with_text_source(cfg)
+    assert resolved.embeddings == str(ref.resolve()) and "reference MPNet" in note
+    assert with_text_source(Config.for_model("sasrec", dataset=str(folder)))[1] is None  # no text read
+    with pytest.raises(s1.Stage1Error, match="give embeddings=FILE.npy .* or encoder=minilm"):
+        s1.frozen_text_embeddings(load_dataset(str(folder)), cfg)

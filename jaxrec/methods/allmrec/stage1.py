@@ -53,7 +53,7 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -348,6 +348,10 @@ def frozen_text_embeddings(dataset, config, cache_dir=None) -> np.ndarray:
     if config.embeddings:
         return np.asarray(load_precomputed(config.embeddings, dataset_item_ids=np.asarray(dataset.item_ids)),
                           np.float32)
+    if not config.encoder:
+        raise Stage1Error("allmrec_stage1 reads item text: give embeddings=FILE.npy (precomputed, rows by item id) "
+                          "or encoder=minilm | mpnet | a sentence-transformers folder (jaxrec train resolves "
+                          "the dataset's reference embeddings, else minilm, when neither is given)")
     texts, template, _ = item_texts_with_fallback(dataset)
     holder = {}
 
@@ -552,6 +556,8 @@ class Stage1Settings(ModelSettings):
       "SBERT" variant);
     - ``max_seq_len``: must equal the SASRec run's.
     """
+
+    reads_item_text: ClassVar[bool] = True  # jaxrec train resolves a default text source
 
     sasrec_run: str | None = None
     align_alpha: float = 0.5
