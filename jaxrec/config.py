@@ -117,7 +117,7 @@ class Config:
     eval_every: int = 1
     patience: int = 10  # evaluations without improvement before stopping
     min_epochs: int = 0  # no early stop before this many epochs (0: RecBole's rule as is)
-    time_budget_minutes: float = 0.0  # > 0: stop after the epoch at which training + validation used this long
+    time_budget_minutes: float = 0.0  # > 0: stop after an epoch when another (of the mean length so far) would overrun
     eval_chunk: int = 1024  # users per full-ranking chunk
     # Candidate evaluation (evaluation="candidates", A-LLMRec's protocol): the held-out item + this
     # many never-interacted items, drawn once per (split, stage, seed) and stored in candidates_dir

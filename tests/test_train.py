@@ -247,8 +247,8 @@ def test_checkpoint_restore_from_a_fresh_manager_is_quiet_and_exact(tmp_path, ca
 
 
 def test_time_budget_stops_after_the_epoch_that_spends_it(tiny, tmp_path):
-    """``time_budget_minutes``: training stops after the epoch at which training + validation time
-    reached the budget (here: the first epoch), and the run still ends with test metrics."""
+    """``time_budget_minutes``: training stops after the epoch when another of the mean length so
+    far would overrun the budget (here: the first epoch), and the run still ends with test metrics."""
     _, config, ds = tiny
     config = config.replace(model="mf", epochs=50, patience=100)
     model = get_model(config)
@@ -257,3 +257,10 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tiny, tmp_path):
     assert fit(model, ds, config.replace(epochs=3)).stopped_epoch == 2  # no budget: every epoch
     with pytest.raises(ConfigError, match="time_budget_minutes=-1.0"):
         config.replace(time_budget_minutes=-1)
+    from jaxrec.train.loop import budget_spent
+
+    # 12 s spent in one epoch: a 30 s budget takes another (24 <= 30), a 20 s one does not (24 > 20)
+    one = [{"train_seconds": 10.0, "eval_seconds": 2.0}]
+    assert not budget_spent(one, 30.0) and budget_spent(one, 20.0)
+    two = one + [{"train_seconds": 8.0}]  # 20 s spent, mean 10: 30 s
+    assert not budget_spent(two, 30.0) and budget_spent(two, 29.0) and not budget_spent([], 0.0)

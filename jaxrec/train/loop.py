@@ -160,8 +160,8 @@ def fit(
                     if state.early.improved_at(epoch):
                         run.save_best(state, epoch, record["valid"])
                 stop = state.early.should_stop(config.patience) and epoch + 1 >= config.min_epochs
-                if config.time_budget_minutes > 0 and _spent(history, record) >= 60 * config.time_budget_minutes:
-                    stop = True  # the time budget is spent (training + validation so far, resumed epochs included)
+                if config.time_budget_minutes > 0 and budget_spent([*history, record], 60 * config.time_budget_minutes):
+                    stop = True  # another epoch would overrun the budget (resumed epochs included)
                     log.info("time budget of %.1f min spent at epoch %d", config.time_budget_minutes, epoch)
                 history.append(record)
                 run.log(record)
@@ -228,9 +228,12 @@ class EpochRunner:
                        "steps": steps, "examples": rows[0]}
 
 
-def _spent(history: list[dict], record: dict) -> float:
-    """Seconds of training and validation of the epochs in ``history`` and ``record``."""
-    return sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in [*history, record])
+def budget_spent(records: list[dict], budget_seconds: float) -> bool:
+    """Whether training stops under a time budget (``time_budget_minutes``): True when the seconds
+    of training and validation of the epochs in ``records`` (``log.jsonl`` records), plus one more
+    epoch of their mean length, exceed ``budget_seconds`` (another epoch would overrun it)."""
+    times = [r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in records]
+    return bool(times) and sum(times) + sum(times) / len(times) > budget_seconds
 
 
 def epoch_rng(key: jax.Array) -> np.random.Generator:
