@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
 
     # 1. SASRec (the one of --stage1-run when given)
-    s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs)
+    s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs
+                             ).with_overrides(cli.dataset_sets(args.dataset))  # ml-1m: max_seq_len=200
     ds = load_dataset(s_cfg.dataset, s_cfg)
     prepared = prepare(ds)
     t0 = time.perf_counter()
