@@ -235,3 +235,26 @@ def test_real_ml1m_sizes_before_filtering():
     texts, _ = item_texts(ds.item_features, template_for("ml-1m"))
     i = ds.item_ids.tolist().index("Toy Story (1995)")
     assert texts[i] == "Title: Toy Story, Year: 1995, Genres: Animation Children's Comedy"
+
+
+def test_ml1m_mpnet_reference_rows_equal_ml100k_reference_for_the_same_text(shared_data):
+    """Where ``experiments.reference_embeddings`` has written ml-1m's MPNet file: items whose
+    text reads the same in both datasets (1,523) have the row of ml-100k's reference file, which
+    sentence-transformers computed (an independent reference), to cosine 1 - 1e-5."""
+    from jaxrec.init.precomputed import load_precomputed
+    from jaxrec.init.sources import find_reference_embeddings
+
+    ref = find_reference_embeddings("ml-1m")
+    if ref is None:
+        pytest.skip("no ml-1m.all-mpnet-base-v2.npy (run python -m experiments.reference_embeddings --dataset ml-1m)")
+    a = load_dataset(shared_data / "ml-100k", Config())
+    b = load_dataset(ref.parent, Config(dataset="ml-1m"))
+    ta, _ = item_texts(a.item_features, template_for("ml-100k"))
+    tb, _ = item_texts(b.item_features, template_for("ml-1m"))
+    ea = load_precomputed(shared_data / "ml-100k" / "ml-100k.all-mpnet-base-v2.npy", dataset_item_ids=a.item_ids)
+    eb = load_precomputed(ref, dataset_item_ids=b.item_ids)
+    row_b = {t: j for j, t in enumerate(tb)}
+    pairs = np.array([(i, row_b[t]) for i, t in enumerate(ta) if t in row_b])
+    assert len(pairs) > 1000
+    cos = np.einsum("nd,nd->n", ea[pairs[:, 0]], eb[pairs[:, 1]])
+    assert cos.min() > 1 - 1e-5
