@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                               max_seq_len=s_cfg.max_seq_len,
                               **({"epochs": args.stage1_epochs} if args.stage1_epochs else {})
                               ).with_overrides(args.stage1_set)
+        if not (c1.embeddings or c1.encoder):  # as allmrec_table's rows: the reference file, else minilm
+            from jaxrec.init import resolve_embedding_source
+
+            c1 = c1.replace(**resolve_embedding_source(c1).config_fields())
         t0 = time.perf_counter()
         jaxrec.fit(jaxrec.get_model(c1), ds, c1, out_dir=out / "stage1", resume=args.resume,
                    overwrite=not args.resume, prepared=prepared)

@@ -348,6 +348,10 @@ def frozen_text_embeddings(dataset, config, cache_dir=None) -> np.ndarray:
     if config.embeddings:
         return np.asarray(load_precomputed(config.embeddings, dataset_item_ids=np.asarray(dataset.item_ids)),
                           np.float32)
+    if not config.encoder:
+        raise ConfigError("embeddings=None, encoder=None: stage 1 needs item text embeddings; set embeddings "
+                          "(a .npy) or encoder (minilm, mpnet or a sentence-transformers folder), e.g. through "
+                          "jaxrec.init.resolve_embedding_source")
     texts, template, _ = item_texts_with_fallback(dataset)
     holder = {}
 
