@@ -358,3 +358,13 @@ def test_align_stage1_cross_domain_target_users_and_items_from_text(tiny, traine
     np.testing.assert_array_equal(run.target_text(target, tmp_path / "t.npy"), text)
     u2, _ = run.cross_domain(target, run.target_text(target, tmp_path / "t.npy"))
     np.testing.assert_array_equal(u2, user)
+
+
+def test_frozen_text_without_a_text_source_is_a_config_error():
+    """Neither embeddings nor encoder: a ConfigError naming both keys, never a hub lookup of
+    encoder 'None' (what experiments.allmrec_stage2 --train-stage1 hit before it resolved the
+    text source)."""
+    config = Config.for_model("allmrec_stage1", sasrec_run="x")
+    assert config.embeddings is None and config.encoder is None
+    with pytest.raises(ConfigError, match=r"embeddings=None, encoder=None: stage 1 needs item text embeddings"):
+        s1.frozen_text_embeddings(None, config)
