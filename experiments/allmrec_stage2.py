@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
 
     # 1. SASRec (the one of --stage1-run when given)
-    s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs)
+    s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs
+                             ).with_overrides(cli.dataset_sets(args.dataset))  # ml-1m: max_seq_len=200
     if args.budget_minutes:
         s_cfg = s_cfg.replace(time_budget_minutes=BUDGET_SHARE["sasrec"] * args.budget_minutes)
     ds = load_dataset(s_cfg.dataset, s_cfg)
@@ -192,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                               max_seq_len=s_cfg.max_seq_len,
                               **({"epochs": args.stage1_epochs} if args.stage1_epochs else {})
                               ).with_overrides(args.stage1_set)
+        if not (c1.embeddings or c1.encoder):  # as allmrec_table's rows: the reference file, else minilm
+            from jaxrec.init import resolve_embedding_source
+
+            c1 = c1.replace(**resolve_embedding_source(c1).config_fields())
         if args.budget_minutes:
             c1 = c1.replace(time_budget_minutes=BUDGET_SHARE["stage1"] * args.budget_minutes)
         t0 = time.perf_counter()

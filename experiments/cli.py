@@ -141,9 +141,25 @@ def enable_compile_cache(path: str | os.PathLike | None) -> None:
     log.debug("JAX compilation cache: %s", path)
 
 
+#: Per-dataset protocol settings, applied before the user's ``--set`` (which wins): the SASRec
+#: paper's (Kang & McAuley 2018) maximum sequence length for MovieLens-1M is 200 (50 for the
+#: sparser Amazon sets and ml-100k's default). Only rows whose model has the key get it.
+DATASET_SETS: dict[str, tuple[str, ...]] = {"ml-1m": ("max_seq_len=200",)}
+
+
+def dataset_sets(dataset: str | os.PathLike) -> list[str]:
+    """The ``KEY=VALUE`` protocol settings of a dataset (by its name or folder name), e.g.
+    ``["max_seq_len=200"]`` for ml-1m; ``[]`` for others."""
+    return list(DATASET_SETS.get(Path(str(dataset)).name.lower(), ()))
+
+
 def start(args: argparse.Namespace) -> tuple[list[int], list[str]]:
     """Logging and the compilation cache from the common options; checks every ``--reuse``
-    source holds cells; returns the validated (seeds, backbones)."""
+    source holds cells; puts the dataset's protocol settings (``dataset_sets``) before the
+    user's ``--set``; returns the validated (seeds, backbones)."""
+    if hasattr(args, "set") and hasattr(args, "dataset") and not getattr(args, "_dataset_sets", False):
+        args.set = dataset_sets(args.dataset) + list(args.set)
+        args._dataset_sets = True
     setup_logging(args.verbose)
     enable_compile_cache(getattr(args, "compile_cache", None))
     import_plugins(getattr(args, "plugin", ()))

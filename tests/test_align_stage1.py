@@ -377,5 +377,15 @@ def test_cli_resolves_stage1_text_source_and_the_library_names_a_missing_one(tmp
     resolved, note = with_text_source(cfg)
     assert resolved.embeddings == str(ref.resolve()) and "reference MPNet" in note
     assert with_text_source(Config.for_model("sasrec", dataset=str(folder)))[1] is None  # no text read
-    with pytest.raises(s1.Stage1Error, match="give embeddings=FILE.npy .* or encoder=minilm"):
+    with pytest.raises(ConfigError, match="stage 1 needs item text embeddings"):
         s1.frozen_text_embeddings(load_dataset(str(folder)), cfg)
+
+
+def test_frozen_text_without_a_text_source_is_a_config_error():
+    """Neither embeddings nor encoder: a ConfigError naming both keys, never a hub lookup of
+    encoder 'None' (what experiments.allmrec_stage2 --train-stage1 hit before it resolved the
+    text source)."""
+    config = Config.for_model("allmrec_stage1", sasrec_run="x")
+    assert config.embeddings is None and config.encoder is None
+    with pytest.raises(ConfigError, match=r"embeddings=None, encoder=None: stage 1 needs item text embeddings"):
+        s1.frozen_text_embeddings(None, config)

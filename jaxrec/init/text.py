@@ -31,6 +31,7 @@ AMAZON_TEMPLATE = "Title: {title}, Brand: {brand}, Categories: {categories}, Des
 #: Templates by dataset name (lower case).
 TEMPLATES: dict[str, str] = {
     "ml-100k": ML100K_TEMPLATE,
+    "ml-1m": ML100K_TEMPLATE,  # jaxrec.data.movielens1m writes the same fields
     "amazon": AMAZON_TEMPLATE,
 }
 _AMAZON_FIELDS = ("brand", "categories", "description")
@@ -69,7 +70,7 @@ def generic_template(fields: Sequence[str]) -> str:
 def template_for(dataset_name: str, item_features: Mapping[str, Sequence[Any]] | None = None) -> str:
     """The template for a dataset.
 
-    By name (``ml-100k``, ``amazon``); else by fields: the ml-100k template when
+    By name (``ml-100k``, ``ml-1m``, ``amazon``); else by fields: the ml-100k template when
     ``movie_title``, ``release_year`` and ``class`` all exist, the Amazon one when ``title``
     and one of ``brand``/``categories``/``description`` exist; else ``generic_template``.
     """

@@ -349,9 +349,9 @@ def frozen_text_embeddings(dataset, config, cache_dir=None) -> np.ndarray:
         return np.asarray(load_precomputed(config.embeddings, dataset_item_ids=np.asarray(dataset.item_ids)),
                           np.float32)
     if not config.encoder:
-        raise Stage1Error("allmrec_stage1 reads item text: give embeddings=FILE.npy (precomputed, rows by item id) "
-                          "or encoder=minilm | mpnet | a sentence-transformers folder (jaxrec train resolves "
-                          "the dataset's reference embeddings, else minilm, when neither is given)")
+        raise ConfigError("embeddings=None, encoder=None: stage 1 needs item text embeddings; set embeddings "
+                          "(a .npy) or encoder (minilm, mpnet or a sentence-transformers folder), e.g. through "
+                          "jaxrec.init.resolve_embedding_source")
     texts, template, _ = item_texts_with_fallback(dataset)
     holder = {}
 
