@@ -622,11 +622,13 @@ def test_stage2_experiment_train_stage1_row(tiny_lm, monkeypatch, tmp_path):
                                 "--budget-minutes", "60", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["inputs"]["kind"] == "stage1" and res["stage1_run"] == str(out / "stage1")
-    # the default variant (index answer + LoRA) and the headline summary of a budgeted run
+    # the default variant (index answer, soft tokens only, the score probe) and the headline summary
     summary = json.loads((out / "summary.json").read_text())
     assert {"users", "lm_hit@1", "popularity_hit@1", "sasrec_hit@1", "minutes"} <= set(summary)
-    assert summary["users"] == 5 and summary["variant"] == "lora" and 0 < summary["minutes"] < 60
-    assert summary["config"]["answer"] == "index" and summary["config"]["lora_rank"] == 8
+    assert summary["users"] == 5 and summary["variant"] == "probe_soft" and 0 < summary["minutes"] < 60
+    cfg = summary["config"]
+    assert cfg["answer"] == "index" and cfg["score_probe"] and not cfg["prompt_titles"] and cfg["calibrate"]
+    assert cfg["batch_size"] == 2 and cfg["learning_rate"] == 1e-3  # --set after the variant's batch 8
     assert summary["sasrec_hit@1"] == res["sasrec"]["overall"]["hit@1"]
     run = s1.load_stage1_run(out / "stage1", ds)
     c2 = Config.for_model("allmrec_stage2", dataset=str(folder), seed=2020, eval_users=5, prompt_history=3)
@@ -797,3 +799,19 @@ def test_stage2_allmrec_table_rows_same_users_and_cross_domain(tiny_lm, tmp_path
     with pytest.raises(ConfigError, match="--target .*nowhere: "):
         T.main(fresh[:13] + [str(tmp_path / "nowhere")] + fresh[14:])
     assert not (tmp_path / "fresh").exists()  # refused before --out is created
+
+
+def test_saved_inputs_keep_the_score_probes_item_vectors(tmp_path):
+    """save_inputs / load_inputs round-trip ``score_items`` (the score probe's item vectors): a
+    budgeted experiments.allmrec_stage2 run on the SASRec fallback reads its inputs back from the
+    .npz, which lost them ("score_probe=True: ... has no item vectors")."""
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    reps = {s: rng.normal(size=(7, 6)).astype(np.float32) for s in ("train", "valid", "test")}
+    base = from_arrays(reps, rng.normal(size=(9, 5)))
+    with_scores = dataclasses.replace(base, score_items=rng.normal(size=(9, 6)).astype(np.float32))
+    back = load_inputs(save_inputs(tmp_path / "a.npz", with_scores))
+    np.testing.assert_array_equal(back.score_items, with_scores.score_items)
+    np.testing.assert_array_equal(back.item_emb, with_scores.item_emb)
+    assert load_inputs(save_inputs(tmp_path / "b.npz", base)).score_items is None

@@ -211,14 +211,15 @@ def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
 
 # ----------------------------------------------------------------------------- files
 def save_inputs(path, inputs: Stage2Inputs) -> Path:
-    """Write ``inputs`` as one ``.npz`` (``user_rep_<stage>``, ``item_emb``, JSON ``meta`` with kind,
-    source and fingerprint); written to a temporary name, then renamed."""
+    """Write ``inputs`` as one ``.npz`` (``user_rep_<stage>``, ``item_emb``, ``score_items`` when
+    present, JSON ``meta`` with kind, source and fingerprint); written to a temporary name, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     meta = {"kind": inputs.kind, "source": inputs.source, "fingerprint": inputs.fingerprint}
     np.savez(tmp, item_emb=inputs.item_emb, meta=np.array(json.dumps(meta, sort_keys=True)),
-             **{f"user_rep_{s}": inputs.user_rep[s] for s in STAGES})
+             **{f"user_rep_{s}": inputs.user_rep[s] for s in STAGES},
+             **({"score_items": inputs.score_items} if inputs.score_items is not None else {}))
     os.replace(tmp, path)
     return path
 
@@ -234,7 +235,7 @@ def load_inputs(path, dataset: Dataset | None = None) -> Stage2Inputs:
             if missing:
                 raise Stage2Error(f"{path}: no field(s) {missing}; expected a stage-2 inputs file (save_inputs) "
                                   f"with {want}")
-            arrays = {k: z[k] for k in want}
+            arrays = {k: z[k] for k in want + (["score_items"] if "score_items" in z.files else [])}
     except (OSError, ValueError) as e:
         if isinstance(e, Stage2Error):
             raise
@@ -242,7 +243,8 @@ def load_inputs(path, dataset: Dataset | None = None) -> Stage2Inputs:
     meta = json.loads(str(arrays["meta"]))
     out = Stage2Inputs({s: arrays[f"user_rep_{s}"].astype(np.float32) for s in STAGES},
                        arrays["item_emb"].astype(np.float32), meta.get("kind", "arrays"), str(path),
-                       meta.get("fingerprint"))
+                       meta.get("fingerprint"),
+                       arrays["score_items"].astype(np.float32) if "score_items" in arrays else None)
     return out.check(dataset) if dataset is not None else out
 
 
