@@ -57,7 +57,7 @@ from flax import nnx
 
 from jaxrec.errors import JaxrecError
 from jaxrec.models.base import Model, SequenceEncoder, TableSpec
-from jaxrec.models.sequential import check_sequences, chunked_users
+from jaxrec.models.sequential import SEQ_LOSSES, check_sequences, chunked_users
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal
 from jaxrec.nn import init_params as _init_pure
 from jaxrec.config import ModelSettings
@@ -65,8 +65,6 @@ from jaxrec.objectives import Term, term, weighted_sum
 
 Params = dict
 LN_EPS = 1e-8
-#: ``seq_loss`` values: the term a sequence model trains with.
-SEQ_LOSSES = {"ce": "ce_seq", "bce": "bce_seq"}
 
 
 class NextItNetError(JaxrecError, ValueError):
