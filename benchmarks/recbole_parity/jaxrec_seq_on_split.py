@@ -11,10 +11,10 @@ NeuMF masks the training history (and the validation item at test), as RecBole d
 general model. The sequential models train with cross-entropy over the catalog (GRU4Rec and
 NextItNet: ``ce_seq``, BERT4Rec: ``cloze``), RecBole's ``loss_type`` CE. Batches are jaxrec's:
 one window per user (its last ``max_seq_len`` + 1 training items), ``--batch-size`` windows
-(default 128) for the sequential models; 2048 pairs for NeuMF.
+(default 128) for the sequential models; 1024 (user, positive, negative) rows for NeuMF (RecBole's 2048 examples per step).
 
 Prints ``RESULT <model> <seed> {"test": ..., "valid": ..., "best": ..., "stop": ...,
-"seconds_per_epoch": ..., "eval_seconds_per_epoch": ...}``.
+"seconds_per_epoch": ..., "eval_seconds_per_epoch": ..., "valid_curve": [valid NDCG@10 per epoch], ...}``.
 """
 
 import argparse
@@ -77,4 +77,6 @@ print("RESULT", args.model, args.seed, json.dumps({
     "stop": result.stopped_epoch, "epochs_run": len(result.history),
     "seconds_per_epoch": float(np.median(train_s[1:] if len(train_s) > 1 else train_s)),
     "first_epoch_seconds": train_s[0], "eval_seconds_per_epoch": float(np.median(eval_s)),
-    "batch_size": config.batch_size}))
+    "batch_size": config.batch_size,
+    "valid_curve": [(r.get("valid") or {}).get("ndcg@10") for r in result.history],
+    "loss_curve": [r.get("loss") for r in result.history]}))

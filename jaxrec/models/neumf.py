@@ -305,9 +305,11 @@ def make_neumf(config) -> Model:
 
 #: Shared keys for NeuMF as A-LLMRec's Table 1 evaluates it (leave-one-out by time, the
 #: 20-candidate protocol, early stopping on the validation NDCG@10) with RecBole's optimizer
-#: settings (batch 2048, lr 1e-3).
+#: settings: lr 1e-3 and ``train_batch_size`` 2048 *examples*, which RecBole fills with 1024
+#: positives and their 1024 sampled negatives (its ``batch_size // (1 + sample_num)``): here
+#: ``batch_size`` counts (user, positive, negative) rows, so 1024.
 NEUMF_DEFAULTS = dict(
-    batch_size=2048, epochs=300, learning_rate=1e-3,
+    batch_size=1024, epochs=300, learning_rate=1e-3,
     split="loo_time", evaluation="candidates", topk=(1, 5, 10), metrics=("hit", "ndcg", "mrr"),
     valid_metric="ndcg@10", patience=20,
 )

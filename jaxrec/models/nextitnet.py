@@ -55,12 +55,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrec.config import ModelSettings
 from jaxrec.errors import JaxrecError
 from jaxrec.models.base import Model, SequenceEncoder, TableSpec
 from jaxrec.models.sequential import SEQ_LOSSES, check_sequences, chunked_users
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal
 from jaxrec.nn import init_params as _init_pure
-from jaxrec.config import ModelSettings
 from jaxrec.objectives import Term, term, weighted_sum
 
 Params = dict
