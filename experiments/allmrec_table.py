@@ -1,7 +1,8 @@
 """A-LLMRec Tables 1/2 layout: Hit@1 overall, on cold / warm items, cold users, few-shot K users
 and across domains.
 
-Rows are *methods* (``METHODS``): SASRec (the backbone A-LLMRec pretrains), A-LLMRec stage 1
+Rows are *methods* (``METHODS``): the collaborative-filtering baselines (SASRec, the backbone
+A-LLMRec pretrains; GRU4Rec, NextItNet, NCF / NeuMF, and BERT4Rec beside them), A-LLMRec stage 1
 (the frozen SASRec aligned with item text: joint embedding e, the "SBERT" variant q, frozen
 MPNet or MiniLM text, fine-tuned MiniLM) and A-LLMRec stage 2 (``allmrec``: projectors into a
 frozen LM that ranks the candidate titles). Columns are the evaluation scenarios of A-LLMRec
@@ -150,6 +151,12 @@ _S1 = dict(score=stage1_scores, on_sasrec=True, cross_domain=True)
 _INDEX = {"lm": "smollm2", "answer": "index", "input_norm": "standardize", "token_norm": "match"}
 METHODS = (
     Method("sasrec", "SASRec", "sasrec", paper="sasrec"),
+    # the CF rows of A-LLMRec's Table 1 (issue 24): each registered backbone with its own defaults
+    # (RecBole's hyperparameters; the shared protocol of SASRec: loo_time, 20 candidates, NDCG@10)
+    Method("gru4rec", "GRU4Rec", "gru4rec"),
+    Method("nextitnet", "NextItNet", "nextitnet"),
+    Method("neumf", "NCF (NeuMF)", "neumf"),
+    Method("bert4rec", "BERT4Rec", "bert4rec"),
     Method("stage1", "A-LLMRec stage 1 (e, frozen text)", "allmrec_stage1", **_S1),
     Method("stage1_sbert", "stage 1, SBERT variant (q)", "allmrec_stage1", {"align_items": "text"}, **_S1),
     Method("stage1_minilm", "stage 1 (e, frozen MiniLM)", "allmrec_stage1", {"encoder": "minilm"}, **_S1),

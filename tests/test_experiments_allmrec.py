@@ -84,13 +84,37 @@ def test_sasrec_allmrec_table_end_to_end(tmp_path, capsys):
     assert "n/a" in (na / "table.txt").read_text()
 
 
+@pytest.mark.slow
+def test_cf_rows_allmrec_table(tmp_path, capsys):
+    """The CF rows of Table 1 (issue 24): the harness's overall numbers (each model's embed over
+    the test histories, dot products on the stored lists) equal fit's own candidate evaluation,
+    NeuMF's score table and BERT4Rec's bias column included."""
+    folder = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    tiny = ["embedding_size=8", "num_layers=1", "max_seq_len=6", "batch_size=32", "learning_rate=0.01",
+            "block_num=1", "num_heads=1", "inner_size=8", "mf_embedding_size=4", "mlp_embedding_size=4",
+            "mlp_hidden_size=[8, 4]", "hidden_size=8"]
+    args = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "1", "--scenarios", "standard",
+            "--methods", "gru4rec,nextitnet,neumf,bert4rec", "--compile-cache", str(tmp_path / "cc"),
+            "--set", f"candidates_dir={tmp_path / 'cands'}", "--out", str(out)] + [a for s in tiny for a in ("--set", s)]
+    assert T.main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(c["key"]["method"] for c in res["cells"]) == ["bert4rec", "gru4rec", "neumf", "nextitnet"]
+    for cell in res["cells"]:
+        for m in T.TABLE_METRICS:
+            assert cell["extra"]["groups"]["all"][m] == pytest.approx(cell["test"][m], abs=1e-6), cell["key"]
+    text = (out / "table.txt").read_text()
+    assert all(label in text for label in ("GRU4Rec", "NextItNet", "NCF (NeuMF)", "BERT4Rec"))
+    capsys.readouterr()
+
+
 def test_sasrec_allmrec_paper_datasets_and_bad_options(tmp_path, capsys):
     assert T.paper_dataset("amazon-beauty") == "beauty" and T.paper_dataset("Movies_and_TV") == "movies_tv"
     assert T.paper_dataset("Video_Games") == "video_games" and T.paper_dataset("ml-100k") is None
     assert T.PAPER["sasrec"]["beauty"]["cold items"] == .1190
     from experiments.cli import main_wrapper
 
-    assert main_wrapper(T.main, ["--methods", "gru4rec", "--out", str(tmp_path)]) == 2
+    assert main_wrapper(T.main, ["--methods", "no_such_row", "--out", str(tmp_path)]) == 2
     assert "--methods" in capsys.readouterr().err
     assert main_wrapper(T.main, ["--scenarios", "warm_users", "--out", str(tmp_path)]) == 2
     assert "--scenarios" in capsys.readouterr().err

@@ -192,6 +192,8 @@ def test_gru4rec_defaults_and_registration():
     assert (c.embedding_size, c.hidden_size, c.num_layers, c.dropout_rate, c.max_seq_len, c.gru_bias) == (
         64, 128, 1, 0.3, 50, False)
     assert {k: getattr(c, k) for k in GRU4REC_DEFAULTS} == GRU4REC_DEFAULTS
+    assert c.seq_loss == "bce" and [t.name for t, _ in get_model(c).objective.terms] == ["bce_seq"]
+    assert [t.name for t, _ in get_model(c.replace(seq_loss="ce")).objective.terms] == ["ce_seq"]
     model = get_model(c)
     assert model.name == "gru4rec" and (model.context, model.batch_kind) == ("sequences", "sequences")
     assert model.tables == {"item": model.encoder.item_table} and model.encoder.item_table.offset == 1
@@ -215,6 +217,7 @@ def test_gru4rec_fit_tiny(tmp_path):
     ({"num_layers": 0}, "num_layers=0"),
     ({"dropout_rate": 1.0}, "dropout_rate=1.0"),
     ({"max_seq_len": 0}, "max_seq_len=0"),
+    ({"seq_loss": "bpr"}, "seq_loss='bpr'"),
     ({"num_heads": 2}, "num_heads"),  # a SASRec key, not GRU4Rec's
     ({"sharding": "row"}, "sharding='row'"),
 ])

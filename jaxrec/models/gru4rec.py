@@ -36,12 +36,13 @@ U(-b, b) with b = sqrt(6/(in + 3h)) / sqrt(6/(4h)); the weights of layers 2.. (R
 re-initializes layer 0) and any GRU biases keep torch's RNN default U(-1/sqrt(h), 1/sqrt(h));
 ``dense`` keeps ``nn.Linear``'s default, U(-1/sqrt(h), 1/sqrt(h)) for weight and bias.
 
-Loss: RecBole's default for GRU4Rec is ``loss_type="CE"`` (full softmax cross-entropy of the
-last position's output over the whole catalog; its ``GRU4Rec.yaml``). Here GRU4Rec is trained
-with the shared ``bce_seq`` term instead (``jaxrec.objectives.sequential``: at every position
-with a next item, BCE of that item's logit and of one sampled negative's), the loss SASRec
-trains with, so that it fits the ``"sequences"`` batch kind (``seq``, ``pos``, ``neg`` [B, L])
-and context unchanged. Numbers are therefore not RecBole's GRU4Rec numbers.
+Loss (``seq_loss``): RecBole's default for GRU4Rec is ``loss_type="CE"`` (full softmax
+cross-entropy of the last position's output over the whole catalog; its ``GRU4Rec.yaml``).
+jaxrec's default is the shared ``bce_seq`` term (``seq_loss="bce"``;
+``jaxrec.objectives.sequential``: at every position with a next item, BCE of that item's logit
+and of one sampled negative's), the loss SASRec trains with. ``seq_loss="ce"`` trains with
+``ce_seq`` instead: full-catalog cross-entropy at every position with a next item, RecBole's CE
+over all of a window's prefixes at once (what the RecBole parity runs use).
 
 Parameters are a plain nested dict (``jaxrec.nn``: ``init_params`` / ``PureModule.merge``):
 ``item_embedding`` [I+1, d], ``gru_{l}/{kernel_ih [in, 3h], kernel_hh [h, 3h]}`` (the transposes
@@ -68,7 +69,7 @@ from jaxrec.config import ModelSettings
 from jaxrec.errors import JaxrecError
 from jaxrec.models.base import Model, SequenceEncoder, TableSpec
 from jaxrec.models.dropout import HashDropout
-from jaxrec.models.sequential import check_sequences, chunked_users
+from jaxrec.models.sequential import SEQ_LOSSES, check_sequences, chunked_users
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal, xavier_uniform
 from jaxrec.nn import init_params as _init_pure
 from jaxrec.objectives import term, weighted_sum
@@ -264,8 +265,10 @@ class GRU4RecSettings(ModelSettings):
     """GRU4Rec's config keys (defaults: RecBole's ``GRU4Rec.yaml`` and ``MAX_ITEM_LIST_LENGTH``):
     ``embedding_size`` d (64: item table and output width), ``hidden_size`` h (128: GRU state),
     ``num_layers`` (1: stacked GRU layers), ``dropout_rate`` (0.3: embedding dropout, RecBole's
-    ``dropout_prob``), ``max_seq_len`` (50: the longest history kept, the most recent items) and
-    ``gru_bias`` (False: RecBole's ``nn.GRU(bias=False)``; True adds torch's bias vectors)."""
+    ``dropout_prob``), ``max_seq_len`` (50: the longest history kept, the most recent items),
+    ``gru_bias`` (False: RecBole's ``nn.GRU(bias=False)``; True adds torch's bias vectors) and
+    ``seq_loss`` ("bce": one sampled negative per position, SASRec's loss | "ce": full-catalog
+    cross-entropy, RecBole's ``loss_type`` CE)."""
 
     embedding_size: int = 64
     hidden_size: int = 128
@@ -273,6 +276,7 @@ class GRU4RecSettings(ModelSettings):
     dropout_rate: float = 0.3
     max_seq_len: int = 50
     gru_bias: bool = False
+    seq_loss: str = "bce"
 
     def validate(self) -> None:
         super().validate()
@@ -282,6 +286,7 @@ class GRU4RecSettings(ModelSettings):
         self.expect("dropout_rate", 0.0 <= self.dropout_rate < 1.0, "a rate in [0, 1)")
         self.expect("max_seq_len", self.max_seq_len >= 1, "an integer >= 1 (the longest history a sequence "
                                                           "model reads)")
+        self.expect("seq_loss", self.seq_loss in SEQ_LOSSES, f"one of {list(SEQ_LOSSES)}")
 
 
 def arch_from_config(config, num_items: int) -> GRU4RecArch:
@@ -315,10 +320,11 @@ def gru4rec_encoder(config) -> SequenceEncoder:
 
 
 def make_gru4rec(config) -> Model:
-    """GRU4Rec: the ``SequenceEncoder`` trained with ``bce_seq`` (one sampled negative per
-    position; not RecBole's full-softmax CE, see the module docstring) over the ``"sequences"``
-    context and batch kind."""
-    return Model("gru4rec", gru4rec_encoder(config), weighted_sum(term("bce_seq", config)), context="sequences")
+    """GRU4Rec: the ``SequenceEncoder`` trained with ``bce_seq`` (``seq_loss="bce"``, one sampled
+    negative per position) or ``ce_seq`` (``"ce"``, RecBole's full-softmax CE) over the
+    ``"sequences"`` context and batch kind."""
+    return Model("gru4rec", gru4rec_encoder(config), weighted_sum(term(SEQ_LOSSES[config.seq_loss], config)),
+                 context="sequences")
 
 
 #: ``register_model("gru4rec", make_gru4rec, defaults=...)``: the same protocol as SASRec's for

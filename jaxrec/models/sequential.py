@@ -14,6 +14,12 @@ import jax
 import jax.numpy as jnp
 
 
+#: ``seq_loss`` values of the next-item backbones (GRU4Rec, NextItNet) -> the registered term:
+#: "ce" full-catalog softmax cross-entropy (RecBole's ``loss_type="CE"``), "bce" one sampled
+#: negative per position (SASRec's loss). See ``jaxrec.objectives.sequential``.
+SEQ_LOSSES = {"ce": "ce_seq", "bce": "bce_seq"}
+
+
 def check_sequences(seq, error: type[Exception], name: str = "seq", max_len: int | None = None) -> jax.Array:
     """``seq`` as an int array [B, L] (item ids + 1, 0 = padding); ``error`` naming ``name`` when it
     is not rank 2, not integer, or longer than ``max_len``."""
@@ -41,4 +47,4 @@ def chunked_users(user_fn: Callable[[jax.Array], jax.Array], histories: jax.Arra
     return user.reshape(chunks * chunk, -1)[:num_users]
 
 
-__all__ = ["check_sequences", "chunked_users"]
+__all__ = ["check_sequences", "chunked_users", "SEQ_LOSSES"]

@@ -14,7 +14,7 @@ views are not drawn either) and report 0. So SGCL is the LightGCN encoder with
 
 Terms are registered by name in ``jaxrec.registry.OBJECTIVES`` as builders ``(Config) -> Term``:
 ``bpr`` and ``reg`` (``jaxrec.objectives.ranking``), ``ssl`` and ``sgcl``
-(``jaxrec.objectives.contrast``), ``bce_seq`` (``jaxrec.objectives.sequential``). ``term(name, config)`` builds one.
+(``jaxrec.objectives.contrast``), ``bce_seq`` and ``ce_seq`` (``jaxrec.objectives.sequential``). ``term(name, config)`` builds one.
 """
 
 from __future__ import annotations
