@@ -24,6 +24,7 @@ from jaxrec.models.base import (
     init_tables,
     xavier_uniform_table,
 )
+from jaxrec.models.ctrl import CTRL_DEFAULTS, CTRLSettings, make_ctrl
 from jaxrec.models.gru4rec import GRU4REC_DEFAULTS, GRU4RecSettings, make_gru4rec
 from jaxrec.models.lightgcn import LightGCNSettings, lightgcn_encoder, make_lightgcn
 from jaxrec.models.mf import MFSettings, make_mf, mf_encoder
@@ -78,9 +79,10 @@ register_model("sgcl", make_sgcl, settings=SGCLSettings, check=check_in_batch)
 register_model("sasrec", make_sasrec, settings=SASRecSettings, defaults=SASREC_DEFAULTS, check=check_no_graph)
 register_model("gru4rec", make_gru4rec, settings=GRU4RecSettings, defaults=GRU4REC_DEFAULTS, check=check_no_graph)
 register_model("morec", make_morec, settings=MoRecSettings, defaults=MOREC_DEFAULTS, check=check_no_graph)
+register_model("ctrl", make_ctrl, settings=CTRLSettings, defaults=CTRL_DEFAULTS, check=check_no_graph)
 
 __all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "TableSettings", "Params", "get_model",
            "register_model", "init_tables", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
            "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec", "make_gru4rec",
            "MFSettings", "LightGCNSettings", "SGLSettings", "SGCLSettings", "SASRecSettings", "GRU4RecSettings",
-           "MoRecSettings", "make_morec"]
+           "MoRecSettings", "make_morec", "CTRLSettings", "make_ctrl"]
