@@ -29,6 +29,7 @@ from jaxrec.models.gru4rec import GRU4REC_DEFAULTS, GRU4RecSettings, make_gru4re
 from jaxrec.models.lightgcn import LightGCNSettings, lightgcn_encoder, make_lightgcn
 from jaxrec.models.mf import MFSettings, make_mf, mf_encoder
 from jaxrec.models.morec import MOREC_DEFAULTS, MoRecSettings, make_morec
+from jaxrec.models.recformer import RECFORMER_DEFAULTS, RecformerSettings, make_recformer
 from jaxrec.models.sasrec import SASREC_DEFAULTS, SASRecSettings, check_no_graph, make_sasrec, sasrec_encoder
 from jaxrec.models.sgcl import SGCLSettings, make_sgcl
 from jaxrec.models.sgl import SGLSettings, check_in_batch, make_sgl
@@ -80,9 +81,12 @@ register_model("sasrec", make_sasrec, settings=SASRecSettings, defaults=SASREC_D
 register_model("gru4rec", make_gru4rec, settings=GRU4RecSettings, defaults=GRU4REC_DEFAULTS, check=check_no_graph)
 register_model("morec", make_morec, settings=MoRecSettings, defaults=MOREC_DEFAULTS, check=check_no_graph)
 register_model("ctrl", make_ctrl, settings=CTRLSettings, defaults=CTRL_DEFAULTS, check=check_no_graph)
+register_model("recformer_like", make_recformer, settings=RecformerSettings, defaults=RECFORMER_DEFAULTS,
+               check=check_no_graph)
 
 __all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "TableSettings", "Params", "get_model",
            "register_model", "init_tables", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
            "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec", "make_gru4rec",
            "MFSettings", "LightGCNSettings", "SGLSettings", "SGCLSettings", "SASRecSettings", "GRU4RecSettings",
-           "MoRecSettings", "make_morec", "CTRLSettings", "make_ctrl"]
+           "MoRecSettings", "make_morec", "CTRLSettings", "make_ctrl", "RecformerSettings",
+           "make_recformer"]
