@@ -116,6 +116,20 @@ def stage1_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -> n
     return dot_scores(np.asarray(user_emb), np.asarray(item_emb), cands)
 
 
+def ctrl_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -> np.ndarray:
+    """float [M, C]: the fine-tuned CTRL model (``jaxrec.models.ctrl``) on ``eval_dataset``'s test
+    histories, with the cell's own context (its stage-1 aligned SASRec: never re-aligned)."""
+    import jax
+
+    from jaxrec.data.sequences import histories, user_sequences
+
+    context = ctx.prepared.contexts(ctx.model.context, ctx.cell.config)["test"]
+    context = context.replace(histories=histories(user_sequences(eval_dataset, log_report=False), "test",
+                                                  ctx.cell.config.max_seq_len))
+    user_emb, item_emb = jax.jit(ctx.model.embed)(ctx.result.params, context)
+    return dot_scores(np.asarray(user_emb), np.asarray(item_emb), cands)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row: ``model`` (a registered backbone) trained by ``jaxrec.fit`` with that backbone's
@@ -159,6 +173,14 @@ METHODS = (
            {"encoder": "minilm", "align_items": "text"}, **_S1),
     Method("stage1_ft_sbert", "stage 1, SBERT variant (q), fine-tuned MiniLM", "allmrec_stage1",
            {"encoder": "minilm", "text_finetune": True, "align_items": "text"}, **_S1),
+    # text-based sequence baselines of A-LLMRec's Table 1 (issue 24), item text by frozen MiniLM
+    Method("morec", "MoRec (frozen MiniLM + projection)", "morec", {"encoder": "minilm"}),
+    Method("morec_vectors", "MoRec (MiniLM-initialized trainable text vectors)", "morec",
+           {"encoder": "minilm", "text_tuning": "vectors"}),
+    Method("ctrl", "CTRL (InfoNCE pre-alignment, SASRec fine-tuned)", "ctrl", {"encoder": "minilm"},
+           score=ctrl_scores),
+    Method("recformer_like", "RECFORMER-like (MiniLM item sentences; no Longformer)", "recformer_like",
+           {"encoder": "minilm"}),
     Method("allmrec", "A-LLMRec (stage 2, LM rank)", "allmrec_stage2", {"lm": "smollm2"},
            paper="allmrec", score=None, on_stage1=True),
     # stage-2 variants (issue 22): the index answer (labelled candidates, one scored position),
