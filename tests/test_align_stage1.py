@@ -389,3 +389,42 @@ def test_frozen_text_without_a_text_source_is_a_config_error():
     assert config.embeddings is None and config.encoder is None
     with pytest.raises(ConfigError, match=r"embeddings=None, encoder=None: stage 1 needs item text embeddings"):
         s1.frozen_text_embeddings(None, config)
+
+
+# --------------------------------------------------------------------------- other backbones (Table 9)
+def test_align_stage1_over_a_gru4rec_run(tiny, tmp_path):
+    """Stage 1 aligns any sequential backbone run of the same interface (A-LLMRec Table 9): a GRU4Rec
+    run's last-position outputs are the users and its ID table the items; SASRec dispatches to SASRec."""
+    from jaxrec.methods.allmrec.stage2_inputs import sasrec_run_inputs, stage1_inputs
+    from jaxrec.models import gru4rec as g4
+
+    root, config, ds, emb = tiny
+    assert s1.backbone_module(sr.SASRecArch(num_items=3)) is sr  # the SASRec path is SASRec's own functions
+    gc = Config.for_model("gru4rec", dataset=config.dataset, candidates_dir=config.candidates_dir, embedding_size=8,
+                          hidden_size=8, max_seq_len=6, batch_size=32, learning_rate=0.01, epochs=1,
+                          full_view_topk=())
+    fit(get_model(gc), ds, gc, out_dir=tmp_path / "gru4rec", progress=False)
+    run = s1.load_sasrec_run(tmp_path / "gru4rec", ds)
+    assert run.backbone == "gru4rec" and isinstance(run.settings, g4.GRU4RecArch) and run.max_len == 6
+    c = config.replace(sasrec_run=str(tmp_path / "gru4rec"), epochs=1)
+    res = fit(get_model(c), ds, c, out_dir=tmp_path / "stage1_gru", progress=False)
+    assert np.isfinite(res.history[-1]["loss"]) and set(res.params) == {"item_ae", "text_ae"}
+    s1run = s1.load_stage1_run(tmp_path / "stage1_gru", ds)
+    hist = s1run.contexts["test"].histories
+    np.testing.assert_allclose(s1run.user_representations("test"),
+                               np.asarray(g4.user_representation(run.params, hist, run.settings)), rtol=1e-5, atol=1e-6)
+    joint = s1run.joint_item_embeddings()
+    p = jax.tree.map(np.asarray, res.params)
+    e, _ = _np_ae(p["item_ae"], np.asarray(run.params["item_embedding"][1:]))
+    q, _ = _np_ae(p["text_ae"], emb)
+    warm = np.bincount(ds.train.item, minlength=ds.num_items) > 0
+    np.testing.assert_allclose(joint, np.where(warm[:, None], e, q), rtol=1e-5, atol=1e-6)
+    inputs = stage1_inputs(s1run, ds)
+    assert inputs.user_rep["train"].shape == (ds.num_users, 8) and inputs.kind == "stage1"
+    fallback = sasrec_run_inputs(tmp_path / "gru4rec", ds)
+    assert "GRU4Rec fallback: no stage 1" in fallback.source
+    with pytest.raises(ConfigError, match="max_seq_len=5: the GRU4Rec run"):
+        from jaxrec.train import check_run  # noqa: PLC0415
+
+        c5 = c.replace(max_seq_len=5)
+        check_run(get_model(c5), ds, c5)

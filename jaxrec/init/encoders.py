@@ -16,6 +16,9 @@
   params) instead of torch; its cache id is the torch one plus that suffix, since its outputs
   differ by float rounding (an existing folder whose own name ends in ``-jax`` stays a torch
   folder);
+- a name registered in ``jaxrec.registry.TEXT_ENCODERS`` (built in: ``smollm2`` / ``smollm2-mean``
+  and ``smollm2-last``, SmolLM2-135M's mean- or last-token-pooled final hidden states,
+  ``jaxrec.text.lm_encoder``): loaded by its record, cached under its ``cache_id``;
 - any other name: a Hugging Face hub name, tried only when not offline
   (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``/``JAXREC_OFFLINE``); otherwise a clear error.
 
@@ -385,8 +388,22 @@ def _load_jax(base: str, dtype: str, cache_dir: str | Path | None, name: str) ->
     return Encoder(model, name, str(folder), model.dim)
 
 
+def registered_text_encoder(name_or_path: str | Path):
+    """The ``jaxrec.registry.TEXT_ENCODERS`` record named ``name_or_path`` (case-insensitive; e.g.
+    ``"smollm2"``, an LM's pooled hidden states), or None (an existing folder of that name wins)."""
+    from jaxrec.registry import TEXT_ENCODERS  # noqa: PLC0415
+
+    key = str(name_or_path).strip()
+    if not key or Path(key).expanduser().is_dir():
+        return None
+    name = key.lower()
+    return TEXT_ENCODERS.get(name) if name in TEXT_ENCODERS else None
+
+
 def load_encoder(name_or_path: str, device: str | None = None, cache_dir: str | Path | None = None) -> Encoder:
-    """Load a text encoder by short name (minilm, mpnet), local folder, or (online only) hub name.
+    """Load a text encoder by short name (minilm, mpnet), a registered text encoder
+    (``jaxrec.registry.TEXT_ENCODERS``: ``smollm2``, ``smollm2-last``: an LM's pooled hidden
+    states, ``jaxrec.text.lm_encoder``), local folder, or (online only) hub name.
 
     A ``-jax``/``-jax-bf16`` suffix loads the same folder into ``jaxrec.text`` (``device`` is
     then ignored: JAX uses its default device). ``cache_dir`` overrides where mpnet is
@@ -394,6 +411,10 @@ def load_encoder(name_or_path: str, device: str | None = None, cache_dir: str | 
     saying how to obtain a missing encoder (or which file of a folder is not as expected).
     """
     key = str(name_or_path).strip()
+    kind = registered_text_encoder(key)
+    if kind is not None:
+        model = kind.load()
+        return Encoder(model, kind.cache_id, getattr(model, "source", key), int(model.dim))
     base, jax_dtype = split_jax_suffix(key)
     if jax_dtype is not None:
         return _load_jax(base, jax_dtype, cache_dir, encoder_cache_id(key))
@@ -438,6 +459,9 @@ def encoder_cache_id(name_or_path: str | Path) -> str:
     """Stable id of an encoder *before* loading it: canonical name, ``<folder>#<fingerprint>``, or hub name
     (plus ``-jax``/``-jax-bf16`` for the JAX encoder)."""
     key = str(name_or_path).strip()
+    kind = registered_text_encoder(key)
+    if kind is not None:
+        return kind.cache_id
     base, jax_dtype = split_jax_suffix(key)
     if jax_dtype is not None:
         suffix = next(s for s, d in JAX_SUFFIXES.items() if d == jax_dtype)

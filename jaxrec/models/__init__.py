@@ -25,11 +25,14 @@ from jaxrec.models.base import (
     xavier_uniform_table,
 )
 from jaxrec.models.bert4rec import BERT4REC_DEFAULTS, BERT4RecSettings, make_bert4rec
+from jaxrec.models.ctrl import CTRL_DEFAULTS, CTRLSettings, make_ctrl
 from jaxrec.models.gru4rec import GRU4REC_DEFAULTS, GRU4RecSettings, make_gru4rec
 from jaxrec.models.lightgcn import LightGCNSettings, lightgcn_encoder, make_lightgcn
 from jaxrec.models.mf import MFSettings, make_mf, mf_encoder
+from jaxrec.models.morec import MOREC_DEFAULTS, MoRecSettings, make_morec
 from jaxrec.models.neumf import NEUMF_DEFAULTS, NeuMFSettings, check_neumf, make_neumf
 from jaxrec.models.nextitnet import NEXTITNET_DEFAULTS, NextItNetSettings, make_nextitnet
+from jaxrec.models.recformer import RECFORMER_DEFAULTS, RecformerSettings, make_recformer
 from jaxrec.models.sasrec import SASREC_DEFAULTS, SASRecSettings, check_no_graph, make_sasrec, sasrec_encoder
 from jaxrec.models.sgcl import SGCLSettings, make_sgcl
 from jaxrec.models.sgl import SGLSettings, check_in_batch, make_sgl
@@ -84,9 +87,15 @@ register_model("nextitnet", make_nextitnet, settings=NextItNetSettings, defaults
 register_model("bert4rec", make_bert4rec, settings=BERT4RecSettings, defaults=BERT4REC_DEFAULTS,
                check=check_no_graph)
 register_model("neumf", make_neumf, settings=NeuMFSettings, defaults=NEUMF_DEFAULTS, check=check_neumf)
+register_model("morec", make_morec, settings=MoRecSettings, defaults=MOREC_DEFAULTS, check=check_no_graph)
+register_model("ctrl", make_ctrl, settings=CTRLSettings, defaults=CTRL_DEFAULTS, check=check_no_graph)
+register_model("recformer_like", make_recformer, settings=RecformerSettings, defaults=RECFORMER_DEFAULTS,
+               check=check_no_graph)
 
 __all__ = ["Model", "Encoder", "SequenceEncoder", "TableSpec", "TableSettings", "Params", "get_model",
            "register_model", "init_tables", "xavier_uniform_table", "dot_scores", "lightgcn_encoder", "mf_encoder",
            "sasrec_encoder", "make_lightgcn", "make_mf", "make_sgl", "make_sgcl", "make_sasrec", "make_gru4rec",
-           "make_nextitnet", "make_neumf", "make_bert4rec", "MFSettings", "LightGCNSettings", "SGLSettings", "SGCLSettings", "SASRecSettings", "GRU4RecSettings",
-           "NextItNetSettings", "NeuMFSettings", "BERT4RecSettings"]
+           "make_nextitnet", "make_neumf", "make_bert4rec", "MFSettings", "LightGCNSettings", "SGLSettings",
+           "SGCLSettings", "SASRecSettings", "GRU4RecSettings", "NextItNetSettings", "NeuMFSettings",
+           "BERT4RecSettings", "MoRecSettings", "make_morec", "CTRLSettings", "make_ctrl", "RecformerSettings",
+           "make_recformer"]

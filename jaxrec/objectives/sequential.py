@@ -86,3 +86,22 @@ def bce_seq_term(config=None) -> Term:
         return bce_pos + bce_neg
 
     return Term("bce_seq", loss, batch_kind="sequences")
+
+
+@OBJECTIVES.register("text_bce_seq")
+def text_bce_seq_term(config=None) -> Term:
+    """``bce_seq`` for an encoder whose item table comes from the context (``jaxrec.models.textseq.
+    TextSequenceEncoder``: MoRec, CTRL's fine-tuning): outputs ``forward(params, seq, key, True,
+    context)`` [B, L, d] scored against ``items(params, context)`` [I + 1, d], the same BCE."""
+
+    def loss(x: LossInputs):
+        items = getattr(x.encoder, "items", None)
+        if items is None:
+            raise ValueError(f"objective 'text_bce_seq': encoder {x.encoder.name!r} has no items(params, context); "
+                             "it needs a jaxrec.models.textseq.TextSequenceEncoder")
+        seq, pos, neg = (x.batch[k] for k in ("seq", "pos", "neg"))
+        out = x.encoder.forward(x.params, seq, x.key, True, x.context)
+        bce_pos, bce_neg = next_item_bce(out, items(x.params, x.context), pos, neg)
+        return bce_pos + bce_neg
+
+    return Term("text_bce_seq", loss, batch_kind="sequences")

@@ -66,6 +66,7 @@ from jaxrec.data import DataError
 from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.data.sequences import histories, user_sequences
 from jaxrec.errors import JaxrecError
+from jaxrec.models import gru4rec as _gru4rec
 from jaxrec.models import sasrec as _sasrec
 from jaxrec.models.base import Encoder, Model
 from jaxrec.nn import PureModule, torch_uniform
@@ -91,6 +92,26 @@ class Stage1Error(JaxrecError, ValueError):
 
 
 # ----------------------------------------------------------------------------- networks
+#: The sequential backbones stage 1 can align (A-LLMRec Table 9: the method is model-agnostic):
+#: run model name -> its module, which has ``init_params(key, arch)``, ``sequence_output(params,
+#: seq, arch, key=, train=) -> [B, L, d]``, ``embed(params, histories, arch, chunk_size) ->
+#: (users [U, d], items [I, d])``, ``item_table(params) -> [I + 1, d]`` and
+#: ``arch_from_config(config, num_items)``; the user representation is the output at the last
+#: position, the item representation the ID table row (``item_embedding``).
+BACKBONES = {"sasrec": _sasrec, "gru4rec": _gru4rec}
+_ARCH_TYPES = {_sasrec.SASRecArch: _sasrec, _gru4rec.GRU4RecArch: _gru4rec}
+BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
+
+
+def backbone_module(arch):
+    """The module of the backbone whose architecture record ``arch`` is (``BACKBONES``)."""
+    try:
+        return _ARCH_TYPES[type(arch)]
+    except KeyError:
+        raise Stage1Error(f"backbone architecture {type(arch).__name__}: expected one of "
+                          f"{', '.join(t.__name__ for t in _ARCH_TYPES)} (a run of {', '.join(BACKBONES)})") from None
+
+
 class TwoLayerMLP(nnx.Module):
     """``__call__(x [..., dim]) -> (z = sigmoid(fc1 x) [..., joint], x_hat = fc2 z [..., dim])``
     (reference ``two_layer_mlp``)."""
@@ -221,45 +242,54 @@ def stage1_losses(params: Params, user, pos_item, neg_item, pos_text, neg_text, 
 # ----------------------------------------------------------------------------- SASRec run
 @dataclasses.dataclass(frozen=True)
 class SASRecRun:
-    """A finished SASRec run folder: its ``config`` (dict of results.json), ``settings``
-    (``SASRecArch``: the network's sizes), best ``params`` and the ``fingerprint`` of the dataset
-    it was trained on."""
+    """A finished run of a sequential backbone (``BACKBONES``: SASRec, GRU4Rec): its ``config``
+    (dict of results.json), ``settings`` (its architecture record, ``SASRecArch`` /
+    ``GRU4RecArch``), best ``params``, the ``fingerprint`` of the dataset it was trained on and the
+    ``backbone`` name."""
 
     path: Path
     config: dict
     settings: Any
     params: Params | None
     fingerprint: dict
+    backbone: str = "sasrec"
+
+    @property
+    def max_len(self) -> int:
+        """The run's ``max_seq_len`` (the histories it reads)."""
+        return int(self.config.get("max_seq_len", 50))
 
 
-def _finished_run(path, what: str, model: str) -> tuple[RunFolder, dict]:
-    """(the run folder, its results.json) of a finished ``model`` run; Stage1Error otherwise."""
+def _finished_run(path, what: str, *models: str) -> tuple[RunFolder, dict]:
+    """(the run folder, its results.json) of a finished run of one of ``models``; Stage1Error otherwise."""
     try:
         folder = RunFolder.read(path, what)
         results = folder.finished_results(what)
-        folder.require_model(model, what=what)
+        folder.require_model(*models, what=what)
     except RunFolderError as e:
         raise Stage1Error(str(e)) from None
     return folder, results
 
 
-def sasrec_settings_of(run_config: dict, num_items: int):
-    """``SASRecArch`` of a stored SASRec config dict (results.json ``config``)."""
+def sasrec_settings_of(run_config: dict, num_items: int, backbone: str = "sasrec"):
+    """The architecture record (``SASRecArch``, ``GRU4RecArch``) of a stored run config dict
+    (results.json ``config``) of ``backbone``."""
     from jaxrec.config import Config  # noqa: PLC0415
 
-    return _sasrec.arch_from_config(Config.from_dict(run_config, "SASRec run config"), num_items)
+    return BACKBONES[backbone].arch_from_config(Config.from_dict(run_config, f"{backbone} run config"), num_items)
 
 
 def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRun:
-    """Read a finished SASRec run folder (``jaxrec.fit`` with ``model="sasrec"``), through
-    ``jaxrec.train.runfolder.RunFolder``.
+    """Read a finished run folder of a sequential backbone (``jaxrec.fit`` with ``model="sasrec"``,
+    or any of ``BACKBONES``: ``"gru4rec"``), through ``jaxrec.train.runfolder.RunFolder``.
 
     dataset: when given, the folder must have been trained on it (same dataset fingerprint:
     name, sizes and split hash), else ``DataError`` naming the differing fields.
     Raises Stage1Error for a folder that is not a finished SASRec run.
     """
     path = Path(path).expanduser()
-    folder, data = _finished_run(path, "sasrec_run", "sasrec")
+    folder, data = _finished_run(path, "sasrec_run", *BACKBONES)
+    backbone = folder.model_name
     fp = data["dataset"]
     if dataset is not None:
         ours = dataset_fingerprint(dataset)
@@ -268,15 +298,15 @@ def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRu
             raise DataError(f"sasrec_run={str(path)!r}: trained on another dataset or split than {dataset.name!r}: "
                             + ", ".join(f"{k} {a!r} (run) vs {b!r} (here)" for k, (a, b) in diff.items())
                             + "; train SASRec on this dataset with the same split and seed first")
-    settings = sasrec_settings_of(data["config"], int(fp["num_items"]))
+    settings = sasrec_settings_of(data["config"], int(fp["num_items"]), backbone)
     params = None
     if with_params:
-        shapes = jax.eval_shape(lambda k: _sasrec.init_params(k, settings), jax.random.key(0))
+        shapes = jax.eval_shape(lambda k: BACKBONES[backbone].init_params(k, settings), jax.random.key(0))
         try:
             params = jax.tree.map(jnp.asarray, folder.restore_params(shapes, "best"))
         except RunFolderError as e:
             raise Stage1Error(f"sasrec_run={str(path)!r}: {e}") from None
-    return SASRecRun(path, data["config"], settings, params, fp)
+    return SASRecRun(path, data["config"], settings, params, fp, backbone)
 
 
 # ----------------------------------------------------------------------------- text inputs
@@ -476,7 +506,8 @@ def cross_domain_embeddings(params: Params, sasrec_params: Params, settings, tar
     items = decode_items(params, text_latents(params, target_text))
     table = jnp.concatenate([jnp.zeros((1, items.shape[1]), items.dtype), items])
     target = dataclasses.replace(settings, num_items=int(items.shape[0]))
-    user, _ = _sasrec.embed({**sasrec_params, "item_embedding": table}, target_histories, target, chunk_size)
+    user, _ = backbone_module(settings).embed({**sasrec_params, "item_embedding": table}, target_histories, target,
+                                              chunk_size)
     return user, items
 
 
@@ -487,9 +518,9 @@ def _check_stage1(dataset, config) -> None:
         raise ConfigError("sasrec_run=None: stage 1 needs the folder of a finished SASRec run (jaxrec.fit, "
                           "model='sasrec') on the same dataset and split")
     run = load_sasrec_run(config.sasrec_run, dataset, with_params=False)
-    if run.settings.max_len != config.max_seq_len:
-        raise ConfigError(f"max_seq_len={config.max_seq_len}: the SASRec run {config.sasrec_run} was trained with "
-                          f"max_seq_len={run.settings.max_len}; use that value")
+    if run.max_len != config.max_seq_len:
+        raise ConfigError(f"max_seq_len={config.max_seq_len}: the {BACKBONE_LABELS[run.backbone]} run {config.sasrec_run} was trained "
+                          f"with max_seq_len={run.max_len}; use that value")
     user_sequences(dataset, log_report=False)
 
 
@@ -511,7 +542,7 @@ def _text_rows(x_params, ctx: Stage1Context, rows, key, train):
 def _batch_losses(x: LossInputs, positions: str) -> dict[str, jax.Array]:
     ctx, batch = x.context, x.batch
     seq, pos, neg = (jnp.asarray(batch[k]) for k in ("seq", "pos", "neg"))
-    out = _sasrec.sequence_output(ctx.sasrec, seq, ctx.arch, train=False)  # [B, L, d], frozen, no dropout
+    out = backbone_module(ctx.arch).sequence_output(ctx.sasrec, seq, ctx.arch, train=False)  # [B, L, d], frozen
     if positions == "last":
         out, pos, neg = out[:, -1], pos[:, -1], neg[:, -1]
     else:
@@ -623,7 +654,7 @@ def stage1_encoder(config) -> Encoder:
         return params
 
     def embed(params, ctx: Stage1Context):
-        user, items = _sasrec.embed(ctx.sasrec, ctx.histories, ctx.arch, chunk_size=chunk)
+        user, items = backbone_module(ctx.arch).embed(ctx.sasrec, ctx.histories, ctx.arch, chunk_size=chunk)
         text = item_text_vectors(params, ctx)
         if side == "text":
             z = text_latents(params, text)
@@ -727,7 +758,7 @@ class Stage1Run:
         if target_text.shape[0] != target_dataset.num_items:
             raise Stage1Error(f"target_text: {target_text.shape[0]} rows; expected one per item of "
                               f"{target_dataset.name!r} ({target_dataset.num_items})")
-        hist = histories(user_sequences(target_dataset, log_report=False), "test", self.sasrec.settings.max_len)
+        hist = histories(user_sequences(target_dataset, log_report=False), "test", self.sasrec.max_len)
         user, items = cross_domain_embeddings(self.params, self.contexts["test"].sasrec, self.sasrec.settings,
                                               target_text, hist)
         return np.asarray(user), np.asarray(items)
@@ -747,7 +778,8 @@ class Stage1Run:
         if stage not in ("train", "valid", "test"):
             raise Stage1Error(f"stage={stage!r}: expected 'train', 'valid' or 'test'")
         ctx = self.contexts[stage]
-        return np.asarray(_sasrec.embed(ctx.sasrec, ctx.histories, self.sasrec.settings)[0])
+        return np.asarray(backbone_module(self.sasrec.settings).embed(ctx.sasrec, ctx.histories,
+                                                                      self.sasrec.settings)[0])
 
 
 def load_stage1_run(path, dataset, **overrides) -> Stage1Run:
@@ -793,4 +825,4 @@ __all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun
            "Stage1Settings", "cross_domain_embeddings", "make_stage1", "stage1_encoder", "check_config",
            "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "item_text_vectors",
            "uses_precomputed_text", "encoder_folder", "STAGE1_CONTEXT", "TERM_BUILDERS",
-           "STAGE1_DEFAULTS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM"]
+           "STAGE1_DEFAULTS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM", "BACKBONES", "backbone_module"]

@@ -149,26 +149,33 @@ def stage_examples(data, stage: str, history: int = 10) -> StageExamples:
     return StageExamples(users, rows, target[users], np.asarray(s.user_ids)[users])
 
 
-def sasrec_user_reps(params, settings, data, stages=STAGES) -> dict[str, np.ndarray]:
-    """``{stage: float32 [U, d]}``: SASRec's last-position output (``jaxrec.models.sasrec.embed``)
-    over each stage's ``stage_histories`` at ``settings.max_len`` (module docstring)."""
-    from jaxrec.models import sasrec
+def sasrec_user_reps(params, settings, data, stages=STAGES, max_len: int | None = None) -> dict[str, np.ndarray]:
+    """``{stage: float32 [U, d]}``: the sequential backbone's last-position output (SASRec's
+    ``jaxrec.models.sasrec.embed``, or GRU4Rec's for a ``GRU4RecArch``: ``jaxrec.methods.allmrec.
+    stage1.BACKBONES``) over each stage's ``stage_histories`` at ``max_len`` (default
+    ``settings.max_len``, SASRec's; GRU4Rec's runs pass their ``max_seq_len``)."""
+    from jaxrec.methods.allmrec.stage1 import backbone_module  # noqa: PLC0415
 
+    module = backbone_module(settings)
+    length = max_len if max_len is not None else settings.max_len
     s = _sequences(data)
-    return {stage: np.asarray(sasrec.embed(params, stage_histories(s, stage, settings.max_len)[0], settings)[0])
+    return {stage: np.asarray(module.embed(params, stage_histories(s, stage, length)[0], settings)[0])
             for stage in stages}
 
 
 def sasrec_inputs(params, settings, dataset: Dataset, source: str = "SASRec parameters",
-                  sequences: Sequences | None = None) -> Stage2Inputs:
-    """The fallback without stage 1: SASRec's user representations per stage
-    (``sasrec_user_reps``) and SASRec's own item table (without its padding row) as the item
-    embeddings (k = d)."""
+                  sequences: Sequences | None = None, max_len: int | None = None) -> Stage2Inputs:
+    """The fallback without stage 1: SASRec's (or another sequential backbone's) user
+    representations per stage (``sasrec_user_reps``) and its own item table (without its padding
+    row) as the item embeddings (k = d)."""
     from jaxrec.models import sasrec
 
-    reps = sasrec_user_reps(params, settings, sequences if sequences is not None else dataset)
+    reps = sasrec_user_reps(params, settings, sequences if sequences is not None else dataset, max_len=max_len)
     item = np.asarray(sasrec.item_table(params))[1:]
     return Stage2Inputs(reps, item, "sasrec", source, dataset_fingerprint(dataset), item).check(dataset)
+
+
+_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
 
 
 def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
@@ -178,7 +185,8 @@ def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
     from jaxrec.methods.allmrec.stage1 import load_sasrec_run  # noqa: PLC0415
 
     run = load_sasrec_run(run_dir, dataset)
-    return sasrec_inputs(run.params, run.settings, dataset, source=f"{run.path} (SASRec fallback: no stage 1)")
+    return sasrec_inputs(run.params, run.settings, dataset, source=f"{run.path} ({_LABELS.get(run.backbone, run.backbone)} fallback: no stage 1)",
+                         max_len=run.max_len)
 
 
 def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
@@ -200,7 +208,7 @@ def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
 
     run = stage1_run if isinstance(stage1_run, Stage1Run) else load_stage1_run(stage1_run, dataset)
     frozen = run.contexts["test"].sasrec
-    reps = {"train": sasrec_user_reps(frozen, run.sasrec.settings, dataset, ("train",))["train"],
+    reps = {"train": sasrec_user_reps(frozen, run.sasrec.settings, dataset, ("train",), run.sasrec.max_len)["train"],
             "valid": run.user_representations("valid"), "test": run.user_representations("test")}
     fingerprint = RunFolder.read(run.path, "stage-1 run").fingerprint
     decoded = np.asarray(run.recommender_embeddings("test")[1], np.float32)
