@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"stage-2 setting: {'; '.join(f'{k} = {v[0]}' for k, v in VARIANTS.items())} "
                         f"(default {DEFAULT_VARIANT})")
     p.add_argument("--budget-minutes", type=float, default=None,
-                   help="wall-clock budget of the whole command: stage 2 trains until it is spent (less a "
-                        "reserve for its test evaluation), then is tested; writes OUT/summary.json")
+                   help="wall-clock budget of SASRec (at most 25%%), stage 1 (at most 10%%) and stage 2, which trains "
+                        "until another epoch would overrun it less a reserve for its test evaluation, then is "
+                        "tested; writes OUT/summary.json. The filter-then-rerank runs after it (--no-rerank skips it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="stage-2 config overrides (repeatable), e.g. lm_max_new_tokens=32")
     p.add_argument("--out", type=Path, default=None,
