@@ -60,9 +60,9 @@ from flax import nnx
 
 from jaxrec.config import ModelSettings
 from jaxrec.errors import JaxrecError
-from jaxrec.models.base import Model, SequenceEncoder, TableSpec
+from jaxrec.models.base import Model, SequenceEncoder
 from jaxrec.models.dropout import HashDropout
-from jaxrec.models.sequential import check_sequences, chunked_users
+from jaxrec.models.sequential import check_sequences, chunked_users, id_sequence_encoder
 from jaxrec.nn import PureModule, normal
 from jaxrec.nn import init_params as _init_pure
 from jaxrec.objectives import LossInputs, Term, weighted_sum
@@ -319,23 +319,8 @@ def bert4rec_encoder(config) -> SequenceEncoder:
     """The BERT4Rec ``SequenceEncoder``: ``embed(params, histories)`` as ``embed`` above;
     ``forward(params, seq, key, train)`` = ``sequence_output`` (bidirectional; not a next-item
     model: train it with ``cloze``, not ``bce_seq`` / ``ce_seq``)."""
-    chunk = config.eval_chunk
-
-    def arch_of(params) -> BERT4RecArch:
-        return arch_from_config(config, params["item_embedding"].shape[0] - 1)
-
-    def init(key, num_users, num_items):
-        return init_params(key, arch_from_config(config, num_items))
-
-    def embed_fn(params, histories):
-        return embed(params, histories, arch_of(params), chunk_size=chunk)
-
-    def forward(params, seq, key=None, train=False):
-        return sequence_output(params, seq, arch_of(params), key=key, train=train)
-
-    enc = SequenceEncoder(name="bert4rec", init=init, embed=embed_fn, forward=forward,
-                          item_table=TableSpec("item_embedding", offset=1))
-    return enc
+    return id_sequence_encoder("bert4rec", config, arch_from_config=arch_from_config, init_params=init_params,
+                               embed=embed, sequence_output=sequence_output)
 
 
 def cloze_term(config) -> Term:

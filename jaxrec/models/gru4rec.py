@@ -67,9 +67,9 @@ from flax import nnx
 
 from jaxrec.config import ModelSettings
 from jaxrec.errors import JaxrecError
-from jaxrec.models.base import Model, SequenceEncoder, TableSpec
+from jaxrec.models.base import Model, SequenceEncoder
 from jaxrec.models.dropout import HashDropout
-from jaxrec.models.sequential import SEQ_LOSSES, check_sequences, chunked_users
+from jaxrec.models.sequential import SEQ_LOSSES, check_sequences, chunked_users, id_sequence_encoder
 from jaxrec.nn import PureModule, torch_uniform, xavier_normal, xavier_uniform
 from jaxrec.nn import init_params as _init_pure
 from jaxrec.objectives import term, weighted_sum
@@ -301,22 +301,8 @@ def gru4rec_encoder(config) -> SequenceEncoder:
     histories [U, L])`` = (last-position outputs [U, d], item table rows 1.. [I, d]), users in
     chunks of ``config.eval_chunk``; ``forward(params, seq, key, train)`` = ``sequence_output``;
     item table ``TableSpec("item_embedding", offset=1)``, no user table."""
-    chunk = config.eval_chunk
-
-    def arch_of(params) -> GRU4RecArch:
-        return arch_from_config(config, params["item_embedding"].shape[0] - 1)
-
-    def init(key, num_users, num_items):
-        return init_params(key, arch_from_config(config, num_items))
-
-    def embed_fn(params, histories):
-        return embed(params, histories, arch_of(params), chunk_size=chunk)
-
-    def forward(params, seq, key=None, train=False):
-        return sequence_output(params, seq, arch_of(params), key=key, train=train)
-
-    return SequenceEncoder(name="gru4rec", init=init, embed=embed_fn, forward=forward,
-                           item_table=TableSpec("item_embedding", offset=1))
+    return id_sequence_encoder("gru4rec", config, arch_from_config=arch_from_config, init_params=init_params,
+                               embed=embed, sequence_output=sequence_output)
 
 
 def make_gru4rec(config) -> Model:

@@ -48,3 +48,31 @@ def chunked_users(user_fn: Callable[[jax.Array], jax.Array], histories: jax.Arra
 
 
 __all__ = ["check_sequences", "chunked_users", "SEQ_LOSSES"]
+
+
+def id_sequence_encoder(name: str, config, *, arch_from_config: Callable, init_params: Callable, embed: Callable,
+                        sequence_output: Callable):
+    """The ``SequenceEncoder`` of an ID-based sequential backbone (GRU4Rec, NextItNet, BERT4Rec)
+    from its module's functions: ``init(key, num_users, num_items)`` = ``init_params(key,
+    arch_from_config(config, num_items))``; ``embed(params, histories [U, L])`` = the module's
+    ``embed`` (users in chunks of ``config.eval_chunk``); ``forward(params, seq, key, train)`` =
+    ``sequence_output``; the architecture is read back from the item table's rows (row 0 is
+    padding: ``TableSpec("item_embedding", offset=1)``); no user table."""
+    from jaxrec.models.base import SequenceEncoder, TableSpec  # noqa: PLC0415
+
+    chunk = config.eval_chunk
+
+    def arch_of(params):
+        return arch_from_config(config, params["item_embedding"].shape[0] - 1)
+
+    def init(key, num_users, num_items):
+        return init_params(key, arch_from_config(config, num_items))
+
+    def embed_fn(params, histories):
+        return embed(params, histories, arch_of(params), chunk_size=chunk)
+
+    def forward(params, seq, key=None, train=False):
+        return sequence_output(params, seq, arch_of(params), key=key, train=train)
+
+    return SequenceEncoder(name=name, init=init, embed=embed_fn, forward=forward,
+                           item_table=TableSpec("item_embedding", offset=1))
