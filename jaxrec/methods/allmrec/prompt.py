@@ -375,6 +375,12 @@ class PromptBuilder:
             self._check_fits(names[k], len(ids), reserve, "more tokens to generate or score")
         cap = None if self.max_positions is None else self.max_positions - reserve
         width = _bucket(max(len(r[0]) for r in rows), self.bucket, cap)
+        return self._left_padded(rows, users, histories, candidates, size, b, width)
+
+    def _left_padded(self, rows, users, histories, candidates, size: int, b: int, width: int) -> dict:
+        """The batch arrays of ``rows`` ((ids, slot) per user), left-padded to ``width``: ``user``,
+        ``valid`` (rows ``b..size-1`` repeat row 0 and are 0), ``ids``, ``mask``, ``slot`` and
+        ``soft_items`` [size, history + C]."""
         out = {"user": np.zeros(size, np.int32), "valid": np.zeros(size, np.int32),
                "ids": np.zeros((size, width), np.int32), "mask": np.zeros((size, width), np.int32),
                "slot": np.full((size, width), -1, np.int32),
@@ -519,26 +525,14 @@ class IndexPromptBuilder(PromptBuilder):
         for k, (ids, _) in enumerate(rows):
             self._check_fits(names[k], len(ids), 0, "tokens")
         width = _bucket(max(len(r[0]) for r in rows), self.bucket, self.max_positions)
-        out = {"user": np.zeros(size, np.int32), "valid": np.zeros(size, np.int32),
-               "ids": np.zeros((size, width), np.int32), "mask": np.zeros((size, width), np.int32),
-               "slot": np.full((size, width), -1, np.int32),
-               "soft_items": np.full((size, self.history + candidates.shape[1]), -1, np.int32),
-               "target": np.full(size, -1, np.int32)}
-        for k in range(size):
-            src = k if k < b else 0
-            ids, slot = rows[src]
-            n = len(ids)
-            out["user"][k], out["valid"][k] = users[src], int(k < b)
-            out["ids"][k, width - n:] = ids
-            out["mask"][k, width - n:] = 1
-            out["slot"][k, width - n:] = slot
-            out["soft_items"][k] = self._soft_items(histories[src], candidates[src])
-            if targets is not None and k < b:
-                hit = np.flatnonzero(candidates[src] == targets[src])
-                if hit.size != 1:
-                    raise PromptError(f"user {names[src]!r}: the target {int(targets[src])} is {hit.size} times among "
-                                      f"the candidates; expected once")
-                out["target"][k] = hit[0]
+        out = self._left_padded(rows, users, histories, candidates, size, b, width)
+        out["target"] = np.full(size, -1, np.int32)
+        for k in range(b if targets is not None else 0):
+            hit = np.flatnonzero(candidates[k] == targets[k])
+            if hit.size != 1:
+                raise PromptError(f"user {names[k]!r}: the target {int(targets[k])} is {hit.size} times among "
+                                  f"the candidates; expected once")
+            out["target"][k] = hit[0]
         return out
 
     def training_batch(self, users, histories, candidates, targets, *, user_names=None, size=None):

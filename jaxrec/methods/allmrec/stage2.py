@@ -400,6 +400,20 @@ def soft_tables(params: Params, ctx: Stage2Context) -> tuple[jax.Array, jax.Arra
 _index_logits_jit = jax.jit(lambda params, ctx, batch: index_logits(params, ctx, batch))
 
 
+def _evaluation_rows(users, histories, candidates, shown, user_names):
+    """(users int32 [M], candidates int32 [M, C], shown [M, C], names [M]) of an evaluation call,
+    checked to hold one row per user (Stage2Error naming the shapes); ``shown`` defaults to the
+    given order, ``names`` to the user indices."""
+    users = np.asarray(users, np.int32)
+    cands = np.asarray(candidates, np.int32)
+    m = len(users)
+    if cands.shape[0] != m or len(histories) != m:
+        raise Stage2Error(f"users {users.shape}, histories {len(histories)}, candidates {cands.shape}: expected "
+                          f"one row each")
+    shown = np.tile(np.arange(cands.shape[1]), (m, 1)) if shown is None else np.asarray(shown)
+    return users, cands, shown, (user_names if user_names is not None else users)
+
+
 def evaluate_index(params: Params, ctx: Stage2Context, users, histories: Sequence[Sequence[int]], candidates, *,
                    shown=None, user_names=None, batch_size: int = 16, progress: bool = False) -> LMEvaluation:
     """Rank every user's candidates by the label logits of one forward pass (``index_logits``).
@@ -409,14 +423,8 @@ def evaluate_index(params: Params, ctx: Stage2Context, users, histories: Sequenc
     column 0); ``lengths`` are 1 and there is no generation. Stage2Error otherwise."""
     if not ctx.index:
         raise Stage2Error("evaluate_index: the context's prompts answer with titles; use evaluate_lm")
-    users = np.asarray(users, np.int32)
-    cands = np.asarray(candidates, np.int32)
+    users, cands, shown, names = _evaluation_rows(users, histories, candidates, shown, user_names)
     m = len(users)
-    if cands.shape[0] != m or len(histories) != m:
-        raise Stage2Error(f"users {users.shape}, histories {len(histories)}, candidates {cands.shape}: expected "
-                          f"one row each")
-    shown = np.tile(np.arange(cands.shape[1]), (m, 1)) if shown is None else np.asarray(shown)
-    names = user_names if user_names is not None else users
     scores = np.zeros(cands.shape, np.float32)
     t0 = time.perf_counter()
     rows_iter = list(_batches(m, batch_size))
@@ -582,14 +590,8 @@ def evaluate_lm(ctx: Stage2Context, tokens: tuple, users, histories: Sequence[Se
     Returns an ``LMEvaluation``.
     """
     lm_params = ctx.lm_params if lm_params is None else lm_params
-    users = np.asarray(users, np.int32)
-    cands = np.asarray(candidates, np.int32)
+    users, cands, shown, names = _evaluation_rows(users, histories, candidates, shown, user_names)
     m = len(users)
-    if cands.shape[0] != m or len(histories) != m:
-        raise Stage2Error(f"users {users.shape}, histories {len(histories)}, candidates {cands.shape}: expected "
-                          f"one row each")
-    shown = np.tile(np.arange(cands.shape[1]), (m, 1)) if shown is None else np.asarray(shown)
-    names = user_names if user_names is not None else users
     pb = ctx.prompts
     cont_ids, cont_mask = pb.continuations(cands)
     reserve = max(cont_ids.shape[-1], max_new_tokens if generate else 0)
