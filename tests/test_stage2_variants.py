@@ -252,11 +252,36 @@ def test_score_probe_reads_each_candidates_score(tiny_lm):
     assert ctx.settings.item_dim == 6
     p = init_params(jax.random.PRNGKey(0), ctx.settings)
     _, got = batch_vectors(p, ctx, np.array([2]), np.array([[1, 6]]))
-    x = np.concatenate([joint[[1, 6]], (score_items[[1, 6]] @ user[2])[:, None]], axis=1).astype(np.float32)
+    every = score_items @ user[2]  # user 2's score of every item: the z-score's mean and std
+    z = (every[[1, 6]] - every.mean()) / every.std()
+    x = np.concatenate([joint[[1, 6]], z[:, None]], axis=1).astype(np.float32)
     np.testing.assert_allclose(np.asarray(got)[0], np.asarray(project(p, ctx.settings, None, x)[1]), rtol=1e-4,
                                atol=1e-5)
     with pytest.raises(Stage2Error, match="score_items has shape"):
         make_context(model, params, user, joint, index_builder(tok), score_items=score_items[:, :3])
+
+
+def test_score_probe_scores_with_the_raw_users_when_inputs_are_standardized(tiny_lm):
+    """With ``input_norm="standardize"`` the projector reads z-scored user vectors, whose dot
+    products with the item vectors are not the recommender's scores (on ml-100k's SASRec: Spearman
+    0.52 with the real order, the top candidate the same for 32 % of users). The probe must score
+    with the raw vectors: the feature is the numpy z-score of the recommender's own scores."""
+    _, model, params, tok, _ = tiny_lm
+    rng = np.random.default_rng(15)
+    raw = rng.normal(size=(4, 6)) * np.array([5.0, 0.1, 3, 0.2, 1, 7]) + 2.0
+    score_items = rng.normal(size=(8, 6))
+    users, joint = stage2_fit.standardize_inputs({"train": raw, "valid": raw, "test": raw}, rng.normal(size=(8, 5)))
+    ctx = make_context(model, params, users["test"], joint, index_builder(tok), score_items=score_items,
+                       score_users=raw)
+    p = init_params(jax.random.PRNGKey(1), ctx.settings)
+    _, got = batch_vectors(p, ctx, np.array([3]), np.array([[0, 4, 7]]))
+    every = score_items @ raw[3]
+    x = np.concatenate([joint[[0, 4, 7]], ((every[[0, 4, 7]] - every.mean()) / every.std())[:, None]], axis=1)
+    np.testing.assert_allclose(np.asarray(got)[0], np.asarray(project(p, ctx.settings, None, x.astype(np.float32))[1]),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(Stage2Error, match="score_users has shape"):
+        make_context(model, params, users["test"], joint, index_builder(tok), score_items=score_items,
+                     score_users=raw[:2])
 
 
 def test_curriculum_rows_keep_their_placeholder_tokens(tiny_lm):

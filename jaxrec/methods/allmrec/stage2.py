@@ -225,7 +225,9 @@ class Stage2Context:
     lm: LanguageModel = struct.field(pytree_node=False)
     settings: Stage2Arch = struct.field(pytree_node=False)
     prompts: PromptBuilder = struct.field(pytree_node=False)
-    score_items: Any = None  # float32 [I, d]: items scored against user_rep (the score probe), or None
+    score_items: Any = None  # float32 [I, d]: items scored against score_users (the score probe), or None
+    score_users: Any = None  # float32 [U, d]: the recommender's own user vectors the probe scores with
+    score_stats: Any = None  # float32 [U, 2]: each user's mean and std of its score over every item
     label_prior: Any = None  # float32 [C]: the LM's label logits on content-free prompts (subtracted), or None
     token_norm: float = struct.field(pytree_node=False, default=0.0)  # > 0: every soft token has this norm
     lora_alpha: float = struct.field(pytree_node=False, default=16.0)
@@ -237,13 +239,17 @@ class Stage2Context:
 
 
 def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder, *,
-                 score_items=None, token_norm: float = 0.0, lora_alpha: float = 16.0,
+                 score_items=None, score_users=None, token_norm: float = 0.0, lora_alpha: float = 16.0,
                  label_prior=None) -> Stage2Context:
     """A ``Stage2Context`` after checking shapes (Stage2Error naming the array).
 
     ``score_items`` [I, d] (optional): the recommender's item vectors; with them the item projector
-    also reads each candidate's score ``user_rep[u] . score_items[i]`` (the upper-bound probe:
-    ``Stage2Arch.item_dim`` = k + 1). ``token_norm`` > 0 rescales every soft token to that L2 norm
+    also reads each candidate's score (the upper-bound probe: ``Stage2Arch.item_dim`` = k + 1), the
+    recommender's own ``s = score_users[u] . score_items[i]`` as a z-score over every item for that
+    user, ``(s - mean_i s) / std_i s`` (scale-free; the same order as the recommender's).
+    ``score_users`` [U, d]: the user vectors as the recommender scores with them (default
+    ``user_rep``; pass the raw ones when ``user_rep`` was standardized, whose dot products are not
+    the recommender's scores). ``token_norm`` > 0 rescales every soft token to that L2 norm
     (``lm_token_norm``: the LM's own embedding rows' mean norm). ``label_prior`` [C]: subtracted from
     the index answer's label logits (``content_free_prior``)."""
     user_rep, item_emb = jnp.asarray(user_rep, jnp.float32), jnp.asarray(item_emb, jnp.float32)
@@ -252,19 +258,39 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
     if item_emb.shape[0] != prompts.num_items:
         raise Stage2Error(f"item_emb has {item_emb.shape[0]} rows; the prompt builder has {prompts.num_items} titles; "
                           f"expected one per item")
+    score_stats = None
     if score_items is not None:
+        score_users = user_rep if score_users is None else jnp.asarray(score_users, jnp.float32)
         score_items = jnp.asarray(score_items, jnp.float32)
+        if score_users.shape != user_rep.shape:
+            raise Stage2Error(f"score_users has shape {score_users.shape}; expected {tuple(user_rep.shape)} "
+                              f"(one raw vector per user of user_rep)")
         if score_items.shape != (item_emb.shape[0], user_rep.shape[1]):
             raise Stage2Error(f"score_items has shape {score_items.shape}; expected [{item_emb.shape[0]}, "
                               f"{user_rep.shape[1]}] (items in the user representations' space)")
+        score_stats = user_score_stats(score_users, score_items)
+    elif score_users is not None:
+        raise Stage2Error("score_users without score_items: the probe needs both (or neither)")
     k = int(item_emb.shape[1]) + (score_items is not None)
     settings = Stage2Arch(int(user_rep.shape[1]), k, int(lm.config.embed_dim))
     if label_prior is not None:
         label_prior = jnp.asarray(label_prior, jnp.float32)
         if not isinstance(prompts, IndexPromptBuilder) or label_prior.shape != (len(prompts.label_ids),):
             raise Stage2Error(f"label_prior {label_prior.shape}: expected one logit per label of an index prompt")
-    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items, label_prior,
+    return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items,
+                         score_users if score_items is not None else None, score_stats, label_prior,
                          float(token_norm), float(lora_alpha))
+
+
+def user_score_stats(score_users, score_items, chunk: int = 1024) -> jax.Array:
+    """float32 [U, 2]: each user's mean and std (floored at 1e-6) of ``score_users[u] . score_items[i]``
+    over every item i, in chunks of ``chunk`` users (never the whole [U, I] matrix at once)."""
+    users, items = np.asarray(score_users, np.float32), np.asarray(score_items, np.float32)
+    out = np.empty((users.shape[0], 2), np.float32)
+    for lo in range(0, users.shape[0], chunk):
+        s = users[lo:lo + chunk].astype(np.float64) @ items.T.astype(np.float64)
+        out[lo:lo + chunk, 0], out[lo:lo + chunk, 1] = s.mean(axis=1), np.maximum(s.std(axis=1), 1e-6)
+    return jnp.asarray(out)
 
 
 def lm_token_norm(lm: LanguageModel, lm_params: Params) -> float:
@@ -276,13 +302,16 @@ def lm_token_norm(lm: LanguageModel, lm_params: Params) -> float:
 def batch_vectors(params: Params, ctx: Stage2Context, user, soft_items):
     """(user_vec [B, E], item_vecs [B, S, E]): the projected user representation of ``user`` [B]
     and joint embeddings of ``soft_items`` [B, S] (-1 slots get item 0's; they are never placed).
-    With the score probe the item projector also reads each item's score for the row's user; with
+    With the score probe the item projector also reads each item's score for the row's user (the
+    recommender's score as a z-score over that user's scores of every item, ``make_context``); with
     ``ctx.token_norm`` every vector is rescaled to that norm."""
     user = jnp.asarray(user)
     items = jnp.maximum(jnp.asarray(soft_items), 0)
     item_in = ctx.item_emb[items]
     if ctx.score_items is not None:
-        score = jnp.einsum("bd,bsd->bs", ctx.user_rep[user], ctx.score_items[items])
+        stats = ctx.score_stats[user]  # [B, 2]
+        raw = jnp.einsum("bd,bsd->bs", ctx.score_users[user], ctx.score_items[items])
+        score = (raw - stats[:, :1]) / stats[:, 1:]
         item_in = jnp.concatenate([item_in, score[..., None]], axis=-1)
     user_vec, item_vecs = project(params, ctx.settings, ctx.user_rep[user], item_in)
     if ctx.token_norm > 0:

@@ -194,9 +194,11 @@ def stage2_contexts(dataset, config) -> dict:
     log.info("stage 2: %s LM %s (%d layers, width %d), %s inputs from %s (user d=%d, item k=%d), answer %s",
              lm.config.arch, config.lm, lm.config.num_layers, lm.config.embed_dim, inputs.kind, inputs.source,
              inputs.user_dim, inputs.item_dim, config.answer)
-    score = dict(score_items=inputs.score_items) if config.score_probe else {}
+    # the probe scores with the raw user vectors: standardized ones do not give the recommender's order
+    score = (lambda s: dict(score_items=inputs.score_items, score_users=inputs.user_rep[s])) if config.score_probe \
+        else (lambda s: {})
     return {s: make_context(lm, lm_params, user_rep[s], item_emb, prompts, token_norm=norm,
-                            lora_alpha=config.lora_alpha, label_prior=prior, **score) for s in STAGES}
+                            lora_alpha=config.lora_alpha, label_prior=prior, **score(s)) for s in STAGES}
 
 
 #: Content-free prompts averaged for the label prior (``calibrate``).
