@@ -251,10 +251,12 @@ def test_score_probe_reads_each_candidates_score(tiny_lm):
     ctx = make_context(model, params, user, joint, index_builder(tok), score_items=score_items)
     assert ctx.settings.item_dim == 6
     p = init_params(jax.random.PRNGKey(0), ctx.settings)
-    _, got = batch_vectors(p, ctx, np.array([2]), np.array([[1, 6]]))
-    every = score_items @ user[2]  # user 2's score of every item: the z-score's mean and std
-    z = (every[[1, 6]] - every.mean()) / every.std()
-    x = np.concatenate([joint[[1, 6]], z[:, None]], axis=1).astype(np.float32)
+    # 2 history slots, then the 4 options: only the options carry their score
+    slots = [1, 6, 2, 3, 0, 5]
+    _, got = batch_vectors(p, ctx, np.array([2]), np.array([slots]))
+    s = score_items[slots[2:]] @ user[2]  # the 4 options' scores for user 2
+    z = np.concatenate([[0.0, 0.0], 4 * np.exp(s - s.max()) / np.exp(s - s.max()).sum() - 1])  # C p - 1
+    x = np.concatenate([joint[slots], z[:, None]], axis=1).astype(np.float32)
     np.testing.assert_allclose(np.asarray(got)[0], np.asarray(project(p, ctx.settings, None, x)[1]), rtol=1e-4,
                                atol=1e-5)
     with pytest.raises(Stage2Error, match="score_items has shape"):
@@ -274,9 +276,11 @@ def test_score_probe_scores_with_the_raw_users_when_inputs_are_standardized(tiny
     ctx = make_context(model, params, users["test"], joint, index_builder(tok), score_items=score_items,
                        score_users=raw)
     p = init_params(jax.random.PRNGKey(1), ctx.settings)
-    _, got = batch_vectors(p, ctx, np.array([3]), np.array([[0, 4, 7]]))
-    every = score_items @ raw[3]
-    x = np.concatenate([joint[[0, 4, 7]], ((every[[0, 4, 7]] - every.mean()) / every.std())[:, None]], axis=1)
+    slots = [7, 1, 0, 4, 7, 2]  # 2 history slots, 4 options
+    _, got = batch_vectors(p, ctx, np.array([3]), np.array([slots]))
+    s = score_items[slots[2:]] @ raw[3]
+    z = np.concatenate([[0.0, 0.0], 4 * np.exp(s - s.max()) / np.exp(s - s.max()).sum() - 1])
+    x = np.concatenate([joint[slots], z[:, None]], axis=1)
     np.testing.assert_allclose(np.asarray(got)[0], np.asarray(project(p, ctx.settings, None, x.astype(np.float32))[1]),
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(Stage2Error, match="score_users has shape"):
