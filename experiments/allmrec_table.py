@@ -143,7 +143,8 @@ class Method:
     (``score`` None: its metrics are ``fit``'s own ``lm_candidates`` test metrics).
     ``cross_domain``: the row can score another dataset's users from its items' text
     (``Stage1Run.cross_domain``; the ``--target`` column). ``backbone_row``: the row whose run an
-    ``on_sasrec`` row aligns (default ``sasrec``; A-LLMRec's Table 9 rows align GRU4Rec's)."""
+    ``on_sasrec`` row aligns (default ``sasrec``; A-LLMRec's Table 9 rows align GRU4Rec's,
+    NextItNet's and NeuMF's)."""
 
     name: str
     label: str
@@ -155,7 +156,7 @@ class Method:
     on_stage1: bool = False
     cross_domain: bool = False
     inputs: str = "stage1"  # a stage-2 row's inputs: the stage-1 run ("stage1") or SASRec's own tables ("sasrec")
-    backbone_row: str = "sasrec"  # an on_sasrec row aligns this row's run (A-LLMRec Table 9: "gru4rec")
+    backbone_row: str = "sasrec"  # an on_sasrec row aligns this row's run (Table 9: "gru4rec", "nextitnet", "neumf")
 
 
 #: Text of the frozen-encoder stage-1 rows: the dataset's reference MPNet embeddings when present
@@ -179,6 +180,13 @@ METHODS = (
     Method("gru4rec", "GRU4Rec", "gru4rec"),
     Method("stage1_gru4rec", "A-LLMRec stage 1 over GRU4Rec (e, frozen text)", "allmrec_stage1",
            backbone_row="gru4rec", **_S1),
+    # ... over NextItNet (sequential: last-position output, ID table) and NCF / NeuMF (general: the
+    # GMF user vector times predict's GMF weights and the GMF item vector, stage1.GeneralBackbone;
+    # no cross-domain column: another dataset's users have no NeuMF user row)
+    Method("stage1_nextitnet", "A-LLMRec stage 1 over NextItNet (e, frozen text)", "allmrec_stage1",
+           backbone_row="nextitnet", **_S1),
+    Method("stage1_neumf", "A-LLMRec stage 1 over NCF (NeuMF GMF vectors; e, frozen text)", "allmrec_stage1",
+           backbone_row="neumf", **{**_S1, "cross_domain": False}),
     Method("stage1_minilm", "stage 1 (e, frozen MiniLM)", "allmrec_stage1", {"encoder": "minilm"}, **_S1),
     Method("stage1_ft", "stage 1 (e, fine-tuned MiniLM)", "allmrec_stage1", {"encoder": "minilm",
                                                                              "text_finetune": True}, **_S1),

@@ -428,3 +428,205 @@ def test_align_stage1_over_a_gru4rec_run(tiny, tmp_path):
 
         c5 = c.replace(max_seq_len=5)
         check_run(get_model(c5), ds, c5)
+
+
+# --------------------------------------------------------------------------- NextItNet and NCF / NeuMF (Table 9)
+def _np_nextitnet_last(p, row, dilations, k):
+    """float64 [d]: NextItNet's output at the last position of one left-padded history ``row``
+    (ids + 1), recomputed in numpy over its real items alone (RecBole's right-padded view: each
+    causal convolution reads zeros left of the first item), 0 for an empty history."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    items = row[row > 0]
+    if items.size == 0:
+        return np.zeros(p["final"]["bias"].shape)
+    x = p["item_embedding"][items]  # [n, d]
+
+    def conv(x, c, r):
+        out = np.tile(c["bias"], (len(x), 1))
+        for j in range(k):
+            shift = (k - 1 - j) * r
+            shifted = np.concatenate([np.zeros((shift, x.shape[1])), x])[:len(x)]
+            out = out + shifted @ c["kernel"][j]
+        return out
+
+    def ln(x, n):
+        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-8) * n["scale"] + n["bias"]
+
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    for b, r in enumerate(dilations):
+        blk = p[f"block_{b}"]
+        h = relu(ln(conv(x, blk["conv1"], r), blk["ln1"]))
+        x = relu(ln(conv(h, blk["conv2"], 2 * r), blk["ln2"])) + x
+    return x[-1] @ p["final"]["kernel"] + p["final"]["bias"]
+
+
+def test_align_stage1_over_a_nextitnet_run(tiny, tmp_path):
+    """Stage 1 over a NextItNet run (A-LLMRec Table 9): its users are NextItNet's last-position
+    outputs (equal to a numpy forward over each history's real items), its items NextItNet's ID
+    table; stage 2's ``stage1_inputs`` and the SASRec-style fallback take the run."""
+    from jaxrec.data.sequences import user_sequences
+    from jaxrec.methods.allmrec.stage2_inputs import sasrec_run_inputs, stage1_inputs, stage_histories
+    from jaxrec.models import nextitnet as nin
+
+    root, config, ds, emb = tiny
+    nc = Config.for_model("nextitnet", dataset=config.dataset, candidates_dir=config.candidates_dir, embedding_size=8,
+                          block_num=1, dilations=(1, 2), max_seq_len=6, batch_size=32, learning_rate=0.01, epochs=1,
+                          full_view_topk=())
+    fit(get_model(nc), ds, nc, out_dir=tmp_path / "nextitnet", progress=False)
+    run = s1.load_sasrec_run(tmp_path / "nextitnet", ds)
+    assert run.backbone == "nextitnet" and run.sequential and run.max_len == 6
+    assert run.settings == nin.NextItNetArch(num_items=ds.num_items, embedding_size=8, dilations=(1, 2), kernel_size=3)
+    assert s1.backbone_module(run.settings) is nin
+    c = config.replace(sasrec_run=str(tmp_path / "nextitnet"), epochs=1)
+    res = fit(get_model(c), ds, c, out_dir=tmp_path / "stage1_nin", progress=False)
+    assert np.isfinite(res.history[-1]["loss"]) and set(res.params) == {"item_ae", "text_ae"}
+    assert all(np.isfinite(v) for v in res.test_metrics.values())
+    s1run = s1.load_stage1_run(tmp_path / "stage1_nin", ds)
+    hist = np.asarray(s1run.contexts["test"].histories)
+    want = np.stack([_np_nextitnet_last(run.params, r, run.settings.dilations, 3) for r in hist])
+    np.testing.assert_allclose(s1run.user_representations("test"), want, rtol=1e-4, atol=1e-5)
+    # the stage-1 recommender: those users against f_I^dec of the joint embeddings built on NextItNet's table
+    p = jax.tree.map(np.asarray, res.params)
+    e, _ = _np_ae(p["item_ae"], np.asarray(run.params["item_embedding"][1:]))
+    q, _ = _np_ae(p["text_ae"], emb)
+    warm = np.bincount(ds.train.item, minlength=ds.num_items) > 0
+    joint = np.where(warm[:, None], e, q)
+    np.testing.assert_allclose(s1run.joint_item_embeddings(), joint, rtol=1e-5, atol=1e-6)
+    user, items = s1run.recommender_embeddings("test")
+    np.testing.assert_allclose(user, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(items, joint @ p["item_ae"]["fc2"]["kernel"] + p["item_ae"]["fc2"]["bias"],
+                               rtol=1e-5, atol=1e-5)
+    inputs = stage1_inputs(s1run, ds)
+    assert inputs.kind == "stage1" and inputs.item_emb.shape == (ds.num_items, 16)
+    assert {k: v.shape for k, v in inputs.user_rep.items()} == dict.fromkeys(("train", "valid", "test"),
+                                                                             (ds.num_users, 8))
+    train_hist, _ = stage_histories(user_sequences(ds, log_report=False), "train", 6)
+    want_train = np.stack([_np_nextitnet_last(run.params, r, run.settings.dilations, 3) for r in train_hist])
+    np.testing.assert_allclose(inputs.user_rep["train"], want_train, rtol=1e-4, atol=1e-5)
+    fallback = sasrec_run_inputs(tmp_path / "nextitnet", ds)
+    assert "NextItNet fallback: no stage 1" in fallback.source
+    np.testing.assert_array_equal(fallback.item_emb, np.asarray(run.params["item_embedding"][1:]))
+    with pytest.raises(ConfigError, match="max_seq_len=5: the NextItNet run"):
+        from jaxrec.train import check_run  # noqa: PLC0415
+
+        c5 = c.replace(max_seq_len=5)
+        check_run(get_model(c5), ds, c5)
+
+
+def _np_neumf_logits(p, users, items):
+    """float64 [B]: NeuMF's logit of each (users[b], items[b]) pair in numpy (GMF * , MLP ReLU
+    tower, predict layer), and its GMF part ``sum_k w_k p_uk q_ik`` alone."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    d_mf = p["user_mf"].shape[1]
+    w = p["predict"]["kernel"][:, 0]
+    gmf = p["user_mf"][users] * p["item_mf"][items]
+    h = np.concatenate([p["user_mlp"][users], p["item_mlp"][items]], -1)
+    layer = 0
+    while f"mlp_{layer}" in p:
+        h = np.maximum(h @ p[f"mlp_{layer}"]["kernel"] + p[f"mlp_{layer}"]["bias"], 0.0)
+        layer += 1
+    gmf_part = gmf @ w[:d_mf]
+    return gmf_part + h @ w[d_mf:] + p["predict"]["bias"][0], gmf_part
+
+
+NEUMF_TINY = dict(mf_embedding_size=6, mlp_embedding_size=4, mlp_hidden_size=(8, 4), batch_size=32,
+                  learning_rate=0.01, epochs=1, full_view_topk=())
+
+
+def test_align_stage1_over_a_neumf_run(tiny, tmp_path):
+    """Stage 1 over an NCF / NeuMF run (A-LLMRec Table 9): the user is NeuMF's GMF user row times
+    the GMF half of its prediction layer and the item its GMF item row, so ``u . E_i`` is the GMF
+    part of NeuMF's logit (numpy forward of both towers); the user vector does not depend on the
+    stage; the training batches broadcast it over the window; stage 2's inputs take the run;
+    cross-domain users and another user space are refused."""
+    from jaxrec.methods.allmrec.stage2_inputs import sasrec_run_inputs, stage1_inputs
+    from jaxrec.models import neumf as nm
+
+    root, config, ds, emb = tiny
+    nc = Config.for_model("neumf", dataset=config.dataset, candidates_dir=config.candidates_dir, **NEUMF_TINY)
+    fit(get_model(nc), ds, nc, out_dir=tmp_path / "neumf", progress=False)
+    run = s1.load_sasrec_run(tmp_path / "neumf", ds)
+    assert run.backbone == "neumf" and not run.sequential
+    assert run.settings == nm.NeuMFArch(num_users=ds.num_users, num_items=ds.num_items, mf_size=6, mlp_size=4,
+                                        hidden=(8, 4), dropout=0.1)
+    assert s1.backbone_module(run.settings) is s1.NEUMF_BACKBONE
+    params = jax.tree.map(np.asarray, run.params)
+    u_np = params["user_mf"] * params["predict"]["kernel"][:6, 0]
+    # u . E_i is the GMF part of NeuMF's logit (and the numpy forward is jaxrec's NeuMF)
+    uu, ii = np.meshgrid(np.arange(ds.num_users), np.arange(ds.num_items), indexing="ij")
+    full, gmf_part = _np_neumf_logits(params, uu.ravel(), ii.ravel())
+    np.testing.assert_allclose(np.asarray(nm.pair_logits(run.params, uu.ravel(), ii.ravel(), run.settings)), full,
+                               rtol=1e-4, atol=1e-6)
+    users, items = s1.NEUMF_BACKBONE.embed(run.params, np.zeros((ds.num_users, 3), np.int32), run.settings)
+    np.testing.assert_allclose(np.asarray(users), u_np, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(items), params["item_mf"])
+    np.testing.assert_allclose((np.asarray(users) @ np.asarray(items).T).ravel(), gmf_part, rtol=1e-4, atol=1e-7)
+    table = np.asarray(s1.backbone_item_table(run.settings, run.params))
+    assert table.shape == (ds.num_items + 1, 6) and not table[0].any()
+    np.testing.assert_array_equal(table[1:], params["item_mf"])
+    # a "sequences" batch (a padding row: user -1) gets each row's user vector at every position
+    batch = {"user": np.array([3, 0, -1], np.int32), "seq": np.zeros((3, 6), np.int32)}
+    out = np.asarray(s1.backbone_batch_output(run.settings, run.params, batch))
+    assert out.shape == (3, 6, 6)
+    np.testing.assert_allclose(out[0], np.broadcast_to(u_np[3], (6, 6)), rtol=1e-6)
+    np.testing.assert_allclose(out[1], np.broadcast_to(u_np[0], (6, 6)), rtol=1e-6)
+
+    c = config.replace(sasrec_run=str(tmp_path / "neumf"), epochs=1, align_positions="all")
+    res = fit(get_model(c), ds, c, out_dir=tmp_path / "stage1_neumf", progress=False)
+    assert np.isfinite(res.history[-1]["loss"]) and set(res.params) == {"item_ae", "text_ae"}
+    assert all(np.isfinite(v) for v in res.test_metrics.values())
+    assert res.params["item_ae"]["fc1"]["kernel"].shape == (6, 16)  # the autoencoder reads d_mf-wide item rows
+    s1run = s1.load_stage1_run(tmp_path / "stage1_neumf", ds)
+    for stage in ("valid", "test"):
+        np.testing.assert_allclose(s1run.user_representations(stage), u_np, rtol=1e-6, atol=1e-9)
+    p = jax.tree.map(np.asarray, res.params)
+    e, _ = _np_ae(p["item_ae"], params["item_mf"])
+    q, _ = _np_ae(p["text_ae"], emb)
+    warm = np.bincount(ds.train.item, minlength=ds.num_items) > 0
+    joint = np.where(warm[:, None], e, q)
+    np.testing.assert_allclose(s1run.joint_item_embeddings(), joint, rtol=1e-5, atol=1e-6)
+    decoded = joint @ p["item_ae"]["fc2"]["kernel"] + p["item_ae"]["fc2"]["bias"]
+    user, items = s1run.recommender_embeddings("test")
+    np.testing.assert_allclose(user, u_np, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(items, decoded, rtol=1e-5, atol=1e-5)
+    inputs = stage1_inputs(s1run, ds)
+    assert inputs.kind == "stage1" and inputs.item_emb.shape == (ds.num_items, 16)
+    assert inputs.score_items.shape == (ds.num_items, 6)
+    for stage in ("train", "valid", "test"):
+        np.testing.assert_allclose(inputs.user_rep[stage], u_np, rtol=1e-6, atol=1e-9)
+    fallback = sasrec_run_inputs(tmp_path / "neumf", ds)
+    assert "NCF (NeuMF) fallback: no stage 1" in fallback.source
+    np.testing.assert_array_equal(fallback.item_emb, params["item_mf"])
+    # a general backbone scores its own users only
+    with pytest.raises(s1.Stage1Error, match="general model"):
+        s1run.cross_domain(ds, emb)
+    with pytest.raises(s1.Stage1Error, match=r"histories: 5 rows; the NCF \(NeuMF\) run has 40 users"):
+        s1.NEUMF_BACKBONE.embed(run.params, np.zeros((5, 3), np.int32), run.settings)
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    other = SimpleNamespace(name="other", num_users=5, num_items=ds.num_items)
+    with pytest.raises(s1.Stage1Error, match="eval_dataset 'other': 5 users; the NCF \\(NeuMF\\) run has 40"):
+        s1.evaluation_context(s1run.contexts["test"], other, c)
+    same = s1.evaluation_context(s1run.contexts["test"], ds, c)  # cold users: the same user id space
+    np.testing.assert_allclose(np.asarray(jax.jit(s1run.model.embed)(s1run.params, same)[0]), u_np, rtol=1e-6)
+    # any max_seq_len: NeuMF reads no history (the windows only pick the training pairs)
+    from jaxrec.train import check_run  # noqa: PLC0415
+
+    c9 = c.replace(max_seq_len=9)
+    check_run(get_model(c9), ds, c9)
+
+
+def test_align_stage1_over_an_unknown_backbone_names_the_expected_ones(tiny, tmp_path):
+    """A run of a model stage 1 cannot align (MF) is refused, naming every backbone it can."""
+    root, config, ds, emb = tiny
+    mc = Config.for_model("mf", dataset=config.dataset, candidates_dir=config.candidates_dir, embedding_size=4,
+                          epochs=1, split="loo_time", evaluation="candidates", topk=(1, 5, 10),
+                          metrics=("hit", "ndcg", "mrr"), valid_metric="ndcg@10", full_view_topk=())
+    fit(get_model(mc), ds, mc, out_dir=tmp_path / "mf", progress=False)
+    with pytest.raises(s1.Stage1Error, match=r"model 'mf'; expected 'sasrec' or 'gru4rec' or 'nextitnet' or "
+                                             r"'neumf'"):
+        s1.load_sasrec_run(tmp_path / "mf", ds)
+    with pytest.raises(s1.Stage1Error, match="backbone 'mf': expected one of sasrec, gru4rec, nextitnet, neumf"):
+        s1.sasrec_settings_of({}, ds.num_items, "mf")
+    with pytest.raises(s1.Stage1Error, match="NeuMFArch"):
+        s1.backbone_module(object())

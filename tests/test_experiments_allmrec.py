@@ -118,3 +118,21 @@ def test_sasrec_allmrec_paper_datasets_and_bad_options(tmp_path, capsys):
     assert "--methods" in capsys.readouterr().err
     assert main_wrapper(T.main, ["--scenarios", "warm_users", "--out", str(tmp_path)]) == 2
     assert "--scenarios" in capsys.readouterr().err
+
+
+def test_table9_rows_align_their_backbone_rows(tmp_path, capsys):
+    """A-LLMRec Table 9 rows: stage 1 over GRU4Rec, NextItNet and NCF (NeuMF) align their own
+    backbone row's run (``backbone_row``); NeuMF's has no cross-domain column (a general model's
+    users are its own); asking for one without its backbone row is refused before any training."""
+    from experiments.cli import main_wrapper
+
+    rows = {m.name: m for m in T.METHODS}
+    for name, backbone in (("stage1_gru4rec", "gru4rec"), ("stage1_nextitnet", "nextitnet"),
+                           ("stage1_neumf", "neumf")):
+        m = rows[name]
+        assert (m.model, m.backbone_row, m.on_sasrec, m.score) == ("allmrec_stage1", backbone, True, T.stage1_scores)
+        assert rows[backbone].model == backbone
+    assert rows["stage1_nextitnet"].cross_domain and not rows["stage1_neumf"].cross_domain
+    for name, backbone in (("stage1_nextitnet", "nextitnet"), ("stage1_neumf", "neumf")):
+        assert main_wrapper(T.main, ["--methods", name, "--out", str(tmp_path)]) == 2
+        assert f"align the {backbone} run of the same setting and seed; add {backbone}" in capsys.readouterr().err

@@ -213,6 +213,25 @@ def embed(params: Params, arch: NeuMFArch, chunk_size: int | None = None):
     return table, jnp.eye(arch.num_items, dtype=table.dtype)
 
 
+def gmf_user_vectors(params: Params) -> jax.Array:
+    """float32 [U, d_mf]: ``p_u * w_mf``, the GMF user table scaled elementwise by the GMF half of
+    the ``predict`` layer's kernel (``w_mf = predict/kernel[:d_mf, 0]``).
+
+    With ``gmf_item_vectors``, ``gmf_user_vectors(params)[u] . gmf_item_vectors(params)[i]`` is the
+    GMF tower's part of NeuMF's logit, ``sum_k w_k p_uk q_ik``: the bilinear part of the score (the
+    MLP tower is not a dot product of a user and an item vector). A-LLMRec's stage 1 over a NeuMF
+    run reads these as the user representation and the item embedding
+    (``jaxrec.methods.allmrec.stage1.NEUMF_BACKBONE``)."""
+    d_mf = params["user_mf"].shape[1]
+    return params["user_mf"] * params["predict"]["kernel"][:d_mf, 0]
+
+
+def gmf_item_vectors(params: Params) -> jax.Array:
+    """float32 [I, d_mf]: the GMF item table ``q_i`` (``item_mf``; row i = dense item id i, no
+    padding row): the item side of ``gmf_user_vectors``'s dot product."""
+    return params["item_mf"]
+
+
 # ----------------------------------------------------------------------------- the backbone
 @dataclasses.dataclass(frozen=True)
 class NeuMFSettings(ModelSettings):
@@ -316,5 +335,5 @@ NEUMF_DEFAULTS = dict(
 
 
 __all__ = ["NeuMFArch", "NeuMFSettings", "NeuMFError", "NeuMFNet", "init_params", "as_module", "pair_logits",
-           "score_all", "embed", "user_chunk", "arch_from_config", "neumf_encoder", "pair_term", "check_neumf",
+           "score_all", "embed", "user_chunk", "gmf_user_vectors", "gmf_item_vectors", "arch_from_config", "neumf_encoder", "pair_term", "check_neumf",
            "make_neumf", "NEUMF_DEFAULTS", "PAIR_LOSSES", "MAX_ITEMS"]

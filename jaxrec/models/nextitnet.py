@@ -201,6 +201,11 @@ def user_representation(params: Params, seq, arch: NextItNetArch) -> jax.Array:
     return sequence_output(params, seq, arch)[:, -1, :]
 
 
+def item_table(params: Params) -> jax.Array:
+    """float32 [I + 1, d]: the item embedding table; row 0 is padding, item dense id i is row i + 1."""
+    return params["item_embedding"]
+
+
 def embed(params: Params, histories, arch: NextItNetArch, chunk_size: int = 1024):
     """(user_emb float32 [U, d], item_emb float32 [I, d]) for scoring by dot product.
 
@@ -292,5 +297,5 @@ NEXTITNET_DEFAULTS = dict(
 
 
 __all__ = ["NextItNetArch", "NextItNetSettings", "NextItNetError", "NextItNetNet", "ResidualBlock", "CausalConv",
-           "init_params", "as_module", "sequence_output", "user_representation", "embed", "block_weight_norm",
+           "init_params", "as_module", "sequence_output", "user_representation", "item_table", "embed", "block_weight_norm",
            "arch_from_config", "nextitnet_encoder", "make_nextitnet", "NEXTITNET_DEFAULTS", "SEQ_LOSSES"]

@@ -44,6 +44,12 @@ interactions, ``q_i = f_T^enc(Q_i)`` otherwise (``joint_item_embeddings``). The 
 recommender scores item i for a user by ``u . f_I^dec(z_i)`` with z the joint embedding
 (``align_items="joint"``) or q for every item (``"text"``, the "SBERT" variant); this ranks as
 the reference's mean-over-d logit (a positive factor 1/d).
+
+Backbones (``BACKBONES``; A-LLMRec Table 9: the method is model-agnostic): the frozen run is a
+SASRec, GRU4Rec or NextItNet run (sequential: ``u`` = the output at the last position of the
+history, ``E`` = the ID item table) or an NCF / NeuMF run (general: ``u`` = the GMF user row
+times the GMF half of the prediction layer, ``E`` = the GMF item row, so that ``u . E_i`` is the
+GMF part of NeuMF's logit; ``GeneralBackbone`` says why). "SASRec" below stands for any of them.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ from jaxrec.data.fingerprint import dataset_fingerprint
 from jaxrec.data.sequences import histories, user_sequences
 from jaxrec.errors import JaxrecError
 from jaxrec.models import gru4rec as _gru4rec
+from jaxrec.models import neumf as _neumf
+from jaxrec.models import nextitnet as _nextitnet
 from jaxrec.models import sasrec as _sasrec
 from jaxrec.models.base import Encoder, Model
 from jaxrec.nn import PureModule, torch_uniform
@@ -91,20 +99,121 @@ class Stage1Error(JaxrecError, ValueError):
     """A stage-1 input is invalid (run folder, encoder, shapes); the message names it."""
 
 
-# ----------------------------------------------------------------------------- networks
-#: The sequential backbones stage 1 can align (A-LLMRec Table 9: the method is model-agnostic):
-#: run model name -> its module, which has ``init_params(key, arch)``, ``sequence_output(params,
-#: seq, arch, key=, train=) -> [B, L, d]``, ``embed(params, histories, arch, chunk_size) ->
-#: (users [U, d], items [I, d])``, ``item_table(params) -> [I + 1, d]`` and
-#: ``arch_from_config(config, num_items)``; the user representation is the output at the last
-#: position, the item representation the ID table row (``item_embedding``).
-BACKBONES = {"sasrec": _sasrec, "gru4rec": _gru4rec}
-_ARCH_TYPES = {_sasrec.SASRecArch: _sasrec, _gru4rec.GRU4RecArch: _gru4rec}
-BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
+# ----------------------------------------------------------------------------- backbones
+class GeneralBackbone:
+    """Stage 1's view of a general (non-sequential) backbone run: NCF / NeuMF (He et al. 2017,
+    ``jaxrec.models.neumf``), A-LLMRec's Table 9 "NCF" row. The same functions as a sequential
+    backbone's module (``BACKBONES``), over NeuMF's parameters:
+
+    - user representation ``u = p_u * w_mf`` float32 [U, d_mf] (``neumf.gmf_user_vectors``: the
+      GMF user row scaled by the GMF half of the ``predict`` kernel), item embedding ``E_i = q_i``
+      [I, d_mf] (``neumf.gmf_item_vectors``: the GMF item row, the table LLM initialization writes
+      for NeuMF). Then ``u . E_i`` is exactly the GMF tower's part of NeuMF's logit, so the stage-1
+      recommender score ``u . f_I^dec(z_i)`` (``f_I^dec`` reconstructs ``E``) is NeuMF's own
+      bilinear score through the decoded joint embedding. The MLP tower scores a pair through a
+      nonlinear network of ``[p'_u ; q'_i]``, so no vector pair reproduces it; concatenating its
+      embeddings would give a dot product ``p'_u . q'_i`` NeuMF never computes. (A choice of ours:
+      the paper only says A-LLMRec uses the CF-RecSys's user and item embeddings, and the
+      reference code, ghdtjr/A-LLMRec, ships SASRec only.)
+    - The user representation depends on the user id, not on a history: ``embed(params,
+      histories [U, L], arch)`` reads only the number of rows, which must be NeuMF's U (row u =
+      user u), and returns the same vectors for every stage. A user kept out of NeuMF's training
+      (cold users) has its untrained initial row, as NeuMF itself does; another dataset's users
+      (cross-domain) have none (``cross_domain_embeddings`` raises Stage1Error).
+    - Training batches (``"sequences"``) carry ``user`` [B]; ``batch_output`` broadcasts the
+      user's vector over the window's positions, so ``align_positions="last"`` aligns (user, last
+      training item) and ``"all"`` every (user, training item) pair of the window.
+    - ``item_table(params)`` [I + 1, d_mf] puts a zero padding row 0 in front of ``q`` so that
+      stage 1 indexes it with item ids + 1 as a sequential backbone's table.
+    """
+
+    sequential = False
+
+    def __init__(self, module, arch_type, label: str):
+        self.module, self.arch_type, self.label = module, arch_type, label
+
+    def __repr__(self) -> str:
+        return f"GeneralBackbone({self.label})"
+
+    def arch_from_config(self, config, num_items: int, num_users: int | None = None):
+        if num_users is None:
+            raise Stage1Error(f"{self.label} run: its architecture needs the number of users (a general model "
+                              "has a user table); give num_users")
+        return self.module.arch_from_config(config, num_users, num_items)
+
+    def init_params(self, key, arch):
+        return self.module.init_params(key, arch)
+
+    def user_vectors(self, params) -> jax.Array:
+        """float32 [U, d_mf]: every user's representation (class docstring)."""
+        return self.module.gmf_user_vectors(params)
+
+    def item_table(self, params) -> jax.Array:
+        """float32 [I + 1, d_mf]: a zero row 0 (padding), then the item embeddings by dense id."""
+        items = self.module.gmf_item_vectors(params)
+        return jnp.concatenate([jnp.zeros((1, items.shape[1]), items.dtype), items])
+
+    def embed(self, params, histories, arch, chunk_size: int = 1024):
+        """(user_emb [U, d_mf], item_emb [I, d_mf]); ``histories`` [U, L] only fixes U (row u = user u)."""
+        rows = int(jnp.shape(histories)[0])
+        if rows != arch.num_users:
+            raise Stage1Error(f"histories: {rows} rows; the {self.label} run has {arch.num_users} users (a general "
+                              "backbone's user representation is its user table row, so only its own users have one)")
+        return self.user_vectors(params), self.module.gmf_item_vectors(params)
+
+    def batch_output(self, params, batch, arch) -> jax.Array:
+        """float32 [B, L, d_mf]: each row's user vector at every position of its window (padding
+        rows, ``user`` -1, read user 0 and carry no loss: their ``pos`` is all 0)."""
+        seq = jnp.asarray(batch["seq"])
+        user = self.user_vectors(params)[jnp.maximum(jnp.asarray(batch["user"]), 0)]
+        return jnp.broadcast_to(user[:, None, :], (*seq.shape, user.shape[-1]))
+
+
+#: NeuMF as a stage-1 backbone (``GeneralBackbone``: GMF user / item vectors).
+NEUMF_BACKBONE = GeneralBackbone(_neumf, _neumf.NeuMFArch, "NCF (NeuMF)")
+
+#: The backbones stage 1 can align (A-LLMRec Table 9: the method is model-agnostic): run model
+#: name -> its module. A sequential backbone's module (SASRec, GRU4Rec, NextItNet) has
+#: ``init_params(key, arch)``, ``sequence_output(params, seq, arch, key=, train=) -> [B, L, d]``,
+#: ``embed(params, histories, arch, chunk_size) -> (users [U, d], items [I, d])``,
+#: ``item_table(params) -> [I + 1, d]`` and ``arch_from_config(config, num_items)``; the user
+#: representation is the output at the last position, the item representation the ID table row
+#: (``item_embedding``). The general NeuMF is ``NEUMF_BACKBONE`` (``GeneralBackbone``: the same
+#: functions but ``sequence_output``, plus ``batch_output``; GMF user and item vectors).
+BACKBONES = {"sasrec": _sasrec, "gru4rec": _gru4rec, "nextitnet": _nextitnet, "neumf": NEUMF_BACKBONE}
+_ARCH_TYPES = {_sasrec.SASRecArch: _sasrec, _gru4rec.GRU4RecArch: _gru4rec, _nextitnet.NextItNetArch: _nextitnet,
+               _neumf.NeuMFArch: NEUMF_BACKBONE}
+BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "neumf": "NCF (NeuMF)"}
+
+
+def is_sequential_module(module) -> bool:
+    """Whether a ``BACKBONES`` value is a sequential backbone's module (not a ``GeneralBackbone``)."""
+    return getattr(module, "sequential", True)
+
+
+def is_sequential(arch) -> bool:
+    """Whether the backbone of ``arch`` reads histories (SASRec, GRU4Rec, NextItNet) rather than
+    user ids (NeuMF, ``GeneralBackbone``)."""
+    return getattr(backbone_module(arch), "sequential", True)
+
+
+def backbone_item_table(arch, params) -> jax.Array:
+    """float32 [I + 1, d]: the backbone's item table (row 0 padding, item dense id i at row i + 1)."""
+    return backbone_module(arch).item_table(params)
+
+
+def backbone_batch_output(arch, params, batch) -> jax.Array:
+    """float32 [B, L, d]: the frozen backbone's user representation at each position of a
+    ``"sequences"`` batch: a sequential backbone's output (dropout off), NeuMF's user vector."""
+    module = backbone_module(arch)
+    if is_sequential(arch):
+        return module.sequence_output(params, jnp.asarray(batch["seq"]), arch, train=False)
+    return module.batch_output(params, batch, arch)
 
 
 def backbone_module(arch):
-    """The module of the backbone whose architecture record ``arch`` is (``BACKBONES``)."""
+    """The module of the backbone whose architecture record ``arch`` is (``BACKBONES``;
+    ``NEUMF_BACKBONE`` for a ``NeuMFArch``)."""
     try:
         return _ARCH_TYPES[type(arch)]
     except KeyError:
@@ -242,10 +351,10 @@ def stage1_losses(params: Params, user, pos_item, neg_item, pos_text, neg_text, 
 # ----------------------------------------------------------------------------- SASRec run
 @dataclasses.dataclass(frozen=True)
 class SASRecRun:
-    """A finished run of a sequential backbone (``BACKBONES``: SASRec, GRU4Rec): its ``config``
-    (dict of results.json), ``settings`` (its architecture record, ``SASRecArch`` /
-    ``GRU4RecArch``), best ``params``, the ``fingerprint`` of the dataset it was trained on and the
-    ``backbone`` name."""
+    """A finished run of a backbone (``BACKBONES``: SASRec, GRU4Rec, NextItNet, NeuMF): its
+    ``config`` (dict of results.json), ``settings`` (its architecture record, ``SASRecArch`` /
+    ``GRU4RecArch`` / ``NextItNetArch`` / ``NeuMFArch``), best ``params``, the ``fingerprint`` of
+    the dataset it was trained on and the ``backbone`` name."""
 
     path: Path
     config: dict
@@ -256,8 +365,13 @@ class SASRecRun:
 
     @property
     def max_len(self) -> int:
-        """The run's ``max_seq_len`` (the histories it reads)."""
+        """The run's ``max_seq_len`` (the histories it reads; 50 for NeuMF, which reads none)."""
         return int(self.config.get("max_seq_len", 50))
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the backbone reads histories (False for NeuMF: ``GeneralBackbone``)."""
+        return is_sequential(self.settings)
 
 
 def _finished_run(path, what: str, *models: str) -> tuple[RunFolder, dict]:
@@ -271,21 +385,30 @@ def _finished_run(path, what: str, *models: str) -> tuple[RunFolder, dict]:
     return folder, results
 
 
-def sasrec_settings_of(run_config: dict, num_items: int, backbone: str = "sasrec"):
-    """The architecture record (``SASRecArch``, ``GRU4RecArch``) of a stored run config dict
-    (results.json ``config``) of ``backbone``."""
+def sasrec_settings_of(run_config: dict, num_items: int, backbone: str = "sasrec", num_users: int | None = None):
+    """The architecture record (``SASRecArch``, ``GRU4RecArch``, ``NextItNetArch``, ``NeuMFArch``)
+    of a stored run config dict (results.json ``config``) of ``backbone``; ``num_users`` is
+    needed by NeuMF (its user tables). Stage1Error for a backbone not in ``BACKBONES``."""
     from jaxrec.config import Config  # noqa: PLC0415
 
-    return BACKBONES[backbone].arch_from_config(Config.from_dict(run_config, f"{backbone} run config"), num_items)
+    if backbone not in BACKBONES:
+        raise Stage1Error(f"backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    config = Config.from_dict(run_config, f"{backbone} run config")
+    module = BACKBONES[backbone]
+    if is_sequential_module(module):
+        return module.arch_from_config(config, num_items)
+    return module.arch_from_config(config, num_items, num_users)
 
 
 def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRun:
-    """Read a finished run folder of a sequential backbone (``jaxrec.fit`` with ``model="sasrec"``,
-    or any of ``BACKBONES``: ``"gru4rec"``), through ``jaxrec.train.runfolder.RunFolder``.
+    """Read a finished run folder of a backbone (``jaxrec.fit`` with ``model="sasrec"``, or any of
+    ``BACKBONES``: ``"gru4rec"``, ``"nextitnet"``, ``"neumf"``), through
+    ``jaxrec.train.runfolder.RunFolder``.
 
     dataset: when given, the folder must have been trained on it (same dataset fingerprint:
     name, sizes and split hash), else ``DataError`` naming the differing fields.
-    Raises Stage1Error for a folder that is not a finished SASRec run.
+    Raises Stage1Error for a folder that is not a finished run of one of ``BACKBONES`` (the
+    message names them).
     """
     path = Path(path).expanduser()
     folder, data = _finished_run(path, "sasrec_run", *BACKBONES)
@@ -298,7 +421,7 @@ def load_sasrec_run(path, dataset=None, *, with_params: bool = True) -> SASRecRu
             raise DataError(f"sasrec_run={str(path)!r}: trained on another dataset or split than {dataset.name!r}: "
                             + ", ".join(f"{k} {a!r} (run) vs {b!r} (here)" for k, (a, b) in diff.items())
                             + "; train SASRec on this dataset with the same split and seed first")
-    settings = sasrec_settings_of(data["config"], int(fp["num_items"]), backbone)
+    settings = sasrec_settings_of(data["config"], int(fp["num_items"]), backbone, int(fp["num_users"]))
     params = None
     if with_params:
         shapes = jax.eval_shape(lambda k: BACKBONES[backbone].init_params(k, settings), jax.random.key(0))
@@ -420,7 +543,8 @@ class Stage1Context:
     """What the stage-1 backbone reads besides the batch, per stage (a pytree; ``arch`` and
     ``text_model`` are static):
 
-    - ``sasrec``: the frozen SASRec params (never optimized); ``arch``: its ``SASRecArch``;
+    - ``sasrec``: the frozen backbone params (never optimized); ``arch``: its architecture
+      record (``SASRecArch``, ``GRU4RecArch``, ``NextItNetArch``, ``NeuMFArch``);
     - ``histories`` int32 [U, L] (valid: the training sequence; test: + the validation item);
     - ``warm`` bool [I]: items with training interactions;
     - ``text`` float32 [I, N] (frozen encoder), or ``tokens`` / ``mask`` int32 [I, T] with the
@@ -477,6 +601,10 @@ def evaluation_context(context: Stage1Context, eval_dataset, config) -> Stage1Co
     histories, the same frozen SASRec, text and warm items. Raises Stage1Error when the item
     spaces differ."""
     n = len(context.warm)
+    if not is_sequential(context.arch) and eval_dataset.num_users != context.arch.num_users:
+        raise Stage1Error(f"eval_dataset {eval_dataset.name!r}: {eval_dataset.num_users} users; the "
+                          f"{backbone_module(context.arch).label} run has {context.arch.num_users} (a general "
+                          "backbone scores its own users only: the same user id space is needed)")
     if eval_dataset.num_items != n:
         raise Stage1Error(f"eval_dataset {eval_dataset.name!r}: {eval_dataset.num_items} items; the stage-1 context "
                           f"has {n} (the same item id space is needed)")
@@ -498,6 +626,10 @@ def cross_domain_embeddings(params: Params, sasrec_params: Params, settings, tar
     [U_t, L] (target item ids + 1, 0 = padding, L <= the SASRec run's max_len). Raises
     Stage1Error naming a mismatched input.
     """
+    if not is_sequential(settings):
+        raise Stage1Error(f"cross-domain scoring: the backbone is {backbone_module(settings).label}, a general model "
+                          "whose user representation is a row of its user table; another dataset's users have "
+                          "none (a sequential backbone, e.g. sasrec, reads their target histories)")
     _, n, _ = _dims(params)
     target_text = jnp.asarray(target_text)
     if target_text.ndim != 2 or target_text.shape[1] != n:
@@ -518,7 +650,7 @@ def _check_stage1(dataset, config) -> None:
         raise ConfigError("sasrec_run=None: stage 1 needs the folder of a finished SASRec run (jaxrec.fit, "
                           "model='sasrec') on the same dataset and split")
     run = load_sasrec_run(config.sasrec_run, dataset, with_params=False)
-    if run.max_len != config.max_seq_len:
+    if run.sequential and run.max_len != config.max_seq_len:
         raise ConfigError(f"max_seq_len={config.max_seq_len}: the {BACKBONE_LABELS[run.backbone]} run {config.sasrec_run} was trained "
                           f"with max_seq_len={run.max_len}; use that value")
     user_sequences(dataset, log_report=False)
@@ -541,14 +673,14 @@ def _text_rows(x_params, ctx: Stage1Context, rows, key, train):
 
 def _batch_losses(x: LossInputs, positions: str) -> dict[str, jax.Array]:
     ctx, batch = x.context, x.batch
-    seq, pos, neg = (jnp.asarray(batch[k]) for k in ("seq", "pos", "neg"))
-    out = backbone_module(ctx.arch).sequence_output(ctx.sasrec, seq, ctx.arch, train=False)  # [B, L, d], frozen
+    pos, neg = (jnp.asarray(batch[k]) for k in ("pos", "neg"))
+    out = backbone_batch_output(ctx.arch, ctx.sasrec, batch)  # [B, L, d], frozen
     if positions == "last":
         out, pos, neg = out[:, -1], pos[:, -1], neg[:, -1]
     else:
         out, pos, neg = out.reshape(-1, out.shape[-1]), pos.reshape(-1), neg.reshape(-1)
     mask = pos != 0  # padding rows / positions
-    table = ctx.sasrec["item_embedding"]  # [I + 1, d], ids + 1
+    table = backbone_item_table(ctx.arch, ctx.sasrec)  # [I + 1, d], ids + 1
     rows = jnp.maximum(jnp.stack([pos, neg]) - 1, 0)  # dense ids, padding -> item 0 (masked)
     text = _text_rows(x.params, ctx, rows, x.key, True)
     return stage1_losses(x.params, out, table[pos], table[neg], text[0], text[1], mask)
@@ -575,7 +707,8 @@ TERM_BUILDERS = {name: _term(name) for name in TERMS}
 class Stage1Settings(ModelSettings):
     """Stage 1's config keys (``train_model.py`` of the reference; DESIGN.md 6):
 
-    - ``sasrec_run``: the folder of a finished SASRec run on the same dataset and split (frozen);
+    - ``sasrec_run``: the folder of a finished run of one of ``BACKBONES`` (SASRec, GRU4Rec,
+      NextItNet, NeuMF) on the same dataset and split (frozen);
     - ``align_alpha`` (0.5) / ``align_beta`` (0.2): weights of the item / text reconstruction;
     - ``joint_dim`` (128): the joint latent size;
     - ``text_finetune``: the text encoder frozen (False: item text embeddings precomputed once,
@@ -585,7 +718,8 @@ class Stage1Settings(ModelSettings):
     - ``align_items``: items scored through the joint embedding (``joint``: e for items with
       training interactions, q from text otherwise) or through q for every item (``text``, the
       "SBERT" variant);
-    - ``max_seq_len``: must equal the SASRec run's.
+    - ``max_seq_len``: must equal the SASRec run's (a sequential backbone's; for a NeuMF run it
+      only sets the training windows' length).
     """
 
     reads_item_text: ClassVar[bool] = True  # jaxrec train resolves a default text source
@@ -646,7 +780,8 @@ def stage1_encoder(config) -> Encoder:
     joint, side, chunk = config.joint_dim, config.align_items, config.eval_chunk
 
     def init(key, num_users, num_items, ctx: Stage1Context):
-        params = init_params(key, int(ctx.sasrec["item_embedding"].shape[1]), ctx.text_dim, joint)
+        item_dim = jax.eval_shape(lambda p: backbone_item_table(ctx.arch, p), ctx.sasrec).shape[1]  # abstract ctx
+        params = init_params(key, int(item_dim), ctx.text_dim, joint)
         if ctx.text_model is not None:
             from jaxrec.text import load_params  # noqa: PLC0415
 
@@ -702,7 +837,7 @@ class Stage1Run:
         ``q_i`` from text for the others; row i = dense item id i."""
         ctx = self.contexts["test"]
         text = item_text_vectors(self.params, ctx)
-        items = ctx.sasrec["item_embedding"][1:]
+        items = backbone_item_table(ctx.arch, ctx.sasrec)[1:]
         return np.asarray(joint_item_embeddings(self.params, items, text, ctx.warm))
 
     def target_text(self, target_dataset, embeddings=None) -> np.ndarray:
@@ -825,4 +960,5 @@ __all__ = ["AlignmentNet", "TwoLayerMLP", "Stage1Error", "Stage1Run", "SASRecRun
            "Stage1Settings", "cross_domain_embeddings", "make_stage1", "stage1_encoder", "check_config",
            "item_texts_with_fallback", "frozen_text_embeddings", "item_tokens", "text_dim_of", "item_text_vectors",
            "uses_precomputed_text", "encoder_folder", "STAGE1_CONTEXT", "TERM_BUILDERS",
-           "STAGE1_DEFAULTS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM", "BACKBONES", "backbone_module"]
+           "STAGE1_DEFAULTS", "TERMS", "FALLBACK_TEXT", "JOINT_DIM", "BACKBONES", "backbone_module", "GeneralBackbone",
+           "NEUMF_BACKBONE", "BACKBONE_LABELS", "is_sequential", "backbone_item_table", "backbone_batch_output"]

@@ -150,14 +150,16 @@ def stage_examples(data, stage: str, history: int = 10) -> StageExamples:
 
 
 def sasrec_user_reps(params, settings, data, stages=STAGES, max_len: int | None = None) -> dict[str, np.ndarray]:
-    """``{stage: float32 [U, d]}``: the sequential backbone's last-position output (SASRec's
-    ``jaxrec.models.sasrec.embed``, or GRU4Rec's for a ``GRU4RecArch``: ``jaxrec.methods.allmrec.
-    stage1.BACKBONES``) over each stage's ``stage_histories`` at ``max_len`` (default
-    ``settings.max_len``, SASRec's; GRU4Rec's runs pass their ``max_seq_len``)."""
+    """``{stage: float32 [U, d]}``: the backbone's user representation of each stage's
+    ``stage_histories`` at ``max_len`` (default ``settings.max_len``, SASRec's; the other
+    backbones' runs pass their ``max_seq_len``), by its architecture record
+    (``jaxrec.methods.allmrec.stage1.BACKBONES``): a sequential backbone's last-position output
+    (``jaxrec.models.sasrec.embed``, GRU4Rec's, NextItNet's); NeuMF's GMF user vector
+    (``stage1.GeneralBackbone``: the same for every stage, read by user id)."""
     from jaxrec.methods.allmrec.stage1 import backbone_module  # noqa: PLC0415
 
     module = backbone_module(settings)
-    length = max_len if max_len is not None else settings.max_len
+    length = max_len if max_len is not None else getattr(settings, "max_len", 50)
     s = _sequences(data)
     return {stage: np.asarray(module.embed(params, stage_histories(s, stage, length)[0], settings)[0])
             for stage in stages}
@@ -165,27 +167,25 @@ def sasrec_user_reps(params, settings, data, stages=STAGES, max_len: int | None 
 
 def sasrec_inputs(params, settings, dataset: Dataset, source: str = "SASRec parameters",
                   sequences: Sequences | None = None, max_len: int | None = None) -> Stage2Inputs:
-    """The fallback without stage 1: SASRec's (or another sequential backbone's) user
+    """The fallback without stage 1: SASRec's (or another backbone's, ``stage1.BACKBONES``) user
     representations per stage (``sasrec_user_reps``) and its own item table (without its padding
-    row) as the item embeddings (k = d)."""
-    from jaxrec.models import sasrec
+    row; NeuMF: the GMF item table) as the item embeddings (k = d)."""
+    from jaxrec.methods.allmrec.stage1 import backbone_item_table  # noqa: PLC0415
 
     reps = sasrec_user_reps(params, settings, sequences if sequences is not None else dataset, max_len=max_len)
-    item = np.asarray(sasrec.item_table(params))[1:]
+    item = np.asarray(backbone_item_table(settings, params))[1:]
     return Stage2Inputs(reps, item, "sasrec", source, dataset_fingerprint(dataset), item).check(dataset)
-
-
-_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
 
 
 def sasrec_run_inputs(run_dir, dataset: Dataset) -> Stage2Inputs:
     """``sasrec_inputs`` of a finished SASRec run folder (``jaxrec.methods.allmrec.stage1.load_sasrec_run``:
     DataError when it was trained on another dataset or split; Stage1Error for a folder that is
     not a finished SASRec run)."""
-    from jaxrec.methods.allmrec.stage1 import load_sasrec_run  # noqa: PLC0415
+    from jaxrec.methods.allmrec.stage1 import BACKBONE_LABELS, load_sasrec_run  # noqa: PLC0415
 
     run = load_sasrec_run(run_dir, dataset)
-    return sasrec_inputs(run.params, run.settings, dataset, source=f"{run.path} ({_LABELS.get(run.backbone, run.backbone)} fallback: no stage 1)",
+    label = BACKBONE_LABELS.get(run.backbone, run.backbone)
+    return sasrec_inputs(run.params, run.settings, dataset, source=f"{run.path} ({label} fallback: no stage 1)",
                          max_len=run.max_len)
 
 
@@ -196,7 +196,8 @@ def stage1_inputs(stage1_run, dataset: Dataset) -> Stage2Inputs:
     - ``item_emb`` float32 [I, joint_dim] = ``Stage1Run.joint_item_embeddings()`` (``e_i`` for
       items with training interactions, ``q_i`` from text otherwise; A-LLMRec section 3.2);
     - ``user_rep["valid"]`` / ``["test"]`` float32 [U, d] = ``Stage1Run.user_representations``
-      of that stage (the frozen SASRec's last-position output);
+      of that stage (the frozen SASRec's last-position output; another sequential backbone's
+      likewise; NeuMF's GMF user vectors, ``stage1.GeneralBackbone``, the same for every stage);
     - ``user_rep["train"]``: the same frozen SASRec over the training sequence without its last
       item (the teacher-forced target: the reference's ``SeqDataset``, module docstring), not
       ``user_representations("train")``, whose history holds that target.
