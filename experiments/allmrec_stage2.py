@@ -68,8 +68,8 @@ VARIANTS = {
     "probe": ("index + the recommender's score of each candidate as an extra item-projector input",
               {**_INDEX, "score_probe": True}),
     "lora_probe": ("probe + LoRA r=8 on q/v", {**_INDEX, "score_probe": True, "lora_rank": 8}),
-    "probe_soft": ("probe with soft tokens only (no titles in the prompt: ~2.5x shorter, cheaper steps), "
-                   "batch 8, lr 1e-3 (the synthetic diagnostic's setting)",
+    "probe_soft": ("probe with soft tokens only (no titles; the compact prompt, 126 tokens against the "
+                   "reference's ~300: cheaper steps), batch 8, lr 1e-3 (the synthetic diagnostic's setting)",
                    {**_INDEX, "score_probe": True, "prompt_titles": False, "batch_size": 8, "learning_rate": 1e-3}),
 }
 DEFAULT_VARIANT = "probe_soft"

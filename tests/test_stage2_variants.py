@@ -75,9 +75,10 @@ def test_index_prompt_text_puts_text_first_soft_tokens_before_titles_and_the_use
     # (the title's tokens can attend to it); the user token sits right before the answer
     assert not text.startswith(USER_TOKEN) and text.index(CANDIDATE_TOKEN) < text.index('"Jaws"')
     assert text.index(USER_TOKEN) > text.index('"Alien"')
-    assert index_prompt_text(DOMAINS["movie"], 1, 2, titles=False) == (
-        "Recommend one next movie for this user to watch next. This user has watched [HistoryEmb]. "
-        "Options: (A) [CandidateEmb], (B) [CandidateEmb]. The user is [UserRep]. Answer: (")
+    # soft tokens only: the compact form, no space or comma tokens around the soft tokens
+    assert index_prompt_text(DOMAINS["movie"], 2, 2, titles=False) == (
+        "Recommend one next movie for this user to watch next. This user has watched[HistoryEmb],[HistoryEmb]. "
+        "Options: (A)[CandidateEmb] (B)[CandidateEmb]. The user is[UserRep]. Answer: (")
     no_soft = index_prompt_text(DOMAINS["movie"], ["Heat"], ["Jaws", "Alien"], soft_tokens=False)
     assert not any(t in no_soft for t in (USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN))
     assert no_soft.endswith('Options: (A) "Jaws", (B) "Alien". Answer: (')

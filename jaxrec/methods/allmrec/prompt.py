@@ -430,7 +430,14 @@ def index_prompt_pieces(domain: PromptDomain, history_titles: Sequence[str] | in
 
     Each soft token precedes its title (the title's tokens can attend to it). ``titles=False``
     drops the titles (soft tokens alone; ``history_titles`` / ``candidate_titles`` may then be
-    counts); ``soft_tokens=False`` drops the placeholders (a title-only prompt: LLM-Only, TALLRec).
+    counts) and writes the compact form, with no space token before a soft token and no comma
+    between options (4 tokens an option, 2 a history item: 126 tokens for 10 + 20 on SmolLM2
+    against 176 with the separators)::
+
+        ... This user has watched[HistoryEmb],[HistoryEmb]. Options: (A)[CandidateEmb]
+        (B)[CandidateEmb]. The user is[UserRep]. Answer: (
+
+    ``soft_tokens=False`` drops the placeholders (a title-only prompt: LLM-Only, TALLRec).
     The answer is one label letter.
     """
     d = domain
@@ -447,18 +454,20 @@ def index_prompt_pieces(domain: PromptDomain, history_titles: Sequence[str] | in
         if titles and title is not None:
             pieces[-1] += f'"{title}"'
 
+    compact = not titles  # soft tokens only: no separator tokens around them
     if nh and (titles or soft_tokens):
-        pieces[-1] += f" This user has {d.past} "
+        pieces[-1] += f" This user has {d.past}" + ("" if compact else " ")
         for j in range(nh):
-            item(HISTORY_TOKEN, None if isinstance(history_titles, int) else history_titles[j], ", " if j else "")
+            item(HISTORY_TOKEN, None if isinstance(history_titles, int) else history_titles[j],
+                 ("," if compact else ", ") if j else "")
         pieces[-1] += "."
-    pieces[-1] += " Options: "
+    pieces[-1] += " Options:"
     for c in range(nc):
         item(CANDIDATE_TOKEN, None if isinstance(candidate_titles, int) else candidate_titles[c],
-             (", " if c else "") + f"({LABELS[c]}) ")
+             f" ({LABELS[c]})" if compact else (", " if c else " ") + f"({LABELS[c]}) ")
     pieces[-1] += "."
     if soft_tokens:
-        pieces[-1] += " The user is "
+        pieces[-1] += " The user is" + ("" if compact else " ")
         pieces.extend([USER_TOKEN, "."])
     pieces[-1] += " Answer: ("
     return pieces
