@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-1 config overrides (repeatable), e.g. encoder=mpnet or embeddings=FILE.npy")
     p.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epochs at most (default 200)")
     p.add_argument("--stage2-epochs", type=int, default=1, help="stage-2 epochs at most (reference: 10)")
-    p.add_argument("--train-users", type=int, default=256, help="stage-2 training users (0: all)")
+    p.add_argument("--train-users", type=int, default=None,
+                   help="stage-2 training users (0: all; default 256, all with --budget-minutes: 256 users "
+                        "repeated over the budget's epochs overfit, measured)")
     p.add_argument("--valid-users", type=int, default=None,
                    help="stage-2 validation users (0: as eval; default 32, 100 with --budget-minutes)")
     p.add_argument("--eval-users", type=int, default=None,
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         args.valid_users = 100 if args.budget_minutes else 32
     if args.eval_users is None:
         args.eval_users = 300 if args.budget_minutes else 100
+    if args.train_users is None:
+        args.train_users = 0 if args.budget_minutes else 256
     started = time.perf_counter()
     out = args.out or cli.default_out_dir(EXPERIMENT, f"{report.dataset_label(args.dataset)}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
