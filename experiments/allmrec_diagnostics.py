@@ -21,7 +21,9 @@
   memorize.
 - ``ablate``: a trained index-answer stage-2 run (``--stage2-run``) evaluated on its test users
   as trained, with the user inputs shuffled across users, and with every item's input replaced
-  by the mean item input: if Hit@1 does not move, the LM is not reading those tokens.
+  by the mean item input: if Hit@1 does not move, the LM is not reading those tokens. A run with
+  the score probe also gets two probe ablations: the recommender's scores of another user
+  (shuffled), and every option scored the same (the probe input 0).
 
 Prints the numbers and writes ``diagnostics_<which>.json`` into ``--out``
 (default ``checkpoints/allmrec_diagnostics/<dataset>``).
@@ -282,6 +284,9 @@ def ablate(args, ds) -> dict:
                 "user tokens shuffled across users": ctx.replace(user_rep=ctx.user_rep[perm]),
                 "item inputs replaced by their mean": ctx.replace(
                     item_emb=jnp.broadcast_to(ctx.item_emb.mean(0, keepdims=True), ctx.item_emb.shape))}
+    if ctx.score_items is not None:  # the score probe: another user's scores, or no score at all
+        variants["probe scores of another user (shuffled)"] = ctx.replace(score_users=ctx.score_users[perm])
+        variants["probe scores all equal (no score)"] = ctx.replace(score_items=jnp.zeros_like(ctx.score_items))
     out = {}
     for name, c in variants.items():
         res = s2.evaluate_stage2(params, c, ex.users, ex.history, items, shown=shown, batch_size=16, generate=False)
