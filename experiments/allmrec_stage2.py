@@ -81,6 +81,17 @@ TEST_RESERVE_MINUTES = {"title": 12.0, "index": 4.0}
 BUDGET_SHARE = {"sasrec": 0.25, "stage1": 0.1}
 
 
+def resolve_user_counts(args) -> argparse.Namespace:
+    """Fill the user counts left unset: with ``--budget-minutes`` every training user, 100
+    validation and 300 test users (the headline's); otherwise 256 / 32 / 100 (a quick look)."""
+    budget = bool(args.budget_minutes)
+    for name, (with_budget, without) in {"train_users": (0, 256), "valid_users": (100, 32),
+                                         "eval_users": (300, 100)}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, with_budget if budget else without)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,12 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes {args.budget_minutes}: expected a number of minutes > 0")
-    if args.valid_users is None:
-        args.valid_users = 100 if args.budget_minutes else 32
-    if args.eval_users is None:
-        args.eval_users = 300 if args.budget_minutes else 100
-    if args.train_users is None:
-        args.train_users = 0 if args.budget_minutes else 256
+    resolve_user_counts(args)
     started = time.perf_counter()
     out = args.out or cli.default_out_dir(EXPERIMENT, f"{report.dataset_label(args.dataset)}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
