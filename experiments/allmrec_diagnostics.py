@@ -1,4 +1,4 @@
-"""Why A-LLMRec's stage 2 stays at chance, measured (issue 22): four diagnostics on one dataset.
+"""What A-LLMRec's stage 2 reads and can learn, measured (issue 22): four diagnostics on one dataset.
 
     python -m experiments.allmrec_diagnostics --dataset ml-100k --stage1-run DIR --which spread
     python -m experiments.allmrec_diagnostics --which synthetic --steps 300 --lora 0,8
@@ -52,23 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--which", required=True, help=f"comma-separated diagnostics: {', '.join(WHICH)}")
-    p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--dataset", default="ml-100k", help="dataset name or folder (default ml-100k)")
+    p.add_argument("--seed", type=int, default=2020, help="seed of the split, samples and training (default 2020)")
     p.add_argument("--stage1-run", type=Path, default=None, help="a finished allmrec_stage1 run folder")
-    p.add_argument("--stage2-run", type=Path, default=None, help="a finished index-answer allmrec_stage2 run (ablate)")
-    p.add_argument("--lm", default="smollm2")
-    p.add_argument("--steps", type=int, default=300, help="training steps (synthetic, overfit)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lora", default="0,8", help="LoRA ranks to run (synthetic, overfit; 0 = frozen LM)")
-    p.add_argument("--users", type=int, default=32, help="users of the overfit check")
+    p.add_argument("--stage2-run", type=Path, default=None, help="ablate: a finished allmrec_stage2 run with the index answer (every variant but "
+                        "'reference', e.g. OUT/stage2 of experiments.allmrec_stage2)")
+    p.add_argument("--lm", default="smollm2", help="frozen LM: smollm2 | a .gguf file | a HF folder (default smollm2)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (synthetic, overfit; default 300)")
+    p.add_argument("--batch", type=int, default=8, help="prompts per step (synthetic, overfit; default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (synthetic, overfit; default 1e-3)")
+    p.add_argument("--lora", default="0,8", help="LoRA ranks to run (synthetic, overfit; 0 = frozen LM; default 0,8)")
+    p.add_argument("--users", type=int, default=32, help="users of the overfit check (default 32)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="synthetic: leave the LM's label prior in the logits (calibrate=False)")
     p.add_argument("--probe", action="store_true", help="synthetic: the item projector also reads the score")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--eval-users", type=int, default=160, help="held-out users of the synthetic check")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (default 50)")
+    p.add_argument("--eval-users", type=int, default=160, help="held-out users of the synthetic check (default 160)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default checkpoints/allmrec_diagnostics/<dataset>)")
+    p.add_argument("--verbose", action="store_true", help="INFO logging")
     return p
 
 

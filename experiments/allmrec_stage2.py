@@ -92,12 +92,34 @@ def resolve_user_counts(args) -> argparse.Namespace:
     return args
 
 
+def stage2_config(args, **source) -> Config:
+    """Stage 2's config: the variant's settings, the user counts, then ``--set`` (ConfigError
+    naming a bad key or value)."""
+    return Config.for_model("allmrec_stage2", dataset=str(args.dataset), seed=args.seed, lm=args.lm,
+                            epochs=args.stage2_epochs, train_users=args.train_users, eval_users=args.eval_users,
+                            valid_users=args.valid_users, **VARIANTS[args.variant][1], **source
+                            ).with_overrides(args.set)
+
+
+def check_settings(args) -> None:
+    """ConfigError before any data is read or model trained: a bad ``--set`` / ``--stage1-set``
+    key or value, or a ``--budget-minutes`` that cannot hold stage 2's test evaluation."""
+    c2 = stage2_config(args)
+    if args.train_stage1:
+        Config.for_model("allmrec_stage1", dataset=str(args.dataset), seed=args.seed).with_overrides(args.stage1_set)
+    reserve = TEST_RESERVE_MINUTES[c2.answer]
+    if args.budget_minutes and args.budget_minutes <= reserve:
+        raise ConfigError(f"--budget-minutes {args.budget_minutes}: expected more than the test evaluation's "
+                          f"{reserve} min (answer={c2.answer!r}) plus SASRec's and stage 2's training")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{EXPERIMENT}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k", help="dataset name or folder (default ml-100k)")
     p.add_argument("--seed", type=int, default=2020, help="seed of the split, candidates and every run (default 2020)")
-    p.add_argument("--lm", default="smollm2", help="frozen LM: smollm2 | a .gguf file | a Hugging Face folder")
+    p.add_argument("--lm", default="smollm2",
+                   help="frozen LM: smollm2 | a .gguf file | a Hugging Face folder (default smollm2)")
     p.add_argument("--inputs", default=None,
                    help="stage-2 inputs .npz (a stage-1 export, jaxrec.methods.allmrec.stage2_inputs.save_inputs); default: "
                         "the SASRec fallback computed here")
@@ -109,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE",
                    help="stage-1 config overrides (repeatable), e.g. encoder=mpnet or embeddings=FILE.npy")
     p.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epochs at most (default 200)")
-    p.add_argument("--stage2-epochs", type=int, default=1, help="stage-2 epochs at most (reference: 10)")
+    p.add_argument("--stage2-epochs", type=int, default=1,
+                   help="stage-2 epochs at most (default 1; the reference: 10; --budget-minutes trains epochs "
+                        "until the budget instead)")
     p.add_argument("--train-users", type=int, default=None,
                    help="stage-2 training users (0: all; default 256, all with --budget-minutes: 256 users "
                         "repeated over the budget's epochs overfit, measured)")
@@ -175,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
 
     # 1. SASRec (the one of --stage1-run when given)
+    check_settings(args)  # every --set / --stage1-set and the budget, before any data or training
     s_cfg = Config.for_model("sasrec", dataset=str(args.dataset), seed=args.seed, epochs=args.sasrec_epochs
                              ).with_overrides(cli.dataset_sets(args.dataset))  # ml-1m: max_seq_len=200
     if args.budget_minutes:
@@ -225,11 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     inputs_path = save_inputs(out / "stage2_inputs.npz", inputs)  # a record of what stage 2 read
 
     # 3. stage 2
-    c2 = Config.for_model("allmrec_stage2", dataset=str(args.dataset), seed=args.seed, lm=args.lm,
-                          epochs=args.stage2_epochs, train_users=args.train_users, eval_users=args.eval_users,
-                          valid_users=args.valid_users, **VARIANTS[args.variant][1],
-                          **({"stage1_run": str(args.stage1_run or inputs_path)} if inputs.kind == "stage1" else
-                             {"sasrec_run": str(inputs_path)})).with_overrides(args.set)
+    c2 = stage2_config(args, **({"stage1_run": str(args.stage1_run or inputs_path)} if inputs.kind == "stage1" else
+                                {"sasrec_run": str(inputs_path)}))
     if args.budget_minutes:
         left = args.budget_minutes - (time.perf_counter() - started) / 60 - TEST_RESERVE_MINUTES[c2.answer]
         if left <= 0:

@@ -829,3 +829,25 @@ def test_stage2_experiment_user_counts_default_to_every_training_user_under_a_bu
     assert (got.train_users, got.valid_users, got.eval_users) == (256, 32, 100)
     got = allmrec_stage2.resolve_user_counts(parse(["--budget-minutes", "30", "--train-users", "64"]))
     assert got.train_users == 64
+
+
+def test_stage2_experiment_rejects_bad_settings_before_any_training(monkeypatch):
+    """A bad --set / --stage1-set value or a budget below the test reserve is a ConfigError before
+    the dataset is read or SASRec trained (the dataset here does not exist: reading it would fail
+    with another error)."""
+    import jaxrec
+    from experiments import allmrec_stage2
+
+    def no_fit(*a, **k):
+        raise AssertionError("trained before checking the settings")
+
+    monkeypatch.setattr(jaxrec, "fit", no_fit)
+    base = ["--dataset", "/nonexistent/dataset"]
+    with pytest.raises(jaxrec.ConfigError, match="score_probe"):
+        allmrec_stage2.main(base + ["--set", "score_probe=maybe"])
+    with pytest.raises(jaxrec.ConfigError, match="nosuchkey"):
+        allmrec_stage2.main(base + ["--set", "nosuchkey=1"])
+    with pytest.raises(jaxrec.ConfigError, match="nosuchkey"):
+        allmrec_stage2.main(base + ["--train-stage1", "--stage1-set", "nosuchkey=1"])
+    with pytest.raises(jaxrec.ConfigError, match="--budget-minutes 2.0: expected more than the test evaluation's 4.0"):
+        allmrec_stage2.main(base + ["--budget-minutes", "2"])
