@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", required=True, help=f"comma-separated diagnostics: {', '.join(WHICH)}")
     p.add_argument("--dataset", default="ml-100k", help="dataset name or folder (default ml-100k)")
     p.add_argument("--seed", type=int, default=2020, help="seed of the split, samples and training (default 2020)")
-    p.add_argument("--stage1-run", type=Path, default=None, help="a finished allmrec_stage1 run folder")
-    p.add_argument("--stage2-run", type=Path, default=None, help="ablate: a finished allmrec_stage2 run with the index answer (every variant but "
+    p.add_argument("--stage1-run", type=Path, default=None, help="a finished allmrec_stage1 run folder (required by spread and overfit)")
+    p.add_argument("--stage2-run", type=Path, default=None, help="a finished allmrec_stage2 run with the index answer (required by ablate; every variant but "
                         "'reference', e.g. OUT/stage2 of experiments.allmrec_stage2)")
     p.add_argument("--lm", default="smollm2", help="frozen LM: smollm2 | a .gguf file | a HF folder (default smollm2)")
     p.add_argument("--steps", type=int, default=300, help="training steps (synthetic, overfit; default 300)")
