@@ -144,7 +144,8 @@ class Method:
     ``cross_domain``: the row can score another dataset's users from its items' text
     (``Stage1Run.cross_domain``; the ``--target`` column). ``backbone_row``: the row whose run an
     ``on_sasrec`` row aligns (default ``sasrec``; A-LLMRec's Table 9 rows align GRU4Rec's,
-    NextItNet's and NeuMF's)."""
+    NextItNet's and NeuMF's). ``stage1_row``: the stage-1 row whose run an ``on_stage1`` row with
+    stage-1 inputs reads (default ``stage1``; Table 9's stage-2 rows read ``stage1_gru4rec`` ...)."""
 
     name: str
     label: str
@@ -157,6 +158,7 @@ class Method:
     cross_domain: bool = False
     inputs: str = "stage1"  # a stage-2 row's inputs: the stage-1 run ("stage1") or SASRec's own tables ("sasrec")
     backbone_row: str = "sasrec"  # an on_sasrec row aligns this row's run (Table 9: "gru4rec", "nextitnet", "neumf")
+    stage1_row: str = "stage1"  # an on_stage1 row with inputs "stage1" reads this stage-1 row's run (Table 9)
 
 
 #: Text of the frozen-encoder stage-1 rows: the dataset's reference MPNet embeddings when present
@@ -166,6 +168,9 @@ class Method:
 _S1 = dict(score=stage1_scores, on_sasrec=True, cross_domain=True)
 #: The index-answer stage 2 with its input and output scaling fixed (issue 22's diagnostics).
 _INDEX = {"lm": "smollm2", "answer": "index", "input_norm": "standardize", "token_norm": "match"}
+#: The score probe with soft tokens only (the 30-minute command's ``probe_soft``; issue 22).
+_PROBE_SOFT = {**_INDEX, "score_probe": True, "prompt_titles": False, "batch_size": 8, "learning_rate": 1e-3}
+_PROBE_SOFT_S1 = {**_PROBE_SOFT, "probe_std": 5.0}
 METHODS = (
     Method("sasrec", "SASRec", "sasrec", paper="sasrec"),
     # the CF rows of A-LLMRec's Table 1 (issue 24): each registered backbone with its own defaults
@@ -214,6 +219,20 @@ METHODS = (
            {**_INDEX, "lora_rank": 8, "curriculum_steps": 100}, score=None, on_stage1=True),
     Method("allmrec_probe", "probe: index + SASRec score as item input", "allmrec_stage2",
            {**_INDEX, "score_probe": True}, score=None, on_stage1=True),
+    # the 30-minute command's setting (experiments.allmrec_stage2 --variant probe_soft): soft tokens only,
+    # batch 8, lr 1e-3; over stage 1 the probe is scale-free (the stage-1 recommender's scores spread ~5x
+    # less than SASRec's over 20 options: probe_std rescales them to SASRec's spread, ~5)
+    Method("allmrec_probe_soft", "A-LLMRec + score probe, soft tokens only (stage-1 inputs, scale-free)",
+           "allmrec_stage2", _PROBE_SOFT_S1, score=None, on_stage1=True),
+    Method("probe_sasrec", "score probe, soft tokens only, SASRec's own tables (the 30-min command's row)",
+           "allmrec_stage2", _PROBE_SOFT, score=None, on_stage1=True, inputs="sasrec"),
+    # A-LLMRec Table 9, stage 2: the same row over stage 1 on another backbone
+    Method("allmrec_probe_gru4rec", "A-LLMRec + probe (soft) over GRU4Rec's stage 1", "allmrec_stage2",
+           _PROBE_SOFT_S1, score=None, on_stage1=True, stage1_row="stage1_gru4rec"),
+    Method("allmrec_probe_nextitnet", "A-LLMRec + probe (soft) over NextItNet's stage 1", "allmrec_stage2",
+           _PROBE_SOFT_S1, score=None, on_stage1=True, stage1_row="stage1_nextitnet"),
+    Method("allmrec_probe_neumf", "A-LLMRec + probe (soft) over NCF's stage 1", "allmrec_stage2",
+           _PROBE_SOFT_S1, score=None, on_stage1=True, stage1_row="stage1_neumf"),
     Method("mlp_llm", "MLP-LLM (no stage 1: SASRec tables, index + LoRA)", "allmrec_stage2",
            {**_INDEX, "lora_rank": 8}, score=None, on_stage1=True, inputs="sasrec"),
     Method("tallrec", "TALLRec (titles only, index + LoRA r=8)", "allmrec_stage2",
@@ -420,7 +439,7 @@ def build_cells(args, methods, seeds, setting_names, datasets: grid.DatasetCache
                     if getattr(args, "stage1_epochs", None):
                         cell_config = cell_config.replace(epochs=args.stage1_epochs)
                 if m.on_stage1:  # the stage-1 cell (frozen text, e) of this setting and seed, or SASRec's
-                    source = "stage1" if m.inputs == "stage1" else "sasrec"
+                    source = m.stage1_row if m.inputs == "stage1" else "sasrec"
                     cell_config = stage2_config(config, runs / grid._slug({"method": source, "setting": s,
                                                                           "seed": seed}), args, m)
                 cells.append(grid.Cell({"method": m.name, "setting": s, "seed": seed}, cell_config,
@@ -731,9 +750,9 @@ def main(argv: list[str] | None = None) -> int:
             if need not in names:
                 raise ConfigError(f"--methods {args.methods}: the stage-1 rows align the {need} run of the same "
                                   f"setting and seed; add {need}")
-        if any(m.on_stage1 and m.inputs == "stage1" for m in methods) and "stage1" not in names:
-            raise ConfigError(f"--methods {args.methods}: the stage-2 rows read the stage-1 run of the same "
-                              "setting and seed; add stage1")
+        for need in sorted({m.stage1_row for m in methods if m.on_stage1 and m.inputs == "stage1"} - set(names)):
+            raise ConfigError(f"--methods {args.methods}: the stage-2 rows read the {need} run of the same "
+                              f"setting and seed; add {need}")
         # SASRec first, stage 2 last: the runs a row reads are saved before it trains
         backbones = {m.backbone_row for m in methods if m.on_sasrec} | {"sasrec"}
         methods = sorted(methods, key=lambda m: (m.name not in backbones, m.on_stage1))

@@ -801,6 +801,42 @@ def test_stage2_allmrec_table_rows_same_users_and_cross_domain(tiny_lm, tmp_path
     assert not (tmp_path / "fresh").exists()  # refused before --out is created
 
 
+def test_table9_stage2_rows_read_their_backbones_stage1_run(tiny_lm, tmp_path, monkeypatch):
+    """A-LLMRec Table 9's stage-2 rows (issue 24): ``allmrec_probe_neumf`` trains stage 2 on the
+    stage-1 run over NCF (row ``stage1_neumf``, ``stage1_row``), with the scale-free soft-only probe
+    (``probe_std`` 5, no titles); ``probe_sasrec`` reads SASRec's own run (unscaled: the
+    30-minute command's row); a stage-2 row without its stage-1 row is refused before any training."""
+    from experiments import allmrec_table as T
+    from jaxrec.config import ConfigError
+
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=16, items=40, per_user=7)
+    ds = load_dataset(str(folder), Config.for_model("sasrec", dataset=str(folder)))
+    np.save(tmp_path / "text.npy", np.random.default_rng(0).normal(size=(ds.num_items, 12)).astype(np.float32))
+    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    out = tmp_path / "run"
+    tiny = ["embedding_size=8", "num_heads=2", "num_layers=1", "max_seq_len=6", "batch_size=32", "learning_rate=0.01",
+            f"candidates_dir={tmp_path / 'cands'}", f"embeddings={tmp_path / 'text.npy'}", "full_view_topk=",
+            "mf_embedding_size=6", "mlp_embedding_size=4", "mlp_hidden_size=8,4"]
+    argv = ["--dataset", str(folder), "--seeds", "2020", "--epochs", "1", "--scenarios", "standard", "--out", str(out),
+            "--methods", "sasrec,neumf,stage1_neumf,allmrec_probe_neumf", "--stage2-train-users", "4",
+            "--stage2-valid-users", "3", "--stage2-eval-users", "6", "--stage2-set", f"lm={tiny_lm[2]}",
+            "--stage2-set", "prompt_history=3", "--stage2-set", "batch_size=2"] + [a for s in tiny for a in ("--set", s)]
+    with pytest.raises(ConfigError, match="read the stage1_neumf run of the same setting and seed; add stage1_neumf"):
+        T.main([a.replace("stage1_neumf,", "") for a in argv])
+    assert not (out / "runs").exists()
+    assert T.main(argv) == 0
+    cells = {c["key"]["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    probe = cells["allmrec_probe_neumf"]["config"]
+    assert probe["stage1_run"] == cells["stage1_neumf"]["run_dir"] and probe["sasrec_run"] is None
+    assert (probe["probe_std"], probe["score_probe"], probe["prompt_titles"]) == (5.0, True, False)
+    assert cells["stage1_neumf"]["config"]["sasrec_run"] == cells["neumf"]["run_dir"]
+    assert len(cells["allmrec_probe_neumf"]["extra"]["sample"]["all"]) == 6
+    rows = {m.name: m for m in T.METHODS}  # the 30-minute command's row reads SASRec's own run
+    assert (rows["probe_sasrec"].inputs, rows["probe_sasrec"].overrides["probe_std"] if "probe_std" in
+            rows["probe_sasrec"].overrides else 0.0) == ("sasrec", 0.0)
+
+
 def test_saved_inputs_keep_the_score_probes_item_vectors(tmp_path):
     """save_inputs / load_inputs round-trip ``score_items`` (the score probe's item vectors): a
     budgeted experiments.allmrec_stage2 run on the SASRec fallback reads its inputs back from the

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ from jaxrec.config import ModelSettings
 from jaxrec.errors import JaxrecError
 from jaxrec.models.base import Model, SequenceEncoder
 from jaxrec.models.dropout import HashDropout
-from jaxrec.models.sequential import check_sequences, chunked_users, id_sequence_encoder
+from jaxrec.models.sequential import check_sequences, chunked_users, id_sequence_encoder, self_attention
 from jaxrec.nn import PureModule, normal
 from jaxrec.nn import init_params as _init_pure
 from jaxrec.objectives import LossInputs, Term, weighted_sum
@@ -138,17 +137,8 @@ class TransformerLayer(nnx.Module):
         self.heads = s.num_heads
 
     def __call__(self, x, key_mask, train: bool, rngs):
-        b, length, d = x.shape
-        h, hd = self.heads, d // self.heads
-
-        def split(y):  # [B, L, d] -> [B, H, L, hd]
-            return y.reshape(b, length, h, hd).transpose(0, 2, 1, 3)
-
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) / math.sqrt(hd)  # [B, H, L, L]
-        logits = jnp.where(key_mask[:, None, None, :], logits, -10000.0 + logits)  # RecBole: + (-10000) on padding keys
-        weights = self.attn_dropout(jax.nn.softmax(logits, axis=-1), deterministic=not train, rngs=rngs)
-        ctx = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(b, length, d)
+        ctx = self_attention(self.query(x), self.key(x), self.value(x), key_mask, self.heads, padding="recbole",
+                             weight_dropout=self.attn_dropout, train=train, rngs=rngs)
         x = self.attention_norm(x + self.dropout(self.dense(ctx), deterministic=not train, rngs=rngs))
         f = self.ffn_out(jax.nn.gelu(self.ffn_in(x), approximate=False))
         return self.ffn_norm(x + self.dropout(f, deterministic=not train, rngs=rngs))

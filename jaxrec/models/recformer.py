@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +45,7 @@ from jaxrec.config import ModelSettings
 from jaxrec.errors import JaxrecError
 from jaxrec.models.base import Model
 from jaxrec.models.dropout import HashDropout
-from jaxrec.models.sequential import check_sequences, chunked_users
+from jaxrec.models.sequential import check_sequences, chunked_users, self_attention
 from jaxrec.models.textseq import TextSeqContext, TextSequenceEncoder
 from jaxrec.nn import PureModule, normal, xavier_normal
 from jaxrec.nn import init_params as _init_pure
@@ -102,17 +101,9 @@ class Block(nnx.Module):
         self.heads = s.num_heads
 
     def __call__(self, x, keep, train: bool, rngs):
-        b, t, d = x.shape
-        h, hd = self.heads, d // self.heads
         y = self.attention_norm(x)
-
-        def split(z):
-            return z.reshape(b, t, h, hd).transpose(0, 2, 1, 3)
-
-        q, k, v = split(self.query(y)) / math.sqrt(hd), split(self.key(y)), split(self.value(y))
-        logits = jnp.where(keep[:, None, None, :], q @ jnp.swapaxes(k, -1, -2), jnp.finfo(x.dtype).min)
-        w = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=not train, rngs=rngs)
-        att = (w @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+        att = self_attention(self.query(y), self.key(y), self.value(y), keep, self.heads, padding="min",
+                             weight_dropout=self.dropout, train=train, rngs=rngs)
         x = x + self.dropout(self.out(att), deterministic=not train, rngs=rngs)
         f = self.ffn_out(jax.nn.gelu(self.ffn_in(self.ffn_norm(x)), approximate=False))
         return x + self.dropout(f, deterministic=not train, rngs=rngs)

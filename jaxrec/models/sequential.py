@@ -3,11 +3,13 @@
 A sequence backbone's ``embed`` is (the output at the last position of each user's history,
 the item table without its padding row). ``chunked_users`` computes the first part a chunk of
 users at a time with ``lax.map`` (so 10^5 users need only one chunk's activations at once);
-``check_sequences`` is the input check of every sequence forward.
+``check_sequences`` is the input check of every sequence forward; ``self_attention`` the
+bidirectional multi-head attention core of BERT4Rec and the RECFORMER-like model.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -47,7 +49,7 @@ def chunked_users(user_fn: Callable[[jax.Array], jax.Array], histories: jax.Arra
     return user.reshape(chunks * chunk, -1)[:num_users]
 
 
-__all__ = ["check_sequences", "chunked_users", "SEQ_LOSSES"]
+__all__ = ["check_sequences", "chunked_users", "SEQ_LOSSES", "PADDING_LOGITS", "self_attention"]
 
 
 def id_sequence_encoder(name: str, config, *, arch_from_config: Callable, init_params: Callable, embed: Callable,
@@ -76,3 +78,34 @@ def id_sequence_encoder(name: str, config, *, arch_from_config: Callable, init_p
 
     return SequenceEncoder(name=name, init=init, embed=embed_fn, forward=forward,
                            item_table=TableSpec("item_embedding", offset=1))
+
+
+#: ``self_attention``'s treatment of padding keys: RecBole's ``-10000 + logit`` (BERT4Rec, as its
+#: ``get_attention_mask``) or the dtype's minimum (masked out exactly).
+PADDING_LOGITS = ("recbole", "min")
+
+
+def self_attention(q, k, v, key_mask, heads: int, *, padding: str, weight_dropout, train: bool, rngs) -> jax.Array:
+    """Bidirectional multi-head scaled dot-product attention over projected ``q``, ``k``, ``v``
+    [B, L, d] (d divisible by ``heads``): ``softmax(q_h k_h^T / sqrt(d / heads))`` per head, keys with
+    ``key_mask`` [B, L] False moved to ``-10000 + logit`` (``padding="recbole"``, RecBole's
+    ``TransformerLayer``) or to the dtype's minimum (``"min"``); ``weight_dropout(weights,
+    deterministic=not train, rngs=rngs)`` on the attention weights; returns the heads' outputs
+    concatenated, [B, L, d], before the output projection (Vaswani et al. 2017, eq. 1). Shared by
+    BERT4Rec (``jaxrec.models.bert4rec``) and the RECFORMER-like model (``jaxrec.models.recformer``)."""
+    b, length, d = q.shape
+    hd = d // heads
+
+    def split(y):  # [B, L, d] -> [B, H, L, hd]
+        return y.reshape(b, length, heads, hd).transpose(0, 2, 1, 3)
+
+    logits = jnp.matmul(split(q), jnp.swapaxes(split(k), -1, -2)) / math.sqrt(hd)  # [B, H, L, L]
+    keep = key_mask[:, None, None, :]
+    if padding == "recbole":
+        logits = jnp.where(keep, logits, -10000.0 + logits)
+    elif padding == "min":
+        logits = jnp.where(keep, logits, jnp.finfo(logits.dtype).min)
+    else:
+        raise ValueError(f"padding={padding!r}: expected one of {PADDING_LOGITS}")
+    weights = weight_dropout(jax.nn.softmax(logits, axis=-1), deterministic=not train, rngs=rngs)
+    return jnp.matmul(weights, split(v)).transpose(0, 2, 1, 3).reshape(b, length, d)

@@ -230,6 +230,7 @@ class Stage2Context:
     label_prior: Any = None  # float32 [C]: the LM's label logits on content-free prompts (subtracted), or None
     token_norm: float = struct.field(pytree_node=False, default=0.0)  # > 0: every soft token has this norm
     lora_alpha: float = struct.field(pytree_node=False, default=16.0)
+    probe_std: float = struct.field(pytree_node=False, default=0.0)  # > 0: probe scores rescaled to this std
 
     @property
     def index(self) -> bool:
@@ -239,7 +240,7 @@ class Stage2Context:
 
 def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder, *,
                  score_items=None, score_users=None, token_norm: float = 0.0, lora_alpha: float = 16.0,
-                 label_prior=None) -> Stage2Context:
+                 label_prior=None, probe_std: float = 0.0) -> Stage2Context:
     """A ``Stage2Context`` after checking shapes (Stage2Error naming the array).
 
     ``score_items`` [I, d] (optional): the recommender's item vectors; with them the item projector
@@ -249,7 +250,8 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
     ``user_rep``; pass the raw ones when ``user_rep`` was standardized, whose dot products are not
     the recommender's scores). ``token_norm`` > 0 rescales every soft token to that L2 norm
     (``lm_token_norm``: the LM's own embedding rows' mean norm). ``label_prior`` [C]: subtracted from
-    the index answer's label logits (``content_free_prior``)."""
+    the index answer's label logits (``content_free_prior``). ``probe_std`` > 0: the probe's scores
+    over a prompt's options are rescaled to that standard deviation first (``option_scores``)."""
     user_rep, item_emb = jnp.asarray(user_rep, jnp.float32), jnp.asarray(item_emb, jnp.float32)
     if user_rep.ndim != 2 or item_emb.ndim != 2:
         raise Stage2Error(f"user_rep {user_rep.shape}, item_emb {item_emb.shape}: expected [U, d] and [I, k]")
@@ -275,7 +277,7 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
             raise Stage2Error(f"label_prior {label_prior.shape}: expected one logit per label of an index prompt")
     return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items,
                          score_users if score_items is not None else None, label_prior,
-                         float(token_norm), float(lora_alpha))
+                         float(token_norm), float(lora_alpha), float(probe_std))
 
 
 def lm_token_norm(lm: LanguageModel, lm_params: Params) -> float:
@@ -295,7 +297,7 @@ def batch_vectors(params: Params, ctx: Stage2Context, user, soft_items):
     item_in = ctx.item_emb[items]
     if ctx.score_items is not None:
         raw = jnp.einsum("bd,bsd->bs", ctx.score_users[user], ctx.score_items[items])
-        score = option_scores(raw, ctx.prompts.history)
+        score = option_scores(raw, ctx.prompts.history, ctx.probe_std)
         item_in = jnp.concatenate([item_in, score[..., None]], axis=-1)
     user_vec, item_vecs = project(params, ctx.settings, ctx.user_rep[user], item_in)
     if ctx.token_norm > 0:
@@ -304,7 +306,7 @@ def batch_vectors(params: Params, ctx: Stage2Context, user, soft_items):
     return user_vec, item_vecs
 
 
-def option_scores(raw, history: int) -> jax.Array:
+def option_scores(raw, history: int, probe_std: float = 0.0) -> jax.Array:
     """float32 [B, S]: the score probe's input per soft slot from the recommender's scores ``raw``
     [B, S] (columns: ``history`` history slots, then the C options, as ``IndexPromptBuilder``'s
     ``soft_items``): ``C * softmax(raw over the options) - 1`` on the options, 0 on the history.
@@ -313,8 +315,21 @@ def option_scores(raw, history: int) -> jax.Array:
     share; as ``C p - 1`` it stands out as one large input (up to C - 1) among the others' ~-1,
     which the frozen LM can find by attention, where a z-score of the raw score leaves the top
     options a fraction of a standard deviation apart (measured on ml-100k: the probe did not learn
-    in 64 steps with z-scores, issue 22 notes). 0 when all options score the same."""
+    in 64 steps with z-scores, issue 22 notes). 0 when all options score the same.
+
+    ``probe_std`` > 0 makes the input scale-free: the options' scores are first rescaled to that
+    standard deviation over the row's options (``raw / std(raw over options) * probe_std``; a row
+    whose options all score the same is left at 0 spread), so a recommender whose scores spread
+    little (A-LLMRec's stage 1: std 1.04 over 20 random options on ml-100k, SASRec's 5.15) marks its
+    choice as clearly as SASRec does. 0 (the default) keeps the raw scores (temperature 1)."""
     options = jnp.arange(raw.shape[1]) >= history
+    raw = jnp.asarray(raw, jnp.float32)
+    if probe_std > 0:
+        n_opt = jnp.maximum(jnp.sum(options), 1)
+        mean = jnp.sum(jnp.where(options, raw, 0.0), axis=-1, keepdims=True) / n_opt
+        var = jnp.sum(jnp.where(options, (raw - mean) ** 2, 0.0), axis=-1, keepdims=True) / n_opt
+        sd = jnp.sqrt(var)
+        raw = jnp.where(sd > 1e-12, (raw - mean) / jnp.maximum(sd, 1e-12) * probe_std, 0.0)
     masked = jnp.where(options, raw, -jnp.inf)
     p = jax.nn.softmax(masked, axis=-1)
     n = raw.shape[1] - history

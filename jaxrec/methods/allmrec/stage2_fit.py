@@ -127,6 +127,7 @@ class Stage2Settings(ModelSettings):
     lora_alpha: float = 16.0
     curriculum_steps: int = 0
     score_probe: bool = False
+    probe_std: float = 0.0
     train_targets: str = "last"
     calibrate: bool = True
 
@@ -137,6 +138,9 @@ class Stage2Settings(ModelSettings):
         self.expect("token_norm", self.token_norm in TOKEN_NORMS, f"one of {list(TOKEN_NORMS)}")
         self.expect("lora_rank", self.lora_rank >= 0, "an integer >= 0 (0: no LoRA)")
         self.expect("lora_alpha", self.lora_alpha > 0, "a number > 0")
+        self.expect("probe_std", self.probe_std >= 0, "a number >= 0 (0: the raw scores; > 0: rescaled to that std "
+                                                      "over the options)")
+        self.expect("probe_std", self.probe_std == 0 or self.score_probe, "0 unless score_probe=True")
         self.expect("curriculum_steps", self.curriculum_steps >= 0, "an integer >= 0 (0: no curriculum)")
         self.expect("train_targets", self.train_targets in TRAIN_TARGETS, f"one of {list(TRAIN_TARGETS)}")
         self.expect("soft_tokens", self.soft_tokens or self.prompt_titles,
@@ -198,7 +202,8 @@ def stage2_contexts(dataset, config) -> dict:
     score = (lambda s: dict(score_items=inputs.score_items, score_users=inputs.user_rep[s])) if config.score_probe \
         else (lambda s: {})
     return {s: make_context(lm, lm_params, user_rep[s], item_emb, prompts, token_norm=norm,
-                            lora_alpha=config.lora_alpha, label_prior=prior, **score(s)) for s in STAGES}
+                            lora_alpha=config.lora_alpha, label_prior=prior, probe_std=config.probe_std,
+                            **score(s)) for s in STAGES}
 
 
 #: Content-free prompts averaged for the label prior (``calibrate``).
@@ -238,7 +243,7 @@ def standardize_inputs(user_rep: dict, item_emb: np.ndarray) -> tuple[dict, np.n
 #: The registered context kind ``"allmrec_stage2"``.
 STAGE2_CONTEXT = ContextKind(stage2_contexts, fields=("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain",
                                                       "prompt_history", "prompt_candidates", "answer", "prompt_titles",
-                                                      "soft_tokens", "input_norm", "token_norm", "score_probe",
+                                                      "soft_tokens", "input_norm", "token_norm", "score_probe", "probe_std",
                                                       "lora_alpha", "calibrate", "seed"))
 
 
