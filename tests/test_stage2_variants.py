@@ -415,7 +415,8 @@ def test_scale_free_probe_rescales_each_rows_option_scores_to_the_stated_std(tin
     over 20 options on ml-100k, SASRec's 5.15) marks its choice as clearly as one whose scores
     spread widely: the probe input is ``C softmax(z * probe_std) - 1`` with z the numpy z-score of
     the row's option scores (population std). Scaling every score by 5 leaves it unchanged, where
-    the raw probe's top input changes; a row whose options tie gets 0."""
+    the raw probe's top input changes; a row whose options tie gets 0. Through the context the
+    item projector reads that input times ``probe_weight``."""
     from jaxrec.methods.allmrec.stage2 import option_scores
     rng = np.random.default_rng(21)
     raw = rng.normal(size=(3, 7)).astype(np.float32)  # 2 history slots, 5 options
@@ -432,11 +433,12 @@ def test_scale_free_probe_rescales_each_rows_option_scores_to_the_stated_std(tin
     # through the context: the item projector reads the rescaled score
     _, model, params, tok, _ = tiny_lm
     users, joint, score_items = rng.normal(size=(4, 6)), rng.normal(size=(8, 5)), rng.normal(size=(8, 6))
-    ctx = make_context(model, params, users, joint, index_builder(tok), score_items=score_items, probe_std=4.0)
+    ctx = make_context(model, params, users, joint, index_builder(tok), score_items=score_items, probe_std=4.0,
+                       probe_weight=2.5)
     p = init_params(jax.random.PRNGKey(1), ctx.settings)
     slots = [7, 1, 0, 4, 7, 2]
     _, vecs = batch_vectors(p, ctx, np.array([2]), np.array([slots]))
-    feat = np.asarray(option_scores((score_items[slots] @ users[2])[None].astype(np.float32), 2, 4.0))[0]
+    feat = 2.5 * np.asarray(option_scores((score_items[slots] @ users[2])[None].astype(np.float32), 2, 4.0))[0]
     x = np.concatenate([joint[slots], feat[:, None]], axis=1).astype(np.float32)
     np.testing.assert_allclose(np.asarray(vecs)[0], np.asarray(project(p, ctx.settings, None, x)[1]),
                                rtol=1e-4, atol=1e-5)

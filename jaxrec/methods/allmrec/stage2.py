@@ -231,6 +231,7 @@ class Stage2Context:
     token_norm: float = struct.field(pytree_node=False, default=0.0)  # > 0: every soft token has this norm
     lora_alpha: float = struct.field(pytree_node=False, default=16.0)
     probe_std: float = struct.field(pytree_node=False, default=0.0)  # > 0: probe scores rescaled to this std
+    probe_weight: float = struct.field(pytree_node=False, default=1.0)  # the probe input column's factor
 
     @property
     def index(self) -> bool:
@@ -240,7 +241,7 @@ class Stage2Context:
 
 def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, prompts: PromptBuilder, *,
                  score_items=None, score_users=None, token_norm: float = 0.0, lora_alpha: float = 16.0,
-                 label_prior=None, probe_std: float = 0.0) -> Stage2Context:
+                 label_prior=None, probe_std: float = 0.0, probe_weight: float = 1.0) -> Stage2Context:
     """A ``Stage2Context`` after checking shapes (Stage2Error naming the array).
 
     ``score_items`` [I, d] (optional): the recommender's item vectors; with them the item projector
@@ -251,7 +252,10 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
     the recommender's scores). ``token_norm`` > 0 rescales every soft token to that L2 norm
     (``lm_token_norm``: the LM's own embedding rows' mean norm). ``label_prior`` [C]: subtracted from
     the index answer's label logits (``content_free_prior``). ``probe_std`` > 0: the probe's scores
-    over a prompt's options are rescaled to that standard deviation first (``option_scores``)."""
+    over a prompt's options are rescaled to that standard deviation first (``option_scores``).
+    ``probe_weight``: the probe input column is multiplied by it (its share of the item projector's
+    input variance: with 128 standardized stage-1 dimensions beside it the probe carries 5 % at
+    probe_std 5, against 17 % beside SASRec's 50; issue 22 notes)."""
     user_rep, item_emb = jnp.asarray(user_rep, jnp.float32), jnp.asarray(item_emb, jnp.float32)
     if user_rep.ndim != 2 or item_emb.ndim != 2:
         raise Stage2Error(f"user_rep {user_rep.shape}, item_emb {item_emb.shape}: expected [U, d] and [I, k]")
@@ -277,7 +281,7 @@ def make_context(lm: LanguageModel, lm_params: Params, user_rep, item_emb, promp
             raise Stage2Error(f"label_prior {label_prior.shape}: expected one logit per label of an index prompt")
     return Stage2Context(lm_params, user_rep, item_emb, lm, settings, prompts, score_items,
                          score_users if score_items is not None else None, label_prior,
-                         float(token_norm), float(lora_alpha), float(probe_std))
+                         float(token_norm), float(lora_alpha), float(probe_std), float(probe_weight))
 
 
 def lm_token_norm(lm: LanguageModel, lm_params: Params) -> float:
@@ -290,14 +294,14 @@ def batch_vectors(params: Params, ctx: Stage2Context, user, soft_items):
     """(user_vec [B, E], item_vecs [B, S, E]): the projected user representation of ``user`` [B]
     and joint embeddings of ``soft_items`` [B, S] (-1 slots get item 0's; they are never placed).
     With the score probe the item projector also reads each option's score for the row's user
-    (``option_scores``; 0 on the history slots); with
+    (``option_scores`` times ``ctx.probe_weight``; 0 on the history slots); with
     ``ctx.token_norm`` every vector is rescaled to that norm."""
     user = jnp.asarray(user)
     items = jnp.maximum(jnp.asarray(soft_items), 0)
     item_in = ctx.item_emb[items]
     if ctx.score_items is not None:
         raw = jnp.einsum("bd,bsd->bs", ctx.score_users[user], ctx.score_items[items])
-        score = option_scores(raw, ctx.prompts.history, ctx.probe_std)
+        score = option_scores(raw, ctx.prompts.history, ctx.probe_std) * ctx.probe_weight
         item_in = jnp.concatenate([item_in, score[..., None]], axis=-1)
     user_vec, item_vecs = project(params, ctx.settings, ctx.user_rep[user], item_in)
     if ctx.token_norm > 0:

@@ -128,6 +128,7 @@ class Stage2Settings(ModelSettings):
     curriculum_steps: int = 0
     score_probe: bool = False
     probe_std: float = 0.0
+    probe_weight: float = 1.0
     train_targets: str = "last"
     calibrate: bool = True
 
@@ -141,6 +142,8 @@ class Stage2Settings(ModelSettings):
         self.expect("probe_std", self.probe_std >= 0, "a number >= 0 (0: the raw scores; > 0: rescaled to that std "
                                                       "over the options)")
         self.expect("probe_std", self.probe_std == 0 or self.score_probe, "0 unless score_probe=True")
+        self.expect("probe_weight", self.probe_weight > 0, "a number > 0 (the probe input column's factor)")
+        self.expect("probe_weight", self.probe_weight == 1 or self.score_probe, "1 unless score_probe=True")
         self.expect("curriculum_steps", self.curriculum_steps >= 0, "an integer >= 0 (0: no curriculum)")
         self.expect("train_targets", self.train_targets in TRAIN_TARGETS, f"one of {list(TRAIN_TARGETS)}")
         self.expect("soft_tokens", self.soft_tokens or self.prompt_titles,
@@ -203,6 +206,7 @@ def stage2_contexts(dataset, config) -> dict:
         else (lambda s: {})
     return {s: make_context(lm, lm_params, user_rep[s], item_emb, prompts, token_norm=norm,
                             lora_alpha=config.lora_alpha, label_prior=prior, probe_std=config.probe_std,
+                            probe_weight=config.probe_weight,
                             **score(s)) for s in STAGES}
 
 
@@ -244,6 +248,7 @@ def standardize_inputs(user_rep: dict, item_emb: np.ndarray) -> tuple[dict, np.n
 STAGE2_CONTEXT = ContextKind(stage2_contexts, fields=("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain",
                                                       "prompt_history", "prompt_candidates", "answer", "prompt_titles",
                                                       "soft_tokens", "input_norm", "token_norm", "score_probe", "probe_std",
+                                                      "probe_weight",
                                                       "lora_alpha", "calibrate", "seed"))
 
 
