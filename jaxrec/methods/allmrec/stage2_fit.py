@@ -319,8 +319,8 @@ def prompt_batches(prepared, config, model):
 
     dataset = prepared.dataset
     ctx = prepared.contexts(model.context, config)["train"]
-    ex = training_examples(dataset, config)
-    seqs = user_sequences(dataset)
+    ex = training_examples(dataset, config)  # logs the sequences' report once per run
+    seqs = user_sequences(dataset, log_report=False)
     seen = {u: seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in np.unique(ex.users)}
     size = config.batch_size
     counter = {"batches": 0}
@@ -370,7 +370,7 @@ def evaluation_lists(dataset, stage: str, config, folder=None):
 
     folder = folder or getattr(config, "candidates_dir", None) or cache_root() / "candidates"
     cands = candidates_for(folder, dataset, stage, config.seed, config.prompt_candidates - 1)
-    ex = stage_examples(user_sequences(dataset), stage, config.prompt_history)
+    ex = stage_examples(user_sequences(dataset, log_report=False), stage, config.prompt_history)
     keep = np.isin(ex.users, cands.users)
     ex = ex.take(np.flatnonzero(keep))
     n = config.eval_users if stage == "test" or not config.valid_users else config.valid_users

@@ -97,7 +97,7 @@ def from_arrays(user_rep: dict[str, Any] | Any, item_emb, source: str = "arrays"
 
 # ----------------------------------------------------------------------------- histories
 def _sequences(data) -> Sequences:
-    return data if isinstance(data, Sequences) else user_sequences(data)
+    return data if isinstance(data, Sequences) else user_sequences(data, log_report=False)
 
 
 def stage_histories(data, stage: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
