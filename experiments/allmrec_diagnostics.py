@@ -4,6 +4,7 @@
     python -m experiments.allmrec_diagnostics --which synthetic --steps 300 --lora 0,8
     python -m experiments.allmrec_diagnostics --dataset ml-100k --stage1-run DIR --which overfit --users 32
     python -m experiments.allmrec_diagnostics --dataset ml-100k --stage1-run DIR --which ablate --stage2-run DIR2
+    python -m experiments.allmrec_diagnostics --dataset ml-100k --which probe --inputs A.npz,B.npz --probe-std 0,5
 
 - ``spread``: how much the stage-1 joint item embeddings, the SASRec user representations and the
   projected soft tokens differ between items / users (mean and std of pairwise cosine, per-dimension
@@ -24,6 +25,13 @@
   by the mean item input: if Hit@1 does not move, the LM is not reading those tokens. A run with
   the score probe also gets two probe ablations: the recommender's scores of another user
   (shuffled), and every option scored the same (the probe input 0).
+- ``probe``: what the score probe gives the item projector, from saved stage-2 inputs
+  (``--inputs``: the ``stage2_inputs.npz`` of ``experiments.allmrec_stage2`` runs), no LM: over
+  the training prompts (each user's last training item + 19 never-interacted items drawn as
+  stage 2 draws them) and the stored test lists, how often the probe's top option is the target,
+  and, for each ``--probe-std`` (x ``--probe-weight``), the probe column's variance over a
+  prompt's options against the summed variance of the standardized item inputs beside it: its
+  share of the item projector's first-layer input variance at initialization (i.i.d. weights).
 
 Prints the numbers and writes ``diagnostics_<which>.json`` into ``--out``
 (default ``checkpoints/allmrec_diagnostics/<dataset>``).
@@ -45,7 +53,7 @@ from experiments import cli, report
 
 log = logging.getLogger("experiments")
 EXPERIMENT = "allmrec_diagnostics"
-WHICH = ("spread", "synthetic", "overfit", "ablate")
+WHICH = ("spread", "synthetic", "overfit", "ablate", "probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", action="store_true", help="synthetic: the item projector also reads the score")
     p.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (default 50)")
     p.add_argument("--eval-users", type=int, default=160, help="held-out users of the synthetic check (default 160)")
+    p.add_argument("--inputs", default=None, metavar="A.npz[,B.npz]",
+                   help="probe: saved stage-2 inputs (stage2_inputs.npz of allmrec_stage2 runs; required by probe)")
+    p.add_argument("--probe-std", default="0,5", help="probe: probe_std values, comma-separated (default 0,5)")
+    p.add_argument("--probe-weight", type=float, default=1.0, help="probe: probe_weight (default 1)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default checkpoints/allmrec_diagnostics/<dataset>)")
     p.add_argument("--verbose", action="store_true", help="INFO logging")
@@ -297,6 +309,56 @@ def ablate(args, ds) -> dict:
     return out
 
 
+def probe(args, ds) -> dict:
+    """The score probe's input from saved stage-2 inputs (module docstring); numpy and
+    ``stage2.option_scores`` only."""
+    import jax.numpy as jnp
+
+    from jaxrec.config import Config, ConfigError
+    from jaxrec.methods.allmrec import stage2_fit
+    from jaxrec.methods.allmrec.stage2 import option_scores
+    from jaxrec.methods.allmrec.stage2_inputs import load_inputs, stage_examples, user_sequences
+
+    seqs = user_sequences(ds, log_report=False)
+    train = stage_examples(seqs, "train", 10)
+    rng = np.random.default_rng([args.seed, 11])
+    seen = [seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in train.users]
+    train_cands = stage2_fit.training_candidates(rng, seen, train.target, 20, ds.num_items)
+    config = Config.for_model("allmrec_stage2", dataset=str(args.dataset), seed=args.seed, eval_users=0)
+    test, test_items, _ = stage2_fit.evaluation_lists(ds, "test", config)
+    out = {}
+    for path in cli.parse_list(args.inputs):
+        inp = load_inputs(path, ds)
+        if inp.score_items is None:
+            raise ConfigError(f"--inputs {path}: no score_items (the probe's item vectors); expected the "
+                              "stage2_inputs.npz of a stage-1 run or of the SASRec fallback")
+        _, items_std = stage2_fit.standardize_inputs(inp.user_rep, inp.item_emb)
+        res = {"kind": inp.kind, "item_dims": int(items_std.shape[1])}
+        for stage, ex, cands in (("train", train, train_cands), ("test", test, test_items)):
+            sc = np.einsum("md,mcd->mc", inp.user_rep[stage][ex.users], inp.score_items[cands])
+            top = cands[np.arange(len(cands)), sc.argmax(1)]
+            res[f"{stage}/probe_top_is_target"] = float(np.mean(top == ex.target))
+            res[f"{stage}/score_std_over_options"] = float(sc.std(1).mean())
+            res[f"{stage}/prompts"] = int(len(ex))
+        sc = np.einsum("md,mcd->mc", inp.user_rep["train"][train.users], inp.score_items[train_cands])
+        emb_var = float(items_std[train_cands].var(axis=1).sum(-1).mean())
+        for pstd in cli.parse_list(args.probe_std, float):
+            f = args.probe_weight * np.asarray(option_scores(jnp.asarray(sc, jnp.float32), 0, pstd))
+            var = float(f.var(axis=1).mean())
+            res[f"probe_std={pstd:g}"] = {"probe_variance": var, "item_inputs_variance": emb_var,
+                                          "probe_share": var / (var + emb_var), "top_input": float(f.max(1).mean())}
+        out[path] = res
+        print(f"probe: {path} ({inp.kind}, {res['item_dims']} item dims): top option is the target on "
+              f"{res['train/probe_top_is_target']:.3f} of training / {res['test/probe_top_is_target']:.3f} of test "
+              f"prompts; score std over the options {res['train/score_std_over_options']:.2f}", flush=True)
+        for pstd in cli.parse_list(args.probe_std, float):
+            r = res[f"probe_std={pstd:g}"]
+            print(f"  probe_std {pstd:g}, probe_weight {args.probe_weight:g}: probe variance {r['probe_variance']:.2f} "
+                  f"vs item inputs {r['item_inputs_variance']:.1f}: share {r['probe_share']:.3f}; "
+                  f"top input {r['top_input']:.2f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxrec.methods.allmrec import register
 
@@ -313,6 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--stage1-run DIR: spread and overfit read a finished allmrec_stage1 run")
     if "ablate" in which and args.stage2_run is None:
         raise ConfigError("--stage2-run DIR: ablate evaluates a finished allmrec_stage2 run")
+    if "probe" in which and not args.inputs:
+        raise ConfigError("--inputs A.npz[,B.npz]: probe reads saved stage-2 inputs (stage2_inputs.npz of "
+                          "experiments.allmrec_stage2 runs)")
+    try:
+        cli.parse_list(args.probe_std, float)
+    except ValueError:
+        raise ConfigError(f"--probe-std {args.probe_std!r}: expected comma-separated numbers >= 0") from None
     out = args.out or cli.default_out_dir(EXPERIMENT, report.dataset_label(args.dataset))
     out.mkdir(parents=True, exist_ok=True)
     import jaxrec
@@ -328,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in which:
         t0 = time.perf_counter()
         res = {"spread": lambda: spread(args, ds, inputs, lm), "synthetic": lambda: synthetic(args, lm),
-               "overfit": lambda: overfit(args, ds, inputs, lm), "ablate": lambda: ablate(args, ds)}[w]()
+               "overfit": lambda: overfit(args, ds, inputs, lm), "ablate": lambda: ablate(args, ds),
+               "probe": lambda: probe(args, ds)}[w]()
         record = {"which": w, "args": {k: str(v) for k, v in vars(args).items()}, "seconds": time.perf_counter() - t0,
                   "results": res, "command": cli.command_line(f"experiments.{EXPERIMENT}", argv)}
         (out / f"diagnostics_{w}.json").write_text(json.dumps(record, indent=1, default=str))

@@ -442,3 +442,54 @@ def test_scale_free_probe_rescales_each_rows_option_scores_to_the_stated_std(tin
     x = np.concatenate([joint[slots], feat[:, None]], axis=1).astype(np.float32)
     np.testing.assert_allclose(np.asarray(vecs)[0], np.asarray(project(p, ctx.settings, None, x)[1]),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_probe_diagnostic_matches_numpy_on_saved_inputs(tmp_path, monkeypatch, capsys):
+    """experiments.allmrec_diagnostics --which probe on a saved stage-2 inputs file: on the stored
+    test lists, the share of prompts whose top-scored option is the target and the score std over
+    the options equal numpy's; the probe's share of the item projector's input variance is the
+    probe column's variance over the options (numpy softmax) against the standardized item
+    inputs' summed variance; a file without the probe's item vectors is refused by name."""
+    import dataclasses
+
+    from experiments import allmrec_diagnostics as D
+    from jaxrec.config import ConfigError
+    from jaxrec.data.sequences import user_sequences
+    from jaxrec.methods.allmrec.stage2_inputs import stage_examples
+
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=16, items=40, per_user=7)
+    ds = load_dataset(str(folder), Config.for_model("sasrec", dataset=str(folder)))
+    rng = np.random.default_rng(4)
+    reps = {s: rng.normal(size=(ds.num_users, 6)).astype(np.float32) for s in ("train", "valid", "test")}
+    base = from_arrays(reps, rng.normal(size=(ds.num_items, 5)).astype(np.float32), dataset=ds)
+    score_items = rng.normal(size=(ds.num_items, 6)).astype(np.float32)
+    path = save_inputs(tmp_path / "in.npz", dataclasses.replace(base, score_items=score_items))
+    out = tmp_path / "diag"
+    assert D.main(["--dataset", str(folder), "--which", "probe", "--inputs", str(path), "--probe-std", "0,3",
+                   "--probe-weight", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "diagnostics_probe.json").read_text())["results"][str(path)]
+    c2 = Config.for_model("allmrec_stage2", dataset=str(folder), seed=2020, eval_users=0)
+    ex, items, _ = stage2_fit.evaluation_lists(ds, "test", c2)  # target first in each row
+    sc = np.einsum("md,mcd->mc", reps["test"][ex.users], score_items[items])
+    assert res["test/probe_top_is_target"] == pytest.approx(np.mean(sc.argmax(1) == 0))
+    assert res["test/score_std_over_options"] == pytest.approx(sc.std(1).mean(), rel=1e-5)
+    # the share at probe_std 0 by numpy on the same training prompts (drawn as the diagnostic draws them)
+    seqs = user_sequences(ds, log_report=False)
+    train = stage_examples(seqs, "train", 10)
+    seen = [seqs.items[seqs.indptr[u]:seqs.indptr[u + 1]] for u in train.users]
+    cands = stage2_fit.training_candidates(np.random.default_rng([2020, 11]), seen, train.target, 20, ds.num_items)
+    s = np.einsum("md,mcd->mc", reps["train"][train.users].astype(np.float64), score_items[cands])
+    p = np.exp(s - s.max(1, keepdims=True))
+    f = 2 * (20 * p / p.sum(1, keepdims=True) - 1)
+    _, std_items = stage2_fit.standardize_inputs(reps, base.item_emb)
+    emb = std_items[cands].var(axis=1).sum(-1).mean()
+    got = res["probe_std=0"]
+    assert got["probe_variance"] == pytest.approx(f.var(1).mean(), rel=1e-4)
+    assert got["probe_share"] == pytest.approx(f.var(1).mean() / (f.var(1).mean() + emb), rel=1e-4)
+    assert "probe_std 3, probe_weight 2" in capsys.readouterr().out
+    save_inputs(tmp_path / "bare.npz", base)
+    with pytest.raises(ConfigError, match="bare.npz: no score_items"):
+        D.main(["--dataset", str(folder), "--which", "probe", "--inputs", str(tmp_path / "bare.npz"), "--out", str(out)])
+    with pytest.raises(ConfigError, match="--inputs A.npz"):
+        D.main(["--dataset", str(folder), "--which", "probe", "--out", str(out)])
