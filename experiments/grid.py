@@ -348,7 +348,9 @@ def same_cell(record: dict, cell: Cell) -> bool:
         return False
     from jaxrec.train.runfiles import LAUNCH_FIELDS  # how a run is launched or tracked: not what it computes
 
-    defaults = Config(cell.config.model, plugins=cell.config.plugins).to_dict()  # the model's keys
+    # the model's keys at its own defaults (a bare Config of a model with required settings, e.g.
+    # allmrec_stage2's evaluation="lm_candidates", is refused by the model's check)
+    defaults = Config.for_model(cell.config.model, plugins=cell.config.plugins).to_dict()
     stored = record["config"]
     return all(stored.get(k, defaults[k]) == v for k, v in json.loads(json.dumps(cell.config.to_dict())).items()
                if k not in LAUNCH_FIELDS)

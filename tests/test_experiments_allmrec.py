@@ -136,3 +136,19 @@ def test_table9_rows_align_their_backbone_rows(tmp_path, capsys):
     for name, backbone in (("stage1_nextitnet", "nextitnet"), ("stage1_neumf", "neumf")):
         assert main_wrapper(T.main, ["--methods", name, "--out", str(tmp_path)]) == 2
         assert f"align the {backbone} run of the same setting and seed; add {backbone}" in capsys.readouterr().err
+
+
+def test_resume_matches_a_stored_stage2_cell():
+    """--resume of a table with a stage-2 row: ``grid.same_cell`` compares a stored record with the
+    cell's config, taking a key the record lacks at the model's own default. For allmrec_stage2 a
+    bare ``Config("allmrec_stage2")`` is refused (its evaluation must be lm_candidates), which made
+    every --resume of such a table fail before reusing anything (found on ml-100k)."""
+    from experiments import grid
+
+    cfg = Config.for_model("allmrec_stage2", dataset="x", batch_size=8, answer="index", score_probe=True)
+    key = {"method": "probe_sasrec", "setting": "standard", "seed": 2020}
+    stored = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k != "probe_weight"}
+    record = {"key": key, "data": {}, "config": stored}  # stored before probe_weight existed
+    assert grid.same_cell(record, grid.Cell(key, cfg, {}))
+    assert not grid.same_cell(record, grid.Cell(key, cfg.replace(probe_weight=2.0), {}))
+    assert not grid.same_cell(record, grid.Cell(key, cfg.replace(batch_size=2), {}))

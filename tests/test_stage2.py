@@ -566,6 +566,17 @@ def test_stage2_rerank_recommender_top_k(tiny_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------ the experiment driver
+def tiny_text_dataset(tmp_path, monkeypatch, users: int, seed: int):
+    """(folder, dataset) of a tiny dataset (40 items, 7 per user) with a random 12-d item text file
+    ``tmp_path / "text.npy"`` (+ its item ids); the jaxrec cache under ``tmp_path``."""
+    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
+    folder = write_tiny_dataset(tmp_path, users=users, items=40, per_user=7)
+    ds = load_dataset(str(folder), Config.for_model("sasrec", dataset=str(folder)))
+    np.save(tmp_path / "text.npy", np.random.default_rng(seed).normal(size=(ds.num_items, 12)).astype(np.float32))
+    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    return folder, ds
+
+
 @pytest.mark.slow
 def test_stage2_experiment_rows(tiny_lm, monkeypatch, tmp_path):
     """experiments.allmrec_stage2 end to end on tiny data and the tiny LM: SASRec, the fallback
@@ -608,11 +619,7 @@ def test_stage2_experiment_train_stage1_row(tiny_lm, monkeypatch, tmp_path):
     from experiments import allmrec_stage2
     from jaxrec.methods.allmrec import stage1 as s1
 
-    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
-    folder = write_tiny_dataset(tmp_path, users=12, items=40, per_user=7)
-    ds = load_dataset(str(folder), Config.for_model("sasrec", dataset=str(folder)))
-    np.save(tmp_path / "text.npy", np.random.default_rng(2).normal(size=(ds.num_items, 12)).astype(np.float32))
-    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    folder, ds = tiny_text_dataset(tmp_path, monkeypatch, users=12, seed=2)
     out = tmp_path / "exp"
     assert allmrec_stage2.main(["--dataset", str(folder), "--lm", str(tiny_lm[2]), "--sasrec-epochs", "1",
                                 "--train-stage1", "--stage1-epochs", "1", "--stage1-set",
@@ -809,11 +816,7 @@ def test_table9_stage2_rows_read_their_backbones_stage1_run(tiny_lm, tmp_path, m
     from experiments import allmrec_table as T
     from jaxrec.config import ConfigError
 
-    monkeypatch.setenv("JAXREC_CACHE", str(tmp_path / "cache"))
-    folder = write_tiny_dataset(tmp_path, users=16, items=40, per_user=7)
-    ds = load_dataset(str(folder), Config.for_model("sasrec", dataset=str(folder)))
-    np.save(tmp_path / "text.npy", np.random.default_rng(0).normal(size=(ds.num_items, 12)).astype(np.float32))
-    (tmp_path / "text.item_ids.txt").write_text("\n".join(ds.item_ids.tolist()) + "\n")
+    folder, ds = tiny_text_dataset(tmp_path, monkeypatch, users=16, seed=0)
     out = tmp_path / "run"
     tiny = ["embedding_size=8", "num_heads=2", "num_layers=1", "max_seq_len=6", "batch_size=32", "learning_rate=0.01",
             f"candidates_dir={tmp_path / 'cands'}", f"embeddings={tmp_path / 'text.npy'}", "full_view_topk=",
