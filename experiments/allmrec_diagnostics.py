@@ -326,6 +326,7 @@ def probe(args, ds) -> dict:
     train_cands = stage2_fit.training_candidates(rng, seen, train.target, 20, ds.num_items)
     config = Config.for_model("allmrec_stage2", dataset=str(args.dataset), seed=args.seed, eval_users=0)
     test, test_items, _ = stage2_fit.evaluation_lists(ds, "test", config)
+    stds = cli.parse_list(args.probe_std, float)
     out = {}
     for path in cli.parse_list(args.inputs):
         inp = load_inputs(path, ds)
@@ -334,15 +335,16 @@ def probe(args, ds) -> dict:
                               "stage2_inputs.npz of a stage-1 run or of the SASRec fallback")
         _, items_std = stage2_fit.standardize_inputs(inp.user_rep, inp.item_emb)
         res = {"kind": inp.kind, "item_dims": int(items_std.shape[1])}
+        scores = {}
         for stage, ex, cands in (("train", train, train_cands), ("test", test, test_items)):
-            sc = np.einsum("md,mcd->mc", inp.user_rep[stage][ex.users], inp.score_items[cands])
+            sc = scores[stage] = np.einsum("md,mcd->mc", inp.user_rep[stage][ex.users], inp.score_items[cands])
             top = cands[np.arange(len(cands)), sc.argmax(1)]
             res[f"{stage}/probe_top_is_target"] = float(np.mean(top == ex.target))
             res[f"{stage}/score_std_over_options"] = float(sc.std(1).mean())
             res[f"{stage}/prompts"] = int(len(ex))
-        sc = np.einsum("md,mcd->mc", inp.user_rep["train"][train.users], inp.score_items[train_cands])
+        sc = scores["train"]
         emb_var = float(items_std[train_cands].var(axis=1).sum(-1).mean())
-        for pstd in cli.parse_list(args.probe_std, float):
+        for pstd in stds:
             f = args.probe_weight * np.asarray(option_scores(jnp.asarray(sc, jnp.float32), 0, pstd))
             var = float(f.var(axis=1).mean())
             res[f"probe_std={pstd:g}"] = {"probe_variance": var, "item_inputs_variance": emb_var,
@@ -351,7 +353,7 @@ def probe(args, ds) -> dict:
         print(f"probe: {path} ({inp.kind}, {res['item_dims']} item dims): top option is the target on "
               f"{res['train/probe_top_is_target']:.3f} of training / {res['test/probe_top_is_target']:.3f} of test "
               f"prompts; score std over the options {res['train/score_std_over_options']:.2f}", flush=True)
-        for pstd in cli.parse_list(args.probe_std, float):
+        for pstd in stds:
             r = res[f"probe_std={pstd:g}"]
             print(f"  probe_std {pstd:g}, probe_weight {args.probe_weight:g}: probe variance {r['probe_variance']:.2f} "
                   f"vs item inputs {r['item_inputs_variance']:.1f}: share {r['probe_share']:.3f}; "

@@ -206,8 +206,7 @@ def stage2_contexts(dataset, config) -> dict:
         else (lambda s: {})
     return {s: make_context(lm, lm_params, user_rep[s], item_emb, prompts, token_norm=norm,
                             lora_alpha=config.lora_alpha, label_prior=prior, probe_std=config.probe_std,
-                            probe_weight=config.probe_weight,
-                            **score(s)) for s in STAGES}
+                            probe_weight=config.probe_weight, **score(s)) for s in STAGES}
 
 
 #: Content-free prompts averaged for the label prior (``calibrate``).
@@ -247,9 +246,8 @@ def standardize_inputs(user_rep: dict, item_emb: np.ndarray) -> tuple[dict, np.n
 #: The registered context kind ``"allmrec_stage2"``.
 STAGE2_CONTEXT = ContextKind(stage2_contexts, fields=("lm", "lm_dtype", "stage1_run", "sasrec_run", "prompt_domain",
                                                       "prompt_history", "prompt_candidates", "answer", "prompt_titles",
-                                                      "soft_tokens", "input_norm", "token_norm", "score_probe", "probe_std",
-                                                      "probe_weight",
-                                                      "lora_alpha", "calibrate", "seed"))
+                                                      "soft_tokens", "input_norm", "token_norm", "score_probe",
+                                                      "probe_std", "probe_weight", "lora_alpha", "calibrate", "seed"))
 
 
 # ----------------------------------------------------------------------------- users and candidates
