@@ -1,4 +1,4 @@
-"""What A-LLMRec's stage 2 reads and can learn, measured (issue 22): four diagnostics on one dataset.
+"""What A-LLMRec's stage 2 reads and can learn, measured (issue 22): five diagnostics on one dataset.
 
     python -m experiments.allmrec_diagnostics --dataset ml-100k --stage1-run DIR --which spread
     python -m experiments.allmrec_diagnostics --which synthetic --steps 300 --lora 0,8
